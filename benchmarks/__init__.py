@@ -1,0 +1,1 @@
+"""Runnable benchmarks that print tables and write results under benchmarks/results/."""

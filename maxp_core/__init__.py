@@ -1,0 +1,1 @@
+"""maxp_core: the framework-free core of maxp."""

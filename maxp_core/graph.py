@@ -1,0 +1,308 @@
+"""The op graph the LP is solved over: nodes, edges, validation, and a chain builder.
+
+A node is a weight-bearing op (a matrix multiply with a learned weight) or an
+activation-only op (such as attention's ``q @ k^T``) that has an output multiplier
+``n^-a`` but no weight. Edges run from a node to the nodes that consume its output.
+When a node has several predecessors their updates either add (``merge="min"``: a
+residual stream, the slowest-decaying term dominates) or multiply elementwise
+(``merge="sum"``: a gate, the exponents add).
+
+Examples:
+  >>> g = chain(3)
+  >>> [n.name for n in g.nodes]
+  ['layer0', 'layer1', 'layer2']
+  >>> [g.role(n.name).value for n in g.nodes]
+  ['embedding', 'hidden', 'readout']
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from maxp_core.errors import GraphError
+from maxp_core.roles import Role, check_init_stability, role_from_position
+
+Merge = Literal["min", "sum"]
+MERGES: tuple[str, ...] = ("min", "sum")
+
+#: Alignment presets ``(alpha, omega, u)``: worst case and random-like.
+ALIGNMENT_PRESETS: dict[str, tuple[float, float, float]] = {
+    "full": (1.0, 0.5, 1.0),
+    "no": (0.5, 0.5, 0.5),
+}
+
+
+def alignment_preset(name: str) -> tuple[float, float, float]:
+    """Return ``(alpha, omega, u)`` of the preset ``"full"`` or ``"no"``."""
+    try:
+        return ALIGNMENT_PRESETS[name]
+    except KeyError:
+        known = ", ".join(repr(k) for k in ALIGNMENT_PRESETS)
+        raise GraphError(f"unknown alignment preset {name!r}; expected one of {known}") from None
+
+
+@dataclass(frozen=True)
+class Node:
+    """One op of the graph with its exponents and alignment numbers.
+
+    Attributes:
+      name: unique name (a layer name or parameter path).
+      a: output-multiplier exponent; the op's output is scaled by ``n^-a``.
+      b: initialization exponent (ignored for activation-only nodes).
+      alpha: alignment of the ``z0 @ dW`` term.
+      omega: alignment of the ``dz @ W0`` term.
+      u: alignment of the ``dz @ dW`` term.
+      has_weight: False for activation-only ops (no learning rate, no ``c``).
+      preds: names of the nodes whose outputs feed this one.
+      merge: how several predecessors combine: ``"min"`` (added) or ``"sum"``
+        (multiplied elementwise).
+      role: optional declared role; checked against the node's place in the graph.
+    """
+
+    name: str
+    a: float
+    b: float = 0.5
+    alpha: float = 1.0
+    omega: float = 0.5
+    u: float = 1.0
+    has_weight: bool = True
+    preds: tuple[str, ...] = ()
+    merge: Merge = "min"
+    role: Role | None = field(default=None)
+
+    def with_numbers(self, **numbers: float) -> Node:
+        """A copy with some of ``a, b, alpha, omega, u`` replaced."""
+        return replace(self, **numbers)
+
+
+class OpGraph:
+    """A validated directed acyclic graph of :class:`Node`.
+
+    Validation rejects an empty graph, duplicate or empty names, predecessors that
+    name no node, self-loops and cycles, an unknown merge, non-finite numbers, a
+    weight-bearing node with neither predecessors nor successors in a graph of
+    several weighted nodes, a declared role that contradicts the node's place, and
+    (a, b) that are unstable at initialization for that place.
+
+    Args:
+      nodes: the nodes, in any order.
+      check_stability: check ``a + b`` of every weighted node against its role.
+    """
+
+    def __init__(self, nodes: Iterable[Node], *, check_stability: bool = True) -> None:
+        self.nodes: tuple[Node, ...] = tuple(nodes)
+        if not self.nodes:
+            raise GraphError("the graph is empty: add at least one node")
+        self._index = self._build_index()
+        self._succs = self._build_successors()
+        self.topological_order: tuple[int, ...] = self._topological_order()
+        self.weighted: tuple[int, ...] = tuple(i for i, n in enumerate(self.nodes) if n.has_weight)
+        """Indices of weight-bearing nodes, in node order."""
+        self.sinks: tuple[int, ...] = tuple(i for i, s in enumerate(self._succs) if not s)
+        """Indices of nodes no other node consumes."""
+        self._check_numbers()
+        self._check_isolated()
+        self._check_roles(check_stability)
+
+    # --- structure -----------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __repr__(self) -> str:
+        return f"OpGraph({len(self.nodes)} nodes, {len(self.weighted)} weighted)"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(n.name for n in self.nodes)
+
+    def index(self, name: str) -> int:
+        """Position of the node called ``name``."""
+        try:
+            return self._index[name]
+        except KeyError:
+            raise GraphError(f"no node named {name!r} in the graph") from None
+
+    def node(self, name: str) -> Node:
+        return self.nodes[self.index(name)]
+
+    def pred_indices(self, i: int) -> tuple[int, ...]:
+        return tuple(self._index[p] for p in self.nodes[i].preds)
+
+    def succ_indices(self, i: int) -> tuple[int, ...]:
+        return self._succs[i]
+
+    def is_source(self, i: int) -> bool:
+        return not self.nodes[i].preds
+
+    def is_sink(self, i: int) -> bool:
+        return not self._succs[i]
+
+    @property
+    def feature_learning_nodes(self) -> tuple[int, ...]:
+        """Every predecessor of a sink: the nodes whose ``r`` feature learning pins to 0."""
+        return tuple(sorted({p for s in self.sinks for p in self.pred_indices(s)}))
+
+    def role(self, name: str) -> Role:
+        """The role of a weighted node by its place: source, interior or sink."""
+        i = self.index(name)
+        return role_from_position(is_source=self.is_source(i), is_sink=self.is_sink(i))
+
+    def with_numbers(self, **per_node: Sequence[float] | dict[str, float]) -> OpGraph:
+        """A copy of the graph with new ``a, b, alpha, omega, u`` for some nodes.
+
+        Each keyword is a sequence in node order or a mapping from node name.
+        """
+        updated = []
+        for i, n in enumerate(self.nodes):
+            changes: dict[str, float] = {}
+            for key, values in per_node.items():
+                if isinstance(values, dict):
+                    if n.name in values:
+                        changes[key] = float(values[n.name])
+                else:
+                    changes[key] = float(values[i])
+            updated.append(n.with_numbers(**changes) if changes else n)
+        return OpGraph(updated)
+
+    # --- validation ----------------------------------------------------------------
+
+    def _build_index(self) -> dict[str, int]:
+        index: dict[str, int] = {}
+        for i, n in enumerate(self.nodes):
+            if not isinstance(n.name, str) or not n.name:
+                raise GraphError(f"node {i} has an empty or non-string name {n.name!r}")
+            if n.name in index:
+                raise GraphError(
+                    f"duplicate node name {n.name!r} (nodes {index[n.name]} and {i})"
+                )
+            if n.merge not in MERGES:
+                raise GraphError(
+                    f"node {n.name!r}: unknown merge {n.merge!r}; expected 'min' or 'sum'"
+                )
+            index[n.name] = i
+        return index
+
+    def _build_successors(self) -> tuple[tuple[int, ...], ...]:
+        succs: list[list[int]] = [[] for _ in self.nodes]
+        for i, n in enumerate(self.nodes):
+            if len(set(n.preds)) != len(n.preds):
+                raise GraphError(f"node {n.name!r} lists a predecessor twice: {list(n.preds)}")
+            for p in n.preds:
+                if p == n.name:
+                    raise GraphError(f"node {n.name!r} lists itself as a predecessor")
+                if p not in self._index:
+                    raise GraphError(
+                        f"node {n.name!r} has predecessor {p!r}, which is not a node "
+                        "of the graph (dangling edge)"
+                    )
+                succs[self._index[p]].append(i)
+        return tuple(tuple(s) for s in succs)
+
+    def _topological_order(self) -> tuple[int, ...]:
+        # Kahn's algorithm with a heap: among ready nodes the lowest index goes first,
+        # so the order is deterministic and keeps node order where it can.
+        indegree = [len(n.preds) for n in self.nodes]
+        ready = [i for i, d in enumerate(indegree) if d == 0]
+        heapq.heapify(ready)
+        order: list[int] = []
+        while ready:
+            i = heapq.heappop(ready)
+            order.append(i)
+            for s in self._succs[i]:
+                indegree[s] -= 1
+                if indegree[s] == 0:
+                    heapq.heappush(ready, s)
+        if len(order) != len(self.nodes):
+            cyclic = [self.nodes[i].name for i, d in enumerate(indegree) if d > 0]
+            raise GraphError(f"the graph has a cycle through nodes {cyclic}")
+        return tuple(order)
+
+    def _check_numbers(self) -> None:
+        for n in self.nodes:
+            for key in ("a", "b", "alpha", "omega", "u"):
+                value = getattr(n, key)
+                if not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise GraphError(f"node {n.name!r}: {key} = {value!r} is not a finite number")
+
+    def _check_isolated(self) -> None:
+        if len(self.weighted) < 2:
+            return
+        for i in self.weighted:
+            if self.is_source(i) and self.is_sink(i):
+                raise GraphError(
+                    f"weighted node {self.nodes[i].name!r} has neither predecessors nor "
+                    "successors; connect it to the graph or remove it"
+                )
+
+    def _check_roles(self, check_stability: bool) -> None:
+        if len(self.weighted) < 2:
+            return  # a single weighted node has no width-scaling role to check
+        for i in self.weighted:
+            n = self.nodes[i]
+            role = role_from_position(is_source=self.is_source(i), is_sink=self.is_sink(i))
+            if n.role is not None and Role.parse(n.role, layer=n.name) is not role:
+                raise GraphError(
+                    f"node {n.name!r} is declared {Role.parse(n.role).value!r} but sits "
+                    f"in the graph as {role.value!r} (source: embedding, sink: readout, "
+                    "else hidden)"
+                )
+            if check_stability:
+                check_init_stability(n.name, role, n.a, n.b)
+
+
+def chain(
+    num_layers: int,
+    *,
+    a: Sequence[float] | None = None,
+    b: Sequence[float] | None = None,
+    alignment: str | tuple[float, float, float] | Sequence[tuple[float, float, float]] = "full",
+    names: Sequence[str] | None = None,
+) -> OpGraph:
+    """Build a chain of ``num_layers`` weighted layers: embedding, hidden..., readout.
+
+    Args:
+      num_layers: number of weighted layers, at least 2.
+      a: output-multiplier exponents per layer; default muP's.
+      b: initialization exponents per layer; default muP's.
+      alignment: a preset name, one ``(alpha, omega, u)`` for every layer, or one
+        triple per layer.
+      names: layer names; default ``layer0, layer1, ...``.
+
+    Returns:
+      The validated :class:`OpGraph`.
+    """
+    if num_layers < 2:
+        raise GraphError(f"a chain needs at least 2 layers (embedding and readout), got {num_layers}")
+    if a is None:
+        a = [-0.5] + [0.0] * (num_layers - 2) + [0.5]
+    if b is None:
+        b = [0.5] * num_layers
+    if names is None:
+        names = [f"layer{i}" for i in range(num_layers)]
+    if isinstance(alignment, str):
+        triples = [alignment_preset(alignment)] * num_layers
+    elif len(alignment) == 3 and all(isinstance(x, (int, float)) for x in alignment):
+        triples = [tuple(alignment)] * num_layers  # type: ignore[list-item]
+    else:
+        triples = [tuple(t) for t in alignment]  # type: ignore[union-attr]
+    for label, seq in (("a", a), ("b", b), ("alignment", triples), ("names", names)):
+        if len(seq) != num_layers:
+            raise GraphError(f"chain of {num_layers} layers got {len(seq)} values for {label}")
+    nodes = [
+        Node(
+            name=names[i],
+            a=float(a[i]),
+            b=float(b[i]),
+            alpha=float(triples[i][0]),
+            omega=float(triples[i][1]),
+            u=float(triples[i][2]),
+            preds=(names[i - 1],) if i else (),
+        )
+        for i in range(num_layers)
+    ]
+    return OpGraph(nodes)

@@ -1,0 +1,1 @@
+"""maxp for JAX: optax transformations on the shared maxp_core solver."""

@@ -1,0 +1,1 @@
+"""maxp for PyTorch: ParametrizedModule and Parametrization on the shared maxp_core solver."""
