@@ -1,0 +1,161 @@
+"""Alignment of weights and activations: the numpy reference of DESIGN section 4.
+
+For a layer ``y = z @ W.T`` (``W`` of shape ``(out, fan_in)``) with ``z = z0 + dz`` and
+``W = W0 + dW``, the output update splits into ``z0 @ dW.T + dz @ W0.T + dz @ dW.T``.
+How fast each term grows with width is its *alignment*:
+
+* ``alpha``: of ``(z0, dW)``; ``omega``: of ``(dz, W0)``; ``u``: of ``(dz, dW)``.
+
+``rms`` mode, per sample row ``x`` of ``X`` and matrix ``Y``::
+
+    (log rms(x @ Y.T) - log(rms(x) * rms(Y))) / log(fan_in)
+
+averaged over rows: 1 when ``x`` lines up with ``Y``'s rows (the sum of ``fan_in``
+terms grows like ``fan_in``), 0.5 for random directions (``sqrt(fan_in)``), near 0
+when the terms cancel. ``spectral`` mode is the plain ratio
+``|x @ Y.T|_2 / (|x|_2 * |Y|_spectral)``, averaged over rows, in ``[0, 1]``.
+
+Rules that keep the LP safe:
+
+* A row with a zero factor (no change) is left out of the average; if no row is
+  left, or ``Y`` is zero, the alignment is 0.
+* A row whose value is not finite is left out the same way; the result is never
+  NaN or inf.
+* ``rms`` values are clipped to ``[0, 1]``: 1 is the largest a product can reach,
+  and a negative value (terms cancelling beyond random) would let the LP raise a
+  learning rate without bound on noise.
+* ``fan_in < 2`` has no width to scale with (``log(1) = 0``): the alignment is 0.
+
+Examples:
+  >>> import numpy as np
+  >>> rng = np.random.default_rng(0)
+  >>> v = rng.standard_normal(4096)
+  >>> w = np.outer(rng.standard_normal(64), v)   # every row of w is a multiple of v
+  >>> round(log_rms_alignment(np.stack([v, -2 * v]), w), 6)   # inputs along v
+  1.0
+  >>> round(log_rms_alignment(rng.standard_normal((8, 4096)), w), 1)
+  0.5
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import numpy as np
+
+AlignmentMode = Literal["rms", "spectral"]
+MODES: tuple[str, ...] = ("rms", "spectral")
+
+
+class Alignment(NamedTuple):
+    """The three alignments of one layer."""
+
+    alpha: float
+    omega: float
+    u: float
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 1:
+        return x[None, :]
+    return x.reshape(-1, x.shape[-1])
+
+
+def _mean_finite(values: np.ndarray, keep: np.ndarray) -> float:
+    keep = keep & np.isfinite(values)
+    if not keep.any():
+        return 0.0
+    return float(values[keep].mean())
+
+
+def log_rms_alignment(x: np.ndarray, y: np.ndarray, fan_in: int | None = None) -> float:
+    """Log-RMS alignment of the product ``x @ y.T``, averaged over the rows of ``x``.
+
+    Args:
+      x: activations, shape ``(..., fan_in)``; leading axes are flattened into rows.
+      y: weight-like matrix, shape ``(out, fan_in)``.
+      fan_in: the width that scales (default: ``x.shape[-1]``).
+
+    Returns:
+      A float in ``[0, 1]``.
+    """
+    xr, ym = _rows(x), np.asarray(y, dtype=np.float64)
+    n = xr.shape[-1] if fan_in is None else int(fan_in)
+    if n < 2:
+        return 0.0
+    rms_y = np.sqrt(np.mean(ym * ym))
+    if not np.isfinite(rms_y) or rms_y == 0.0:
+        return 0.0
+    product = xr @ ym.T
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        rms_p = np.sqrt(np.mean(product * product, axis=1))
+        rms_x = np.sqrt(np.mean(xr * xr, axis=1))
+        values = (np.log(rms_p) - np.log(rms_x * rms_y)) / np.log(n)
+    value = _mean_finite(values, (rms_x > 0) & (rms_p > 0))
+    return float(np.clip(value, 0.0, 1.0))
+
+
+def spectral_alignment(x: np.ndarray, y: np.ndarray) -> float:
+    """``|x @ y.T|_2 / (|x|_2 |y|_spectral)`` averaged over rows, in ``[0, 1]``."""
+    xr, ym = _rows(x), np.asarray(y, dtype=np.float64)
+    if not np.all(np.isfinite(ym)):
+        return 0.0
+    sigma = float(np.linalg.norm(ym, ord=2)) if ym.size else 0.0
+    if sigma == 0.0:
+        return 0.0
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        norm_p = np.linalg.norm(xr @ ym.T, axis=1)
+        norm_x = np.linalg.norm(xr, axis=1)
+        values = norm_p / (norm_x * sigma)
+    return float(np.clip(_mean_finite(values, norm_x > 0), 0.0, 1.0))
+
+
+def alignment(x: np.ndarray, y: np.ndarray, mode: AlignmentMode = "rms", fan_in: int | None = None) -> float:
+    """Alignment of ``x @ y.T`` in the given mode (``"rms"`` or ``"spectral"``)."""
+    if mode == "rms":
+        return log_rms_alignment(x, y, fan_in)
+    if mode == "spectral":
+        return spectral_alignment(x, y)
+    raise ValueError(f"unknown alignment mode {mode!r}; expected one of {list(MODES)}")
+
+
+def layer_alignment(
+    z0: np.ndarray,
+    z: np.ndarray,
+    w0: np.ndarray,
+    w: np.ndarray,
+    mode: AlignmentMode = "rms",
+    fan_in: int | None = None,
+) -> Alignment:
+    """``(alpha, omega, u)`` of a layer from its initial and current input and weight.
+
+    Args:
+      z0: input at initialization, shape ``(rows, fan_in)``.
+      z: current input for the same samples.
+      w0: weight at initialization, shape ``(out, fan_in)`` (torch layout).
+      w: current weight.
+      mode: ``"rms"`` or ``"spectral"``.
+      fan_in: the width that scales (default: the last axis of ``z0``).
+
+    Examples:
+      >>> import numpy as np
+      >>> z0 = np.ones((4, 16)); w0 = np.eye(8, 16)
+      >>> layer_alignment(z0, z0, w0, w0)   # nothing changed
+      Alignment(alpha=0.0, omega=0.0, u=0.0)
+    """
+    z0 = np.asarray(z0, dtype=np.float64)
+    w0 = np.asarray(w0, dtype=np.float64)
+    dz = np.asarray(z, dtype=np.float64) - z0
+    dw = np.asarray(w, dtype=np.float64) - w0
+    return Alignment(
+        alpha=alignment(z0, dw, mode, fan_in),
+        omega=alignment(dz, w0, mode, fan_in),
+        u=alignment(dz, dw, mode, fan_in),
+    )
+
+
+def sanitize(values: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Replace non-finite entries of ``values`` by ``fallback`` (same shape)."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.where(np.isfinite(values), values, np.asarray(fallback, dtype=np.float64))
