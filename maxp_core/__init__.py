@@ -1,1 +1,62 @@
-"""maxp_core: the framework-free core of maxp."""
+"""maxp_core: the maxP linear program, named parametrizations and alignment maths.
+
+Only numpy, scipy, cvxpy and HiGHS are needed; no deep-learning framework is imported.
+The adapters ``maxp_jax`` and ``maxp_torch`` build on what is exported here.
+
+Example:
+  >>> import maxp_core as mc
+  >>> sol = mc.StabilityLP(mc.chain(4, alignment="full"), optimizer="adam").solve()
+  >>> sol.c
+  {'layer0': 0.5, 'layer1': 1.0, 'layer2': 1.0, 'layer3': 0.5}
+"""
+
+from maxp_core.alignment import Alignment, alignment, layer_alignment, log_rms_alignment, sanitize, spectral_alignment
+from maxp_core.errors import GraphError, InfeasibleError, MaxPError, SolverError, StabilityError
+from maxp_core.graph import ALIGNMENT_PRESETS, Node, OpGraph, alignment_preset, chain
+from maxp_core.lp import SOLVERS, Solution, StabilityLP
+from maxp_core.parametrizations import (
+    PARAMETRIZATIONS,
+    LayerExponents,
+    default_ab,
+    named_chain,
+    named_parametrization,
+)
+from maxp_core.roles import Role, check_init_stability, role_from_position
+from maxp_core.schedule import SolveSchedule, WSDSchedule, check_ema_decay, ema_update, wsd_multiplier
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALIGNMENT_PRESETS",
+    "PARAMETRIZATIONS",
+    "SOLVERS",
+    "Alignment",
+    "GraphError",
+    "InfeasibleError",
+    "LayerExponents",
+    "MaxPError",
+    "Node",
+    "OpGraph",
+    "Role",
+    "Solution",
+    "SolveSchedule",
+    "SolverError",
+    "StabilityError",
+    "StabilityLP",
+    "WSDSchedule",
+    "alignment",
+    "alignment_preset",
+    "chain",
+    "check_ema_decay",
+    "check_init_stability",
+    "default_ab",
+    "ema_update",
+    "layer_alignment",
+    "log_rms_alignment",
+    "named_chain",
+    "named_parametrization",
+    "role_from_position",
+    "sanitize",
+    "spectral_alignment",
+    "wsd_multiplier",
+]

@@ -43,6 +43,8 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
+from maxp_core.errors import MaxPError
+
 AlignmentMode = Literal["rms", "spectral"]
 MODES: tuple[str, ...] = ("rms", "spectral")
 
@@ -117,7 +119,7 @@ def alignment(x: np.ndarray, y: np.ndarray, mode: AlignmentMode = "rms", fan_in:
         return log_rms_alignment(x, y, fan_in)
     if mode == "spectral":
         return spectral_alignment(x, y)
-    raise ValueError(f"unknown alignment mode {mode!r}; expected one of {list(MODES)}")
+    raise MaxPError(f"unknown alignment mode {mode!r}; expected one of {list(MODES)}")
 
 
 def layer_alignment(
