@@ -10,7 +10,14 @@ Example:
   {'layer0': 0.5, 'layer1': 1.0, 'layer2': 1.0, 'layer3': 0.5}
 """
 
-from maxp_core.alignment import Alignment, alignment, layer_alignment, log_rms_alignment, sanitize, spectral_alignment
+from maxp_core.alignment import (
+    Alignment,
+    alignment,
+    layer_alignment,
+    log_rms_alignment,
+    sanitize,
+    spectral_alignment,
+)
 from maxp_core.errors import GraphError, InfeasibleError, MaxPError, SolverError, StabilityError
 from maxp_core.graph import ALIGNMENT_PRESETS, Node, OpGraph, alignment_preset, chain
 from maxp_core.lp import SOLVERS, Solution, StabilityLP

@@ -25,7 +25,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-
 from maxp_core.errors import MaxPError
 from maxp_core.graph import MERGES, Node, OpGraph, chain
 from maxp_core.lp import SOLVERS, StabilityLP
@@ -74,7 +73,9 @@ def _node_from_json(entry: Any, k: int) -> Node:
     merge = entry.get("merge", "min")
     if merge not in MERGES:
         raise InputError(f"{where}: merge must be one of {list(MERGES)}, got {merge!r}")
-    return Node(name=name, has_weight=has_weight, preds=tuple(preds), merge=merge, role=entry.get("role"), **numbers)
+    return Node(
+        name=name, has_weight=has_weight, preds=tuple(preds), merge=merge, role=entry.get("role"), **numbers
+    )
 
 
 def lp_from_json(spec: Any) -> tuple[StabilityLP, dict[str, float]]:

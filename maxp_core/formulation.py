@@ -156,7 +156,9 @@ class CompiledTerms:
                 rows.append(k)
                 cols.append(NUMBER_FIELDS.index(f) * n + j)
                 vals.append(coef)
-        self.const_matrix = sp.csr_matrix((vals, (rows, cols)), shape=(len(all_terms), len(NUMBER_FIELDS) * n))
+        self.const_matrix = sp.csr_matrix(
+            (vals, (rows, cols)), shape=(len(all_terms), len(NUMBER_FIELDS) * n)
+        )
         self.c_coef = [t.variables.get(("c", i), 0.0) for t, i in zip(all_terms, owners, strict=True)]
         self.rin_coef = [t.variables.get(("rin", i), 0.0) for t, i in zip(all_terms, owners, strict=True)]
         self.g_coef = [t.variables.get(("g", 0), 0.0) for t in all_terms]
@@ -172,7 +174,11 @@ class CompiledTerms:
 
 
 def exact_residuals(
-    graph: OpGraph, optimizer: Optimizer, c: np.ndarray, numbers: np.ndarray, compiled: CompiledTerms | None = None
+    graph: OpGraph,
+    optimizer: Optimizer,
+    c: np.ndarray,
+    numbers: np.ndarray,
+    compiled: CompiledTerms | None = None,
 ) -> tuple[np.ndarray, float]:
     """Recompute every ``r`` as the exact ``min`` of its terms, given ``c`` per node.
 

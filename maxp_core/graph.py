@@ -76,7 +76,7 @@ class Node:
 
     def with_numbers(self, **numbers: float) -> Node:
         """A copy with some of ``a, b, alpha, omega, u`` replaced."""
-        return replace(self, **numbers)
+        return replace(self, **numbers)  # type: ignore[arg-type]
 
 
 class OpGraph:
@@ -177,13 +177,9 @@ class OpGraph:
             if not isinstance(n.name, str) or not n.name:
                 raise GraphError(f"node {i} has an empty or non-string name {n.name!r}")
             if n.name in index:
-                raise GraphError(
-                    f"duplicate node name {n.name!r} (nodes {index[n.name]} and {i})"
-                )
+                raise GraphError(f"duplicate node name {n.name!r} (nodes {index[n.name]} and {i})")
             if n.merge not in MERGES:
-                raise GraphError(
-                    f"node {n.name!r}: unknown merge {n.merge!r}; expected 'min' or 'sum'"
-                )
+                raise GraphError(f"node {n.name!r}: unknown merge {n.merge!r}; expected 'min' or 'sum'")
             index[n.name] = i
         return index
 
@@ -284,12 +280,13 @@ def chain(
         b = [0.5] * num_layers
     if names is None:
         names = [f"layer{i}" for i in range(num_layers)]
+    triples: list[tuple[float, ...]]
     if isinstance(alignment, str):
         triples = [alignment_preset(alignment)] * num_layers
     elif len(alignment) == 3 and all(isinstance(x, (int, float)) for x in alignment):
-        triples = [tuple(alignment)] * num_layers  # type: ignore[list-item]
+        triples = [tuple(float(x) for x in alignment)] * num_layers  # type: ignore[union-attr, arg-type]
     else:
-        triples = [tuple(t) for t in alignment]  # type: ignore[union-attr]
+        triples = [tuple(float(x) for x in t) for t in alignment]  # type: ignore[union-attr]
     for label, seq in (("a", a), ("b", b), ("alignment", triples), ("names", names)):
         if len(seq) != num_layers:
             raise GraphError(f"chain of {num_layers} layers got {len(seq)} values for {label}")

@@ -157,16 +157,24 @@ def _build_structure(
     def expand(variables: Mapping[tuple[str, int], float], i: int) -> dict[int, float]:
         cols: dict[int, float] = {}
         for (kind, j), coef in variables.items():
-            parts = {c_col[j]: 1.0} if kind == "c" else r_in(j) if kind == "rin" else {g_col: 1.0}
+            if kind == "c":
+                parts = {c_col[j]: 1.0}
+            elif kind == "rin":
+                parts = r_in(j)
+            else:
+                assert g_col is not None, "a g term in an Adam LP"
+                parts = {g_col: 1.0}
             for col, w in parts.items():
-                cols[col] = cols.get(col, 0.0) + coef * w  # type: ignore[index]
+                cols[col] = cols.get(col, 0.0) + coef * w
         return cols
 
     rows_a: list[dict[int, float]] = []
     rows_p: list[dict[int, float]] = []
     labels: list[str] = []
 
-    def add_row(lhs_var: int, term_vars: dict[int, float], params: Mapping[tuple[str, int], float], label: str) -> None:
+    def add_row(
+        lhs_var: int, term_vars: dict[int, float], params: Mapping[tuple[str, int], float], label: str
+    ) -> None:
         row = {lhs_var: 1.0}
         for col, coef in term_vars.items():
             row[col] = row.get(col, 0.0) - coef
@@ -179,7 +187,9 @@ def _build_structure(
             add_row(int(r_col[i]), expand(term.variables, i), term.params, f"{node.name}: r <= {term.text}")
         if i in rin_col:
             for p in graph.pred_indices(i):
-                add_row(rin_col[i], {int(r_col[p]): 1.0}, {}, f"{node.name}: r_in <= r[{graph.nodes[p].name}]")
+                add_row(
+                    rin_col[i], {int(r_col[p]): 1.0}, {}, f"{node.name}: r_in <= r[{graph.nodes[p].name}]"
+                )
     if g_col is not None:
         for s, term in gradient_terms(graph):
             add_row(g_col, expand(term.variables, s), term.params, f"{graph.nodes[s].name}: g <= {term.text}")
@@ -203,7 +213,7 @@ def _build_structure(
         )
     tie_weights = np.zeros(next_col)
     order = [i for i in graph.topological_order if graph.nodes[i].has_weight]
-    for k, (i, p) in enumerate(zip(order, _primes(len(order)), strict=True)):
+    for i, p in zip(order, _primes(len(order)), strict=True):
         tie_weights[c_col[i]] = math.sqrt(p)
     return _Structure(
         c_col, r_col, g_col, next_col, a_matrix, rhs_matrix, labels, tie_weights, lower, upper, bound_labels
@@ -366,7 +376,11 @@ class StabilityLP:
         r, g = exact_residuals(self.graph, self.optimizer, c, numbers, self._compiled)
         names = self.graph.names
         if self.feature_learning and note is None:
-            off = [(names[i], r[i]) for i in self.graph.feature_learning_nodes if abs(r[i]) > FEASIBILITY_TOLERANCE]
+            off = [
+                (names[i], r[i])
+                for i in self.graph.feature_learning_nodes
+                if abs(r[i]) > FEASIBILITY_TOLERANCE
+            ]
             if off:
                 raise InfeasibleError(
                     "feature learning needs r == 0 on every predecessor of a sink, but at the "
@@ -518,7 +532,9 @@ class _HighsBackend(_Backend):
             np.where(np.isfinite(lower), lower, -inf),
             np.where(np.isfinite(upper), upper, inf),
         )
-        h.changeRowsBounds(self.num_rows, self.rows, self.row_lower, np.append(rhs, inf))
+        h.changeRowsBounds(  # type: ignore[attr-defined]
+            self.num_rows, self.rows, self.row_lower, np.append(rhs, inf)
+        )
         h.changeColsCost(len(self.cols), self.cols, self.sum_cost)
         h.run()
         status = self._status()

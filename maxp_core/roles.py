@@ -61,10 +61,10 @@ def check_init_stability(layer: str, role: Role | str, a: float, b: float) -> No
 
     Examples:
       >>> check_init_stability("fc1", "hidden", 0.0, 0.5)
-      >>> check_init_stability("fc1", "hidden", 0.0, 1.0)
+      >>> check_init_stability("fc1", "hidden", 0.0, 1.0)  # doctest: +ELLIPSIS
       Traceback (most recent call last):
       ...
-      maxp_core.errors.StabilityError: layer 'fc1' (hidden): a + b = 0.0 + 1.0 = 1.0, but a hidden layer needs a + b = 0.5; change b to 0.5 or a to -0.5
+      maxp_core.errors.StabilityError: layer 'fc1' (hidden): a + b = 0.0 + 1.0 = 1.0, ...
     """
     role = Role.parse(role, layer=layer)
     total = a + b

@@ -127,15 +127,17 @@ class WSDSchedule:
         _check_int("warmup_steps", self.warmup_steps, 0)
         if self.decay_type == "none":
             given = [k for k in ("stable_steps", "decay_steps") if getattr(self, k) is not None]
-            if given or self.warmup_steps or self.min_factor:
+            given += [k for k in ("warmup_steps", "min_factor") if getattr(self, k)]
+            if given:
                 raise MaxPError(
-                    "decay_type='none' turns WSD off, but "
-                    f"{given + (['warmup_steps'] if self.warmup_steps else []) + (['min_factor'] if self.min_factor else [])}"
-                    " were set; choose decay_type='cosine' or 'linear'"
+                    f"decay_type='none' turns WSD off, but {given} were set; "
+                    "choose decay_type='cosine' or 'linear'"
                 )
             return
         if self.stable_steps is None or self.decay_steps is None:
-            raise MaxPError(f"WSD with decay_type={self.decay_type!r} needs both stable_steps and decay_steps")
+            raise MaxPError(
+                f"WSD with decay_type={self.decay_type!r} needs both stable_steps and decay_steps"
+            )
         _check_int("stable_steps", self.stable_steps, 0)
         _check_int("decay_steps", self.decay_steps, 1)
 
