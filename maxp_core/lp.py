@@ -129,6 +129,7 @@ class _Structure:
     tie_weights: np.ndarray  # per column: the second stage's cost
     lower: np.ndarray
     upper: np.ndarray
+    fixed_cols: np.ndarray  # columns whose lower and upper bounds are equal at every solve
     bound_labels: dict[tuple[int, str], str] = field(default_factory=dict)
 
 
@@ -211,12 +212,26 @@ def _build_structure(
         bound_labels[(c_col[i], "lower")] = bound_labels[(c_col[i], "upper")] = (
             f"{graph.nodes[i].name}: c pinned"
         )
+    fixed = [c_col[i] for i in pinned]
+    if feature_learning:
+        fixed += [int(r_col[i]) for i in graph.feature_learning_nodes]
     tie_weights = np.zeros(next_col)
     order = [i for i in graph.topological_order if graph.nodes[i].has_weight]
     for i, p in zip(order, _primes(len(order)), strict=True):
         tie_weights[c_col[i]] = math.sqrt(p)
     return _Structure(
-        c_col, r_col, g_col, next_col, a_matrix, rhs_matrix, labels, tie_weights, lower, upper, bound_labels
+        c_col,
+        r_col,
+        g_col,
+        next_col,
+        a_matrix,
+        rhs_matrix,
+        labels,
+        tie_weights,
+        lower,
+        upper,
+        np.array(sorted(set(fixed)), dtype=np.int64),
+        bound_labels,
     )
 
 
@@ -375,6 +390,14 @@ class StabilityLP:
             self._compiled = CompiledTerms(self.graph, self.optimizer)
         r, g = exact_residuals(self.graph, self.optimizer, c, numbers, self._compiled)
         names = self.graph.names
+        if note is None:
+            unstable = [(names[i], r[i]) for i in range(len(names)) if not r[i] >= -FEASIBILITY_TOLERANCE]
+            if unstable or not np.all(np.isfinite(c)):
+                raise SolverError(
+                    f"{solver} returned c that leave nodes unstable: "
+                    f"{', '.join(f'{k} r={v:.6g}' for k, v in unstable[:5])}; "
+                    "the problem is badly conditioned for it, try solver='highs'"
+                )
         if self.feature_learning and note is None:
             off = [
                 (names[i], r[i])
@@ -551,7 +574,12 @@ class _HighsBackend(_Backend):
 
 
 class _CvxpyBackend(_Backend):
-    """The same two stages through cvxpy, each built once with parameters (DPP)."""
+    """The same two stages through cvxpy, each built once with parameters (DPP).
+
+    Pinned ``c`` and feature learning's ``r == 0`` enter as equalities, not as two
+    bounds: an interior-point solver such as CLARABEL loses accuracy on a pair of
+    inequalities with no interior between them.
+    """
 
     def __init__(self, st: _Structure, solver: str) -> None:
         import cvxpy as cp
@@ -563,11 +591,17 @@ class _CvxpyBackend(_Backend):
         x = cp.Variable(st.num_cols, name="x")
         self.x = x
         self.rhs = cp.Parameter(st.a_matrix.shape[0], name="rhs")
-        self.lower_idx = np.flatnonzero(np.isfinite(st.lower))
-        self.upper_idx = np.flatnonzero(np.isfinite(st.upper))
+        free = np.ones(st.num_cols, dtype=bool)
+        free[st.fixed_cols] = False
+        self.fixed_idx = st.fixed_cols
+        self.lower_idx = np.flatnonzero(np.isfinite(st.lower) & free)
+        self.upper_idx = np.flatnonzero(np.isfinite(st.upper) & free)
         self.lower = cp.Parameter(len(self.lower_idx), name="lower")
         self.upper = cp.Parameter(len(self.upper_idx), name="upper")
+        self.fixed = cp.Parameter(len(self.fixed_idx), name="fixed")
         constraints = [st.a_matrix @ x <= self.rhs]
+        if len(self.fixed_idx):
+            constraints.append(x[self.fixed_idx] == self.fixed)
         if len(self.lower_idx):
             constraints.append(x[self.lower_idx] >= self.lower)
         if len(self.upper_idx):
@@ -599,6 +633,7 @@ class _CvxpyBackend(_Backend):
         self.rhs.value = rhs
         self.lower.value = lower[self.lower_idx]
         self.upper.value = upper[self.upper_idx]
+        self.fixed.value = lower[self.fixed_idx]
         status = self._run(self.stage1)
         if status != "optimal":
             return status, None
