@@ -82,7 +82,7 @@ def pack_numbers(graph: OpGraph, **overrides: object) -> np.ndarray:
         bad = ~np.isfinite(block)
         if bad.any():
             name = graph.nodes[int(np.argmax(bad))].name
-            raise MaxPError(f"node {name!r}: {field} = {block[bad][0]!r} is not a finite number")
+            raise MaxPError(f"node {name!r}: {field} = {float(block[bad][0])!r} is not a finite number")
         out[f * n : (f + 1) * n] = block
     if overrides:
         raise MaxPError(f"unknown number fields {sorted(overrides)}; expected {list(NUMBER_FIELDS)}")
