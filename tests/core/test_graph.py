@@ -54,7 +54,7 @@ def test_stability_at_init(role: str, a: float, b: float, ok: bool) -> None:
 def test_unstable_layer_in_graph_names_it() -> None:
     nodes = mlp()
     nodes[1] = weighted("h", 0.0, 1.0, ["emb"])
-    with pytest.raises(StabilityError, match="layer 'h' \\(hidden\\).*needs a \\+ b = 0.5"):
+    with pytest.raises(StabilityError, match=r"layer 'h' \(hidden\).*needs a \+ b = 0.5"):
         OpGraph(nodes)
 
 
@@ -179,7 +179,7 @@ def test_feature_learning_infeasible_when_readout_input_cannot_reach_zero() -> N
         ]
     )
     assert StabilityLP(graph, "adam").solve().r["act"] == pytest.approx(0.5)
-    with pytest.raises(InfeasibleError, match="feature learning needs r == 0.*act=0.5"):
+    with pytest.raises(InfeasibleError, match=r"feature learning needs r == 0.*act=0.5"):
         StabilityLP(graph, "adam", feature_learning=True).solve()
 
 
