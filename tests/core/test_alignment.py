@@ -1,0 +1,117 @@
+"""Alignment: hand-derived cases and a loop-by-loop restatement of DESIGN section 4."""
+
+import math
+
+import numpy as np
+import pytest
+
+from maxp_core import (
+    Alignment,
+    MaxPError,
+    alignment,
+    layer_alignment,
+    log_rms_alignment,
+    sanitize,
+    spectral_alignment,
+)
+
+RNG = np.random.default_rng(1234)
+
+
+def rms_by_loops(x: np.ndarray, y: np.ndarray) -> float:
+    """DESIGN section 4 written row by row in plain Python."""
+    rms_y = math.sqrt(sum(v * v for v in y.ravel()) / y.size)
+    values = []
+    for row in x:
+        product = [sum(row[j] * yr[j] for j in range(len(row))) for yr in y]
+        rms_p = math.sqrt(sum(p * p for p in product) / len(product))
+        rms_x = math.sqrt(sum(v * v for v in row) / len(row))
+        values.append((math.log(rms_p) - math.log(rms_x * rms_y)) / math.log(x.shape[1]))
+    return min(max(sum(values) / len(values), 0.0), 1.0)
+
+
+def test_rms_matches_the_definition() -> None:
+    x = RNG.standard_normal((5, 24))
+    y = RNG.standard_normal((7, 24)) + 0.3 * x[0]
+    assert log_rms_alignment(x, y) == pytest.approx(rms_by_loops(x, y), abs=1e-12)
+
+
+def test_fully_aligned_is_one_and_random_is_a_half() -> None:
+    v = RNG.standard_normal(2048)
+    y = np.outer(RNG.standard_normal(32), v)  # rank one along v
+    assert log_rms_alignment(np.stack([v, 3 * v]), y) == pytest.approx(1.0, abs=1e-9)
+    random_value = log_rms_alignment(RNG.standard_normal((16, 2048)), RNG.standard_normal((32, 2048)))
+    assert random_value == pytest.approx(0.5, abs=0.02)
+
+
+def test_no_change_gives_zero() -> None:
+    z0, w0 = RNG.standard_normal((4, 16)), RNG.standard_normal((8, 16))
+    assert layer_alignment(z0, z0, w0, w0) == Alignment(0.0, 0.0, 0.0)
+    assert spectral_alignment(np.zeros((3, 16)), w0) == 0.0
+
+
+def test_orthogonal_inputs_cancel_to_zero() -> None:
+    y = np.zeros((4, 8))
+    y[:, :4] = RNG.standard_normal((4, 4))
+    x = np.zeros((2, 8))
+    x[:, 4:] = 1.0  # outside y's row space: the product is exactly 0
+    assert log_rms_alignment(x, y) == 0.0
+    assert spectral_alignment(x, y) == 0.0
+
+
+def test_non_finite_rows_are_left_out() -> None:
+    x = RNG.standard_normal((3, 64))
+    y = RNG.standard_normal((8, 64))
+    clean = log_rms_alignment(x[1:], y)
+    dirty = x.copy()
+    dirty[0, 5] = np.nan
+    assert log_rms_alignment(dirty, y) == pytest.approx(clean)
+    dirty[0, 5] = np.inf
+    assert log_rms_alignment(dirty, y) == pytest.approx(clean)
+    assert log_rms_alignment(np.full((2, 64), np.nan), y) == 0.0
+    y_bad = y.copy()
+    y_bad[0, 0] = np.inf
+    for mode in ("rms", "spectral"):
+        value = alignment(x, y_bad, mode)
+        assert value == 0.0
+
+
+def test_fan_in_below_two_is_zero() -> None:
+    assert log_rms_alignment(np.ones((3, 1)), np.ones((4, 1))) == 0.0
+    assert log_rms_alignment(np.ones((3, 8)), np.ones((4, 8)), fan_in=1) == 0.0
+
+
+def test_values_stay_in_unit_interval() -> None:
+    for _ in range(20):
+        n = int(RNG.integers(2, 40))
+        x, y = RNG.standard_normal((3, n)) * 1e3, RNG.standard_normal((5, n)) * 1e-3
+        for mode in ("rms", "spectral"):
+            assert 0.0 <= alignment(x, y, mode) <= 1.0
+
+
+def test_spectral_is_one_along_the_top_singular_vector() -> None:
+    y = RNG.standard_normal((10, 30))
+    top = np.linalg.svd(y)[2][0]
+    assert spectral_alignment(top[None, :], y) == pytest.approx(1.0)
+    x = RNG.standard_normal((4, 30))
+    expected = np.mean(np.linalg.norm(x @ y.T, axis=1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, 2)))
+    assert spectral_alignment(x, y) == pytest.approx(expected)
+
+
+def test_layer_alignment_uses_the_right_pairs() -> None:
+    z0, w0 = RNG.standard_normal((6, 32)), RNG.standard_normal((16, 32))
+    dz, dw = RNG.standard_normal((6, 32)), np.outer(RNG.standard_normal(16), z0[0])
+    got = layer_alignment(z0, z0 + dz, w0, w0 + dw)
+    assert got.alpha == pytest.approx(log_rms_alignment(z0, dw))
+    assert got.omega == pytest.approx(log_rms_alignment(dz, w0))
+    assert got.u == pytest.approx(log_rms_alignment(dz, dw))
+
+
+def test_unknown_mode() -> None:
+    with pytest.raises(MaxPError, match="unknown alignment mode 'l1'"):
+        alignment(np.ones((2, 4)), np.ones((2, 4)), "l1")  # type: ignore[arg-type]
+
+
+def test_sanitize() -> None:
+    out = sanitize(np.array([0.7, np.nan, np.inf]), np.array([1.0, 0.5, 0.25]))
+    np.testing.assert_array_equal(out, [0.7, 0.5, 0.25])
