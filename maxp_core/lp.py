@@ -23,8 +23,8 @@ and CLARABEL agree on it to solver precision.
 
 **Speed.** The constraint matrix depends on the graph only; the numbers ``a, b,
 alpha, omega, u`` move right-hand sides, pinned ``c`` move bounds. ``solver="highs"``
-keeps one HiGHS model and only changes its bounds and costs, so both stages
-warm-start from the last basis. ``solver="clarabel"`` and
+keeps one HiGHS model per stage and only changes its bounds, so each stage
+warm-starts from its own last basis. ``solver="clarabel"`` and
 ``solver="cvxpy-highs"`` solve the same problem through cvxpy, built once with
 parameters (DPP).
 
@@ -497,7 +497,13 @@ def _face_bound(optimum: float) -> float:
 
 
 class _HighsBackend(_Backend):
-    """One kept HiGHS model: stage 1 and the tie-breaking stage 2 differ in costs and one row."""
+    """Two kept HiGHS models, one per stage, each warm-started from its own last basis.
+
+    Stage 1 minimises ``sum(c)``; stage 2 carries the extra face row
+    ``sum(c) <= optimum`` and the tie-breaking costs. Keeping them apart means neither
+    stage starts from the other's basis: when the numbers drift slowly between
+    re-solves, as alignments do in training, both start next to their new optimum.
+    """
 
     name = "highs"
 
@@ -508,69 +514,77 @@ class _HighsBackend(_Backend):
         self._inf = highspy.kHighsInf
         num_cols = st.num_cols
         c_cols = np.array(sorted(st.c_col.values()), dtype=np.int32)
-        self.sum_cost = np.zeros(num_cols)
-        self.sum_cost[c_cols] = 1.0
-        self.tie_cost = st.tie_weights.copy()
+        sum_cost = np.zeros(num_cols)
+        sum_cost[c_cols] = 1.0
         face_row = sp.csr_matrix((np.ones(len(c_cols)), (np.zeros(len(c_cols)), c_cols)), shape=(1, num_cols))
-        a = sp.vstack([st.a_matrix, face_row]).tocsc()
-        self.num_rows = a.shape[0]
-        self.face_row = self.num_rows - 1
-        self.rows = np.arange(self.num_rows, dtype=np.int32)
         self.cols = np.arange(num_cols, dtype=np.int32)
+        self.stage1 = self._model(st.a_matrix.tocsc(), sum_cost)
+        self.stage2 = self._model(sp.vstack([st.a_matrix, face_row]).tocsc(), st.tie_weights)
+        self.num_rows = st.a_matrix.shape[0]
+        self.rows1 = np.arange(self.num_rows, dtype=np.int32)
+        self.rows2 = np.arange(self.num_rows + 1, dtype=np.int32)
+        self.row_lower1 = np.full(self.num_rows, -self._inf)
+        self.row_lower2 = np.full(self.num_rows + 1, -self._inf)
+        self.rhs2 = np.empty(self.num_rows + 1)
+        self._bounds: tuple[np.ndarray, np.ndarray] | None = None
 
+    def _model(self, a: sp.csc_matrix, cost: np.ndarray) -> Any:
+        highspy, inf = self._highspy, self._inf
         lp = highspy.HighsLp()
-        lp.num_col_ = num_cols
-        lp.num_row_ = self.num_rows
-        lp.col_cost_ = self.sum_cost
-        lp.col_lower_ = np.full(num_cols, -self._inf)
-        lp.col_upper_ = np.full(num_cols, self._inf)
-        lp.row_lower_ = np.full(self.num_rows, -self._inf)
-        lp.row_upper_ = np.full(self.num_rows, self._inf)
+        lp.num_col_ = a.shape[1]
+        lp.num_row_ = a.shape[0]
+        lp.col_cost_ = np.asarray(cost, dtype=np.float64)
+        lp.col_lower_ = np.full(a.shape[1], -inf)
+        lp.col_upper_ = np.full(a.shape[1], inf)
+        lp.row_lower_ = np.full(a.shape[0], -inf)
+        lp.row_upper_ = np.full(a.shape[0], inf)
         lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
         lp.a_matrix_.start_ = a.indptr.astype(np.int32)
         lp.a_matrix_.index_ = a.indices.astype(np.int32)
         lp.a_matrix_.value_ = a.data.astype(np.float64)
-        self.h = highspy.Highs()
-        self.h.setOptionValue("output_flag", False)
-        self.h.setOptionValue("threads", 1)
-        self.h.setOptionValue("primal_feasibility_tolerance", 1e-9)
-        self.h.setOptionValue("dual_feasibility_tolerance", 1e-9)
-        self.h.passModel(lp)
-        self.row_lower = np.full(self.num_rows, -self._inf)
+        h = highspy.Highs()
+        h.setOptionValue("output_flag", False)
+        h.setOptionValue("threads", 1)
+        h.setOptionValue("primal_feasibility_tolerance", 1e-9)
+        h.setOptionValue("dual_feasibility_tolerance", 1e-9)
+        h.passModel(lp)
+        return h
 
-    def _status(self) -> str:
-        status = self.h.getModelStatus()
+    def _status(self, h: Any) -> str:
+        status = h.getModelStatus()
         ms = self._highspy.HighsModelStatus
         if status == ms.kOptimal:
             return "optimal"
         if status in (ms.kInfeasible, ms.kUnboundedOrInfeasible):
             return "infeasible"
-        return str(self.h.modelStatusToString(status))
+        return str(h.modelStatusToString(status))
 
     def solve(self, rhs: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> tuple[str, np.ndarray | None]:
-        h, inf = self.h, self._inf
-        h.changeColsBounds(
-            len(self.cols),
-            self.cols,
-            np.where(np.isfinite(lower), lower, -inf),
-            np.where(np.isfinite(upper), upper, inf),
+        inf = self._inf
+        col_lower = np.where(np.isfinite(lower), lower, -inf)
+        col_upper = np.where(np.isfinite(upper), upper, inf)
+        h1, h2 = self.stage1, self.stage2
+        # Column bounds move only when pinned values do; changing them costs the warm start.
+        new_bounds = self._bounds is None or not (
+            np.array_equal(col_lower, self._bounds[0]) and np.array_equal(col_upper, self._bounds[1])
         )
-        h.changeRowsBounds(  # type: ignore[attr-defined]
-            self.num_rows, self.rows, self.row_lower, np.append(rhs, inf)
-        )
-        h.changeColsCost(len(self.cols), self.cols, self.sum_cost)
-        h.run()
-        status = self._status()
+        if new_bounds:
+            for h in (h1, h2):
+                h.changeColsBounds(len(self.cols), self.cols, col_lower, col_upper)
+            self._bounds = (col_lower, col_upper)
+        h1.changeRowsBounds(self.num_rows, self.rows1, self.row_lower1, rhs)  # type: ignore[attr-defined]
+        h1.run()
+        status = self._status(h1)
         if status != "optimal":
             return status, None
-        optimum = float(h.getInfo().objective_function_value)
-        h.changeRowBounds(self.face_row, -inf, _face_bound(optimum))
-        h.changeColsCost(len(self.cols), self.cols, self.tie_cost)
-        h.run()
-        status = self._status()
+        self.rhs2[:-1] = rhs
+        self.rhs2[-1] = _face_bound(float(h1.getInfo().objective_function_value))
+        h2.changeRowsBounds(self.num_rows + 1, self.rows2, self.row_lower2, self.rhs2)  # type: ignore[attr-defined]
+        h2.run()
+        status = self._status(h2)
         if status != "optimal":
             return f"tie-break stage: {status}", None
-        return "optimal", np.asarray(h.getSolution().col_value)
+        return "optimal", np.asarray(h2.getSolution().col_value)
 
 
 class _CvxpyBackend(_Backend):
