@@ -11,7 +11,7 @@ from maxp_core import InfeasibleError, StabilityLP, chain
 from tests.core import reference
 from tests.core.strategies import Instance, chains, dags, instances
 
-PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 graphs = st.one_of(chains(), dags())
 
 
