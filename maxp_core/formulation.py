@@ -22,7 +22,6 @@ their sum (``merge="sum"``, multiplied updates).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -164,11 +163,15 @@ class CompiledTerms:
         self.g_coef = [t.variables.get(("g", 0), 0.0) for t in all_terms]
         self.num_grad = len(grad)
         self.grad_owner = [s for s, _ in grad]
-        # For each node in topological order: (node, first term, end, preds, merge is min).
-        self.plan: list[tuple[int, int, int, tuple[int, ...], bool]] = []
+        # For each node in topological order: (node, preds, merge is min, its terms as
+        # (index into const, c coefficient, r_in coefficient, g coefficient)).
+        self.plan: list[tuple[int, tuple[int, ...], bool, tuple[tuple[int, float, float, float], ...]]] = []
         k = 0
         for i, ts in node_terms_in_order:
-            self.plan.append((i, k, k + len(ts), graph.pred_indices(i), graph.nodes[i].merge == "min"))
+            terms = tuple(
+                (k + j, self.c_coef[k + j], self.rin_coef[k + j], self.g_coef[k + j]) for j in range(len(ts))
+            )
+            self.plan.append((i, graph.pred_indices(i), graph.nodes[i].merge == "min", terms))
             k += len(ts)
         self.grad_start = k
 
@@ -196,24 +199,17 @@ def exact_residuals(
     ct = compiled if compiled is not None else CompiledTerms(graph, optimizer)
     const = (ct.const_matrix @ numbers).tolist()
     cs = np.asarray(c, dtype=np.float64).tolist()
-    c_coef, rin_coef, g_coef = ct.c_coef, ct.rin_coef, ct.g_coef
     g = float("nan")
     if ct.num_grad:
         g = min(
-            const[k] + c_coef[k] * cs[ct.grad_owner[k - ct.grad_start]]
+            const[k] + ct.c_coef[k] * cs[ct.grad_owner[k - ct.grad_start]]
             for k in range(ct.grad_start, ct.grad_start + ct.num_grad)
         )
     r = [0.0] * len(graph)
-    for i, start, end, preds, merge_min in ct.plan:
+    for i, preds, merge_min, terms in ct.plan:
         r_in = 0.0
         if preds:
-            r_in = min(r[p] for p in preds) if merge_min else sum(r[p] for p in preds)
+            r_in = min([r[p] for p in preds]) if merge_min else sum([r[p] for p in preds])
         ci = cs[i]
-        best = math.inf
-        for k in range(start, end):
-            value = const[k] + c_coef[k] * ci + rin_coef[k] * r_in
-            if g_coef[k]:
-                value += g_coef[k] * g
-            best = min(best, value)
-        r[i] = best
+        r[i] = min([const[k] + cc * ci + rc * r_in + (gc * g if gc else 0.0) for k, cc, rc, gc in terms])
     return np.array(r), g

@@ -98,6 +98,7 @@ class OpGraph:
         if not self.nodes:
             raise GraphError("the graph is empty: add at least one node")
         self._index = self._build_index()
+        self._names = tuple(n.name for n in self.nodes)
         self._succs = self._build_successors()
         self.topological_order: tuple[int, ...] = self._topological_order()
         self.weighted: tuple[int, ...] = tuple(i for i, n in enumerate(self.nodes) if n.has_weight)
@@ -118,7 +119,8 @@ class OpGraph:
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(n.name for n in self.nodes)
+        """Node names in node order."""
+        return self._names
 
     def index(self, name: str) -> int:
         """Position of the node called ``name``."""
