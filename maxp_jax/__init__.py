@@ -1,1 +1,47 @@
-"""maxp for JAX: optax transformations on the shared maxp_core solver."""
+"""maxp_jax: maxP for JAX, as optax transformations.
+
+Describe which parameter leaves are layers with a :class:`MaxPSpec`, re-initialise
+them with :func:`abc_init`, and chain :func:`scale_by_maxp` into any optax optimizer
+(or use :func:`adamw` / :func:`sgd`).
+
+Example:
+  >>> import jax, jax.numpy as jnp, optax
+  >>> import maxp_jax
+  >>> params = {"w_in": jnp.zeros((8, 128)), "w_h": jnp.zeros((128, 128)), "w_out": jnp.zeros((128, 4))}
+  >>> spec = maxp_jax.MaxPSpec(params, [maxp_jax.Rule("w_in", "embedding"),
+  ...                                   maxp_jax.Rule("w_h", "hidden"),
+  ...                                   maxp_jax.Rule("w_out", "readout")])
+  >>> params = maxp_jax.abc_init(spec, params, jax.random.key(0))
+  >>> tx = maxp_jax.adamw(spec, learning_rate=1e-2)
+  >>> opt_state = tx.init(params)
+"""
+
+from maxp_jax.init import abc_init
+from maxp_jax.spec import LAYOUTS, Layer, MaxPSpec, Rule, path_string
+from maxp_jax.transform import (
+    FACTOR_DTYPE,
+    ScaleByMaxPState,
+    adamw,
+    find_maxp_state,
+    scale_by_maxp,
+    set_factors,
+    sgd,
+    wsd_schedule,
+)
+
+__all__ = [
+    "FACTOR_DTYPE",
+    "LAYOUTS",
+    "Layer",
+    "MaxPSpec",
+    "Rule",
+    "ScaleByMaxPState",
+    "abc_init",
+    "adamw",
+    "find_maxp_state",
+    "path_string",
+    "scale_by_maxp",
+    "set_factors",
+    "sgd",
+    "wsd_schedule",
+]

@@ -1,0 +1,342 @@
+"""Which parameter leaves are maxP layers, with their roles, widths and exponents.
+
+A :class:`Rule` assigns a role to the leaves whose path matches a regular expression.
+Paths are ``/``-joined keys (``"params/Dense_1/kernel"``, as
+``jax.tree_util.keystr(path, simple=True, separator="/")`` writes them) or, equally,
+the full ``jax.tree_util.keystr`` form (``"['params']['Dense_1']['kernel']"``).
+Every matched leaf with two or more axes is the weight of one layer; a matched leaf
+with fewer axes (a bias, a scale) joins the layer whose weight sits under the same
+parent path and shares its learning rate. Leaves no rule matches keep the base
+learning rate.
+
+The layers form a chain, in rule order and, within a rule, in natural order of their
+paths (``Dense_2`` before ``Dense_10``): the first is the embedding, the last the
+readout. The LP of :mod:`maxp_core` then gives each layer its ``c``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import jax
+import numpy as np
+
+from maxp_core import (
+    MaxPError,
+    Node,
+    OpGraph,
+    Role,
+    StabilityLP,
+    alignment_preset,
+    check_init_stability,
+    default_ab,
+)
+from maxp_core.formulation import parse_optimizer
+from maxp_core.symmetry import fold_multiplier
+
+Layout = Literal["dense", "embedding", "torch"]
+LAYOUTS: tuple[str, ...] = ("dense", "embedding", "torch")
+MultiplierMode = Literal["folded", "explicit"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Assign a role to the parameter leaves whose path matches ``pattern``.
+
+    Args:
+      pattern: a regular expression, matched in full against each leaf's path.
+      role: ``"embedding"``, ``"hidden"`` or ``"readout"``.
+      layout: how the weight's axes read: ``"dense"`` (flax ``Dense``/``Conv`` kernels,
+        ``(..., in, out)``), ``"embedding"`` (a ``(vocab, d)`` table) or ``"torch"``
+        (``(out, in, ...)``).
+      width: the ``n`` of ``n^-a, n^-b, n^-c``; default: the output size for an
+        embedding, the input size otherwise.
+      a, b: override the parametrization's exponents for these layers.
+      c: pin the learning-rate exponent (the LP solves the others around it).
+      alignment: ``(alpha, omega, u)`` for these layers instead of the preset.
+    """
+
+    pattern: str
+    role: str
+    layout: Layout = "dense"
+    width: int | None = None
+    a: float | None = None
+    b: float | None = None
+    c: float | None = None
+    alignment: tuple[float, float, float] | None = None
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One maxP layer: a weight leaf and the leaves that share its learning rate."""
+
+    name: str
+    role: Role
+    weight_path: str
+    shape: tuple[int, ...]
+    width: int
+    fan_in: int
+    a: float
+    b: float
+    layout: str
+    extra_paths: tuple[str, ...] = ()
+    c_fixed: float | None = None
+    alignment: tuple[float, float, float] | None = None
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return (self.weight_path, *self.extra_paths)
+
+
+def path_string(path: Sequence[Any]) -> str:
+    """``/``-joined form of a key path."""
+    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
+
+
+def leaf_key(path: str) -> str:
+    """The key a leaf is looked up by: its path without the ``/value`` of a flax nnx
+    variable, so ``nnx.state(model)`` and the plain arrays ``nnx.Optimizer`` hands to
+    optax find the same layer."""
+    return path.removesuffix("/value")
+
+
+def _matches(pattern: re.Pattern[str], slash_path: str, key_path: str) -> bool:
+    return pattern.fullmatch(slash_path) is not None or pattern.fullmatch(key_path) is not None
+
+
+def _natural_key(text: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def _dims(path: str, shape: tuple[int, ...], layout: str) -> tuple[int, int, int]:
+    """``(in, fan_in, out)`` of a weight: the input size, the contracted size, the output size."""
+    if len(shape) < 2 or min(shape) < 1:
+        raise MaxPError(
+            f"{path}: cannot read a fan-in from shape {shape} with layout {layout!r}; "
+            "a weight needs at least two non-empty axes"
+        )
+    if layout == "dense":
+        return shape[-2], math.prod(shape[:-1]), shape[-1]
+    if layout == "embedding":
+        return shape[0], shape[0], shape[-1]
+    if layout == "torch":
+        return shape[1], math.prod(shape[1:]), shape[0]
+    raise MaxPError(f"{path}: unknown layout {layout!r}; expected one of {list(LAYOUTS)}")
+
+
+@dataclass
+class MaxPSpec:
+    """The maxP layers of a params pytree and their learning-rate exponents.
+
+    Args:
+      params: the params pytree (arrays or ``jax.ShapeDtypeStruct``).
+      rules: the :class:`Rule` list.
+      parametrization: ``"mup"``, ``"sp"``, ``"ntk"`` or ``"mfp"``: default ``(a, b)`` per role.
+      optimizer: ``"adam"`` or ``"sgd"`` (the LP differs).
+      alignment: the preset the initial LP is solved with: ``"full"`` or ``"no"``.
+      multipliers: ``"folded"`` (the model is untouched: each output multiplier
+        ``n^-a`` is moved into init and learning rate, see
+        :mod:`maxp_core.symmetry`) or ``"explicit"`` (the model multiplies each
+        layer's output by :meth:`multiplier`; this reproduces the PyTorch backend to
+        float precision, since Adam's ``eps`` and weight decay see the same weights).
+      feature_learning: require ``r = 0`` for the layer before the readout.
+      solver: the LP solver of :mod:`maxp_core`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> params = {"params": {f"Dense_{i}": {"kernel": jnp.zeros((64, 64)), "bias": jnp.zeros(64)}
+      ...                      for i in range(3)}}
+      >>> spec = MaxPSpec(params, [Rule(r"params/Dense_0/.*", "embedding"),
+      ...                          Rule(r"params/Dense_1/.*", "hidden"),
+      ...                          Rule(r"params/Dense_2/.*", "readout")])
+      >>> [(layer.name, layer.width, round(float(c), 6)) for layer, c in zip(spec.layers, spec.c)]
+      [('params/Dense_0', 64, 0.5), ('params/Dense_1', 64, 1.0), ('params/Dense_2', 64, 0.5)]
+    """
+
+    params: Any
+    rules: Sequence[Rule]
+    parametrization: str = "mup"
+    optimizer: str = "adam"
+    alignment: str = "full"
+    multipliers: MultiplierMode = "folded"
+    feature_learning: bool = False
+    solver: str = "highs"
+    layers: tuple[Layer, ...] = field(init=False)
+    c: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.optimizer = parse_optimizer(self.optimizer)
+        if self.multipliers not in ("folded", "explicit"):
+            raise MaxPError(f"multipliers must be 'folded' or 'explicit', got {self.multipliers!r}")
+        self.layers = self._find_layers()
+        self.graph = self._build_graph()
+        self.lp = StabilityLP(
+            self.graph,
+            self.optimizer,
+            feature_learning=self.feature_learning,
+            c_fixed={layer.name: layer.c_fixed for layer in self.layers if layer.c_fixed is not None},
+            solver=self.solver,
+        )
+        self.c = np.array(list(self.lp.solve().c.values()))
+
+    # --- discovery -----------------------------------------------------------------
+
+    def _find_layers(self) -> tuple[Layer, ...]:
+        leaves = jax.tree_util.tree_flatten_with_path(self.params)[0]
+        entries = [
+            (path_string(p), jax.tree_util.keystr(tuple(p)), tuple(int(d) for d in np.shape(x)))
+            for p, x in leaves
+        ]
+        compiled = []
+        for rule in self.rules:
+            try:
+                compiled.append(re.compile(rule.pattern))
+            except re.error as err:
+                raise MaxPError(f"rule pattern {rule.pattern!r} is not a regular expression: {err}") from None
+        owner: dict[str, int] = {}
+        for k, pattern in enumerate(compiled):
+            hits = [slash for slash, key, _ in entries if _matches(pattern, slash, key)]
+            if not hits:
+                sample = ", ".join(slash for slash, _, _ in entries[:6])
+                raise MaxPError(
+                    f"rule {self.rules[k].pattern!r} matches no parameter; paths look like: {sample}"
+                )
+            for slash in hits:
+                if slash in owner:
+                    raise MaxPError(
+                        f"{slash} is matched by two rules: {self.rules[owner[slash]].pattern!r} "
+                        f"and {self.rules[k].pattern!r}"
+                    )
+                owner[slash] = k
+        shapes = {slash: shape for slash, _, shape in entries}
+        layers: list[Layer] = []
+        extras: dict[int, list[str]] = {}
+        for k, rule in enumerate(self.rules):
+            role = Role.parse(rule.role, layer=rule.pattern)
+            paths = sorted((p for p, owner_k in owner.items() if owner_k == k), key=_natural_key)
+            weights = [p for p in paths if len(shapes[p]) >= 2]
+            for path in weights:
+                layers.append(self._make_layer(rule, role, path, shapes[path]))
+            for path in (p for p in paths if len(shapes[p]) < 2):
+                parent = _parent(path)
+                homes = [i for i, layer in enumerate(layers) if _parent(layer.weight_path) == parent]
+                if len(homes) != 1:
+                    raise MaxPError(
+                        f"{path} (shape {shapes[path]}) is matched by rule {rule.pattern!r} but no single "
+                        f"weight sits beside it under {parent or 'the root'!r}; match it with its own rule "
+                        "or leave it out of the pattern"
+                    )
+                extras.setdefault(homes[0], []).append(path)
+        if len(layers) < 2:
+            raise MaxPError(
+                f"maxP needs at least two layers (embedding and readout); the rules found {len(layers)}"
+            )
+        return tuple(
+            Layer(**{**layer.__dict__, "extra_paths": tuple(extras.get(i, ()))})
+            for i, layer in enumerate(layers)
+        )
+
+    def _make_layer(self, rule: Rule, role: Role, path: str, shape: tuple[int, ...]) -> Layer:
+        in_dim, fan_in, out_dim = _dims(path, shape, rule.layout)
+        width = rule.width if rule.width is not None else (out_dim if role is Role.EMBEDDING else in_dim)
+        if not isinstance(width, int) or width < 1:
+            raise MaxPError(f"{path}: width must be a positive integer, got {width!r}")
+        a0, b0 = default_ab(self.parametrization, role)
+        a = a0 if rule.a is None else float(rule.a)
+        b = b0 if rule.b is None else float(rule.b)
+        check_init_stability(path, role, a, b)
+        leaf_name = leaf_key(path).rsplit("/", 1)[-1]
+        name = _parent(path) if leaf_name in ("kernel", "embedding", "weight", "w") else path
+        return Layer(
+            name=name or path,
+            role=role,
+            weight_path=path,
+            shape=shape,
+            width=width,
+            fan_in=fan_in,
+            a=a,
+            b=b,
+            layout=rule.layout,
+            c_fixed=None if rule.c is None else float(rule.c),
+            alignment=None if rule.alignment is None else tuple(float(v) for v in rule.alignment),  # type: ignore[arg-type]
+        )
+
+    def _build_graph(self) -> OpGraph:
+        preset = alignment_preset(self.alignment)
+        nodes = []
+        for i, layer in enumerate(self.layers):
+            alpha, omega, u = layer.alignment or preset
+            nodes.append(
+                Node(
+                    name=layer.name,
+                    a=layer.a,
+                    b=layer.b,
+                    alpha=alpha,
+                    omega=omega,
+                    u=u,
+                    preds=(self.layers[i - 1].name,) if i else (),
+                    role=layer.role,
+                )
+            )
+        return OpGraph(nodes)
+
+    # --- exponents -----------------------------------------------------------------
+
+    def effective_abc(
+        self, c: Sequence[float] | np.ndarray | None = None
+    ) -> list[tuple[float, float, float]]:
+        """``(a, b, c)`` per layer as the model and optimizer apply them (after folding)."""
+        cs = self.c if c is None else np.asarray(c, dtype=np.float64)
+        out = []
+        for layer, ci in zip(self.layers, cs, strict=True):
+            if self.multipliers == "folded":
+                out.append(fold_multiplier(layer.a, layer.b, float(ci), self.optimizer))
+            else:
+                out.append((layer.a, layer.b, float(ci)))
+        return out
+
+    def factors(self, c: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
+        """Learning-rate factor ``n^-c`` per layer (after folding), float64."""
+        effective = self.effective_abc(c)
+        return np.array([layer.width ** -abc[2] for layer, abc in zip(self.layers, effective, strict=True)])
+
+    def init_std(self, std_prefactor: float = 1.0) -> np.ndarray:
+        """Initial standard deviation ``std_prefactor * n^-b`` per layer (after folding)."""
+        return np.array(
+            [
+                std_prefactor * layer.width ** -abc[1]
+                for layer, abc in zip(self.layers, self.effective_abc(), strict=True)
+            ]
+        )
+
+    def multiplier(self, name: str) -> float:
+        """Output multiplier ``n^-a`` of a layer, for ``multipliers="explicit"`` models."""
+        for layer in self.layers:
+            if name in (layer.name, layer.weight_path):
+                return float(layer.width**-layer.a)
+        raise MaxPError(f"no maxP layer named {name!r}; layers: {[layer.name for layer in self.layers]}")
+
+    def leaf_layer_index(self) -> dict[str, int]:
+        """Layer index of every parametrized leaf, keyed by :func:`leaf_key`."""
+        return {leaf_key(path): i for i, layer in enumerate(self.layers) for path in layer.paths}
+
+    def describe(self) -> str:
+        """A table of the layers: role, width, a, b, c and the learning-rate factor."""
+        from maxp_core.cli import format_table
+
+        rows = [
+            (layer.name, layer.role.value, layer.width, layer.a, layer.b, float(c), float(f))
+            for layer, c, f in zip(self.layers, self.c, self.factors(), strict=True)
+        ]
+        return format_table(rows, ("layer", "role", "width", "a", "b", "c", "lr factor"))
+
+
+def _parent(path: str) -> str:
+    """The module a leaf belongs to: its path without the leaf's own name (and without
+    the ``/value`` that flax nnx variables add)."""
+    path = leaf_key(path)
+    return path.rsplit("/", 1)[0] if "/" in path else ""

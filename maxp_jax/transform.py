@@ -1,0 +1,192 @@
+"""maxP as optax transformations: per-layer learning-rate factors in the optimizer state."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from maxp_core import WSDSchedule
+from maxp_jax.spec import MaxPSpec, leaf_key, path_string
+
+#: dtype of the factors in the state: fixed, so assigning new factors never recompiles.
+FACTOR_DTYPE = jnp.float32
+
+
+class ScaleByMaxPState(NamedTuple):
+    """Per-layer learning-rate factors ``n^-c`` and the exponents ``c`` they come from."""
+
+    count: jax.Array
+    factors: jax.Array
+    c: jax.Array
+
+
+def scale_by_maxp(spec: MaxPSpec) -> optax.GradientTransformationExtraArgs:
+    """Multiply each maxP layer's update by its factor ``n^-c``.
+
+    Leaves outside every layer pass unchanged (the base learning rate). The factors live
+    in the state as a ``float32`` vector, one entry per layer, so replacing them (a
+    re-solve, :func:`set_factors`) changes values only and a jitted step is not traced
+    again. Put it after Adam's scaling and after ``add_decayed_weights``, before the
+    learning rate: that order makes decoupled weight decay scale with each layer's
+    learning rate, as PyTorch's per-group ``lr`` does.
+
+    Args:
+      spec: the :class:`~maxp_jax.MaxPSpec`.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    References:
+      Everett et al., "Scaling Exponents Across Parameterizations and Optimizers", 2024.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax
+      >>> from maxp_jax import MaxPSpec, Rule
+      >>> params = {"w_in": jnp.ones((8, 256)), "w_out": jnp.ones((256, 4)), "scale": jnp.ones(())}
+      >>> spec = MaxPSpec(params, [Rule("w_in", "embedding"), Rule("w_out", "readout")])
+      >>> tx = scale_by_maxp(spec)
+      >>> updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params))
+      >>> {k: round(float(v.ravel()[0]), 6) for k, v in updates.items()}
+      {'scale': 1.0, 'w_in': 1.0, 'w_out': 0.003906}
+    """
+    index = spec.leaf_layer_index()
+    initial_c = np.asarray(spec.c, dtype=np.float64)
+    initial_factors = spec.factors(initial_c)
+
+    def init_fn(params: optax.Params) -> ScaleByMaxPState:
+        del params
+        return ScaleByMaxPState(
+            count=jnp.zeros([], jnp.int32),
+            factors=jnp.asarray(initial_factors, dtype=FACTOR_DTYPE),
+            c=jnp.asarray(initial_c, dtype=FACTOR_DTYPE),
+        )
+
+    def update_fn(
+        updates: optax.Updates, state: ScaleByMaxPState, params: optax.Params | None = None, **extra_args: Any
+    ) -> tuple[optax.Updates, ScaleByMaxPState]:
+        del params, extra_args
+
+        def scale(path: Any, update: Any) -> Any:
+            i = index.get(leaf_key(path_string(path)))
+            if i is None or update is None or not hasattr(update, "dtype"):
+                return update
+            return update * state.factors[i].astype(update.dtype)
+
+        updates = jax.tree_util.tree_map_with_path(scale, updates)
+        return updates, state._replace(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def find_maxp_state(opt_state: Any) -> ScaleByMaxPState:
+    """The :class:`ScaleByMaxPState` inside an optimizer state (a chain, partition, ...)."""
+    found = [s for s in _walk(opt_state) if isinstance(s, ScaleByMaxPState)]
+    if len(found) != 1:
+        raise ValueError(f"expected one ScaleByMaxPState in the optimizer state, found {len(found)}")
+    return found[0]
+
+
+def set_factors(opt_state: Any, spec: MaxPSpec, c: np.ndarray) -> Any:
+    """A copy of ``opt_state`` whose maxP factors come from the exponents ``c``.
+
+    Values only change (same shapes and dtypes), so a jitted step is not traced again.
+    """
+    c = np.asarray(c, dtype=np.float64)
+    if c.shape != (len(spec.layers),) or not np.all(np.isfinite(c)):
+        raise ValueError(f"c must hold {len(spec.layers)} finite numbers, got {c!r}")
+    factors = jnp.asarray(spec.factors(c), dtype=FACTOR_DTYPE)
+    new_c = jnp.asarray(c, dtype=FACTOR_DTYPE)
+
+    def replace(node: Any) -> Any:
+        if isinstance(node, ScaleByMaxPState):
+            return node._replace(factors=factors, c=new_c)
+        return node
+
+    return jax.tree_util.tree_map(replace, opt_state, is_leaf=lambda x: isinstance(x, ScaleByMaxPState))
+
+
+def _walk(node: Any) -> list[Any]:
+    out = [node]
+    if isinstance(node, ScaleByMaxPState):
+        return out
+    if isinstance(node, tuple | list):
+        for child in node:
+            out += _walk(child)
+    elif isinstance(node, dict):
+        for child in node.values():
+            out += _walk(child)
+    elif hasattr(node, "inner_state"):
+        out += _walk(node.inner_state)
+    elif hasattr(node, "inner_states"):
+        out += _walk(node.inner_states)
+    return out
+
+
+def wsd_schedule(
+    learning_rate: float,
+    *,
+    warmup_steps: int = 0,
+    stable_steps: int,
+    decay_steps: int,
+    decay_type: str = "cosine",
+    min_factor: float = 0.0,
+) -> optax.Schedule:
+    """Warmup-stable-decay as an optax schedule: ``learning_rate`` times the WSD multiplier.
+
+    The curve is :class:`maxp_core.WSDSchedule`'s, evaluated with ``jax.numpy``.
+
+    Examples:
+      >>> s = wsd_schedule(0.1, warmup_steps=2, stable_steps=2, decay_steps=2, decay_type="linear")
+      >>> [round(float(s(t)), 3) for t in range(7)]
+      [0.0, 0.05, 0.1, 0.1, 0.1, 0.05, 0.0]
+    """
+    curve = WSDSchedule(warmup_steps, stable_steps, decay_steps, decay_type, min_factor)
+
+    def schedule(count: Any) -> jax.Array:
+        return learning_rate * curve(count, xp=jnp)
+
+    return schedule
+
+
+def adamw(
+    spec: MaxPSpec,
+    learning_rate: float | optax.Schedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    mask: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """AdamW with maxP: ``chain(scale_by_adam, add_decayed_weights, scale_by_maxp, -lr)``.
+
+    Weight decay comes before the maxP factor, so each layer's decay is multiplied by
+    its own learning rate, as in ``torch.optim.AdamW`` with one group per layer.
+    ``mask`` defaults to every leaf (as ``torch.optim.AdamW``'s single group does).
+    """
+    return optax.chain(
+        optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+        optax.add_decayed_weights(weight_decay, mask),
+        scale_by_maxp(spec),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def sgd(
+    spec: MaxPSpec,
+    learning_rate: float | optax.Schedule,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+    """SGD with maxP, in ``torch.optim.SGD``'s order: coupled decay, momentum, factor, -lr."""
+    parts: list[optax.GradientTransformation] = []
+    if weight_decay:
+        parts.append(optax.add_decayed_weights(weight_decay))
+    if momentum:
+        parts.append(optax.trace(decay=momentum, nesterov=nesterov))
+    parts += [scale_by_maxp(spec), optax.scale_by_learning_rate(learning_rate)]
+    return optax.chain(*parts)
