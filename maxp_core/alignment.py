@@ -39,7 +39,8 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from types import ModuleType
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -57,78 +58,91 @@ class Alignment(NamedTuple):
     u: float
 
 
-def _rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
+def _rows(x: Any, xp: ModuleType) -> Any:
+    x = xp.asarray(x)
+    if xp is np:
+        x = x.astype(np.float64)
     if x.ndim == 1:
         return x[None, :]
     return x.reshape(-1, x.shape[-1])
 
 
-def _mean_finite(values: np.ndarray, keep: np.ndarray) -> float:
-    keep = keep & np.isfinite(values)
-    if not keep.any():
-        return 0.0
-    return float(values[keep].mean())
+def _masked_mean(values: Any, keep: Any, xp: ModuleType) -> Any:
+    """Mean of the finite ``values`` where ``keep``; 0 when none is left."""
+    keep = keep & xp.isfinite(values)
+    count = xp.sum(keep)
+    total = xp.sum(xp.where(keep, values, 0.0))
+    return xp.where(count > 0, total / xp.maximum(count, 1), 0.0)
 
 
-def log_rms_alignment(x: np.ndarray, y: np.ndarray, fan_in: int | None = None) -> float:
+def log_rms_alignment(x: Any, y: Any, fan_in: int | None = None, xp: ModuleType = np) -> Any:
     """Log-RMS alignment of the product ``x @ y.T``, averaged over the rows of ``x``.
 
     Args:
       x: activations, shape ``(..., fan_in)``; leading axes are flattened into rows.
       y: weight-like matrix, shape ``(out, fan_in)``.
       fan_in: the width that scales (default: ``x.shape[-1]``).
+      xp: the array module: ``numpy`` (float64, the reference) or ``jax.numpy``
+        (the input dtype, traceable under ``jit``).
 
     Returns:
-      A float in ``[0, 1]``.
+      A float in ``[0, 1]`` (a 0-d array with ``jax.numpy``).
     """
-    xr, ym = _rows(x), np.asarray(y, dtype=np.float64)
+    xr = _rows(x, xp)
+    ym = _rows(y, xp)
     n = xr.shape[-1] if fan_in is None else int(fan_in)
     if n < 2:
-        return 0.0
-    rms_y = np.sqrt(np.mean(ym * ym))
-    if not np.isfinite(rms_y) or rms_y == 0.0:
-        return 0.0
+        return _scalar(0.0, xp)
+    rms_y = xp.sqrt(xp.mean(ym * ym))
+    usable_y = xp.isfinite(rms_y) & (rms_y > 0)
     product = xr @ ym.T
+    rms_p = xp.sqrt(xp.mean(product * product, axis=1))
+    rms_x = xp.sqrt(xp.mean(xr * xr, axis=1))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        rms_p = np.sqrt(np.mean(product * product, axis=1))
-        rms_x = np.sqrt(np.mean(xr * xr, axis=1))
-        values = (np.log(rms_p) - np.log(rms_x * rms_y)) / np.log(n)
-    value = _mean_finite(values, (rms_x > 0) & (rms_p > 0))
-    return float(np.clip(value, 0.0, 1.0))
+        values = (xp.log(rms_p) - xp.log(rms_x * rms_y)) / np.log(n)
+    value = _masked_mean(values, (rms_x > 0) & (rms_p > 0) & usable_y, xp)
+    return _scalar(xp.clip(value, 0.0, 1.0), xp)
 
 
-def spectral_alignment(x: np.ndarray, y: np.ndarray) -> float:
+def spectral_alignment(x: Any, y: Any, xp: ModuleType = np) -> Any:
     """``|x @ y.T|_2 / (|x|_2 |y|_spectral)`` averaged over rows, in ``[0, 1]``."""
-    xr, ym = _rows(x), np.asarray(y, dtype=np.float64)
-    if not np.all(np.isfinite(ym)):
-        return 0.0
-    sigma = float(np.linalg.norm(ym, ord=2)) if ym.size else 0.0
-    if sigma == 0.0:
-        return 0.0
+    xr = _rows(x, xp)
+    ym = _rows(y, xp)
+    finite_y = xp.all(xp.isfinite(ym))
+    safe_y = xp.where(finite_y, ym, 0.0)
+    sigma = xp.linalg.norm(safe_y, ord=2) if ym.size else xp.asarray(0.0)
+    usable_y = finite_y & (sigma > 0)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        norm_p = np.linalg.norm(xr @ ym.T, axis=1)
-        norm_x = np.linalg.norm(xr, axis=1)
+        norm_p = xp.linalg.norm(xr @ safe_y.T, axis=1)
+        norm_x = xp.linalg.norm(xr, axis=1)
         values = norm_p / (norm_x * sigma)
-    return float(np.clip(_mean_finite(values, norm_x > 0), 0.0, 1.0))
+    value = _masked_mean(values, (norm_x > 0) & usable_y, xp)
+    return _scalar(xp.clip(value, 0.0, 1.0), xp)
 
 
-def alignment(x: np.ndarray, y: np.ndarray, mode: AlignmentMode = "rms", fan_in: int | None = None) -> float:
+def _scalar(value: Any, xp: ModuleType) -> Any:
+    return float(value) if xp is np else xp.asarray(value)
+
+
+def alignment(
+    x: Any, y: Any, mode: AlignmentMode = "rms", fan_in: int | None = None, xp: ModuleType = np
+) -> Any:
     """Alignment of ``x @ y.T`` in the given mode (``"rms"`` or ``"spectral"``)."""
     if mode == "rms":
-        return log_rms_alignment(x, y, fan_in)
+        return log_rms_alignment(x, y, fan_in, xp)
     if mode == "spectral":
-        return spectral_alignment(x, y)
+        return spectral_alignment(x, y, xp)
     raise MaxPError(f"unknown alignment mode {mode!r}; expected one of {list(MODES)}")
 
 
 def layer_alignment(
-    z0: np.ndarray,
-    z: np.ndarray,
-    w0: np.ndarray,
-    w: np.ndarray,
+    z0: Any,
+    z: Any,
+    w0: Any,
+    w: Any,
     mode: AlignmentMode = "rms",
     fan_in: int | None = None,
+    xp: ModuleType = np,
 ) -> Alignment:
     """``(alpha, omega, u)`` of a layer from its initial and current input and weight.
 
@@ -139,6 +153,7 @@ def layer_alignment(
       w: current weight.
       mode: ``"rms"`` or ``"spectral"``.
       fan_in: the width that scales (default: the last axis of ``z0``).
+      xp: ``numpy`` (float64) or ``jax.numpy`` (traceable).
 
     Examples:
       >>> import numpy as np
@@ -146,14 +161,12 @@ def layer_alignment(
       >>> layer_alignment(z0, z0, w0, w0)   # nothing changed
       Alignment(alpha=0.0, omega=0.0, u=0.0)
     """
-    z0 = np.asarray(z0, dtype=np.float64)
-    w0 = np.asarray(w0, dtype=np.float64)
-    dz = np.asarray(z, dtype=np.float64) - z0
-    dw = np.asarray(w, dtype=np.float64) - w0
+    z0, z, w0, w = (_rows(v, xp) for v in (z0, z, w0, w))
+    dz, dw = z - z0, w - w0
     return Alignment(
-        alpha=alignment(z0, dw, mode, fan_in),
-        omega=alignment(dz, w0, mode, fan_in),
-        u=alignment(dz, dw, mode, fan_in),
+        alpha=alignment(z0, dw, mode, fan_in, xp),
+        omega=alignment(dz, w0, mode, fan_in, xp),
+        u=alignment(dz, dw, mode, fan_in, xp),
     )
 
 
