@@ -60,11 +60,16 @@ class SolveSchedule:
 
     def should_solve(self, step: int) -> bool:
         """Whether the LP is re-solved after optimizer step ``step``."""
-        if step <= self.warmup_steps:
-            return False
-        if self.stop_after is not None and step > self.stop_after:
-            return False
-        return (step - self.warmup_steps) % self.solve_interval == 0
+        return bool(self.due(step))
+
+    def due(self, step: Any, xp: ModuleType = np) -> Any:
+        """:meth:`should_solve` as an array expression (``xp=jax.numpy`` traces it)."""
+        step = xp.asarray(step)
+        after = step - self.warmup_steps
+        due = (after > 0) & (after % self.solve_interval == 0)
+        if self.stop_after is not None:
+            due = due & (step <= self.stop_after)
+        return due
 
 
 def check_ema_decay(name: str, decay: float) -> float:

@@ -16,6 +16,8 @@ Example:
   >>> opt_state = tx.init(params)
 """
 
+from maxp_jax.capture import LayerInputs
+from maxp_jax.dynamic import DynamicAlignment
 from maxp_jax.init import abc_init
 from maxp_jax.spec import LAYOUTS, Layer, MaxPSpec, Rule, path_string
 from maxp_jax.transform import (
@@ -32,7 +34,9 @@ from maxp_jax.transform import (
 __all__ = [
     "FACTOR_DTYPE",
     "LAYOUTS",
+    "DynamicAlignment",
     "Layer",
+    "LayerInputs",
     "MaxPSpec",
     "Rule",
     "ScaleByMaxPState",

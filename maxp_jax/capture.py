@@ -71,11 +71,20 @@ class _Walker:
 
     def run(self, closed: Any, flat_args: list[Any], record: dict[int, _Use] | None) -> list[Any]:
         jaxpr, consts = _open(closed)
-        tags = {id(v): (layer, None) for pos, v in enumerate(jaxpr.invars) if (layer := self.weight_of_input.get(pos)) is not None}
+        tags = {
+            id(v): (layer, None)
+            for pos, v in enumerate(jaxpr.invars)
+            if (layer := self.weight_of_input.get(pos)) is not None
+        }
         return self._eval(jaxpr, consts, flat_args, tags, record)
 
     def _eval(
-        self, jaxpr: Any, consts: list[Any], args: list[Any], tags: dict[int, Any], record: dict[int, _Use] | None
+        self,
+        jaxpr: Any,
+        consts: list[Any],
+        args: list[Any],
+        tags: dict[int, Any],
+        record: dict[int, _Use] | None,
     ) -> list[Any]:
         env: dict[int, Any] = {}
 
@@ -93,17 +102,32 @@ class _Walker:
             in_tags = [None if _is_literal(v) else tags.get(id(v)) for v in eqn.invars]
             sub = _sub_jaxpr(eqn)
             name = eqn.primitive.name
-            if sub is not None and name in ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "remat", "checkpoint"):
+            if sub is not None and name in (
+                "jit",
+                "pjit",
+                "closed_call",
+                "core_call",
+                "custom_jvp_call",
+                "custom_vjp_call",
+                "remat",
+                "checkpoint",
+            ):
                 inner, inner_consts = _open(sub)
                 offset = len(invals) - len(inner.invars)
                 inner_tags = {
-                    id(v): in_tags[offset + k] for k, v in enumerate(inner.invars) if in_tags[offset + k] is not None
+                    id(v): in_tags[offset + k]
+                    for k, v in enumerate(inner.invars)
+                    if in_tags[offset + k] is not None
                 }
                 outvals = self._eval(inner, inner_consts, invals[offset:], inner_tags, record)
             else:
                 if name == "dot_general":
                     self._dot(eqn, eqn_id, invals, in_tags, record)
-                elif any(t is not None for t in in_tags) and name not in _VIEW_PRIMITIVES and name != "transpose":
+                elif (
+                    any(t is not None for t in in_tags)
+                    and name not in _VIEW_PRIMITIVES
+                    and name != "transpose"
+                ):
                     for t in in_tags:
                         if t is not None:
                             self.blocked.setdefault(t[0], name)
@@ -124,7 +148,9 @@ class _Walker:
             base = tuple(range(len(eqn.params["permutation"]))) if perm is None else perm
             tags[id(eqn.outvars[0])] = (layer, tuple(base[p] for p in eqn.params["permutation"]))
 
-    def _dot(self, eqn: Any, eqn_id: int, invals: list[Any], in_tags: list[Any], record: dict[int, _Use] | None) -> None:
+    def _dot(
+        self, eqn: Any, eqn_id: int, invals: list[Any], in_tags: list[Any], record: dict[int, _Use] | None
+    ) -> None:
         (contract_l, contract_r), _ = eqn.params["dimension_numbers"]
         for w_pos in (1, 0):
             tag = in_tags[w_pos]
@@ -185,7 +211,11 @@ class LayerInputs:
         for i, layer in enumerate(spec.layers):
             if i not in walker.uses and layer.role is not Role.EMBEDDING:
                 first = walker.blocked.get(i)
-                reason = f"its weight first meets {first!r}" if first else "its weight is not used in a dot_general"
+                reason = (
+                    f"its weight first meets {first!r}"
+                    if first
+                    else "its weight is not used in a dot_general"
+                )
                 raise MaxPError(
                     f"{layer.weight_path}: cannot find the input that multiplies this weight ({reason}); "
                     "dynamic alignment needs each hidden and readout weight to enter a matrix product"

@@ -10,21 +10,26 @@ import numpy as np
 import optax
 
 from maxp_core import WSDSchedule
+from maxp_jax.dynamic import FACTOR_DTYPE, AlignmentResolver, DynamicAlignment
 from maxp_jax.spec import MaxPSpec, leaf_key, path_string
-
-#: dtype of the factors in the state: fixed, so assigning new factors never recompiles.
-FACTOR_DTYPE = jnp.float32
 
 
 class ScaleByMaxPState(NamedTuple):
-    """Per-layer learning-rate factors ``n^-c`` and the exponents ``c`` they come from."""
+    """Per-layer learning-rate factors ``n^-c``, their exponents, and what re-solves need."""
 
     count: jax.Array
     factors: jax.Array
     c: jax.Array
+    alignment: jax.Array  # (layers, 3): the (alpha, omega, u) the last solve used
+    z0: tuple[jax.Array, ...]  # each measured layer's input at init, (rows, fan_in)
+    w0: tuple[jax.Array, ...]  # each measured layer's weight at init, (out, fan_in); () with resample_w0
+    solves: jax.Array
+    failures: jax.Array
 
 
-def scale_by_maxp(spec: MaxPSpec) -> optax.GradientTransformationExtraArgs:
+def scale_by_maxp(
+    spec: MaxPSpec, dynamic: DynamicAlignment | None = None
+) -> optax.GradientTransformationExtraArgs:
     """Multiply each maxP layer's update by its factor ``n^-c``.
 
     Leaves outside every layer pass unchanged (the base learning rate). The factors live
@@ -34,8 +39,17 @@ def scale_by_maxp(spec: MaxPSpec) -> optax.GradientTransformationExtraArgs:
     learning rate: that order makes decoupled weight decay scale with each layer's
     learning rate, as PyTorch's per-group ``lr`` does.
 
+    With ``dynamic``, ``init`` records each layer's input on ``dynamic.sample_input``
+    and its weight, and ``update`` re-measures the alignments on the schedule of
+    ``dynamic`` (inside ``jit``), re-solves the LP on the host
+    (``jax.pure_callback``) and puts the new factors into the state. The update of
+    step ``k + 1`` uses the weights after step ``k``, as a PyTorch scheduler that
+    measures after ``optimizer.step()`` does. A re-solve that fails keeps the last
+    factors, counts the failure in the state and warns once.
+
     Args:
       spec: the :class:`~maxp_jax.MaxPSpec`.
+      dynamic: re-solve during training; ``None`` keeps the initial factors.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -56,19 +70,35 @@ def scale_by_maxp(spec: MaxPSpec) -> optax.GradientTransformationExtraArgs:
     index = spec.leaf_layer_index()
     initial_c = np.asarray(spec.c, dtype=np.float64)
     initial_factors = spec.factors(initial_c)
+    initial_alignment = np.array([[n.alpha, n.omega, n.u] for n in spec.graph.nodes])
+    resolver = None if dynamic is None else AlignmentResolver(spec, dynamic)
 
     def init_fn(params: optax.Params) -> ScaleByMaxPState:
-        del params
+        z0: tuple[jax.Array, ...] = ()
+        w0: tuple[jax.Array, ...] = ()
+        if resolver is not None:
+            z0, w0 = resolver.capture_initial(params)
         return ScaleByMaxPState(
             count=jnp.zeros([], jnp.int32),
             factors=jnp.asarray(initial_factors, dtype=FACTOR_DTYPE),
             c=jnp.asarray(initial_c, dtype=FACTOR_DTYPE),
+            alignment=jnp.asarray(initial_alignment, dtype=FACTOR_DTYPE),
+            z0=z0,
+            w0=w0,
+            solves=jnp.zeros([], jnp.int32),
+            failures=jnp.zeros([], jnp.int32),
         )
 
     def update_fn(
         updates: optax.Updates, state: ScaleByMaxPState, params: optax.Params | None = None, **extra_args: Any
     ) -> tuple[optax.Updates, ScaleByMaxPState]:
-        del params, extra_args
+        del extra_args
+        if resolver is not None:
+            if params is None:
+                raise ValueError(
+                    "scale_by_maxp with dynamic alignment needs params in update(updates, state, params)"
+                )
+            state = jax.lax.cond(resolver.due(state.count), resolver.resolve, lambda s, p: s, state, params)
 
         def scale(path: Any, update: Any) -> Any:
             i = index.get(leaf_key(path_string(path)))

@@ -1,0 +1,186 @@
+"""Dynamic maxP: measure alignments inside ``jit`` and re-solve the LP on the host."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from maxp_core import MaxPError, SolveSchedule, check_ema_decay, layer_alignment, sanitize
+from maxp_core.alignment import MODES
+from maxp_jax.capture import LayerInputs
+from maxp_jax.spec import MaxPSpec
+
+#: dtype of the factors in the state: fixed, so assigning new factors never recompiles.
+FACTOR_DTYPE = jnp.float32
+
+
+@dataclass(frozen=True)
+class DynamicAlignment:
+    """When and how :func:`~maxp_jax.scale_by_maxp` re-measures alignments and re-solves.
+
+    Args:
+      apply_fn: ``apply_fn(params, x)``, the model's forward (e.g. ``model.apply``).
+      sample_input: a fixed batch the alignments are measured on.
+      warmup_steps: optimizer steps before the first re-solve.
+      solve_interval: steps between re-solves.
+      stop_after: no re-solve after this many steps (e.g. where a WSD decay starts).
+      sample_size: rows of each layer's input kept (rows are the flattened leading axes).
+      mode: ``"rms"`` or ``"spectral"`` (see :mod:`maxp_core.alignment`).
+      alignment_ema: weight of the previous alignment in an exponential average, in [0, 1).
+      c_ema: weight of the previous ``c`` in an exponential average, in [0, 1).
+      resample_w0: do not keep the initial weights; draw them again from ``init_key``
+        (they must come from :func:`~maxp_jax.abc_init` with that key and ``std_prefactor``).
+      init_key: the key given to :func:`~maxp_jax.abc_init`, for ``resample_w0``.
+      std_prefactor: the ``std_prefactor`` given to :func:`~maxp_jax.abc_init`.
+    """
+
+    apply_fn: Callable[[Any, Any], Any]
+    sample_input: Any
+    warmup_steps: int = 0
+    solve_interval: int = 1
+    stop_after: int | None = None
+    sample_size: int = 64
+    mode: str = "rms"
+    alignment_ema: float = 0.0
+    c_ema: float = 0.0
+    resample_w0: bool = False
+    init_key: jax.Array | None = None
+    std_prefactor: float = 1.0
+
+    def __post_init__(self) -> None:
+        SolveSchedule(self.warmup_steps, self.solve_interval, self.stop_after)  # validates
+        check_ema_decay("alignment_ema", self.alignment_ema)
+        check_ema_decay("c_ema", self.c_ema)
+        if self.mode not in MODES:
+            raise MaxPError(f"unknown alignment mode {self.mode!r}; expected one of {list(MODES)}")
+        if not isinstance(self.sample_size, int) or self.sample_size < 1:
+            raise MaxPError(f"sample_size must be a positive integer, got {self.sample_size!r}")
+        if self.resample_w0 and self.init_key is None:
+            raise MaxPError("resample_w0=True needs init_key, the key abc_init drew the initial weights with")
+
+
+class AlignmentResolver:
+    """The measuring (traced) and solving (host) halves of a dynamic re-solve."""
+
+    def __init__(self, spec: MaxPSpec, config: DynamicAlignment) -> None:
+        self.spec = spec
+        self.config = config
+        self.schedule = SolveSchedule(config.warmup_steps, config.solve_interval, config.stop_after)
+        self.inputs: LayerInputs | None = None
+        self.overrides = np.array([layer.alignment is not None for layer in spec.layers])
+        self.override_values = np.array(
+            [layer.alignment if layer.alignment is not None else (0.0, 0.0, 0.0) for layer in spec.layers]
+        )
+        self.fallback = np.array([[n.alpha, n.omega, n.u] for n in spec.graph.nodes])
+        self._lock = threading.Lock()
+        self._warned = False
+
+    # --- traced ---------------------------------------------------------------------
+
+    def _layer_inputs(self, params: Any) -> LayerInputs:
+        if self.inputs is None:
+            self.inputs = LayerInputs(self.spec, self.config.apply_fn, params, self.config.sample_input)
+        return self.inputs
+
+    def _sample_rows(self, params: Any) -> dict[int, jax.Array]:
+        _, inputs = self._layer_inputs(params)(params, self.config.sample_input)
+        return {i: x[: self.config.sample_size] for i, x in inputs.items()}
+
+    def capture_initial(self, params: Any) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+        """Each measured layer's input on the sample, and (unless resampled) its weight."""
+        rows = self._sample_rows(params)
+        measured = self._layer_inputs(params).measured
+        z0 = tuple(rows[i] for i in measured)
+        if self.config.resample_w0:
+            return z0, ()
+        weights = self._layer_inputs(params).weight_matrices(params)
+        return z0, tuple(weights[i] for i in measured)
+
+    def _initial_weights(self, params: Any, state: Any) -> tuple[jax.Array, ...]:
+        if not self.config.resample_w0:
+            return state.w0
+        from maxp_jax.init import abc_init
+
+        assert self.config.init_key is not None
+        fresh = abc_init(self.spec, params, self.config.init_key, self.config.std_prefactor)
+        weights = self._layer_inputs(params).weight_matrices(fresh)
+        return tuple(weights[i] for i in self._layer_inputs(params).measured)
+
+    def due(self, count: jax.Array) -> jax.Array:
+        """Whether the update after ``count`` steps re-solves (traceable)."""
+        return self.schedule.due(count, xp=jnp)
+
+    def measure(self, params: Any, state: Any) -> jax.Array:
+        """``(layers, 3)`` alignments; layers not measured (embeddings) keep the last ones."""
+        layer_inputs = self._layer_inputs(params)
+        rows = self._sample_rows(params)
+        weights = layer_inputs.weight_matrices(params)
+        initial = self._initial_weights(params, state)
+        out = state.alignment
+        for k, i in enumerate(layer_inputs.measured):
+            al = layer_alignment(
+                state.z0[k],
+                rows[i],
+                initial[k],
+                weights[i],
+                self.config.mode,
+                self.spec.layers[i].fan_in,
+                xp=jnp,
+            )
+            out = out.at[i].set(jnp.stack([al.alpha, al.omega, al.u]).astype(out.dtype))
+        return out
+
+    def resolve(self, state: Any, params: Any) -> Any:
+        """Measure, smooth, solve on the host, and return the new state (traceable)."""
+        measured = self.measure(params, state)
+        decay = self.config.alignment_ema
+        smoothed = jnp.where(
+            jnp.isfinite(measured), decay * state.alignment + (1 - decay) * measured, state.alignment
+        )
+        num = len(self.spec.layers)
+        shapes = (
+            jax.ShapeDtypeStruct((num,), FACTOR_DTYPE),
+            jax.ShapeDtypeStruct((num,), FACTOR_DTYPE),
+            jax.ShapeDtypeStruct((), jnp.int32),
+        )
+        c, factors, failed = jax.pure_callback(self.solve_on_host, shapes, smoothed, state.c)
+        return state._replace(
+            c=c,
+            factors=factors,
+            alignment=smoothed,
+            solves=state.solves + (1 - failed),
+            failures=state.failures + failed,
+        )
+
+    # --- host -----------------------------------------------------------------------
+
+    def solve_on_host(
+        self, alignment: np.ndarray, c_prev: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Solve the LP with new alignments; on failure keep ``c_prev`` and flag it."""
+        c_prev = np.asarray(c_prev, dtype=np.float64)
+        values = sanitize(np.asarray(alignment, dtype=np.float64), self.fallback)
+        values = np.where(self.overrides[:, None], self.override_values, values)
+        try:
+            with self._lock:
+                sol = self.spec.lp.solve(alpha=values[:, 0], omega=values[:, 1], u=values[:, 2])
+            c_new = np.array(list(sol.c.values()))
+            c = self.config.c_ema * c_prev + (1.0 - self.config.c_ema) * c_new
+            failed = 0
+        except MaxPError as err:
+            if not self._warned:
+                warnings.warn(f"maxP re-solve failed, keeping the last learning rates: {err}", stacklevel=2)
+                self._warned = True
+            c, failed = c_prev, 1
+        return (
+            c.astype(np.float32),
+            self.spec.factors(c).astype(np.float32),
+            np.asarray(failed, dtype=np.int32),
+        )
