@@ -1,0 +1,241 @@
+"""Dynamic maxP in JAX: captured inputs, alignment against numpy, re-solves against the core LP."""
+
+import warnings
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import maxp_jax
+from maxp_core import InfeasibleError, MaxPError, StabilityLP, alignment, layer_alignment
+from maxp_jax import DynamicAlignment, LayerInputs, MaxPSpec, Rule, find_maxp_state, scale_by_maxp
+from tests.jax.models import mlp_and_spec
+from tests.jax.test_transform import batch, loss_fn
+
+RNG = np.random.default_rng(11)
+
+
+@pytest.mark.parametrize("mode", ["rms", "spectral"])
+def test_jax_alignment_matches_numpy_reference(mode: str) -> None:
+    cases = [
+        (RNG.standard_normal((6, 48)), RNG.standard_normal((20, 48))),
+        (RNG.standard_normal((6, 48)), np.outer(RNG.standard_normal(20), RNG.standard_normal(48))),
+        (np.zeros((3, 48)), RNG.standard_normal((5, 48))),
+        (RNG.standard_normal((4, 48)), np.zeros((5, 48))),
+        (RNG.standard_normal((4, 1)), RNG.standard_normal((5, 1))),
+    ]
+    nan_rows = RNG.standard_normal((4, 48))
+    nan_rows[1, 3] = np.nan
+    cases.append((nan_rows, RNG.standard_normal((5, 48))))
+    for x, y in cases:
+        expected = alignment(x, y, mode)
+        got = jax.jit(lambda a, b: alignment(a, b, mode, xp=jnp))(
+            jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+        )
+        assert float(got) == pytest.approx(expected, abs=1e-5)
+
+
+def test_captured_inputs_of_a_plain_jax_function() -> None:
+    def apply(params, x):
+        h = jax.nn.relu(x @ params["w1"])  # (in, out)
+        h = jnp.tanh(h @ params["w2"].T)  # torch layout (out, in)
+        return h @ params["w3"]
+
+    params = {"w1": jnp.asarray(RNG.standard_normal((5, 16)), jnp.float32)}
+    params["w2"] = jnp.asarray(RNG.standard_normal((16, 16)), jnp.float32)
+    params["w3"] = jnp.asarray(RNG.standard_normal((16, 3)), jnp.float32)
+    spec = MaxPSpec(
+        params, [Rule("w1", "embedding"), Rule("w2", "hidden", layout="torch"), Rule("w3", "readout")]
+    )
+    x = jnp.asarray(RNG.standard_normal((7, 5)), jnp.float32)
+    capture = LayerInputs(spec, apply, params, x)
+    out, inputs = jax.jit(capture)(params, x)
+    h1 = jax.nn.relu(x @ params["w1"])
+    h2 = jnp.tanh(h1 @ params["w2"].T)
+    np.testing.assert_allclose(out, apply(params, x), rtol=1e-6)
+    np.testing.assert_allclose(inputs[0], x, rtol=1e-6)
+    np.testing.assert_allclose(inputs[1], h1, rtol=1e-6)
+    np.testing.assert_allclose(inputs[2], h2, rtol=1e-6)
+    weights = capture.weight_matrices(params)
+    np.testing.assert_array_equal(weights[1], params["w2"])  # already (out, in)
+    np.testing.assert_array_equal(weights[2], params["w3"].T)
+
+
+def test_captured_inputs_of_an_nnx_model() -> None:
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.a = nnx.Linear(4, 32, rngs=rngs)
+            self.b = nnx.Linear(32, 32, rngs=rngs)
+            self.c = nnx.Linear(32, 2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.c(jax.nn.gelu(self.b(jax.nn.gelu(self.a(x)))))
+
+    graphdef, state = nnx.split(Net(nnx.Rngs(0)))
+
+    def apply(state, x):
+        return nnx.merge(graphdef, state)(x)
+
+    spec = MaxPSpec(state, [Rule("a/.*", "embedding"), Rule("b/.*", "hidden"), Rule("c/.*", "readout")])
+    x = jnp.ones((3, 4))
+    _, inputs = LayerInputs(spec, apply, state, x)(state, x)
+    model = nnx.merge(graphdef, state)
+    np.testing.assert_allclose(inputs[2], jax.nn.gelu(model.b(jax.nn.gelu(model.a(x)))), rtol=1e-5)
+
+
+def test_weight_not_in_a_product_is_an_error() -> None:
+    def apply(params, tokens):
+        h = jnp.take(params["table"], tokens, axis=0)
+        h = jnp.take(params["mix"], jnp.argmax(h, -1), axis=0)  # a hidden weight used by a gather
+        return h @ params["out"]
+
+    params = {"table": jnp.ones((10, 8)), "mix": jnp.ones((8, 8)), "out": jnp.ones((8, 2))}
+    spec = MaxPSpec(
+        params,
+        [Rule("table", "embedding", layout="embedding"), Rule("mix", "hidden"), Rule("out", "readout")],
+    )
+    with pytest.raises(MaxPError, match=r"mix: cannot find the input .*first meets 'gather'"):
+        LayerInputs(spec, apply, params, jnp.zeros((3,), jnp.int32))
+
+
+def _train(model, params, tx, steps, x, y):
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p, s):
+        grads = jax.grad(loss_fn, argnums=1)(model, p, x, y)
+        updates, s = tx.update(grads, s, p)
+        return optax.apply_updates(p, updates), s
+
+    history = []
+    for _ in range(steps):
+        before = params
+        params, state = step(params, state)
+        history.append((before, find_maxp_state(state)))
+    return params, state, history
+
+
+def test_first_resolve_equals_core_lp_on_numpy_alignments() -> None:
+    model, params, spec = mlp_and_spec(width=96, depth=4)
+    params = maxp_jax.abc_init(spec, params, jax.random.key(1))
+    x, y = batch(2, n=48)
+    dyn = DynamicAlignment(model.apply, x, warmup_steps=0, solve_interval=3, sample_size=32)
+    tx = optax.chain(optax.scale_by_adam(), scale_by_maxp(spec, dyn), optax.scale_by_learning_rate(0.03))
+    _, _, history = _train(model, params, tx, 5, x, y)
+    assert [int(s.solves) for _, s in history] == [0, 0, 0, 1, 1]
+    # The 4th update (count 3) re-solved with the weights after 3 steps.
+    weights_now = history[3][0]
+
+    def activations(p):
+        acts, h = [], x
+        for i in range(4):
+            acts.append(np.asarray(h, np.float64)[:32])
+            h = h @ p["params"][f"Dense_{i}"]["kernel"] + p["params"][f"Dense_{i}"]["bias"]
+            h = jax.nn.relu(h) if i < 3 else h
+        return acts
+
+    z0, z = activations(params), activations(weights_now)
+    measured = []
+    for i in range(4):
+        w0 = np.asarray(params["params"][f"Dense_{i}"]["kernel"], np.float64).T
+        w = np.asarray(weights_now["params"][f"Dense_{i}"]["kernel"], np.float64).T
+        measured.append(tuple(layer_alignment(z0[i], z[i], w0, w)))
+    measured = np.array(measured)
+    state = history[3][1]
+    np.testing.assert_allclose(np.asarray(state.alignment), measured, atol=2e-5)
+    expected = StabilityLP(spec.graph, "adam").solve(
+        alpha=measured[:, 0], omega=measured[:, 1], u=measured[:, 2]
+    )
+    np.testing.assert_allclose(np.asarray(state.c), list(expected.c.values()), atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(state.factors), spec.factors(np.asarray(state.c, np.float64)), rtol=1e-6
+    )
+
+
+def test_failed_resolve_keeps_factors_and_warns(monkeypatch) -> None:
+    model, params, spec = mlp_and_spec(width=32, depth=3)
+    x, y = batch(3)
+
+    def refuse(**numbers):
+        raise InfeasibleError("no learning rates keep every node stable (test)")
+
+    monkeypatch.setattr(spec.lp, "solve", refuse)
+    dyn = DynamicAlignment(model.apply, x, warmup_steps=0, solve_interval=1)
+    tx = optax.chain(optax.scale_by_adam(), scale_by_maxp(spec, dyn), optax.scale_by_learning_rate(0.01))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, state, _ = _train(model, params, tx, 3, x, y)
+        jax.effects_barrier()
+    ms = find_maxp_state(state)
+    assert int(ms.failures) == 2 and int(ms.solves) == 0
+    np.testing.assert_allclose(np.asarray(ms.factors), spec.factors().astype(np.float32))
+    assert sum("re-solve failed" in str(w.message) for w in caught) == 1
+
+
+def test_resample_w0_gives_the_same_resolve() -> None:
+    model, params, spec = mlp_and_spec(width=64, depth=3)
+    key = jax.random.key(4)
+    params = maxp_jax.abc_init(spec, params, key, std_prefactor=1.5)
+    x, y = batch(5)
+    results = []
+    for resample in (False, True):
+        dyn = DynamicAlignment(
+            model.apply,
+            x,
+            warmup_steps=2,
+            solve_interval=2,
+            resample_w0=resample,
+            init_key=key,
+            std_prefactor=1.5,
+        )
+        tx = optax.chain(optax.scale_by_adam(), scale_by_maxp(spec, dyn), optax.scale_by_learning_rate(0.02))
+        _, state, _ = _train(model, params, tx, 5, x, y)
+        ms = find_maxp_state(state)
+        assert (len(ms.w0) == 0) == resample
+        results.append(np.asarray(ms.c))
+    np.testing.assert_allclose(results[0], results[1], atol=1e-6)
+
+
+def test_dynamic_state_checkpoint_resume_is_exact() -> None:
+    model, params, spec = mlp_and_spec(width=48, depth=4)
+    params = maxp_jax.abc_init(spec, params, jax.random.key(6))
+    x, y = batch(6)
+    dyn = DynamicAlignment(model.apply, x, warmup_steps=1, solve_interval=2, alignment_ema=0.5, c_ema=0.3)
+    tx = optax.chain(optax.scale_by_adam(), scale_by_maxp(spec, dyn), optax.scale_by_learning_rate(0.02))
+
+    @jax.jit
+    def step(p, s):
+        grads = jax.grad(loss_fn, argnums=1)(model, p, x, y)
+        updates, s = tx.update(grads, s, p)
+        return optax.apply_updates(p, updates), s
+
+    p, s = params, tx.init(params)
+    for _ in range(4):
+        p, s = step(p, s)
+    blob = flax.serialization.to_bytes((p, s))
+    p2, s2 = flax.serialization.from_bytes((params, tx.init(params)), blob)
+    for _ in range(4):
+        p, s = step(p, s)
+        p2, s2 = step(p2, s2)
+    for a, b in zip(jax.tree.leaves((p, s)), jax.tree.leaves((p2, s2)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert int(find_maxp_state(s).solves) == 3  # after steps 3, 5 and 7
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"solve_interval": 0}, "solve_interval must be an integer >= 1"),
+        ({"c_ema": 1.0}, r"c_ema must be a number in \[0, 1\)"),
+        ({"mode": "l2"}, "unknown alignment mode 'l2'"),
+        ({"sample_size": 0}, "sample_size must be a positive integer"),
+        ({"resample_w0": True}, "resample_w0=True needs init_key"),
+    ],
+)
+def test_dynamic_config_errors(kwargs, message: str) -> None:
+    with pytest.raises(MaxPError, match=message):
+        DynamicAlignment(lambda p, x: x, jnp.ones((1, 2)), **kwargs)
