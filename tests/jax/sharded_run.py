@@ -22,7 +22,9 @@ def main() -> None:
     params = maxp_jax.abc_init(spec, params, jax.random.key(0))
     x, y = batch(0, n=64)
     dyn = maxp_jax.DynamicAlignment(model.apply, x, warmup_steps=1, solve_interval=2)
-    tx = optax.chain(optax.scale_by_adam(), maxp_jax.scale_by_maxp(spec, dyn), optax.scale_by_learning_rate(0.02))
+    tx = optax.chain(
+        optax.scale_by_adam(), maxp_jax.scale_by_maxp(spec, dyn), optax.scale_by_learning_rate(0.02)
+    )
 
     @jax.jit
     def step(p, s, xb, yb):
@@ -47,12 +49,17 @@ def main() -> None:
     sharded_params = jax.tree_util.tree_map_with_path(shard, params)
     replicated = NamedSharding(mesh, PartitionSpec())
     sharded_p, sharded_s = run(sharded_params, jax.device_put(x, replicated), jax.device_put(y, replicated))
-    gap = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(jax.tree.leaves(plain_p), jax.tree.leaves(sharded_p), strict=True))
+    gap = max(
+        float(np.abs(np.asarray(a) - np.asarray(b)).max())
+        for a, b in zip(jax.tree.leaves(plain_p), jax.tree.leaves(sharded_p), strict=True)
+    )
     print(
         json.dumps(
             {
                 "param_gap": gap,
-                "factor_gap": float(np.abs(np.asarray(plain_s.factors) - np.asarray(sharded_s.factors)).max()),
+                "factor_gap": float(
+                    np.abs(np.asarray(plain_s.factors) - np.asarray(sharded_s.factors)).max()
+                ),
                 "c_gap": float(np.abs(np.asarray(plain_s.c) - np.asarray(sharded_s.c)).max()),
                 "solves": [int(plain_s.solves), int(sharded_s.solves)],
                 "kernel_sharding": str(jax.tree.leaves(sharded_p)[1].sharding),

@@ -13,7 +13,12 @@ def test_sharded_run_matches_unsharded() -> None:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     done = subprocess.run(
-        [sys.executable, "-m", "tests.jax.sharded_run"], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "tests.jax.sharded_run"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,0 +1,116 @@
+"""Train a flax MLP on scikit-learn's digits with dynamic maxP (AdamW).
+
+Run ``python -m examples.digits_jax``. Prints each layer's learning rate before and
+after the first re-solve, the loss along the way, and the test accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+import maxp_jax
+from maxp_core.cli import format_table
+
+
+class MLP(nn.Module):
+    width: int
+    depth: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for _ in range(self.depth - 1):
+            x = nn.relu(nn.Dense(self.width)(x))
+        return nn.Dense(10)(x)
+
+
+def learning_rates(spec: maxp_jax.MaxPSpec, opt_state, base_lr: float) -> list[float]:
+    return [base_lr * float(f) for f in maxp_jax.find_maxp_state(opt_state).factors]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--warmup-steps", type=int, default=20)
+    parser.add_argument("--solve-interval", type=int, default=20)
+    args = parser.parse_args(argv)
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    x_train, x_test, y_train, y_test = train_test_split(x, digits.target, test_size=0.25, random_state=0)
+
+    model = MLP(args.width, args.depth)
+    params = model.init(jax.random.key(0), jnp.ones((1, 64)))
+    rules = [maxp_jax.Rule(r"params/Dense_0/.*", "embedding")]
+    rules += [maxp_jax.Rule(rf"params/Dense_{i}/.*", "hidden") for i in range(1, args.depth - 1)]
+    rules += [maxp_jax.Rule(rf"params/Dense_{args.depth - 1}/.*", "readout")]
+    spec = maxp_jax.MaxPSpec(params, rules, parametrization="mup", optimizer="adam", alignment="full")
+    params = maxp_jax.abc_init(spec, params, jax.random.key(1))
+
+    dynamic = maxp_jax.DynamicAlignment(
+        model.apply,
+        jnp.asarray(x_train[:64]),
+        warmup_steps=args.warmup_steps,
+        solve_interval=args.solve_interval,
+    )
+    tx = optax.chain(
+        optax.scale_by_adam(),
+        maxp_jax.scale_by_maxp(spec, dynamic),
+        optax.scale_by_learning_rate(args.lr),
+    )
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state, xb, yb):
+        def loss_fn(p):
+            return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, xb), yb).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    before = learning_rates(spec, opt_state, args.lr)
+    after = None
+    rng = np.random.default_rng(0)
+    for t in range(args.steps):
+        idx = rng.integers(0, len(x_train), args.batch)
+        params, opt_state, loss = step(
+            params, opt_state, jnp.asarray(x_train[idx]), jnp.asarray(y_train[idx])
+        )
+        state = maxp_jax.find_maxp_state(opt_state)
+        if after is None and int(state.solves) > 0:
+            after = learning_rates(spec, opt_state, args.lr)
+            alignment = np.asarray(state.alignment)
+        if t % 50 == 0 or t == args.steps - 1:
+            print(f"step {t:4d}  loss {float(loss):.4f}")
+    rows = []
+    for k, layer in enumerate(spec.layers):
+        measured = "" if after is None else "({:.2f}, {:.2f}, {:.2f})".format(*alignment[k])
+        rows.append(
+            (
+                layer.name,
+                layer.role.value,
+                f"{before[k]:.3g}",
+                "-" if after is None else f"{after[k]:.3g}",
+                measured,
+            )
+        )
+    print()
+    print(format_table(rows, ("layer", "role", "lr before", "lr after 1st solve", "(alpha, omega, u)")))
+    accuracy = float((model.apply(params, jnp.asarray(x_test)).argmax(-1) == jnp.asarray(y_test)).mean())
+    print(f"\ntest accuracy {accuracy:.3f} after {args.steps} steps; re-solves: {int(state.solves)}")
+
+
+if __name__ == "__main__":
+    main()
