@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maxp_core import MaxPError, SolveSchedule, check_ema_decay, layer_alignment, sanitize
+from maxp_core import MaxPError, Role, SolveSchedule, check_ema_decay, layer_alignment, sanitize
 from maxp_core.alignment import MODES
 from maxp_jax.capture import LayerInputs
 from maxp_jax.spec import MaxPSpec
@@ -46,7 +46,7 @@ class DynamicAlignment:
     warmup_steps: int = 0
     solve_interval: int = 1
     stop_after: int | None = None
-    sample_size: int = 64
+    sample_size: int = 32
     mode: str = "rms"
     alignment_ema: float = 0.0
     c_ema: float = 0.0
@@ -118,13 +118,15 @@ class AlignmentResolver:
         return self.schedule.due(count, xp=jnp)
 
     def measure(self, params: Any, state: Any) -> jax.Array:
-        """``(layers, 3)`` alignments; layers not measured (embeddings) keep the last ones."""
+        """``(layers, 3)`` alignments; embeddings (whose alignment the LP does not use) keep theirs."""
         layer_inputs = self._layer_inputs(params)
         rows = self._sample_rows(params)
         weights = layer_inputs.weight_matrices(params)
         initial = self._initial_weights(params, state)
         out = state.alignment
         for k, i in enumerate(layer_inputs.measured):
+            if self.spec.layers[i].role is Role.EMBEDDING:
+                continue  # a source's alignment does not enter the LP
             al = layer_alignment(
                 state.z0[k],
                 rows[i],

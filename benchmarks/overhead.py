@@ -1,0 +1,180 @@
+"""Step-time overhead of maxP over plain AdamW, measured side by side in one run.
+
+Run ``python -m benchmarks.overhead --framework jax`` (add ``--json`` to print JSON).
+An MLP of width 1024 and depth 8 at batch 256 is trained with plain ``optax.adamw``,
+with AdamW + static maxP, and with dynamic maxP re-solving every 10 and every step.
+Configurations are timed round-robin (one step of each in turn) so drifts in machine
+speed hit all alike; the table reports median step times and their ratio to plain.
+Results go to ``benchmarks/results/overhead-<framework>.md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from maxp_core.cli import format_table
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGETS = {"static": 1.01, "dynamic/10": 1.05, "dynamic/1": 1.25}
+
+
+def jax_steps(
+    width: int, depth: int, batch: int, sample: int
+) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
+    """One zero-argument step function per configuration, each with its own state."""
+    import flax.linen as nn
+    import jax
+    import optax
+
+    import maxp_jax
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x: jax.Array) -> jax.Array:
+            for _ in range(depth - 1):
+                x = nn.relu(nn.Dense(width)(x))
+            return nn.Dense(10)(x)
+
+    model = MLP()
+    key = jax.random.key(0)
+    x = jax.random.normal(key, (batch, width))
+    y = jax.random.randint(jax.random.fold_in(key, 1), (batch,), 0, 10)
+    params = model.init(key, x[:1])
+    rules = [maxp_jax.Rule(r"params/Dense_0/.*", "embedding")]
+    rules += [maxp_jax.Rule(rf"params/Dense_{i}/.*", "hidden") for i in range(1, depth - 1)]
+    rules += [maxp_jax.Rule(rf"params/Dense_{depth - 1}/.*", "readout")]
+    spec = maxp_jax.MaxPSpec(params, rules)
+    params = maxp_jax.abc_init(spec, params, key)
+
+    def maxp_adamw(dynamic: maxp_jax.DynamicAlignment | None) -> optax.GradientTransformation:
+        return optax.chain(
+            optax.scale_by_adam(),
+            optax.add_decayed_weights(1e-4),
+            maxp_jax.scale_by_maxp(spec, dynamic),
+            optax.scale_by_learning_rate(1e-3),
+        )
+
+    def dynamic(interval: int) -> maxp_jax.DynamicAlignment:
+        return maxp_jax.DynamicAlignment(model.apply, x[:sample], solve_interval=interval, sample_size=sample)
+
+    optimizers = {
+        "plain": optax.adamw(1e-3, weight_decay=1e-4),
+        "static": maxp_adamw(None),
+        "dynamic/10": maxp_adamw(dynamic(10)),
+        "dynamic/1": maxp_adamw(dynamic(1)),
+    }
+
+    def make(tx: optax.GradientTransformation) -> Callable[[], Any]:
+        @jax.jit
+        def step(p: Any, s: Any) -> tuple[Any, Any, jax.Array]:
+            def loss_fn(q: Any) -> jax.Array:
+                return optax.softmax_cross_entropy_with_integer_labels(model.apply(q, x), y).mean()
+
+            loss, grads = jax.value_and_grad(loss_fn)(p)
+            updates, s = tx.update(grads, s, p)
+            return optax.apply_updates(p, updates), s, loss
+
+        holder = {"p": params, "s": tx.init(params)}
+
+        def run() -> Any:
+            holder["p"], holder["s"], loss = step(holder["p"], holder["s"])
+            return jax.block_until_ready(loss)
+
+        return run
+
+    info = {
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+    }
+    return {name: make(tx) for name, tx in optimizers.items()}, info
+
+
+def measure(steps: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, float]:
+    """Median seconds per step of each configuration, timed round-robin."""
+    for _ in range(warmup):
+        for run in steps.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in tqdm(range(repeats), desc="timing steps", unit="round"):
+        for name, run in steps.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--framework", choices=("jax", "torch"), default="jax")
+    parser.add_argument("--json", action="store_true", help="also print the results as JSON")
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--depth", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--sample", type=int, default=32, help="rows the alignment is measured on")
+    parser.add_argument(
+        "--warmup", type=int, default=12, help="untimed rounds (>= 10: a re-solve is compiled)"
+    )
+    parser.add_argument("--repeats", type=int, default=40, help="timed rounds")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.framework != "jax":
+        parser.error("only --framework jax is available in this version")
+
+    steps, info = jax_steps(args.width, args.depth, args.batch, args.sample)
+    medians = measure(steps, args.warmup, args.repeats)
+    plain = medians["plain"]
+    rows = []
+    for name, seconds in medians.items():
+        ratio = seconds / plain
+        target = TARGETS.get(name)
+        verdict = "" if target is None else ("met" if ratio <= target else "missed")
+        rows.append(
+            {"config": name, "median_ms": 1e3 * seconds, "ratio": ratio, "target": target, "verdict": verdict}
+        )
+    table = format_table(
+        [
+            (
+                r["config"],
+                f"{r['median_ms']:.2f}",
+                f"{r['ratio']:.3f}",
+                "" if r["target"] is None else f"<= {r['target']}",
+                r["verdict"],
+            )
+            for r in rows
+        ],
+        ("config", "median ms", "ratio to plain", "target", ""),
+    )
+    env = {"python": platform.python_version(), "machine": platform.machine(), **info}
+    setup = (
+        f"MLP width {args.width}, depth {args.depth}, batch {args.batch}, alignment sample {args.sample} rows"
+    )
+    markdown = (
+        f"# maxP step overhead ({args.framework})\n\n{setup}; AdamW (weight decay 1e-4). Median of "
+        f"{args.repeats} steps per configuration, timed round-robin after {args.warmup} untimed rounds. "
+        "`dynamic/k`: alignments measured and the LP re-solved every k steps.\n\n"
+        f"```\n{table}\n```\n\nEnvironment: {json.dumps(env)}\n"
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    payload = {"framework": args.framework, "setup": setup, "rows": rows, "environment": env}
+    (args.out / f"overhead-{args.framework}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (args.out / f"overhead-{args.framework}.md").write_text(markdown)
+    print(markdown)
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
