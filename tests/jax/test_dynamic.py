@@ -240,3 +240,23 @@ def test_dynamic_state_checkpoint_resume_is_exact() -> None:
 def test_dynamic_config_errors(kwargs, message: str) -> None:
     with pytest.raises(MaxPError, match=message):
         DynamicAlignment(lambda p, x: x, jnp.ones((1, 2)), **kwargs)
+
+
+@pytest.mark.parametrize(("optimizer", "feature_learning"), [("sgd", False), ("adam", True), ("sgd", True)])
+def test_dynamic_sgd_and_feature_learning_follow_the_core_lp(optimizer: str, feature_learning: bool) -> None:
+    model, params, _ = mlp_and_spec(width=64, depth=4)
+    spec = MaxPSpec(params, mlp_and_spec(depth=4)[2].rules, optimizer=optimizer, feature_learning=feature_learning)
+    params = maxp_jax.abc_init(spec, params, jax.random.key(7))
+    x, y = batch(8)
+    dyn = DynamicAlignment(model.apply, x, warmup_steps=1, solve_interval=1)
+    base = optax.scale_by_adam() if optimizer == "adam" else optax.identity()
+    tx = optax.chain(base, scale_by_maxp(spec, dyn), optax.scale_by_learning_rate(0.01))
+    _, state, _ = _train(model, params, tx, 4, x, y)
+    ms = find_maxp_state(state)
+    assert int(ms.solves) == 2 and int(ms.failures) == 0
+    al = np.asarray(ms.alignment, np.float64)
+    lp = StabilityLP(spec.graph, optimizer, feature_learning=feature_learning)
+    expected = lp.solve(alpha=al[:, 0], omega=al[:, 1], u=al[:, 2])
+    np.testing.assert_allclose(np.asarray(ms.c), list(expected.c.values()), atol=1e-5)
+    if feature_learning:
+        assert abs(expected.r["params/Dense_2"]) < 1e-6
