@@ -93,9 +93,12 @@ def log_rms_alignment(x: Any, y: Any, fan_in: int | None = None, xp: ModuleType 
     n = xr.shape[-1] if fan_in is None else int(fan_in)
     if n < 2:
         return _scalar(0.0, xp)
-    rms_y = xp.sqrt(xp.mean(ym * ym))
+    return _log_rms_of_product(xr, xp.sqrt(xp.mean(ym * ym)), xr @ ym.T, n, xp)
+
+
+def _log_rms_of_product(xr: Any, rms_y: Any, product: Any, n: int, xp: ModuleType) -> Any:
+    """The log-RMS alignment given the rows ``xr``, ``rms(y)`` and ``xr @ y.T``."""
     usable_y = xp.isfinite(rms_y) & (rms_y > 0)
-    product = xr @ ym.T
     rms_p = xp.sqrt(xp.mean(product * product, axis=1))
     rms_x = xp.sqrt(xp.mean(xr * xr, axis=1))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -163,6 +166,17 @@ def layer_alignment(
     """
     z0, z, w0, w = (_rows(v, xp) for v in (z0, z, w0, w))
     dz, dw = z - z0, w - w0
+    n = z0.shape[-1] if fan_in is None else int(fan_in)
+    if mode == "rms" and n >= 2:
+        # One product of the stacked rows with dW serves alpha and u.
+        rows = z0.shape[0]
+        both = xp.concatenate([z0, dz], axis=0) @ dw.T
+        rms_dw = xp.sqrt(xp.mean(dw * dw))
+        return Alignment(
+            alpha=_log_rms_of_product(z0, rms_dw, both[:rows], n, xp),
+            omega=_log_rms_of_product(dz, xp.sqrt(xp.mean(w0 * w0)), dz @ w0.T, n, xp),
+            u=_log_rms_of_product(dz, rms_dw, both[rows:], n, xp),
+        )
     return Alignment(
         alpha=alignment(z0, dw, mode, fan_in, xp),
         omega=alignment(dz, w0, mode, fan_in, xp),

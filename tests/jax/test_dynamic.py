@@ -245,7 +245,9 @@ def test_dynamic_config_errors(kwargs, message: str) -> None:
 @pytest.mark.parametrize(("optimizer", "feature_learning"), [("sgd", False), ("adam", True), ("sgd", True)])
 def test_dynamic_sgd_and_feature_learning_follow_the_core_lp(optimizer: str, feature_learning: bool) -> None:
     model, params, _ = mlp_and_spec(width=64, depth=4)
-    spec = MaxPSpec(params, mlp_and_spec(depth=4)[2].rules, optimizer=optimizer, feature_learning=feature_learning)
+    spec = MaxPSpec(
+        params, mlp_and_spec(depth=4)[2].rules, optimizer=optimizer, feature_learning=feature_learning
+    )
     params = maxp_jax.abc_init(spec, params, jax.random.key(7))
     x, y = batch(8)
     dyn = DynamicAlignment(model.apply, x, warmup_steps=1, solve_interval=1)
