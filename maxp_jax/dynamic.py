@@ -39,6 +39,23 @@ class DynamicAlignment:
         (they must come from :func:`~maxp_jax.abc_init` with that key and ``std_prefactor``).
       init_key: the key given to :func:`~maxp_jax.abc_init`, for ``resample_w0``.
       std_prefactor: the ``std_prefactor`` given to :func:`~maxp_jax.abc_init`.
+      use_training_activations: measure on the training forward's own layer inputs
+        instead of a separate forward on ``sample_input``. The update then needs two
+        extra arguments: ``maxp_inputs``, the inputs :class:`~maxp_jax.LayerInputs`
+        returned in the training forward, and ``maxp_batch``, a prefix of that batch
+        (the initial model is run on it to get the matching initial inputs). The
+        initial params are kept in the state instead of the sample's inputs.
+        ``sample_input`` then only serves to find the layers' inputs once.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from maxp_jax import MaxPSpec, Rule, scale_by_maxp
+      >>> params = {"w1": jnp.ones((4, 32)) / 8, "w2": jnp.ones((32, 2)) / 32}
+      >>> apply = lambda p, x: jax.nn.relu(x @ p["w1"]) @ p["w2"]
+      >>> spec = MaxPSpec(params, [Rule("w1", "embedding"), Rule("w2", "readout")])
+      >>> dyn = DynamicAlignment(apply, jnp.ones((8, 4)), warmup_steps=1, solve_interval=1)
+      >>> tx = optax.chain(optax.scale_by_adam(), scale_by_maxp(spec, dyn), optax.scale_by_learning_rate(0.1))
+      >>> state = tx.init(params)
     """
 
     apply_fn: Callable[[Any, Any], Any]
@@ -53,6 +70,7 @@ class DynamicAlignment:
     resample_w0: bool = False
     init_key: jax.Array | None = None
     std_prefactor: float = 1.0
+    use_training_activations: bool = False
 
     def __post_init__(self) -> None:
         SolveSchedule(self.warmup_steps, self.solve_interval, self.stop_after)  # validates
@@ -93,34 +111,65 @@ class AlignmentResolver:
         _, inputs = self._layer_inputs(params)(params, self.config.sample_input)
         return {i: x[: self.config.sample_size] for i, x in inputs.items()}
 
-    def capture_initial(self, params: Any) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]:
-        """Each measured layer's input on the sample, and (unless resampled) its weight."""
+    def capture_initial(self, params: Any) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...], Any]:
+        """What the state keeps of the initial model: ``(z0, w0, params0)``.
+
+        By default each measured layer's input on the sample and (unless resampled) its
+        weight; with ``use_training_activations``, the initial params themselves.
+        """
+        layer_inputs = self._layer_inputs(params)
+        if self.config.use_training_activations:
+            return (), (), params
         rows = self._sample_rows(params)
-        measured = self._layer_inputs(params).measured
-        z0 = tuple(rows[i] for i in measured)
+        z0 = tuple(rows[i] for i in layer_inputs.measured)
         if self.config.resample_w0:
-            return z0, ()
-        weights = self._layer_inputs(params).weight_matrices(params)
-        return z0, tuple(weights[i] for i in measured)
+            return z0, (), ()
+        weights = layer_inputs.weight_matrices(params)
+        return z0, tuple(weights[i] for i in layer_inputs.measured), ()
 
     def _initial_weights(self, params: Any, state: Any) -> tuple[jax.Array, ...]:
-        if not self.config.resample_w0:
-            return state.w0
-        from maxp_jax.init import abc_init
+        layer_inputs = self._layer_inputs(params)
+        if self.config.resample_w0:
+            from maxp_jax.init import abc_init
 
-        assert self.config.init_key is not None
-        fresh = abc_init(self.spec, params, self.config.init_key, self.config.std_prefactor)
-        weights = self._layer_inputs(params).weight_matrices(fresh)
-        return tuple(weights[i] for i in self._layer_inputs(params).measured)
+            assert self.config.init_key is not None
+            initial_params = abc_init(self.spec, params, self.config.init_key, self.config.std_prefactor)
+        elif self.config.use_training_activations:
+            initial_params = state.params0
+        else:
+            return state.w0
+        weights = layer_inputs.weight_matrices(initial_params)
+        return tuple(weights[i] for i in layer_inputs.measured)
+
+    def _inputs_now_and_then(
+        self, params: Any, state: Any, extras: dict[str, Any]
+    ) -> tuple[dict[int, jax.Array], tuple[jax.Array, ...]]:
+        """The current and the initial inputs of every measured layer, on the same rows."""
+        layer_inputs = self._layer_inputs(params)
+        size = self.config.sample_size
+        if not self.config.use_training_activations:
+            return self._sample_rows(params), state.z0
+        missing = [k for k in ("maxp_inputs", "maxp_batch") if extras.get(k) is None]
+        if missing:
+            raise ValueError(
+                f"use_training_activations=True needs the update's extra arguments {missing}: "
+                "tx.update(grads, state, params, maxp_inputs=inputs, maxp_batch=x[:k])"
+            )
+        now = {i: extras["maxp_inputs"][i][:size] for i in layer_inputs.measured}
+        _, initial = layer_inputs(state.params0, extras["maxp_batch"])
+        rows = {i: min(size, initial[i].shape[0], now[i].shape[0]) for i in layer_inputs.measured}
+        return {i: now[i][: rows[i]] for i in now}, tuple(
+            initial[i][: rows[i]] for i in layer_inputs.measured
+        )
 
     def due(self, count: jax.Array) -> jax.Array:
         """Whether the update after ``count`` steps re-solves (traceable)."""
         return self.schedule.due(count, xp=jnp)
 
-    def measure(self, params: Any, state: Any) -> jax.Array:
+    def measure(self, params: Any, state: Any, extras: dict[str, Any] | None = None) -> jax.Array:
         """``(layers, 3)`` alignments; embeddings (whose alignment the LP does not use) keep theirs."""
         layer_inputs = self._layer_inputs(params)
-        rows = self._sample_rows(params)
+        rows, z0 = self._inputs_now_and_then(params, state, extras or {})
         weights = layer_inputs.weight_matrices(params)
         initial = self._initial_weights(params, state)
         out = state.alignment
@@ -128,7 +177,7 @@ class AlignmentResolver:
             if self.spec.layers[i].role is Role.EMBEDDING:
                 continue  # a source's alignment does not enter the LP
             al = layer_alignment(
-                state.z0[k],
+                z0[k],
                 rows[i],
                 initial[k],
                 weights[i],
@@ -139,9 +188,9 @@ class AlignmentResolver:
             out = out.at[i].set(jnp.stack([al.alpha, al.omega, al.u]).astype(out.dtype))
         return out
 
-    def resolve(self, state: Any, params: Any) -> Any:
+    def resolve(self, state: Any, params: Any, extras: dict[str, Any] | None = None) -> Any:
         """Measure, smooth, solve on the host, and return the new state (traceable)."""
-        measured = self.measure(params, state)
+        measured = self.measure(params, state, extras)
         decay = self.config.alignment_ema
         smoothed = jnp.where(
             jnp.isfinite(measured), decay * state.alignment + (1 - decay) * measured, state.alignment

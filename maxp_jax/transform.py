@@ -23,6 +23,7 @@ class ScaleByMaxPState(NamedTuple):
     alignment: jax.Array  # (layers, 3): the (alpha, omega, u) the last solve used
     z0: tuple[jax.Array, ...]  # each measured layer's input at init, (rows, fan_in)
     w0: tuple[jax.Array, ...]  # each measured layer's weight at init, (out, fan_in); () with resample_w0
+    params0: Any  # the initial params with use_training_activations, else ()
     solves: jax.Array
     failures: jax.Array
 
@@ -76,8 +77,9 @@ def scale_by_maxp(
     def init_fn(params: optax.Params) -> ScaleByMaxPState:
         z0: tuple[jax.Array, ...] = ()
         w0: tuple[jax.Array, ...] = ()
+        params0: Any = ()
         if resolver is not None:
-            z0, w0 = resolver.capture_initial(params)
+            z0, w0, params0 = resolver.capture_initial(params)
         return ScaleByMaxPState(
             count=jnp.zeros([], jnp.int32),
             factors=jnp.asarray(initial_factors, dtype=FACTOR_DTYPE),
@@ -85,6 +87,7 @@ def scale_by_maxp(
             alignment=jnp.asarray(initial_alignment, dtype=FACTOR_DTYPE),
             z0=z0,
             w0=w0,
+            params0=params0,
             solves=jnp.zeros([], jnp.int32),
             failures=jnp.zeros([], jnp.int32),
         )
@@ -92,13 +95,19 @@ def scale_by_maxp(
     def update_fn(
         updates: optax.Updates, state: ScaleByMaxPState, params: optax.Params | None = None, **extra_args: Any
     ) -> tuple[optax.Updates, ScaleByMaxPState]:
-        del extra_args
         if resolver is not None:
             if params is None:
                 raise ValueError(
                     "scale_by_maxp with dynamic alignment needs params in update(updates, state, params)"
                 )
-            state = jax.lax.cond(resolver.due(state.count), resolver.resolve, lambda s, p: s, state, params)
+            extras = {k: extra_args.get(k) for k in ("maxp_inputs", "maxp_batch")}
+            state = jax.lax.cond(
+                resolver.due(state.count),
+                lambda s, p: resolver.resolve(s, p, extras),
+                lambda s, p: s,
+                state,
+                params,
+            )
 
         def scale(path: Any, update: Any) -> Any:
             i = index.get(leaf_key(path_string(path)))

@@ -262,3 +262,47 @@ def test_dynamic_sgd_and_feature_learning_follow_the_core_lp(optimizer: str, fea
     np.testing.assert_allclose(np.asarray(ms.c), list(expected.c.values()), atol=1e-5)
     if feature_learning:
         assert abs(expected.r["params/Dense_2"]) < 1e-6
+
+
+def test_training_activations_give_the_same_resolve_as_a_sample_forward() -> None:
+    model, params, spec = mlp_and_spec(width=64, depth=4)
+    params = maxp_jax.abc_init(spec, params, jax.random.key(9))
+    x, y = batch(9, n=32)
+    results = {}
+    for reuse in (False, True):
+        dyn = DynamicAlignment(
+            model.apply, x, warmup_steps=1, solve_interval=2, use_training_activations=reuse
+        )
+        tx = optax.chain(optax.scale_by_adam(), scale_by_maxp(spec, dyn), optax.scale_by_learning_rate(0.02))
+        capture = LayerInputs(spec, model.apply, params, x)
+
+        @jax.jit
+        def step(p, s, tx=tx, capture=capture, reuse=reuse):
+            def loss(q):
+                logits, inputs = capture(q, x)
+                return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), inputs
+
+            (_, inputs), grads = jax.value_and_grad(loss, has_aux=True)(p)
+            extra = {"maxp_inputs": inputs, "maxp_batch": x} if reuse else {}
+            updates, s = tx.update(grads, s, p, **extra)
+            return optax.apply_updates(p, updates), s
+
+        p, s = params, tx.init(params)
+        for _ in range(6):
+            p, s = step(p, s)
+        ms = find_maxp_state(s)
+        assert int(ms.solves) == 2
+        assert (len(ms.z0) == 0) == reuse
+        results[reuse] = (np.asarray(ms.alignment), np.asarray(ms.c))
+    np.testing.assert_allclose(results[True][0], results[False][0], atol=1e-6)
+    np.testing.assert_allclose(results[True][1], results[False][1], atol=1e-6)
+
+    tx = scale_by_maxp(
+        spec, DynamicAlignment(model.apply, x, solve_interval=1, use_training_activations=True)
+    )
+    state = tx.init(params)
+    state = state._replace(count=jnp.asarray(1, jnp.int32))
+    with pytest.raises(
+        ValueError, match=r"needs the update's extra arguments \['maxp_inputs', 'maxp_batch'\]"
+    ):
+        tx.update(params, state, params)
