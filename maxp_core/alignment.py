@@ -39,6 +39,7 @@ Examples:
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 from typing import Any, Literal, NamedTuple
 
@@ -72,7 +73,7 @@ def _masked_mean(values: Any, keep: Any, xp: ModuleType) -> Any:
     keep = keep & xp.isfinite(values)
     count = xp.sum(keep)
     total = xp.sum(xp.where(keep, values, 0.0))
-    return xp.where(count > 0, total / xp.maximum(count, 1), 0.0)
+    return xp.where(count > 0, total / xp.clip(count, 1, None), 0.0)
 
 
 def log_rms_alignment(x: Any, y: Any, fan_in: int | None = None, xp: ModuleType = np) -> Any:
@@ -113,11 +114,11 @@ def spectral_alignment(x: Any, y: Any, xp: ModuleType = np) -> Any:
     ym = _rows(y, xp)
     finite_y = xp.all(xp.isfinite(ym))
     safe_y = xp.where(finite_y, ym, 0.0)
-    sigma = xp.linalg.norm(safe_y, ord=2) if ym.size else xp.asarray(0.0)
+    sigma = xp.linalg.norm(safe_y, ord=2) if math.prod(ym.shape) else xp.asarray(0.0)
     usable_y = finite_y & (sigma > 0)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        norm_p = xp.linalg.norm(xr @ safe_y.T, axis=1)
-        norm_x = xp.linalg.norm(xr, axis=1)
+        norm_p = xp.sqrt(xp.sum((xr @ safe_y.T) ** 2, axis=1))
+        norm_x = xp.sqrt(xp.sum(xr * xr, axis=1))
         values = norm_p / (norm_x * sigma)
     value = _masked_mean(values, (norm_x > 0) & usable_y, xp)
     return _scalar(xp.clip(value, 0.0, 1.0), xp)
