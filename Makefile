@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,jax]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,jax,torch]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,92 @@
+"""``ParametrizedModule``: marks a layer (or a parameter-free op) for abc-parametrization."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from maxp_core import MaxPError, Role
+
+LAYER_TYPES: tuple[str, ...] = tuple(role.value for role in Role)
+
+
+class ParametrizedModule(nn.Module):
+    """Wrap a module or a bare callable; its output is multiplied by ``scale = width_dim^-a``.
+
+    Args:
+      module_or_fn: an ``nn.Module`` with a ``weight`` (``nn.Linear``, ``nn.Embedding``,
+        convolutions) or a parameter-free callable such as attention's
+        ``lambda q, k: q @ k.transpose(-2, -1)``.
+      width_dim: the ``n`` of ``n^-a, n^-b, n^-c``: the contracted dimension that scales
+        with width (for an embedding, the embedding size).
+      layer_type: ``"embedding"``, ``"hidden"`` or ``"readout"``.
+      a, b, c: override the parametrization's exponents for this layer (``c`` pins the
+        learning-rate exponent in the LP).
+
+    Examples:
+      >>> fc = ParametrizedModule(nn.Linear(64, 64), width_dim=64, layer_type="hidden")
+      >>> fc
+      ParametrizedModule(
+        width_dim=64, layer_type='hidden', scale=1
+        (inner): Linear(in_features=64, out_features=64, bias=True)
+      )
+    """
+
+    def __init__(
+        self,
+        module_or_fn: nn.Module | Callable[..., torch.Tensor],
+        width_dim: int,
+        layer_type: str,
+        a: float | None = None,
+        b: float | None = None,
+        c: float | None = None,
+    ) -> None:
+        super().__init__()
+        if layer_type not in LAYER_TYPES:
+            raise MaxPError(f"unknown layer_type {layer_type!r}; expected one of {list(LAYER_TYPES)}")
+        if isinstance(width_dim, bool) or not isinstance(width_dim, int) or width_dim < 1:
+            raise MaxPError(f"width_dim must be a positive integer, got {width_dim!r}")
+        if isinstance(module_or_fn, nn.Module):
+            self.inner: nn.Module | None = module_or_fn
+            self.fn: Callable[..., torch.Tensor] | None = None
+        elif callable(module_or_fn):
+            self.inner = None
+            self.fn = module_or_fn
+        else:
+            raise MaxPError(
+                f"ParametrizedModule wraps an nn.Module or a callable, got {type(module_or_fn).__name__}"
+            )
+        self.width_dim = width_dim
+        self.layer_type = layer_type
+        self.a, self.b, self.c = a, b, c
+        self.scale = 1.0
+        self._recorder: Callable[[ParametrizedModule, tuple[Any, ...]], None] | None = None
+
+    @property
+    def role(self) -> Role:
+        return Role(self.layer_type)
+
+    @property
+    def weight(self) -> torch.Tensor | None:
+        """The wrapped module's ``weight`` (``None`` for a bare callable)."""
+        if self.inner is None:
+            return None
+        weight = getattr(self.inner, "weight", None)
+        return weight if isinstance(weight, torch.Tensor) else None
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self._recorder is not None:
+            self._recorder(self, args)
+        out = self.inner(*args, **kwargs) if self.inner is not None else self.fn(*args, **kwargs)  # type: ignore[misc]
+        return out * self.scale
+
+    def extra_repr(self) -> str:
+        overrides = "".join(
+            f", {k}={v}" for k, v in (("a", self.a), ("b", self.b), ("c", self.c)) if v is not None
+        )
+        return (
+            f"width_dim={self.width_dim}, layer_type={self.layer_type!r}, scale={self.scale:.6g}{overrides}"
+        )
