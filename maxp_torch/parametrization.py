@@ -60,6 +60,19 @@ def synthetic_graph(
     return OpGraph(nodes)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside ``DistributedDataParallel`` or ``torch.compile`` wrappers.
+
+    maxP's own no-grad passes run on it: they need no gradient sync, and running them
+    through a compiled module would make it recompile each time recording is toggled.
+    """
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
 def _match_override(name: str, module: ParametrizedModule, table: Mapping[str, Any]) -> Any:
     """An override by exact name, then by name suffix, then by layer type."""
     if name in table:
@@ -291,12 +304,7 @@ class Parametrization:
         self._record(keep)
         try:
             with torch.no_grad():
-                target = (
-                    model.module
-                    if hasattr(model, "module") and isinstance(model.module, nn.Module)
-                    else model
-                )
-                target(x[: self.sample_size])
+                unwrap(model)(x[: self.sample_size])
         finally:
             self._stop_recording()
         return keep
@@ -305,9 +313,7 @@ class Parametrization:
         """Record the inputs and weights of the measured layers before training."""
         self._sample = x[: self.sample_size].detach().clone()
         if self.use_training_activations:
-            self._initial_model = copy.deepcopy(
-                self.model.module if hasattr(self.model, "module") else self.model
-            )
+            self._initial_model = copy.deepcopy(unwrap(self.model))
             self._record(self._recorded)
             return
         inputs = self._inputs(self.model, self._sample)

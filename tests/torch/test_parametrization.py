@@ -274,3 +274,18 @@ def test_alignment_overrides_by_name_suffix_and_type() -> None:
     )
     alpha, _, _ = param.get_alignment()
     assert alpha == [1.0, 0.7, 0.7, 0.6]
+
+
+def test_compiled_model_gives_the_same_rates() -> None:
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(3)
+        model = MLP(width=32, depth=4)
+        runner = torch.compile(model, backend="eager") if compiled else model
+        param = Parametrization(runner, warmup_steps=0, solve_interval=2)
+        x, y = data(seed=3)
+        param.capture_initial(x)
+        train(runner, param, 4, x, y)
+        assert param.solves == 2
+        results.append(param.get_last_lr())
+    assert results[1] == pytest.approx(results[0], rel=1e-6)
