@@ -1,7 +1,8 @@
 """Step-time overhead of maxP over plain AdamW, measured side by side in one run.
 
-Run ``python -m benchmarks.overhead --framework jax`` (add ``--json`` to print JSON).
-An MLP of width 1024 and depth 8 at batch 256 is trained with plain ``optax.adamw``,
+Run ``python -m benchmarks.overhead --framework jax`` or ``--framework torch`` (add
+``--json`` to print JSON). An MLP of width 1024 and depth 8 at batch 256 is trained with
+plain AdamW (``optax.adamw``, ``torch.optim.AdamW``),
 with AdamW + static maxP, and with dynamic maxP re-solving every 10 and every step.
 Configurations are timed round-robin (one step of each in turn) so drifts in machine
 speed hit all alike; the table reports median step times and their ratio to plain.
@@ -99,6 +100,61 @@ def jax_steps(
     return {name: make(tx) for name, tx in optimizers.items()}, info
 
 
+def torch_steps(
+    width: int, depth: int, batch: int, sample: int
+) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
+    """One zero-argument step function per configuration, each with its own model."""
+    import torch
+    from torch import nn
+
+    from maxp_torch import Parametrization, ParametrizedModule
+
+    torch.manual_seed(0)
+    x = torch.randn(batch, width)
+    y = torch.randint(0, 10, (batch,))
+
+    def mlp(parametrized: bool) -> nn.Module:
+        sizes = [width] * depth + [10]
+        types = ["embedding"] + ["hidden"] * (depth - 2) + ["readout"]
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            linear = nn.Linear(sizes[i], sizes[i + 1])
+            layers.append(
+                ParametrizedModule(linear, width_dim=width, layer_type=types[i]) if parametrized else linear
+            )
+            if i < depth - 1:
+                layers.append(nn.ReLU())
+        return nn.Sequential(*layers)
+
+    def make(interval: int | None) -> Callable[[], Any]:
+        model = mlp(interval is not None)
+        if interval is None:
+            param = None
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+        else:
+            param = Parametrization(
+                model, lr_prefactor=1e-3, solve_interval=max(interval, 1), sample_size=sample
+            )
+            optimizer = torch.optim.AdamW(param.param_groups, weight_decay=1e-4)
+            param.capture_initial(x)
+            if interval == 0:  # static: never re-solve
+                param.schedule = type(param.schedule)(warmup_steps=10**9)
+
+        def run() -> Any:
+            optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            if param is not None:
+                param.step(x, optimizer)
+            return loss.item()
+
+        return run
+
+    steps = {"plain": make(None), "static": make(0), "dynamic/10": make(10), "dynamic/1": make(1)}
+    return steps, {"torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
 def measure(steps: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, float]:
     """Median seconds per step of each configuration, timed round-robin."""
     for _ in range(warmup):
@@ -129,10 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=40, help="timed rounds")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    if args.framework != "jax":
-        parser.error("only --framework jax is available in this version")
-
-    steps, info = jax_steps(args.width, args.depth, args.batch, args.sample)
+    build = jax_steps if args.framework == "jax" else torch_steps
+    steps, info = build(args.width, args.depth, args.batch, args.sample)
     medians = measure(steps, args.warmup, args.repeats)
     plain = medians["plain"]
     rows = []
