@@ -2,10 +2,28 @@
 
 Wrap layers in :class:`ParametrizedModule`, build a :class:`Parametrization`, create the
 optimizer from its ``param_groups`` and call ``param.step(x, optimizer)`` after each
-``optimizer.step()``.
+``optimizer.step()``. Plain ``nn.Linear`` stacks can use the first release's API:
+:func:`initialize_abc_weights`, :func:`create_param_groups` and :class:`MaxPScheduler`.
 """
 
 from maxp_torch.module import LAYER_TYPES, ParametrizedModule
 from maxp_torch.parametrization import Parametrization, synthetic_graph
+from maxp_torch.scheduler import (
+    ChainedMaxPScheduler,
+    MaxPScheduler,
+    create_param_groups,
+    initialize_abc_weights,
+    linear_layers,
+)
 
-__all__ = ["LAYER_TYPES", "Parametrization", "ParametrizedModule", "synthetic_graph"]
+__all__ = [
+    "LAYER_TYPES",
+    "ChainedMaxPScheduler",
+    "MaxPScheduler",
+    "Parametrization",
+    "ParametrizedModule",
+    "create_param_groups",
+    "initialize_abc_weights",
+    "linear_layers",
+    "synthetic_graph",
+]

@@ -95,6 +95,10 @@ class Parametrization:
     optimizer. Arguments follow the published maxP; ``solver`` names a
     :mod:`maxp_core` solver (``"highs"`` or ``"clarabel"``), and ``warm_start`` is
     accepted for compatibility (the HiGHS model always starts from its last basis).
+    Initial weights are drawn from one seeded generator per layer (``seed``), so
+    ``resample_w0`` redraws them exactly instead of storing them. ``layers`` replaces
+    the discovery of ``ParametrizedModule``s (``maxp_torch.scheduler`` passes plain
+    ``nn.Linear`` layers this way) and ``reinit=False`` keeps the current weights.
 
     Examples:
       >>> model = nn.Sequential(
@@ -130,6 +134,9 @@ class Parametrization:
         parametrization: str = "mup",
         feature_learning: bool = False,
         seed: int = 0,
+        *,
+        layers: list[tuple[str, Any]] | None = None,
+        reinit: bool = True,
     ) -> None:
         self.model = model
         self.optimizer_type = optimizer_type
@@ -158,7 +165,9 @@ class Parametrization:
                 stacklevel=2,
             )
 
-        found = [(n, m) for n, m in model.named_modules() if isinstance(m, ParametrizedModule)]
+        found = layers or [(n, m) for n, m in model.named_modules() if isinstance(m, ParametrizedModule)]
+        if layers is not None and use_training_activations:
+            raise MaxPError("use_training_activations needs ParametrizedModule layers")
         if not found:
             raise MaxPError(
                 f"no ParametrizedModule in {type(model).__name__}: wrap the layers to parametrize, e.g. "
@@ -203,7 +212,7 @@ class Parametrization:
         self.alignment = np.array([[n.alpha, n.omega, n.u] for n in self.graph.nodes])
         solution = self.lp.solve()
         self.c = np.array([solution.c[self.names[k]] for k in self.weighted])
-        self._reinit_and_scale()
+        self._reinit_and_scale(reinit)
         self.param_groups = self._build_param_groups()
         self.step_count = 0
         self.solves = 0
@@ -236,11 +245,11 @@ class Parametrization:
         return noise * self._init_std(k)
 
     @torch.no_grad()
-    def _reinit_and_scale(self) -> None:
+    def _reinit_and_scale(self, reinit: bool) -> None:
         for k, module in enumerate(self.modules):
             module.scale = float(self._width(k) ** -self.exponents[k][0])
             weight = module.weight
-            if weight is None:
+            if weight is None or not reinit:
                 continue
             weight.copy_(self._draw_initial_weight(k, weight))
             bias = getattr(module.inner, "bias", None)

@@ -1,0 +1,334 @@
+"""The first maxP release's API for plain ``nn.Linear`` stacks, on the same machinery.
+
+``initialize_abc_weights`` re-initialises the layers and installs their output
+multipliers, ``create_param_groups`` builds one group per layer, and
+:class:`MaxPScheduler` re-solves the LP during training and writes the learning rates;
+:class:`ChainedMaxPScheduler` lets standard ``torch.optim.lr_scheduler`` schedulers
+move the global rate while maxP keeps the per-layer ratios.
+
+Roles: ``nn.Embedding`` layers are embeddings (or, without any, the first
+``nn.Linear``); the last ``nn.Linear`` is the readout; the others are hidden. A
+layer's width is its embedding size for an embedding and its input size otherwise.
+
+Example:
+  >>> import torch
+  >>> from torch import nn
+  >>> model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+  >>> initialize_abc_weights(model, parametrization="mup")
+  >>> optimizer = torch.optim.AdamW(create_param_groups(model, lr_prefactor=0.1, parametrization="mup"))
+  >>> scheduler = MaxPScheduler(optimizer, model, parametrization="mup", lr_prefactor=0.1)
+  >>> [round(lr, 6) for lr in scheduler.get_last_lr()]
+  [0.0125, 0.001563, 0.0125]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from maxp_core import MaxPError, Role, WSDSchedule
+from maxp_torch.parametrization import Parametrization
+
+_LAYERS_ATTRIBUTE = "_maxp_layers"
+
+
+class LinearLayer:
+    """A plain ``nn.Linear``/``nn.Embedding`` seen as a maxP layer, through forward hooks.
+
+    Offers what :class:`~maxp_torch.Parametrization` reads of a ``ParametrizedModule``:
+    the output is multiplied by :attr:`scale`, and a recorder sees each input.
+    """
+
+    def __init__(self, module: nn.Module, layer_type: str) -> None:
+        self.inner = module
+        self.layer_type = layer_type
+        if isinstance(module, nn.Embedding):
+            self.width_dim = module.embedding_dim
+        elif layer_type == "embedding":
+            self.width_dim = module.out_features  # type: ignore[assignment]
+        else:
+            self.width_dim = module.in_features  # type: ignore[assignment]
+        self.a: float | None = None
+        self.b: float | None = None
+        self.c: float | None = None
+        self.scale = 1.0
+        self._recorder: Callable[[Any, tuple[Any, ...]], None] | None = None
+        module.register_forward_pre_hook(self._pre_hook)
+        module.register_forward_hook(self._post_hook)
+
+    def _pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if self._recorder is not None:
+            self._recorder(self, args)
+
+    def _post_hook(
+        self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor
+    ) -> torch.Tensor | None:
+        return None if self.scale == 1.0 else output * self.scale
+
+    @property
+    def role(self) -> Role:
+        return Role(self.layer_type)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.inner.weight  # type: ignore[return-value]
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.inner.parameters()
+
+
+def linear_layers(model: nn.Module) -> list[tuple[str, LinearLayer]]:
+    """The model's embeddings and linear layers with their roles (hooks installed once)."""
+    cached = getattr(model, _LAYERS_ATTRIBUTE, None)
+    if cached is not None:
+        return cached
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Embedding)]
+    linears = [k for k, (_, m) in enumerate(found) if isinstance(m, nn.Linear)]
+    if len(found) < 2 or not linears:
+        raise MaxPError(
+            f"{type(model).__name__} has {len(found)} nn.Linear/nn.Embedding layers; the named "
+            "parametrizations need an embedding (or first Linear) and a readout (last Linear)"
+        )
+    has_embedding = any(isinstance(m, nn.Embedding) for _, m in found)
+    layers = []
+    for k, (name, module) in enumerate(found):
+        if isinstance(module, nn.Embedding) or (not has_embedding and k == linears[0]):
+            layer_type = "embedding"
+        elif k == linears[-1]:
+            layer_type = "readout"
+        else:
+            layer_type = "hidden"
+        layers.append((name, LinearLayer(module, layer_type)))
+    object.__setattr__(model, _LAYERS_ATTRIBUTE, layers)
+    return layers
+
+
+def _set_exponents(layers: list[tuple[str, LinearLayer]], **per_layer: Sequence[float] | None) -> None:
+    for key, values in per_layer.items():
+        if values is None:
+            continue
+        if len(values) != len(layers):
+            raise MaxPError(f"{key} has {len(values)} values but the model has {len(layers)} layers")
+        for (_, layer), value in zip(layers, values, strict=True):
+            setattr(layer, key[0], float(value))
+
+
+def _engine(model: nn.Module, reinit: bool, **kwargs: Any) -> Parametrization:
+    return Parametrization(model, layers=linear_layers(model), reinit=reinit, **kwargs)
+
+
+def initialize_abc_weights(
+    model: nn.Module,
+    parametrization: str = "mup",
+    al: Sequence[float] | None = None,
+    bl: Sequence[float] | None = None,
+    std_prefactor: float = 1.0,
+    seed: int = 0,
+) -> None:
+    """Re-initialise every layer with ``std = std_prefactor * n^-b`` and multiply its output by ``n^-a``.
+
+    Custom ``al``/``bl`` (one value per layer) must be stable at init for each role.
+    """
+    layers = linear_layers(model)
+    _set_exponents(layers, al=al, bl=bl)
+    _engine(model, True, parametrization=parametrization, std_prefactor=std_prefactor, seed=seed)
+
+
+def create_param_groups(
+    model: nn.Module,
+    lr_prefactor: float,
+    parametrization: str = "mup",
+    cl: Sequence[float] | None = None,
+    optimizer_type: str = "adam",
+    alignment: str = "full",
+) -> list[dict[str, Any]]:
+    """One parameter group per layer at ``lr_prefactor * n^-c``, the rest at ``lr_prefactor``."""
+    _set_exponents(linear_layers(model), cl=cl)
+    return _engine(
+        model,
+        False,
+        parametrization=parametrization,
+        lr_prefactor=lr_prefactor,
+        optimizer_type=optimizer_type,
+        alignment=alignment,
+    ).param_groups
+
+
+class MaxPScheduler:
+    """Re-measure alignments, re-solve the LP and set each layer's learning rate.
+
+    Args:
+      optimizer: built from :func:`create_param_groups`.
+      model: the model given to :func:`initialize_abc_weights`.
+      parametrization: ``"sp"``, ``"mup"``, ``"ntk"`` or ``"mfp"``.
+      lr_prefactor: the base learning rate.
+      alignment: the preset used until the first re-solve.
+      solver_warmup_steps, solve_interval: when the LP is re-solved.
+      al, bl, cl: custom exponents per layer (``cl`` pins c).
+      optimizer_type: ``"adam"`` or ``"sgd"``; default: from the optimizer's class.
+      feature_learning: require ``r = 0`` for the layer before the readout.
+      resample_w0: draw the initial weights again instead of storing them (the model
+        must come from :func:`initialize_abc_weights` with the same ``seed``).
+      alignment_norm: ``"rms"`` or ``"spectral"``.
+      sample_size: rows the alignment is measured on.
+      wsd_*: warmup-stable-decay of the base learning rate (:class:`maxp_core.WSDSchedule`);
+        the solver stops where the decay starts.
+      seed: the seed given to :func:`initialize_abc_weights`.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        model: nn.Module,
+        parametrization: str = "mup",
+        lr_prefactor: float = 1e-3,
+        alignment: str = "full",
+        solver_warmup_steps: int = 0,
+        solve_interval: int = 1,
+        al: Sequence[float] | None = None,
+        bl: Sequence[float] | None = None,
+        cl: Sequence[float] | None = None,
+        optimizer_type: str | None = None,
+        feature_learning: bool = False,
+        resample_w0: bool = False,
+        alignment_norm: str = "rms",
+        sample_size: int = 32,
+        c_ema: float = 0.0,
+        alignment_ema: float = 0.0,
+        wsd_warmup_steps: int = 0,
+        wsd_stable_steps: int | None = None,
+        wsd_decay_steps: int | None = None,
+        wsd_decay_type: str = "none",
+        wsd_min_factor: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        self.optimizer = optimizer
+        self.wsd = WSDSchedule(
+            wsd_warmup_steps, wsd_stable_steps, wsd_decay_steps, wsd_decay_type, wsd_min_factor
+        )
+        if optimizer_type is None:
+            optimizer_type = "sgd" if isinstance(optimizer, torch.optim.SGD) else "adam"
+        layers = linear_layers(model)
+        _set_exponents(layers, al=al, bl=bl, cl=cl)
+        self.base_lr = float(lr_prefactor)
+        self.param = _engine(
+            model,
+            False,
+            parametrization=parametrization,
+            lr_prefactor=lr_prefactor,
+            alignment=alignment,
+            optimizer_type=optimizer_type,
+            warmup_steps=solver_warmup_steps,
+            solve_interval=solve_interval,
+            feature_learning=feature_learning,
+            resample_w0=resample_w0,
+            norm_mode=alignment_norm,
+            sample_size=sample_size,
+            c_ema=c_ema,
+            alignment_ema=alignment_ema,
+            seed=seed,
+        )
+        decay_start = self.wsd.decay_start
+        if decay_start is not None:
+            self.param.schedule = type(self.param.schedule)(
+                solver_warmup_steps, solve_interval, stop_after=max(decay_start - 1, 0)
+            )
+        self._apply(0)
+
+    @property
+    def lr_prefactor(self) -> float:
+        return self.base_lr
+
+    @lr_prefactor.setter
+    def lr_prefactor(self, value: float) -> None:
+        self.base_lr = float(value)
+
+    def _apply(self, step: int) -> None:
+        self.param.lr_prefactor = self.base_lr * float(self.wsd(step))
+        self.param._sync(self.optimizer)
+
+    def capture_initial(self, x: torch.Tensor) -> None:
+        """Record the layers' inputs and weights before training."""
+        self.param.capture_initial(x)
+
+    def step(self, x: torch.Tensor | None = None) -> None:
+        """After ``optimizer.step()``: re-solve on schedule and set the learning rates."""
+        self.param.step(x, None)
+        self._apply(self.param.step_count)
+
+    def get_last_lr(self) -> list[float]:
+        """The learning rate of each layer's group."""
+        return [g["lr"] for g in self.optimizer.param_groups[: len(self.param.weighted)]]
+
+    def get_alignment(self) -> tuple[list[float], list[float], list[float]]:
+        """``(alpha, omega, u)``, one entry per layer."""
+        return self.param.get_alignment()
+
+    def get_layer_names(self) -> list[str]:
+        return self.param.get_layer_names()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"base_lr": self.base_lr, "param": self.param.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.base_lr = float(state["base_lr"])
+        self.param.load_state_dict(state["param"])
+        self._apply(self.param.step_count)
+
+
+class ChainedMaxPScheduler:
+    """A :class:`MaxPScheduler` with standard schedulers moving its base learning rate.
+
+    The other schedulers step on their own view of the learning rates (restored before
+    each of their steps); the relative change they make to the first group scales
+    ``lr_prefactor``, and maxP then writes every group from it.
+    """
+
+    def __init__(self, maxp_scheduler: MaxPScheduler, schedulers: Sequence[Any]) -> None:
+        self.maxp = maxp_scheduler
+        self.schedulers = list(schedulers)
+        for s in self.schedulers:
+            if s.optimizer is not maxp_scheduler.optimizer:
+                raise MaxPError("every chained scheduler must drive the MaxPScheduler's optimizer")
+        self._shadow = [g.get("initial_lr", g["lr"]) for g in maxp_scheduler.optimizer.param_groups]
+        maxp_scheduler._apply(maxp_scheduler.param.step_count)
+
+    def capture_initial(self, x: torch.Tensor) -> None:
+        self.maxp.capture_initial(x)
+
+    def step(self, x: torch.Tensor | None = None) -> None:
+        groups = self.maxp.optimizer.param_groups
+        for group, lr in zip(groups, self._shadow, strict=True):
+            group["lr"] = lr
+        before = self._shadow[0]
+        for s in self.schedulers:
+            s.step()
+        self._shadow = [g["lr"] for g in groups]
+        if before:
+            self.maxp.lr_prefactor = self.maxp.lr_prefactor * self._shadow[0] / before
+        self.maxp.step(x)
+
+    def get_last_lr(self) -> list[float]:
+        return self.maxp.get_last_lr()
+
+    def get_alignment(self) -> tuple[list[float], list[float], list[float]]:
+        return self.maxp.get_alignment()
+
+    def get_layer_names(self) -> list[str]:
+        return self.maxp.get_layer_names()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "maxp": self.maxp.state_dict(),
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "shadow": list(self._shadow),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.maxp.load_state_dict(state["maxp"])
+        for s, sd in zip(self.schedulers, state["schedulers"], strict=True):
+            s.load_state_dict(sd)
+        self._shadow = list(state["shadow"])
