@@ -289,3 +289,50 @@ def test_compiled_model_gives_the_same_rates() -> None:
         assert param.solves == 2
         results.append(param.get_last_lr())
     assert results[1] == pytest.approx(results[0], rel=1e-6)
+
+
+class TinyAttention(nn.Module):
+    """Embedding, q/k/v projections, a parameter-free q k^T readout-type op, output head."""
+
+    def __init__(self, d=32):
+        super().__init__()
+        self.emb = ParametrizedModule(nn.Linear(8, d), width_dim=d, layer_type="embedding")
+        self.q = ParametrizedModule(nn.Linear(d, d), width_dim=d, layer_type="hidden")
+        self.k = ParametrizedModule(nn.Linear(d, d), width_dim=d, layer_type="hidden")
+        self.v = ParametrizedModule(nn.Linear(d, d), width_dim=d, layer_type="hidden")
+        self.scores = ParametrizedModule(
+            lambda q, k: q @ k.transpose(-2, -1), width_dim=d, layer_type="readout", a=1.0
+        )
+        self.head = ParametrizedModule(nn.Linear(d, 10), width_dim=d, layer_type="readout")
+
+    def forward(self, x):
+        h = self.emb(x)
+        attn = torch.softmax(self.scores(self.q(h), self.k(h)), dim=-1)
+        return self.head(attn @ self.v(h)).mean(1)
+
+
+def test_bare_callable_gets_its_scale_and_joins_the_graph() -> None:
+    model = TinyAttention()
+    param = Parametrization(model, lr_prefactor=0.1)
+    assert model.scores.scale == pytest.approx(32**-1.0)
+    assert param.get_layer_names() == ["emb", "q", "k", "v", "head"]  # the callable has no group
+    node = param.graph.node("scores")
+    assert not node.has_weight and node.a == 1.0
+    q, k = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+    torch.testing.assert_close(model.scores(q, k), q @ k.transpose(-2, -1) / 32)
+    x = torch.randn(4, 5, 8)
+    param.capture_initial(x)
+    optimizer = torch.optim.AdamW(param.param_groups)
+    for _ in range(3):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), torch.arange(4)).backward()
+        optimizer.step()
+        param.step(x, optimizer)
+    assert param.solves == 3 and param.failures == 0
+
+
+def test_feature_learning_pins_the_last_hidden_residual() -> None:
+    model = MLP(depth=4)
+    param = Parametrization(model, feature_learning=True, alignment="no")
+    r = param.lp.solve().r
+    assert r["layers.2"] == pytest.approx(0.0, abs=1e-9)
