@@ -56,7 +56,7 @@ def test_static_rates_scales_and_init() -> None:
     for layer, a in zip(model.layers, [-0.5, 0.0, 0.0, 0.5], strict=True):
         assert layer.scale == pytest.approx(128**-a)
         assert float(layer.inner.weight.detach().std()) == pytest.approx(2.0 * 128**-0.5, rel=0.1)
-        assert float(layer.inner.bias.abs().max()) == 0.0
+        assert float(layer.inner.bias.detach().abs().max()) == 0.0
 
 
 def test_other_parameters_get_the_base_rate() -> None:
