@@ -22,6 +22,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from benchmarks.report import write_results
 from maxp_core.cli import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -220,13 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         "`dynamic/k`: alignments measured and the LP re-solved every k steps.\n\n"
         f"```\n{table}\n```\n\nEnvironment: {json.dumps(env)}\n"
     )
-    args.out.mkdir(parents=True, exist_ok=True)
     payload = {"framework": args.framework, "setup": setup, "rows": rows, "environment": env}
-    (args.out / f"overhead-{args.framework}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (args.out / f"overhead-{args.framework}.md").write_text(markdown)
-    print(markdown)
-    if args.json:
-        print(json.dumps(payload, indent=2))
+    write_results(args.out, f"overhead-{args.framework}", payload, markdown, args.json)
     return 0
 
 

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from benchmarks.bigm_baseline import solve_bigm
 from benchmarks.graphs import chain_graph, drifting_alignments, random_alignments, transformer_graph
+from benchmarks.report import write_results
 from maxp_core import OpGraph, StabilityLP
 from maxp_core.cli import format_table
 from maxp_core.formulation import pack_numbers
@@ -166,14 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{at_128['speedup']:.0f}x faster than big-M "
             f"(target >= {TARGET_SPEEDUP_AT_128:.0f}x: {'met' if ok_speed else 'missed'})."
         )
-    args.out.mkdir(parents=True, exist_ok=True)
     payload = {"rows": rows, "environment": env, "verdict": verdict, "repeats": args.repeats}
-    (args.out / "solver.json").write_text(json.dumps(payload, indent=2) + "\n")
-    markdown = to_markdown(rows, env, verdict)
-    (args.out / "solver.md").write_text(markdown)
-    print(markdown)
-    if args.json:
-        print(json.dumps(payload, indent=2))
+    write_results(args.out, "solver", payload, to_markdown(rows, env, verdict), args.json)
     return 0
 
 

@@ -6,8 +6,6 @@ after the first re-solve, the loss along the way, and the test accuracy.
 
 from __future__ import annotations
 
-import argparse
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -17,6 +15,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import maxp_jax
+from examples.common import digits_arguments
 from maxp_core.cli import format_table
 
 
@@ -36,15 +35,7 @@ def learning_rates(spec: maxp_jax.MaxPSpec, opt_state, base_lr: float) -> list[f
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--warmup-steps", type=int, default=20)
-    parser.add_argument("--solve-interval", type=int, default=20)
-    args = parser.parse_args(argv)
+    args = digits_arguments(__doc__.split("\n\n")[0], argv)
 
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32)

@@ -6,14 +6,13 @@ after the first re-solve, the loss along the way, and the test accuracy.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
+from examples.common import digits_arguments
 from maxp_core.cli import format_table
 from maxp_torch import Parametrization, ParametrizedModule
 
@@ -35,15 +34,7 @@ class MLP(nn.Module):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--warmup-steps", type=int, default=20)
-    parser.add_argument("--solve-interval", type=int, default=20)
-    args = parser.parse_args(argv)
+    args = digits_arguments(__doc__.split("\n\n")[0], argv)
 
     torch.manual_seed(0)
     digits = load_digits()

@@ -1,12 +1,16 @@
-"""The digits example runs end to end and re-solves."""
+"""The digits examples run end to end, re-solve, and learn."""
 
+import importlib
 import io
 from contextlib import redirect_stdout
 
-from examples.digits_jax import main
+import pytest
 
 
-def test_digits_example_runs() -> None:
+@pytest.mark.parametrize(("example", "framework"), [("digits_jax", "jax"), ("digits_torch", "torch")])
+def test_digits_example_runs(example: str, framework: str) -> None:
+    pytest.importorskip(framework)
+    main = importlib.import_module(f"examples.{example}").main
     out = io.StringIO()
     with redirect_stdout(out):
         main(
@@ -26,5 +30,4 @@ def test_digits_example_runs() -> None:
     text = out.getvalue()
     assert "lr after 1st solve" in text
     assert "re-solves: 3" in text
-    accuracy = float(text.split("test accuracy ")[1].split()[0])
-    assert accuracy > 0.5
+    assert float(text.split("test accuracy ")[1].split()[0]) > 0.5
