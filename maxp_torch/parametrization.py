@@ -418,6 +418,12 @@ class Parametrization:
             assert weight is not None
             w = weight.detach().reshape(weight.shape[0], -1)
             w0 = self._initial_weight(k).reshape(weight.shape[0], -1)
+            if now[k].shape[-1] != w.shape[1]:
+                raise MaxPError(
+                    f"layer {self.names[k]!r}: its input rows have {now[k].shape[-1]} features but its "
+                    f"weight contracts {w.shape[1]}; dynamic alignment measures Linear-like layers "
+                    "(inputs (..., fan_in)); pin this layer with alignment_overrides"
+                )
             al = layer_alignment(initial[k], now[k], w0, w, self.norm_mode, self._width(k), xp=torch)
             values[k] = [float(al.alpha), float(al.omega), float(al.u)]
         if dist.is_available() and dist.is_initialized():
