@@ -1,0 +1,104 @@
+"""Cross-framework parity: the same MLP trained with maxP in PyTorch and in JAX.
+
+Run ``python -m benchmarks.parity`` (``--steps``, ``--device``, ``--json``). For AdamW and
+SGD with momentum, static and dynamic maxP and both multiplier modes it prints the
+largest difference of each quantity over the run (LP inputs, loss, learning rate, c,
+alignment), where it first leaves its tolerance if it does, and the step time of each
+framework. Writes ``benchmarks/results/parity-<device>.md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from benchmarks.report import write_results
+from maxp_core.cli import format_table
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.parity", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.device == "cpu":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+    import jax
+    import torch
+
+    from tests.parity.harness import Setup, batches, compare, run_jax, run_torch, same_core_gap
+
+    if args.device == "gpu" and (not torch.cuda.is_available() or jax.default_backend() != "gpu"):
+        parser.error("--device gpu needs CUDA builds of both torch and jax")
+    setups = [
+        Setup(optimizer="adamw", dynamic=True),
+        Setup(optimizer="adamw", dynamic=False),
+        Setup(optimizer="sgd", dynamic=True, lr=0.02),
+        Setup(optimizer="sgd", dynamic=False, lr=0.02),
+        Setup(optimizer="adamw", dynamic=True, multipliers="folded", eps=1e-12, weight_decay=0.0),
+        Setup(optimizer="adamw", dynamic=True, lr=0.02),
+    ]
+    rows, records = [], []
+    for setup in tqdm(setups, desc="parity runs", unit="run"):
+        setup = replace(setup, steps=args.steps)
+        data = batches(setup)
+        torch_trace, initial = run_torch(setup, data)
+        jax_trace = run_jax(setup, data, initial)
+        gaps = compare(setup, torch_trace, jax_trace)
+        core = same_core_gap(
+            torch_trace,
+            torch_trace.op_graph,
+            jax_trace.op_graph,
+            "adam" if setup.optimizer == "adamw" else "sgd",
+        )
+        mode = "dynamic" if setup.dynamic else "static"
+        name = f"{setup.optimizer} {mode} {setup.multipliers} lr={setup.lr:g}"
+        for g in gaps:
+            rows.append((name, g.quantity, f"{g.largest:.2e}", f"{g.tolerance:g}", g.first_failure or "-"))
+        rows.append((name, "c, same alignments", f"{core:.2e}", "1e-09", "-" if core <= 1e-9 else "exceeded"))
+        ms_torch = 1e3 * torch_trace.seconds / setup.steps
+        ms_jax = 1e3 * jax_trace.seconds / setup.steps
+        records.append(
+            {
+                "setup": asdict(setup),
+                "gaps": [asdict(g) for g in gaps],
+                "same_core_c_gap": core,
+                "torch_ms_per_step": ms_torch,
+                "jax_ms_per_step": ms_jax,
+            }
+        )
+        rows.append((name, "ms/step torch | jax", f"{ms_torch:.2f} | {ms_jax:.2f}", "", ""))
+    table = format_table(rows, ("run", "quantity", "largest diff", "tolerance", "first beyond tolerance"))
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "jax": jax.__version__,
+        "device": args.device,
+    }
+    markdown = (
+        f"# maxP parity, PyTorch vs JAX ({args.device})\n\n"
+        f"MLP width 64, depth 4, batch 32, float32, {args.steps} steps of a teacher-student task; "
+        "weights copied from torch to flax. Loss and learning rate are relative differences, c and "
+        "alignment absolute. `c, same alignments`: both frameworks' LPs solved with torch's measured "
+        "alignments. The last run (AdamW at lr 0.02) shows how float32 rounding differences grow "
+        "under Adam at a larger rate: Adam's sign-like update amplifies them once gradients are tiny.\n\n"
+        f"```\n{table}\n```\n\nEnvironment: {env}\n"
+    )
+    write_results(
+        args.out, f"parity-{args.device}", {"runs": records, "environment": env}, markdown, args.json
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,280 @@
+"""Train the same MLP in PyTorch and in JAX with maxP and record every step of both.
+
+Used by the parity tests and by ``python -m benchmarks.parity``. The torch model wraps
+``nn.Linear`` layers in ``ParametrizedModule``; the flax model is the same stack with
+its weights copied over (kernels transposed) and the output multipliers either
+explicit (``ScaledDense``) or folded into the weights and learning rates.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import flax.linen as nn_flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+from torch import nn
+
+import maxp_jax
+from maxp_core import OpGraph, StabilityLP
+from maxp_jax.layers import ScaledDense
+from maxp_torch import Parametrization, ParametrizedModule
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One parity run."""
+
+    optimizer: str = "adamw"  # or "sgd" (momentum 0.9)
+    dynamic: bool = True
+    multipliers: str = "explicit"  # or "folded"
+    steps: int = 200
+    width: int = 64
+    depth: int = 4
+    in_dim: int = 16
+    batch: int = 32
+    lr: float = 0.005
+    weight_decay: float = 0.01
+    warmup_steps: int = 5
+    solve_interval: int = 5
+    sample_size: int = 32
+    eps: float = 1e-8
+    seed: int = 0
+
+
+@dataclass
+class Trace:
+    """What one framework did at every step."""
+
+    losses: list[float] = field(default_factory=list)
+    lrs: list[list[float]] = field(default_factory=list)
+    c: list[list[float]] = field(default_factory=list)
+    alignment: list[np.ndarray] = field(default_factory=list)
+    seconds: float = 0.0
+    graph: list[tuple[float, float]] = field(default_factory=list)
+    op_graph: OpGraph | None = None
+
+
+def batches(setup: Setup) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A fixed teacher-student stream: inputs and labels from a random linear teacher."""
+    rng = np.random.default_rng(setup.seed)
+    teacher = rng.standard_normal((setup.in_dim, 10))
+    out = []
+    for _ in range(setup.steps):
+        x = rng.standard_normal((setup.batch, setup.in_dim)).astype(np.float32)
+        out.append((x, np.argmax(x @ teacher, axis=1)))
+    return out
+
+
+def _torch_model(setup: Setup) -> nn.Module:
+    sizes = [setup.in_dim] + [setup.width] * (setup.depth - 1) + [10]
+    types = ["embedding"] + ["hidden"] * (setup.depth - 2) + ["readout"]
+    layers: list[nn.Module] = []
+    for i in range(setup.depth):
+        layers.append(
+            ParametrizedModule(nn.Linear(sizes[i], sizes[i + 1]), width_dim=setup.width, layer_type=types[i])
+        )
+        if i < setup.depth - 1:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class FlaxMLP(nn_flax.Module):
+    sizes: tuple[int, ...]
+    multipliers: tuple[float, ...]
+
+    @nn_flax.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, size in enumerate(self.sizes):
+            x = ScaledDense(size, multiplier=self.multipliers[i], name=f"Dense_{i}")(x)
+            if i < len(self.sizes) - 1:
+                x = nn_flax.relu(x)
+        return x
+
+
+def run_torch(setup: Setup, data: list[tuple[np.ndarray, np.ndarray]]) -> tuple[Trace, list[np.ndarray]]:
+    """Train in torch; return the trace and the initial weights (torch layout, then biases)."""
+    torch.manual_seed(setup.seed)
+    model = _torch_model(setup)
+    param = Parametrization(
+        model,
+        optimizer_type="adam" if setup.optimizer == "adamw" else "sgd",
+        lr_prefactor=setup.lr,
+        warmup_steps=setup.warmup_steps if setup.dynamic else 10**9,
+        solve_interval=setup.solve_interval,
+        sample_size=setup.sample_size,
+        seed=setup.seed,
+    )
+    pms = [m for m in model if isinstance(m, ParametrizedModule)]
+    initial = [t.detach().numpy().copy() for m in pms for t in (m.inner.weight, m.inner.bias)]
+    if setup.optimizer == "adamw":
+        opt = torch.optim.AdamW(param.param_groups, eps=setup.eps, weight_decay=setup.weight_decay)
+    else:
+        opt = torch.optim.SGD(param.param_groups, momentum=0.9, weight_decay=setup.weight_decay)
+    trace = Trace(graph=[(n.a, n.b) for n in param.graph.nodes], op_graph=param.graph)
+    param.capture_initial(torch.from_numpy(data[0][0]))
+    start = time.perf_counter()
+    for x, y in data:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
+        loss.backward()
+        opt.step()
+        param.step(torch.from_numpy(x), opt)
+        trace.losses.append(loss.item())
+        trace.lrs.append(param.get_last_lr())
+        trace.c.append(param.c.tolist())
+        trace.alignment.append(param.alignment.copy())
+    trace.seconds = time.perf_counter() - start
+    return trace, initial
+
+
+def run_jax(setup: Setup, data: list[tuple[np.ndarray, np.ndarray]], initial: list[np.ndarray]) -> Trace:
+    """Train the same network in JAX from the torch initial weights."""
+    sizes = tuple([setup.width] * (setup.depth - 1) + [10])
+    probe = FlaxMLP(sizes, (1.0,) * setup.depth)
+    params = probe.init(jax.random.key(0), jnp.ones((1, setup.in_dim)))
+    rules = [maxp_jax.Rule(r"params/Dense_0/.*", "embedding")]
+    rules += [maxp_jax.Rule(rf"params/Dense_{i}/.*", "hidden") for i in range(1, setup.depth - 1)]
+    rules += [maxp_jax.Rule(rf"params/Dense_{setup.depth - 1}/.*", "readout")]
+    spec = maxp_jax.MaxPSpec(
+        params,
+        rules,
+        optimizer="adam" if setup.optimizer == "adamw" else "sgd",
+        multipliers=setup.multipliers,
+    )
+    explicit = [spec.multiplier(layer.name) for layer in spec.layers]
+    model = FlaxMLP(sizes, tuple(explicit) if setup.multipliers == "explicit" else (1.0,) * setup.depth)
+    weights = {}
+    for i in range(setup.depth):
+        w, b = initial[2 * i], initial[2 * i + 1]
+        fold = 1.0 if setup.multipliers == "explicit" else explicit[i]
+        weights[f"Dense_{i}"] = {"kernel": jnp.asarray(w.T * fold), "bias": jnp.asarray(b * fold)}
+    params = {"params": weights}
+    dynamic = None
+    if setup.dynamic:
+        dynamic = maxp_jax.DynamicAlignment(
+            model.apply,
+            jnp.asarray(data[0][0]),
+            warmup_steps=setup.warmup_steps,
+            solve_interval=setup.solve_interval,
+            sample_size=setup.sample_size,
+        )
+    if setup.optimizer == "adamw":
+        tx = optax.chain(
+            optax.scale_by_adam(eps=setup.eps),
+            optax.add_decayed_weights(setup.weight_decay),
+            maxp_jax.scale_by_maxp(spec, dynamic),
+            optax.scale_by_learning_rate(setup.lr),
+        )
+    else:
+        tx = optax.chain(
+            optax.add_decayed_weights(setup.weight_decay),
+            optax.trace(decay=0.9),
+            maxp_jax.scale_by_maxp(spec, dynamic),
+            optax.scale_by_learning_rate(setup.lr),
+        )
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p, s, x, y):
+        def loss_fn(q):
+            return optax.softmax_cross_entropy_with_integer_labels(model.apply(q, x), y).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(p)
+        updates, s = tx.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, loss
+
+    trace = Trace(graph=[(n.a, n.b) for n in spec.graph.nodes], op_graph=spec.graph)
+    start = time.perf_counter()
+    for x, y in data:
+        params, state, loss = step(params, state, jnp.asarray(x), jnp.asarray(y))
+        ms = maxp_jax.find_maxp_state(state)
+        trace.losses.append(float(loss))
+        trace.lrs.append([setup.lr * float(f) for f in ms.factors])
+        trace.c.append(np.asarray(ms.c, np.float64).tolist())
+        trace.alignment.append(np.asarray(ms.alignment, np.float64))
+    trace.seconds = time.perf_counter() - start
+    return trace
+
+
+@dataclass(frozen=True)
+class Gap:
+    """The largest difference of one quantity and where it first passes its tolerance."""
+
+    quantity: str
+    largest: float
+    tolerance: float
+    first_failure: str | None
+
+
+def compare(setup: Setup, torch_trace: Trace, jax_trace: Trace) -> list[Gap]:
+    """Step-by-step differences. A torch scheduler sets step t+1's rates after step t;
+    JAX's state holds them after update t+1: rates, c and alignments are shifted by one."""
+    gaps = []
+
+    def scan(name: str, pairs: list[tuple[str, np.ndarray, np.ndarray]], tol: float, relative: bool) -> None:
+        largest, first = 0.0, None
+        for where, a, b in pairs:
+            diff = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+            if relative:
+                diff = diff / np.maximum(np.abs(np.asarray(b, np.float64)), 1e-30)
+            worst = float(diff.max()) if diff.size else 0.0
+            largest = max(largest, worst)
+            if first is None and worst > tol:
+                per_layer = diff.reshape(diff.shape[0], -1).max(axis=-1)
+                first = where if per_layer.size == 1 else f"{where}, layer {int(np.argmax(per_layer))}"
+        gaps.append(Gap(name, largest, tol, first))
+
+    n = len(torch_trace.losses)
+    a = np.array([ab[0] for ab in torch_trace.graph])
+    # Folded rates are n^-(c + a): times n^a they are the explicit (torch) ones.
+    unfold = setup.width**a if setup.multipliers == "folded" else np.ones_like(a)
+    scan("lp inputs (a, b)", [("graph", np.array(torch_trace.graph), np.array(jax_trace.graph))], 0.0, False)
+    scan(
+        "loss",
+        [
+            (f"step {t + 1}", np.array([torch_trace.losses[t]]), np.array([jax_trace.losses[t]]))
+            for t in range(n)
+        ],
+        1e-4,
+        True,
+    )
+    shifted = range(n - 1)
+    scan(
+        "learning rate",
+        [
+            (f"step {t + 2}", np.array(torch_trace.lrs[t]), np.array(jax_trace.lrs[t + 1]) * unfold)
+            for t in shifted
+        ],
+        1e-4,
+        True,
+    )
+    scan(
+        "c",
+        [(f"after step {t + 1}", np.array(torch_trace.c[t]), np.array(jax_trace.c[t + 1])) for t in shifted],
+        1e-4,
+        False,
+    )
+    scan(
+        "alignment",
+        [(f"after step {t + 1}", torch_trace.alignment[t], jax_trace.alignment[t + 1]) for t in shifted],
+        1e-5 if setup.multipliers == "explicit" else 1e-4,
+        False,
+    )
+    return gaps
+
+
+def same_core_gap(torch_trace: Trace, graph_torch: OpGraph, graph_jax: OpGraph, optimizer: str) -> float:
+    """Largest c difference when both frameworks' LPs get torch's alignments (same core)."""
+    lp_t, lp_j = StabilityLP(graph_torch, optimizer), StabilityLP(graph_jax, optimizer)
+    worst = 0.0
+    for al in torch_trace.alignment[:: max(len(torch_trace.alignment) // 20, 1)]:
+        kw = {"alpha": al[:, 0], "omega": al[:, 1], "u": al[:, 2]}
+        ct = np.array(list(lp_t.solve(**kw).c.values()))
+        cj = np.array(list(lp_j.solve(**kw).c.values()))
+        worst = max(worst, float(np.abs(ct - cj).max()))
+    return worst
