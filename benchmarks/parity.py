@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import torch
 
-    from tests.parity.harness import Setup, batches, compare, run_jax, run_torch, same_core_gap
+    from benchmarks.parity_runs import Setup, batches, compare, run_jax, run_torch, same_core_gap
 
     if args.device == "gpu" and (not torch.cuda.is_available() or jax.default_backend() != "gpu"):
         parser.error("--device gpu needs CUDA builds of both torch and jax")

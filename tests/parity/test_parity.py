@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("jax")
 
-from tests.parity.harness import Setup, batches, compare, run_jax, run_torch, same_core_gap
+from benchmarks.parity_runs import Setup, batches, compare, run_jax, run_torch, same_core_gap
 
 SETUPS = [
     Setup(optimizer="adamw", dynamic=True),

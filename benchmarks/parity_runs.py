@@ -1,6 +1,6 @@
 """Train the same MLP in PyTorch and in JAX with maxP and record every step of both.
 
-Used by the parity tests and by ``python -m benchmarks.parity``. The torch model wraps
+Used by ``python -m benchmarks.parity`` and by tests/parity. The torch model wraps
 ``nn.Linear`` layers in ``ParametrizedModule``; the flax model is the same stack with
 its weights copied over (kernels transposed) and the output multipliers either
 explicit (``ScaledDense``) or folded into the weights and learning rates.
