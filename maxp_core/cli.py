@@ -1,6 +1,7 @@
 """Command line: ``python -m maxp_core {solve,table,demo}``.
 
-``solve FILE.json`` (``-`` reads stdin) solves the LP of a graph described in JSON and
+``graph FILE.json`` lists the graph's nodes with their solved c and r (``--dot``
+prints graphviz DOT). ``solve FILE.json`` (``-`` reads stdin) solves the LP of a graph described in JSON and
 prints the :class:`~maxp_core.lp.Solution` as JSON. ``table`` prints the (a, b, c) of a
 named parametrization. ``demo`` prints named parametrizations next to the LP solved
 with measured-looking alignments. Bad input exits with status 2 and one line on stderr.
@@ -137,18 +138,29 @@ def format_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
 
 
 def _cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
-    try:
-        if args.file == "-":
-            spec = json.load(sys.stdin)
-        else:
-            with open(args.file, encoding="utf-8") as handle:
-                spec = json.load(handle)
-    except OSError as err:
-        raise InputError(f"cannot read {args.file}: {err.strerror}") from None
-    except json.JSONDecodeError as err:
-        raise InputError(f"{args.file} is not valid JSON: {err}") from None
-    json.dump(solve_json(spec), out, indent=2)
+    json.dump(solve_json(_read_spec(args.file)), out, indent=2)
     out.write("\n")
+    return 0
+
+
+def _read_spec(path: str) -> Any:
+    try:
+        if path == "-":
+            return json.load(sys.stdin)
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except OSError as err:
+        raise InputError(f"cannot read {path}: {err.strerror}") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path} is not valid JSON: {err}") from None
+
+
+def _cmd_graph(args: argparse.Namespace, out: TextIO) -> int:
+    from maxp_core.render import describe_graph, to_dot
+
+    lp, _ = lp_from_json(_read_spec(args.file))
+    solution = lp.solve()
+    out.write(to_dot(lp.graph, solution) if args.dot else describe_graph(lp.graph, solution) + "\n")
     return 0
 
 
@@ -207,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     solve = sub.add_parser("solve", help="solve the LP of a graph given as JSON")
     solve.add_argument("file", help="JSON file, or - for stdin")
+    graph = sub.add_parser("graph", help="list a JSON graph's nodes with a, b, c and r (or print DOT)")
+    graph.add_argument("file", help="JSON file, or - for stdin")
+    graph.add_argument("--dot", action="store_true", help="print graphviz DOT instead of a table")
     table = sub.add_parser("table", help="print the a/b/c table of a named parametrization")
     table.add_argument("--parametrization", "-p", choices=PARAMETRIZATIONS, default="mup")
     table.add_argument("--optimizer", "-o", choices=("adam", "sgd"), default="adam")
@@ -220,7 +235,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run the command line; return the exit status."""
     args = build_parser().parse_args(argv)
     out = sys.stdout if out is None else out
-    commands = {"solve": _cmd_solve, "table": _cmd_table, "demo": _cmd_demo}
+    commands = {"solve": _cmd_solve, "graph": _cmd_graph, "table": _cmd_table, "demo": _cmd_demo}
     try:
         return commands[args.command](args, out)
     except MaxPError as err:
