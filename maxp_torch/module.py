@@ -64,6 +64,7 @@ class ParametrizedModule(nn.Module):
         self.a, self.b, self.c = a, b, c
         self.scale = 1.0
         self._recorder: Callable[[ParametrizedModule, tuple[Any, ...]], None] | None = None
+        self._tracer: Callable[..., Any] | None = None
 
     @property
     def role(self) -> Role:
@@ -78,6 +79,11 @@ class ParametrizedModule(nn.Module):
         return weight if isinstance(weight, torch.Tensor) else None
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self._tracer is not None:
+            return self._tracer(self, self._forward, args, kwargs)
+        return self._forward(*args, **kwargs)
+
+    def _forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self._recorder is not None:
             self._recorder(self, args)
         out = self.inner(*args, **kwargs) if self.inner is not None else self.fn(*args, **kwargs)  # type: ignore[misc]

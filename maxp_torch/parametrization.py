@@ -158,12 +158,6 @@ class Parametrization:
                 f"solver must be 'highs' or 'clarabel', got {type(solver).__name__}: this backend "
                 "solves an LP, not the PuLP MILP, so PuLP solver objects do not apply"
             )
-        if sample_input is not None:
-            warnings.warn(
-                "sample_input: tracing the data-flow graph is not available yet; the LP uses the graph "
-                "built from the modules' order and types",
-                stacklevel=2,
-            )
 
         found = layers or [(n, m) for n, m in model.named_modules() if isinstance(m, ParametrizedModule)]
         if layers is not None and use_training_activations:
@@ -191,11 +185,19 @@ class Parametrization:
             value = _match_override(name, module, dict(alignment_overrides or {}))
             if value is not None:
                 self.overrides[k] = tuple(float(v) for v in value)  # type: ignore[assignment]
-        graph = synthetic_graph(self.names, self.modules, exponents)
-        numbers = [self.overrides.get(k, preset) for k in range(len(self.modules))]
+        if sample_input is not None:
+            from maxp_torch.trace import trace_graph
+
+            graph = trace_graph(unwrap(model), found, exponents, sample_input)
+        else:
+            graph = synthetic_graph(self.names, self.modules, exponents)
+        numbers = {self.names[k]: self.overrides.get(k, preset) for k in range(len(self.modules))}
         self.graph = graph.with_numbers(
-            alpha=[t[0] for t in numbers], omega=[t[1] for t in numbers], u=[t[2] for t in numbers]
+            alpha={n: t[0] for n, t in numbers.items()},
+            omega={n: t[1] for n, t in numbers.items()},
+            u={n: t[2] for n, t in numbers.items()},
         )
+        self._row = {k: self.graph.index(name) for k, name in enumerate(self.names)}
         pins = {}
         for name, module in zip(self.names, self.modules, strict=True):
             pin = module.c if module.c is not None else c_overrides.get(module.layer_type)
@@ -283,7 +285,7 @@ class Parametrization:
 
     def get_alignment(self) -> tuple[list[float], list[float], list[float]]:
         """``(alpha, omega, u)`` lists, one entry per layer of :meth:`get_layer_names`."""
-        rows = self.alignment[self.weighted]
+        rows = self.alignment[[self._row[k] for k in self.weighted]]
         return rows[:, 0].tolist(), rows[:, 1].tolist(), rows[:, 2].tolist()
 
     def _measured(self) -> list[int]:
@@ -425,7 +427,7 @@ class Parametrization:
                     "(inputs (..., fan_in)); pin this layer with alignment_overrides"
                 )
             al = layer_alignment(initial[k], now[k], w0, w, self.norm_mode, self._width(k), xp=torch)
-            values[k] = [float(al.alpha), float(al.omega), float(al.u)]
+            values[self._row[k]] = [float(al.alpha), float(al.omega), float(al.u)]
         if dist.is_available() and dist.is_initialized():
             tensor = torch.as_tensor(values, dtype=torch.float64)
             dist.all_reduce(tensor)
@@ -436,7 +438,7 @@ class Parametrization:
         measured = sanitize(self._measure(x), self.alignment)
         smoothed = self.alignment_ema * self.alignment + (1.0 - self.alignment_ema) * measured
         for k, triple in self.overrides.items():
-            smoothed[k] = triple
+            smoothed[self._row[k]] = triple
         try:
             solution = self.lp.solve(alpha=smoothed[:, 0], omega=smoothed[:, 1], u=smoothed[:, 2])
         except MaxPError as err:
