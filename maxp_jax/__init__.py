@@ -18,6 +18,7 @@ Example:
 
 from maxp_jax.capture import LayerInputs
 from maxp_jax.dynamic import DynamicAlignment
+from maxp_jax.graph import activation, discover_graph
 from maxp_jax.init import abc_init
 from maxp_jax.spec import LAYOUTS, Layer, MaxPSpec, Rule, path_string
 from maxp_jax.transform import (
@@ -41,7 +42,9 @@ __all__ = [
     "Rule",
     "ScaleByMaxPState",
     "abc_init",
+    "activation",
     "adamw",
+    "discover_graph",
     "find_maxp_state",
     "path_string",
     "scale_by_maxp",

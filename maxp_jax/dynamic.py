@@ -96,7 +96,7 @@ class AlignmentResolver:
         self.override_values = np.array(
             [layer.alignment if layer.alignment is not None else (0.0, 0.0, 0.0) for layer in spec.layers]
         )
-        self.fallback = np.array([[n.alpha, n.omega, n.u] for n in spec.graph.nodes])
+        self.fallback = spec.layer_alignment_presets()
         self._lock = threading.Lock()
         self._warned = False
 
@@ -221,8 +221,7 @@ class AlignmentResolver:
         values = np.where(self.overrides[:, None], self.override_values, values)
         try:
             with self._lock:
-                sol = self.spec.lp.solve(alpha=values[:, 0], omega=values[:, 1], u=values[:, 2])
-            c_new = np.array(list(sol.c.values()))
+                c_new = self.spec.solve(values)
             c = self.config.c_ema * c_prev + (1.0 - self.config.c_ema) * c_new
             failed = 0
         except MaxPError as err:

@@ -145,6 +145,9 @@ class MaxPSpec:
         float precision, since Adam's ``eps`` and weight decay see the same weights).
       feature_learning: require ``r = 0`` for the layer before the readout.
       solver: the LP solver of :mod:`maxp_core`.
+      apply_fn, sample_input: give both to read the graph between the layers from
+        ``apply_fn(params, sample_input)`` (:mod:`maxp_jax.graph`: residual adds, gates,
+        marked activation ops); without them the layers form a chain in rule order.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -165,6 +168,8 @@ class MaxPSpec:
     multipliers: MultiplierMode = "folded"
     feature_learning: bool = False
     solver: str = "highs"
+    apply_fn: Any = None
+    sample_input: Any = None
     layers: tuple[Layer, ...] = field(init=False)
     c: np.ndarray = field(init=False)
 
@@ -181,7 +186,8 @@ class MaxPSpec:
             c_fixed={layer.name: layer.c_fixed for layer in self.layers if layer.c_fixed is not None},
             solver=self.solver,
         )
-        self.c = np.array(list(self.lp.solve().c.values()))
+        solution = self.lp.solve()
+        self.c = np.array([solution.c[layer.name] for layer in self.layers])
 
     # --- discovery -----------------------------------------------------------------
 
@@ -267,6 +273,18 @@ class MaxPSpec:
 
     def _build_graph(self) -> OpGraph:
         preset = alignment_preset(self.alignment)
+        if (self.apply_fn is None) != (self.sample_input is None):
+            raise MaxPError("give both apply_fn and sample_input to discover the graph, or neither")
+        if self.apply_fn is not None:
+            from maxp_jax.graph import discover_graph
+
+            traced = discover_graph(self, self.apply_fn, self.params, self.sample_input)
+            numbers = {layer.name: layer.alignment or preset for layer in self.layers}
+            return traced.with_numbers(
+                alpha={n: t[0] for n, t in numbers.items()},
+                omega={n: t[1] for n, t in numbers.items()},
+                u={n: t[2] for n, t in numbers.items()},
+            )
         nodes = []
         for i, layer in enumerate(self.layers):
             alpha, omega, u = layer.alignment or preset
@@ -285,6 +303,22 @@ class MaxPSpec:
         return OpGraph(nodes)
 
     # --- exponents -----------------------------------------------------------------
+
+    def layer_alignment_presets(self) -> np.ndarray:
+        """``(layers, 3)``: each layer's ``(alpha, omega, u)`` in the graph (preset or override)."""
+        return np.array(
+            [[n.alpha, n.omega, n.u] for n in (self.graph.node(layer.name) for layer in self.layers)]
+        )
+
+    def solve(self, alignment: np.ndarray) -> np.ndarray:
+        """The LP's ``c`` per layer for per-layer alignments ``(layers, 3)``."""
+        names = [layer.name for layer in self.layers]
+        numbers = {
+            key: dict(zip(names, alignment[:, j], strict=True))
+            for j, key in enumerate(("alpha", "omega", "u"))
+        }
+        solution = self.lp.solve(**numbers)
+        return np.array([solution.c[name] for name in names])
 
     def effective_abc(
         self, c: Sequence[float] | np.ndarray | None = None

@@ -71,7 +71,7 @@ def scale_by_maxp(
     index = spec.leaf_layer_index()
     initial_c = np.asarray(spec.c, dtype=np.float64)
     initial_factors = spec.factors(initial_c)
-    initial_alignment = np.array([[n.alpha, n.omega, n.u] for n in spec.graph.nodes])
+    initial_alignment = spec.layer_alignment_presets()
     resolver = None if dynamic is None else AlignmentResolver(spec, dynamic)
 
     def init_fn(params: optax.Params) -> ScaleByMaxPState:

@@ -1,0 +1,131 @@
+"""The same architectures give the same graph and the same c in JAX and in PyTorch."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+
+import maxp_jax
+from maxp_core import OpGraph, StabilityLP
+from maxp_torch import Parametrization
+from tests.torch.test_trace import GPT, expected_gpt
+
+D, VOCAB, CTX = 32, 50, 16
+
+
+class FlaxBlock(nn.Module):
+    index: int
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.LayerNorm()(x)
+        q, k = nn.Dense(D, use_bias=False, name="q")(h), nn.Dense(D, use_bias=False, name="k")(h)
+        scores = maxp_jax.activation(
+            f"blocks.{self.index}.scores", lambda a, b: a @ jnp.swapaxes(b, -2, -1), a=1.0
+        )(q, k)
+        mask = jnp.triu(jnp.ones((x.shape[1], x.shape[1]), bool), 1)
+        attn = jax.nn.softmax(jnp.where(mask, -jnp.inf, scores), -1)
+        x = x + nn.Dense(D, use_bias=False, name="o")(attn @ nn.Dense(D, use_bias=False, name="v")(h))
+        h = nn.LayerNorm()(x)
+        gated = jax.nn.silu(nn.Dense(2 * D, use_bias=False, name="gate")(h)) * nn.Dense(
+            2 * D, use_bias=False, name="up"
+        )(h)
+        return x + nn.Dense(D, use_bias=False, name="down")(gated)
+
+
+class FlaxGPT(nn.Module):
+    blocks: int = 2
+
+    @nn.compact
+    def __call__(self, ids):
+        x = nn.Embed(VOCAB, D, name="tok")(ids) + nn.Embed(CTX, D, name="pos")(jnp.arange(ids.shape[1]))
+        for i in range(self.blocks):
+            x = FlaxBlock(i, name=f"blocks_{i}")(x)
+        return nn.Dense(VOCAB, use_bias=False, name="head")(nn.LayerNorm()(x))
+
+
+def flax_spec(blocks: int):
+    model = FlaxGPT(blocks)
+    ids = jnp.zeros((2, CTX), jnp.int32)
+    params = model.init(jax.random.key(0), ids)
+    rules = [
+        maxp_jax.Rule("params/(tok|pos)/embedding", "embedding", layout="embedding"),
+        maxp_jax.Rule(r"params/blocks_\d+/(q|k|v|o|gate|up|down)/kernel", "hidden"),
+        maxp_jax.Rule("params/head/kernel", "readout"),
+    ]
+    spec = maxp_jax.MaxPSpec(params, rules, multipliers="explicit", apply_fn=model.apply, sample_input=ids)
+    return model, params, spec
+
+
+def jax_to_torch(name: str) -> str:
+    return name.removeprefix("params/").replace("blocks_", "blocks.").replace("/", ".")
+
+
+def canonical(graph: OpGraph, rename) -> dict[str, tuple]:
+    """Nodes keyed by a framework-free name: layers by name, merges by what they merge."""
+    names: dict[str, str] = {}
+    for node in graph.nodes:  # nodes are in topological order
+        if node.name.startswith(("add", "mul")) and not node.has_weight and node.name[3:].isdigit():
+            names[node.name] = f"{node.merge}[{','.join(sorted(names[p] for p in node.preds))}]"
+        else:
+            names[node.name] = rename(node.name)
+    return {
+        names[n.name]: (
+            tuple(sorted(names[p] for p in n.preds)),
+            n.merge,
+            n.has_weight,
+            n.a,
+            n.b if n.has_weight else None,
+        )
+        for n in graph.nodes
+    }
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_gpt_same_graph_and_c_in_both_frameworks(blocks: int) -> None:
+    _, _, spec = flax_spec(blocks)
+    param = Parametrization(GPT(blocks=blocks), sample_input=torch.randint(0, VOCAB, (2, CTX)))
+    assert canonical(spec.graph, jax_to_torch) == canonical(param.graph, lambda n: n)
+    # And the torch graph is the hand-written one (tests/torch/test_trace.py).
+    assert [(n.name, n.preds, n.merge, n.has_weight) for n in param.graph.nodes] == expected_gpt(blocks)
+    names = param.get_layer_names()
+    np.testing.assert_allclose(
+        spec.c, [param.c[names.index(jax_to_torch(layer.name))] for layer in spec.layers], atol=1e-9
+    )
+    rng = np.random.default_rng(blocks)
+    per_layer = {n: rng.uniform([0.3, 0.3, 0.3], [1.0, 0.5, 1.0]) for n in names}
+    kw_t = {f: {n: v[j] for n, v in per_layer.items()} for j, f in enumerate(("alpha", "omega", "u"))}
+    c_t = StabilityLP(param.graph).solve(**kw_t).c
+    alignment = np.array([per_layer[jax_to_torch(layer.name)] for layer in spec.layers])
+    np.testing.assert_allclose(
+        spec.solve(alignment), [c_t[jax_to_torch(layer.name)] for layer in spec.layers], atol=1e-9
+    )
+
+
+def test_dynamic_steps_on_the_traced_flax_gpt() -> None:
+    model, params, spec = flax_spec(2)
+    ids = jax.random.randint(jax.random.key(1), (4, CTX), 0, VOCAB)
+    dyn = maxp_jax.DynamicAlignment(model.apply, ids, warmup_steps=2, solve_interval=3, sample_size=16)
+    tx = optax.chain(
+        optax.scale_by_adam(), maxp_jax.scale_by_maxp(spec, dyn), optax.scale_by_learning_rate(0.01)
+    )
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p, s):
+        def loss(q):
+            logits = model.apply(q, ids)
+            return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], ids[:, 1:]).mean()
+
+        grads = jax.grad(loss)(p)
+        updates, s = tx.update(grads, s, p)
+        return optax.apply_updates(p, updates), s
+
+    for _ in range(20):
+        params, state = step(params, state)
+    ms = maxp_jax.find_maxp_state(state)
+    assert int(ms.solves) == 5 and int(ms.failures) == 0  # updates after steps 5, 8, 11, 14, 17
+    assert np.all((np.asarray(ms.alignment) >= 0) & (np.asarray(ms.alignment) <= 1))
