@@ -129,3 +129,52 @@ def test_dynamic_steps_on_the_traced_flax_gpt() -> None:
     ms = maxp_jax.find_maxp_state(state)
     assert int(ms.solves) == 5 and int(ms.failures) == 0  # updates after steps 5, 8, 11, 14, 17
     assert np.all((np.asarray(ms.alignment) >= 0) & (np.asarray(ms.alignment) <= 1))
+
+
+class TorchViT(torch.nn.Module):
+    def __init__(self, blocks: int = 2, patch: int = 4, image: int = 16):
+        super().__init__()
+        from tests.torch.test_trace import Block, pm
+
+        self.patch = pm(torch.nn.Conv2d(3, D, patch, stride=patch), D, "embedding")
+        self.pos = torch.nn.Parameter(torch.zeros((image // patch) ** 2, D))
+        self.blocks = torch.nn.ModuleList(Block(D) for _ in range(blocks))
+        self.ln = torch.nn.LayerNorm(D)
+        self.head = pm(torch.nn.Linear(D, 10), D, "readout")
+
+    def forward(self, images):
+        x = self.patch(images).flatten(2).transpose(1, 2) + self.pos
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln(x).mean(1))
+
+
+class FlaxViT(nn.Module):
+    blocks: int = 2
+
+    @nn.compact
+    def __call__(self, images):  # NHWC
+        x = nn.Conv(D, (4, 4), strides=(4, 4), padding="VALID", name="patch")(images)
+        x = x.reshape(x.shape[0], -1, D) + self.param("pos", nn.initializers.zeros, (16, D))
+        for i in range(self.blocks):
+            x = FlaxBlock(i, name=f"blocks_{i}")(x)
+        return nn.Dense(10, name="head")(nn.LayerNorm()(x).mean(1))
+
+
+def test_vit_same_graph_and_c_in_both_frameworks() -> None:
+    model = FlaxViT()
+    images = jnp.zeros((2, 16, 16, 3))
+    params = model.init(jax.random.key(0), images)
+    rules = [
+        maxp_jax.Rule("params/patch/.*", "embedding"),
+        maxp_jax.Rule(r"params/blocks_\d+/(q|k|v|o|gate|up|down)/kernel", "hidden"),
+        maxp_jax.Rule("params/head/.*", "readout"),
+    ]
+    spec = maxp_jax.MaxPSpec(params, rules, multipliers="explicit", apply_fn=model.apply, sample_input=images)
+    param = Parametrization(TorchViT(), sample_input=torch.zeros(2, 3, 16, 16))
+    assert canonical(spec.graph, jax_to_torch) == canonical(param.graph, lambda n: n)
+    assert spec.graph.node("params/blocks_0/q").preds == ("params/patch",)  # the pos add has no layer
+    names = param.get_layer_names()
+    np.testing.assert_allclose(
+        spec.c, [param.c[names.index(jax_to_torch(layer.name))] for layer in spec.layers], atol=1e-9
+    )
