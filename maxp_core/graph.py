@@ -305,3 +305,40 @@ def chain(
         for i in range(num_layers)
     ]
     return OpGraph(nodes)
+
+
+def graph_by_roles(
+    names: Sequence[str],
+    roles: Sequence[Role | str],
+    exponents: Sequence[tuple[float, float]],
+    has_weight: Sequence[bool] | None = None,
+) -> OpGraph:
+    """The graph of layers known only by their order and roles (no traced data flow).
+
+    Embeddings are sources feeding the first hidden layer; hidden layers form a chain
+    in order; each readout reads the last hidden layer before it (or every embedding
+    when none precedes it) and is a sink. Both adapters use it when no sample input
+    is given to trace the real graph.
+
+    Examples:
+      >>> g = graph_by_roles(["tok", "pos", "h", "out"], ["embedding", "embedding", "hidden", "readout"],
+      ...                    [(-0.5, 0.5), (-0.5, 0.5), (0.0, 0.5), (0.5, 0.5)])
+      >>> [(n.name, n.preds) for n in g.nodes]
+      [('tok', ()), ('pos', ()), ('h', ('tok', 'pos')), ('out', ('h',))]
+    """
+    weights = [True] * len(names) if has_weight is None else list(has_weight)
+    parsed = [Role.parse(r, layer=n) for n, r in zip(names, roles, strict=True)]
+    embeddings = tuple(n for n, r in zip(names, parsed, strict=True) if r is Role.EMBEDDING)
+    nodes: list[Node] = []
+    last_hidden: str | None = None
+    for name, role, (a, b), weighted in zip(names, parsed, exponents, weights, strict=True):
+        if role is Role.EMBEDDING:
+            preds: tuple[str, ...] = ()
+        else:
+            preds = (last_hidden,) if last_hidden is not None else embeddings
+        nodes.append(
+            Node(name=name, a=a, b=b, has_weight=weighted, preds=preds, role=role if weighted else None)
+        )
+        if role is Role.HIDDEN:
+            last_hidden = name
+    return OpGraph(nodes)

@@ -27,7 +27,6 @@ import numpy as np
 
 from maxp_core import (
     MaxPError,
-    Node,
     OpGraph,
     Role,
     StabilityLP,
@@ -36,6 +35,7 @@ from maxp_core import (
     default_ab,
 )
 from maxp_core.formulation import parse_optimizer
+from maxp_core.graph import graph_by_roles
 from maxp_core.symmetry import fold_multiplier
 
 Layout = Literal["dense", "embedding", "torch"]
@@ -278,29 +278,19 @@ class MaxPSpec:
         if self.apply_fn is not None:
             from maxp_jax.graph import discover_graph
 
-            traced = discover_graph(self, self.apply_fn, self.params, self.sample_input)
-            numbers = {layer.name: layer.alignment or preset for layer in self.layers}
-            return traced.with_numbers(
-                alpha={n: t[0] for n, t in numbers.items()},
-                omega={n: t[1] for n, t in numbers.items()},
-                u={n: t[2] for n, t in numbers.items()},
+            graph = discover_graph(self, self.apply_fn, self.params, self.sample_input)
+        else:
+            graph = graph_by_roles(
+                [layer.name for layer in self.layers],
+                [layer.role for layer in self.layers],
+                [(layer.a, layer.b) for layer in self.layers],
             )
-        nodes = []
-        for i, layer in enumerate(self.layers):
-            alpha, omega, u = layer.alignment or preset
-            nodes.append(
-                Node(
-                    name=layer.name,
-                    a=layer.a,
-                    b=layer.b,
-                    alpha=alpha,
-                    omega=omega,
-                    u=u,
-                    preds=(self.layers[i - 1].name,) if i else (),
-                    role=layer.role,
-                )
-            )
-        return OpGraph(nodes)
+        numbers = {layer.name: layer.alignment or preset for layer in self.layers}
+        return graph.with_numbers(
+            alpha={n: t[0] for n, t in numbers.items()},
+            omega={n: t[1] for n, t in numbers.items()},
+            u={n: t[2] for n, t in numbers.items()},
+        )
 
     # --- exponents -----------------------------------------------------------------
 

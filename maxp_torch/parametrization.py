@@ -14,7 +14,6 @@ from torch import nn
 
 from maxp_core import (
     MaxPError,
-    Node,
     OpGraph,
     Role,
     SolveSchedule,
@@ -26,6 +25,7 @@ from maxp_core import (
     sanitize,
 )
 from maxp_core.alignment import MODES
+from maxp_core.graph import graph_by_roles
 from maxp_torch.module import ParametrizedModule
 
 Triple = tuple[float, float, float]
@@ -34,30 +34,10 @@ Triple = tuple[float, float, float]
 def synthetic_graph(
     names: list[str], modules: list[ParametrizedModule], exponents: list[tuple[float, float]]
 ) -> OpGraph:
-    """The LP graph of modules in discovery order, by their types.
-
-    Embeddings are sources feeding the first hidden module; hidden modules form a chain;
-    each readout reads the last hidden module before it (or every embedding when no
-    hidden module precedes it) and is a sink.
-    """
-    nodes: list[Node] = []
-    embeddings = [n for n, m in zip(names, modules, strict=True) if m.role is Role.EMBEDDING]
-    last_hidden: str | None = None
-    for name, module, (a, b) in zip(names, modules, exponents, strict=True):
-        role = module.role
-        if role is Role.EMBEDDING:
-            preds: tuple[str, ...] = ()
-        elif last_hidden is not None:
-            preds = (last_hidden,)
-        else:
-            preds = tuple(embeddings)
-        has_weight = module.weight is not None
-        nodes.append(
-            Node(name=name, a=a, b=b, has_weight=has_weight, preds=preds, role=role if has_weight else None)
-        )
-        if role is Role.HIDDEN:
-            last_hidden = name
-    return OpGraph(nodes)
+    """The LP graph of modules by their order and types (:func:`maxp_core.graph.graph_by_roles`)."""
+    return graph_by_roles(
+        names, [m.role for m in modules], exponents, [m.weight is not None for m in modules]
+    )
 
 
 def unwrap(model: nn.Module) -> nn.Module:
