@@ -36,18 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import torch
 
-    from benchmarks.parity_runs import Setup, batches, compare, run_jax, run_torch, same_core_gap
+    from benchmarks.parity_runs import (
+        PARITY_SETUPS,
+        Setup,
+        batches,
+        compare,
+        run_jax,
+        run_torch,
+        same_core_gap,
+    )
 
     if args.device == "gpu" and (not torch.cuda.is_available() or jax.default_backend() != "gpu"):
         parser.error("--device gpu needs CUDA builds of both torch and jax")
-    setups = [
-        Setup(optimizer="adamw", dynamic=True),
-        Setup(optimizer="adamw", dynamic=False),
-        Setup(optimizer="sgd", dynamic=True, lr=0.02),
-        Setup(optimizer="sgd", dynamic=False, lr=0.02),
-        Setup(optimizer="adamw", dynamic=True, multipliers="folded", eps=1e-12, weight_decay=0.0),
-        Setup(optimizer="adamw", dynamic=True, lr=0.02),
-    ]
+    setups = [*PARITY_SETUPS, Setup(optimizer="adamw", dynamic=True, lr=0.02)]
     rows, records = [], []
     for setup in tqdm(setups, desc="parity runs", unit="run"):
         setup = replace(setup, steps=args.steps)

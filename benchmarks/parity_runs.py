@@ -46,6 +46,17 @@ class Setup:
     seed: int = 0
 
 
+#: The runs the parity tests check and the benchmark reports.
+PARITY_SETUPS: tuple[Setup, ...] = (
+    Setup(optimizer="adamw", dynamic=True),
+    Setup(optimizer="adamw", dynamic=False),
+    Setup(optimizer="sgd", dynamic=True, lr=0.02),
+    Setup(optimizer="sgd", dynamic=False, lr=0.02),
+    # Folding n^-a into init and rate is exact up to Adam's eps and weight decay.
+    Setup(optimizer="adamw", dynamic=True, multipliers="folded", eps=1e-12, weight_decay=0.0),
+)
+
+
 @dataclass
 class Trace:
     """What one framework did at every step."""

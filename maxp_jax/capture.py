@@ -24,10 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from maxp_core import MaxPError, Role
+from maxp_jax.jaxpr_tools import CALL_PRIMITIVES, is_literal, open_jaxpr, sub_jaxpr
 from maxp_jax.spec import MaxPSpec, leaf_key, path_string
 
 _VIEW_PRIMITIVES = {"convert_element_type", "copy", "copy_p", "reduce_precision", "optimization_barrier"}
-_CALL_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 
 
 @dataclass(frozen=True)
@@ -38,25 +38,6 @@ class _Use:
     input_position: int  # 0 or 1: which operand of the dot_general is the input
     input_contract: tuple[int, ...]
     weight_contract: tuple[int, ...]  # axes of the original weight leaf
-
-
-def _sub_jaxpr(eqn: Any) -> Any | None:
-    for name in _CALL_PARAMS:
-        sub = eqn.params.get(name)
-        if sub is not None and hasattr(sub, "eqns" if not hasattr(sub, "jaxpr") else "jaxpr"):
-            return sub
-    return None
-
-
-def _open(sub: Any) -> tuple[Any, list[Any]]:
-    """``(jaxpr, consts)`` of a Jaxpr or ClosedJaxpr."""
-    if hasattr(sub, "jaxpr"):
-        return sub.jaxpr, list(sub.consts)
-    return sub, []
-
-
-def _is_literal(var: Any) -> bool:
-    return not hasattr(var, "aval") or type(var).__name__ == "Literal"
 
 
 class _Walker:
@@ -70,7 +51,7 @@ class _Walker:
         self.counter = 0
 
     def run(self, closed: Any, flat_args: list[Any], record: dict[int, _Use] | None) -> list[Any]:
-        jaxpr, consts = _open(closed)
+        jaxpr, consts = open_jaxpr(closed)
         tags = {
             id(v): (layer, None)
             for pos, v in enumerate(jaxpr.invars)
@@ -89,7 +70,7 @@ class _Walker:
         env: dict[int, Any] = {}
 
         def read(v: Any) -> Any:
-            return v.val if _is_literal(v) else env[id(v)]
+            return v.val if is_literal(v) else env[id(v)]
 
         for v, c in zip(jaxpr.constvars, consts, strict=True):
             env[id(v)] = c
@@ -99,20 +80,11 @@ class _Walker:
             eqn_id = self.counter
             self.counter += 1
             invals = [read(v) for v in eqn.invars]
-            in_tags = [None if _is_literal(v) else tags.get(id(v)) for v in eqn.invars]
-            sub = _sub_jaxpr(eqn)
+            in_tags = [None if is_literal(v) else tags.get(id(v)) for v in eqn.invars]
+            sub = sub_jaxpr(eqn)
             name = eqn.primitive.name
-            if sub is not None and name in (
-                "jit",
-                "pjit",
-                "closed_call",
-                "core_call",
-                "custom_jvp_call",
-                "custom_vjp_call",
-                "remat",
-                "checkpoint",
-            ):
-                inner, inner_consts = _open(sub)
+            if sub is not None and name in CALL_PRIMITIVES:
+                inner, inner_consts = open_jaxpr(sub)
                 offset = len(invals) - len(inner.invars)
                 inner_tags = {
                     id(v): in_tags[offset + k]

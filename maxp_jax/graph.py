@@ -30,6 +30,7 @@ import jax
 
 from maxp_core import MaxPError, OpGraph
 from maxp_core.tracing import GraphRecorder
+from maxp_jax.jaxpr_tools import CALL_PRIMITIVES, is_literal, open_jaxpr, sub_jaxpr
 
 if TYPE_CHECKING:
     from maxp_jax.spec import MaxPSpec
@@ -48,16 +49,6 @@ _VIEWS = {
 }
 _LAYER_USES = {"dot_general", "conv_general_dilated", "gather", "dynamic_slice"}
 _PRODUCTS = {"mul", "div", "dot_general", "conv_general_dilated"}
-_CALLS = {
-    "jit",
-    "pjit",
-    "closed_call",
-    "core_call",
-    "custom_jvp_call",
-    "custom_vjp_call",
-    "remat",
-    "checkpoint",
-}
 
 
 def activation(name: str, fn: Callable[..., Any], *, a: float = 1.0) -> Callable[..., Any]:
@@ -78,18 +69,6 @@ def activation(name: str, fn: Callable[..., Any], *, a: float = 1.0) -> Callable
     return jax.jit(marked)
 
 
-def _sub(eqn: Any) -> Any | None:
-    for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
-        value = eqn.params.get(key)
-        if value is not None:
-            return value
-    return None
-
-
-def _open(sub: Any) -> Any:
-    return sub.jaxpr if hasattr(sub, "jaxpr") else sub
-
-
 class _Walk:
     def __init__(self, spec: MaxPSpec, recorder: GraphRecorder) -> None:
         self.spec = spec
@@ -99,7 +78,7 @@ class _Walk:
         env: dict[int, Any] = {id(v): p for v, p in zip(jaxpr.invars, provenance, strict=True)}
 
         def read(v: Any) -> Any:
-            return env.get(id(v)) if hasattr(v, "aval") and type(v).__name__ != "Literal" else None
+            return None if is_literal(v) else env.get(id(v))
 
         for eqn in jaxpr.eqns:
             ins = [read(v) for v in eqn.invars]
@@ -118,9 +97,9 @@ class _Walk:
                 label, [p for p in ins if isinstance(p, str)], a=_ACTIVATION_A[label], has_weight=False
             )
             return [node] * n_out
-        sub = _sub(eqn)
-        if sub is not None and name in _CALLS:
-            inner = _open(sub)
+        sub = sub_jaxpr(eqn)
+        if sub is not None and name in CALL_PRIMITIVES:
+            inner, _ = open_jaxpr(sub)
             offset = len(ins) - len(inner.invars)
             return self.run(inner, ins[offset:])[:n_out] + [None] * max(0, n_out - len(inner.outvars))
         weights = [p for p in ins if isinstance(p, tuple)]

@@ -9,20 +9,13 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("jax")
 
-from benchmarks.parity_runs import Setup, batches, compare, run_jax, run_torch, same_core_gap
-
-SETUPS = [
-    Setup(optimizer="adamw", dynamic=True),
-    Setup(optimizer="adamw", dynamic=False),
-    Setup(optimizer="sgd", dynamic=True, lr=0.02),
-    Setup(optimizer="sgd", dynamic=False, lr=0.02),
-    # Folding n^-a into init and rate is exact up to Adam's eps and weight decay.
-    Setup(optimizer="adamw", dynamic=True, multipliers="folded", eps=1e-12, weight_decay=0.0),
-]
+from benchmarks.parity_runs import PARITY_SETUPS, Setup, batches, compare, run_jax, run_torch, same_core_gap
 
 
 @pytest.mark.parametrize(
-    "setup", SETUPS, ids=lambda s: f"{s.optimizer}-{'dynamic' if s.dynamic else 'static'}-{s.multipliers}"
+    "setup",
+    PARITY_SETUPS,
+    ids=lambda s: f"{s.optimizer}-{'dynamic' if s.dynamic else 'static'}-{s.multipliers}",
 )
 def test_parity(setup: Setup) -> None:
     data = batches(setup)
