@@ -178,3 +178,104 @@ def test_vit_same_graph_and_c_in_both_frameworks() -> None:
     np.testing.assert_allclose(
         spec.c, [param.c[names.index(jax_to_torch(layer.name))] for layer in spec.layers], atol=1e-9
     )
+
+
+class TorchResMLP(torch.nn.Module):
+    def __init__(self, depth: int = 3):
+        super().__init__()
+        from tests.torch.test_trace import pm
+
+        self.inp = pm(torch.nn.Linear(8, D), D, "embedding")
+        self.hidden = torch.nn.ModuleList(pm(torch.nn.Linear(D, D), D, "hidden") for _ in range(depth))
+        self.out = pm(torch.nn.Linear(D, 3), D, "readout")
+
+    def forward(self, x):
+        h = self.inp(x)
+        for layer in self.hidden:
+            h = h + torch.relu(layer(h))
+        return self.out(h)
+
+
+class FlaxResMLP(nn.Module):
+    depth: int = 3
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Dense(D, name="inp")(x)
+        for i in range(self.depth):
+            h = h + jax.nn.relu(nn.Dense(D, name=f"hidden_{i}")(h))
+        return nn.Dense(3, name="out")(h)
+
+
+def test_residual_mlp_same_graph_and_c_in_both_frameworks() -> None:
+    model = FlaxResMLP()
+    x = jnp.ones((2, 8))
+    params = model.init(jax.random.key(0), x)
+    rules = [
+        maxp_jax.Rule("params/inp/.*", "embedding"),
+        maxp_jax.Rule(r"params/hidden_\d+/.*", "hidden"),
+        maxp_jax.Rule("params/out/.*", "readout"),
+    ]
+    spec = maxp_jax.MaxPSpec(params, rules, multipliers="explicit", apply_fn=model.apply, sample_input=x)
+    param = Parametrization(TorchResMLP(), sample_input=torch.ones(2, 8))
+
+    def rename(name: str) -> str:
+        return name.removeprefix("params/").replace("hidden_", "hidden.")
+
+    assert canonical(spec.graph, rename) == canonical(param.graph, lambda n: n)
+    rng = np.random.default_rng(7)
+    alignment = rng.uniform([0.3, 0.3, 0.3], [1.0, 0.5, 1.0], size=(len(spec.layers), 3))
+    names = [rename(layer.name) for layer in spec.layers]
+    c_t = (
+        StabilityLP(param.graph)
+        .solve(
+            **{
+                f: dict(zip(names, alignment[:, j], strict=True))
+                for j, f in enumerate(("alpha", "omega", "u"))
+            }
+        )
+        .c
+    )
+    np.testing.assert_allclose(spec.solve(alignment), [c_t[n] for n in names], atol=1e-9)
+
+
+def test_dynamic_steps_on_the_vit_in_both_frameworks() -> None:
+    model = FlaxViT()
+    images = jax.random.normal(jax.random.key(2), (4, 16, 16, 3))
+    labels = jnp.arange(4)
+    params = model.init(jax.random.key(0), images)
+    rules = [
+        maxp_jax.Rule("params/patch/.*", "embedding"),
+        maxp_jax.Rule(r"params/blocks_\d+/(q|k|v|o|gate|up|down)/kernel", "hidden"),
+        maxp_jax.Rule("params/head/.*", "readout"),
+    ]
+    spec = maxp_jax.MaxPSpec(params, rules, apply_fn=model.apply, sample_input=images)
+    dyn = maxp_jax.DynamicAlignment(model.apply, images, warmup_steps=2, solve_interval=3, sample_size=16)
+    tx = optax.chain(
+        optax.scale_by_adam(), maxp_jax.scale_by_maxp(spec, dyn), optax.scale_by_learning_rate(0.01)
+    )
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p, s):
+        def loss(q):
+            return optax.softmax_cross_entropy_with_integer_labels(model.apply(q, images), labels).mean()
+
+        updates, s = tx.update(jax.grad(loss)(p), s, p)
+        return optax.apply_updates(p, updates), s
+
+    for _ in range(20):
+        params, state = step(params, state)
+    assert int(maxp_jax.find_maxp_state(state).solves) == 5
+
+    vit = TorchViT()
+    torch_images = torch.randn(4, 3, 16, 16)
+    param = Parametrization(vit, sample_input=torch_images, warmup_steps=2, solve_interval=3, sample_size=16)
+    optimizer = torch.optim.AdamW(param.param_groups)
+    param.capture_initial(torch_images)
+    for _ in range(20):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(vit(torch_images), torch.arange(4)).backward()
+        optimizer.step()
+        param.step(torch_images, optimizer)
+    assert param.solves == 6 and param.failures == 0
