@@ -147,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-repeats", type=int, default=9, help="big-M solves per case")
     parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--traced-blocks",
+        type=int,
+        default=24,
+        help="blocks of the traced transformer (0 skips; needs torch and jax)",
+    )
     args = parser.parse_args(argv)
 
     rows = []
@@ -167,8 +173,19 @@ def main(argv: list[str] | None = None) -> int:
             f"{at_128['speedup']:.0f}x faster than big-M "
             f"(target >= {TARGET_SPEEDUP_AT_128:.0f}x: {'met' if ok_speed else 'missed'})."
         )
-    payload = {"rows": rows, "environment": env, "verdict": verdict, "repeats": args.repeats}
-    write_results(args.out, "solver", payload, to_markdown(rows, env, verdict), args.json)
+    payload: dict[str, Any] = {"rows": rows, "environment": env, "verdict": verdict, "repeats": args.repeats}
+    markdown = to_markdown(rows, env, verdict)
+    if args.traced_blocks:
+        from benchmarks.tracing import measure_traced
+
+        traced_rows, payload["traced_transformer"] = measure_traced(args.traced_blocks, args.repeats)
+        table = format_table(traced_rows, ("quantity", f"GPT, {args.traced_blocks} blocks"))
+        markdown += (
+            f"\n## A traced {args.traced_blocks}-block transformer\n\nThe graph read from one forward "
+            "pass in PyTorch and from the jaxpr in JAX (`python -m benchmarks.tracing`), its LP built "
+            f"and re-solved with random alignments.\n\n```\n{table}\n```\n"
+        )
+    write_results(args.out, "solver", payload, markdown, args.json)
     return 0
 
 

@@ -28,16 +28,8 @@ def _seconds(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.tracing", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--blocks", type=int, default=24)
-    parser.add_argument("--repeats", type=int, default=100)
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-
+def measure_traced(blocks: int, repeats: int) -> tuple[list[tuple[str, str]], dict[str, object]]:
+    """Trace the GPT in both frameworks, build its LP and time re-solves: table rows and JSON."""
     import jax
     import jax.numpy as jnp
     import torch
@@ -49,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from tests.parity.test_graphs import FlaxGPT, canonical, jax_to_torch
     from tests.torch.test_trace import GPT
 
-    model = GPT(blocks=args.blocks)
+    model = GPT(blocks=blocks)
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, ParametrizedModule)]
     exponents = [
         (m.a if m.a is not None else default_ab("mup", m.layer_type)[0], default_ab("mup", m.layer_type)[1])
@@ -58,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = torch.randint(0, 50, (2, 16))
     torch_trace_s, torch_graph = _seconds(lambda: trace_graph(model, layers, exponents, ids))
 
-    flax_model = FlaxGPT(args.blocks)
+    flax_model = FlaxGPT(blocks)
     jids = jnp.zeros((2, 16), jnp.int32)
     params = flax_model.init(jax.random.key(0), jids)
     rules = [
@@ -75,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     n = len(torch_graph)
     times = []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         numbers = {
             "alpha": rng.uniform(0.3, 1, n),
             "omega": rng.uniform(0.3, 0.5, n),
@@ -95,10 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         ("first solve", f"{1e3 * first_s:.1f} ms"),
         ("re-solve (median)", f"{resolve_ms:.2f} ms"),
     ]
-    table = format_table(rows, ("quantity", f"GPT, {args.blocks} blocks"))
-    markdown = f"# Graph discovery and LP for a {args.blocks}-block transformer\n\n```\n{table}\n```\n"
     payload = {
-        "blocks": args.blocks,
+        "blocks": blocks,
         "nodes": n,
         "weighted": len(torch_graph.weighted),
         "trace_torch_s": torch_trace_s,
@@ -108,8 +98,23 @@ def main(argv: list[str] | None = None) -> int:
         "first_solve_s": first_s,
         "resolve_median_ms": resolve_ms,
     }
+    return rows, payload
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.tracing", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--blocks", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    rows, payload = measure_traced(args.blocks, args.repeats)
+    table = format_table(rows, ("quantity", f"GPT, {args.blocks} blocks"))
+    markdown = f"# Graph discovery and LP for a {args.blocks}-block transformer\n\n```\n{table}\n```\n"
     write_results(args.out, "tracing", payload, markdown, args.json)
-    return 0 if same else 1
+    return 0 if payload["same_graph"] else 1
 
 
 if __name__ == "__main__":
