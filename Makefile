@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m maxp_core demo
+	$(PY) -m examples.train --steps 600
 
 test: $(STAMP)
 	$(PY) -m pytest -q

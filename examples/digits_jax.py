@@ -11,12 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from tqdm import tqdm
 
 import maxp_jax
-from examples.common import digits_arguments
-from maxp_core.cli import format_table
+from examples.common import RateLog, digits_arguments, digits_split
 
 
 class MLP(nn.Module):
@@ -30,16 +28,14 @@ class MLP(nn.Module):
         return nn.Dense(10)(x)
 
 
-def learning_rates(spec: maxp_jax.MaxPSpec, opt_state, base_lr: float) -> list[float]:
+def learning_rates(opt_state, base_lr: float) -> list[float]:
     return [base_lr * float(f) for f in maxp_jax.find_maxp_state(opt_state).factors]
 
 
 def main(argv: list[str] | None = None) -> None:
     args = digits_arguments(__doc__.split("\n\n")[0], argv)
 
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    x_train, x_test, y_train, y_test = train_test_split(x, digits.target, test_size=0.25, random_state=0)
+    x_train, x_test, y_train, y_test = digits_split()
 
     model = MLP(args.width, args.depth)
     params = model.init(jax.random.key(0), jnp.ones((1, 64)))
@@ -71,36 +67,27 @@ def main(argv: list[str] | None = None) -> None:
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    before = learning_rates(spec, opt_state, args.lr)
-    after = None
+    names = [layer.name for layer in spec.layers]
+    log = RateLog(names, [layer.role.value for layer in spec.layers], learning_rates(opt_state, args.lr))
+    print(f"maxP (muP, Adam) on digits: width {args.width}, depth {args.depth}, JAX\n")
+    print(log.table())
     rng = np.random.default_rng(0)
-    for t in range(args.steps):
+    progress = tqdm(range(args.steps), desc="training", unit="step", leave=False, mininterval=0.5)
+    for _ in progress:
         idx = rng.integers(0, len(x_train), args.batch)
         params, opt_state, loss = step(
             params, opt_state, jnp.asarray(x_train[idx]), jnp.asarray(y_train[idx])
         )
         state = maxp_jax.find_maxp_state(opt_state)
-        if after is None and int(state.solves) > 0:
-            after = learning_rates(spec, opt_state, args.lr)
-            alignment = np.asarray(state.alignment)
-        if t % 50 == 0 or t == args.steps - 1:
-            print(f"step {t:4d}  loss {float(loss):.4f}")
-    rows = []
-    for k, layer in enumerate(spec.layers):
-        measured = "" if after is None else "({:.2f}, {:.2f}, {:.2f})".format(*alignment[k])
-        rows.append(
-            (
-                layer.name,
-                layer.role.value,
-                f"{before[k]:.3g}",
-                "-" if after is None else f"{after[k]:.3g}",
-                measured,
-            )
-        )
+        log.update(int(state.solves), learning_rates(opt_state, args.lr), np.asarray(state.alignment))
+        progress.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
     print()
-    print(format_table(rows, ("layer", "role", "lr before", "lr after 1st solve", "(alpha, omega, u)")))
+    print(log.table())
     accuracy = float((model.apply(params, jnp.asarray(x_test)).argmax(-1) == jnp.asarray(y_test)).mean())
-    print(f"\ntest accuracy {accuracy:.3f} after {args.steps} steps; re-solves: {int(state.solves)}")
+    print(
+        f"\nfinal loss {float(loss):.4f}; test accuracy {accuracy:.3f} after {args.steps} steps; "
+        f"re-solves: {log.solves}"
+    )
 
 
 if __name__ == "__main__":

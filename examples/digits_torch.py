@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch import nn
+from tqdm import tqdm
 
-from examples.common import digits_arguments
-from maxp_core.cli import format_table
+from examples.common import RateLog, digits_arguments, digits_split
 from maxp_torch import Parametrization, ParametrizedModule
 
 
@@ -37,10 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     args = digits_arguments(__doc__.split("\n\n")[0], argv)
 
     torch.manual_seed(0)
-    digits = load_digits()
-    x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(digits.target)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=0)
+    x_train, x_test, y_train, y_test = (torch.as_tensor(v) for v in digits_split())
+    y_train, y_test = y_train.long(), y_test.long()
 
     model = MLP(args.width, args.depth)
     param = Parametrization(
@@ -48,32 +44,30 @@ def main(argv: list[str] | None = None) -> None:
     )
     optimizer = torch.optim.AdamW(param.param_groups, weight_decay=0.0)
     param.capture_initial(x_train[:64])
-    before, after, alignment = param.get_last_lr(), None, None
+    roles = [param.modules[k].layer_type for k in param.weighted]
+    log = RateLog(param.get_layer_names(), roles, param.get_last_lr())
+    print(f"maxP (muP, Adam) on digits: width {args.width}, depth {args.depth}, PyTorch\n")
+    print(log.table())
     rng = np.random.default_rng(0)
-    for t in range(args.steps):
+    progress = tqdm(range(args.steps), desc="training", unit="step", leave=False, mininterval=0.5)
+    for _ in progress:
         idx = torch.as_tensor(rng.integers(0, len(x_train), args.batch))
         optimizer.zero_grad()
         loss = nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
         loss.backward()
         optimizer.step()
         param.step(x_train[idx], optimizer)
-        if after is None and param.solves:
-            after, alignment = param.get_last_lr(), param.get_alignment()
-        if t % 50 == 0 or t == args.steps - 1:
-            print(f"step {t:4d}  loss {loss.item():.4f}")
-    rows = []
-    for k, name in enumerate(param.get_layer_names()):
-        measured = (
-            ""
-            if alignment is None
-            else f"({alignment[0][k]:.2f}, {alignment[1][k]:.2f}, {alignment[2][k]:.2f})"
-        )
-        rows.append((name, f"{before[k]:.3g}", "-" if after is None else f"{after[k]:.3g}", measured))
+        alignment = np.array(param.get_alignment()).T
+        log.update(param.solves, param.get_last_lr(), alignment)
+        progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     print()
-    print(format_table(rows, ("layer", "lr before", "lr after 1st solve", "(alpha, omega, u)")))
+    print(log.table())
     with torch.no_grad():
         accuracy = (model(x_test).argmax(-1) == y_test).float().mean().item()
-    print(f"\ntest accuracy {accuracy:.3f} after {args.steps} steps; re-solves: {param.solves}")
+    print(
+        f"\nfinal loss {loss.item():.4f}; test accuracy {accuracy:.3f} after {args.steps} steps; "
+        f"re-solves: {log.solves}"
+    )
 
 
 if __name__ == "__main__":

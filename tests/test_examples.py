@@ -28,6 +28,6 @@ def test_digits_example_runs(example: str, framework: str) -> None:
             ]
         )
     text = out.getvalue()
-    assert "lr after 1st solve" in text
+    assert "after last solve" in text
     assert "re-solves: 3" in text
     assert float(text.split("test accuracy ")[1].split()[0]) > 0.5
