@@ -6,6 +6,7 @@ optimizer from its ``param_groups`` and call ``param.step(x, optimizer)`` after 
 :func:`initialize_abc_weights`, :func:`create_param_groups` and :class:`MaxPScheduler`.
 """
 
+from maxp_torch.diagnose import diagnose_axis, plot_axis, print_axis
 from maxp_torch.module import LAYER_TYPES, ParametrizedModule
 from maxp_torch.parametrization import Parametrization, synthetic_graph
 from maxp_torch.scheduler import (
@@ -23,7 +24,10 @@ __all__ = [
     "Parametrization",
     "ParametrizedModule",
     "create_param_groups",
+    "diagnose_axis",
     "initialize_abc_weights",
     "linear_layers",
+    "plot_axis",
+    "print_axis",
     "synthetic_graph",
 ]
