@@ -17,6 +17,7 @@ Example:
 """
 
 from maxp_jax.capture import LayerInputs
+from maxp_jax.diagnose import coord_check
 from maxp_jax.dynamic import DynamicAlignment
 from maxp_jax.graph import activation, discover_graph
 from maxp_jax.init import abc_init
@@ -44,6 +45,7 @@ __all__ = [
     "abc_init",
     "activation",
     "adamw",
+    "coord_check",
     "discover_graph",
     "find_maxp_state",
     "path_string",
