@@ -28,6 +28,38 @@ def _rms(x: Any) -> float:
     return float(np.sqrt(np.mean(np.square(np.asarray(x, np.float64)))))
 
 
+def _observe(capture: LayerInputs, spec: MaxPSpec, params: Any, x: Any) -> dict[str, Any]:
+    """What enters each non-embedding layer (an embedding's input is the data) and the output."""
+    out, inputs = capture(params, x)
+    seen = {
+        f"input of {spec.layers[i].name}": v
+        for i, v in inputs.items()
+        if spec.layers[i].role is not Role.EMBEDDING
+    }
+    seen["output"] = out
+    return seen
+
+
+def _one_width(
+    apply_fn: Callable[[Any, Any], Any],
+    params: Any,
+    spec: MaxPSpec,
+    tx: optax.GradientTransformation,
+    x: Any,
+    steps: int,
+) -> dict[str, tuple[float, float]]:
+    """``{op: (rms at init, rms of its change after steps)}`` at one width."""
+    capture = LayerInputs(spec, apply_fn, params, x)
+    before = _observe(capture, spec, params, x)
+    state = tx.init(params)
+    grad = jax.jit(jax.grad(lambda p: jnp.mean(jnp.square(apply_fn(p, x)))))
+    for _ in range(steps):
+        updates, state = tx.update(grad(params), state, params)
+        params = optax.apply_updates(params, updates)
+    after = _observe(capture, spec, params, x)
+    return {k: (_rms(v), _rms(np.asarray(after[k]) - np.asarray(v))) for k, v in before.items()}
+
+
 def coord_check(
     make: Callable[[int], tuple[Callable[[Any, Any], Any], Any, MaxPSpec, optax.GradientTransformation]],
     make_input: Callable[[int], Any],
@@ -46,29 +78,8 @@ def coord_check(
     stats: Stats = {}
     for width in widths:
         apply_fn, params, spec, tx = make(width)
-        x = make_input(width)
-        capture = LayerInputs(spec, apply_fn, params, x)
-
-        def observe(p: Any) -> dict[str, Any]:
-            out, inputs = capture(p, x)
-            seen = {  # an embedding's input is the data itself
-                f"input of {spec.layers[i].name}": v
-                for i, v in inputs.items()
-                if spec.layers[i].role is not Role.EMBEDDING
-            }
-            seen["output"] = out
-            return seen
-
-        before = observe(params)
-        state = tx.init(params)
-        loss = jax.jit(jax.value_and_grad(lambda p: jnp.mean(jnp.square(apply_fn(p, x)))))
-        for _ in range(steps):
-            _, grads = loss(params)
-            updates, state = tx.update(grads, state, params)
-            params = optax.apply_updates(params, updates)
-        after = observe(params)
-        for name, value in before.items():
+        for name, (init, update) in _one_width(apply_fn, params, spec, tx, make_input(width), steps).items():
             entry = stats.setdefault(name, {"init": [], "update": []})
-            entry["init"].append(_rms(value))
-            entry["update"].append(_rms(np.asarray(after[name]) - np.asarray(value)))
+            entry["init"].append(init)
+            entry["update"].append(update)
     return list(stats), flagged(stats, widths, tolerance), stats
