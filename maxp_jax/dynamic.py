@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maxp_core import MaxPError, Role, SolveSchedule, check_ema_decay, layer_alignment, sanitize
+from maxp_core import MaxPError, Role, SolveSchedule, check_ema_decay, ema_update, layer_alignment, sanitize
 from maxp_core.alignment import MODES
 from maxp_jax.capture import LayerInputs
 from maxp_jax.spec import MaxPSpec
@@ -222,7 +222,7 @@ class AlignmentResolver:
         try:
             with self._lock:
                 c_new = self.spec.solve(values)
-            c = self.config.c_ema * c_prev + (1.0 - self.config.c_ema) * c_new
+            c = ema_update(c_prev, c_new, self.config.c_ema)
             failed = 0
         except MaxPError as err:
             if not self._warned:

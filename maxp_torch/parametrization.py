@@ -21,6 +21,7 @@ from maxp_core import (
     alignment_preset,
     check_ema_decay,
     default_ab,
+    ema_update,
     layer_alignment,
     sanitize,
 )
@@ -416,7 +417,7 @@ class Parametrization:
 
     def _resolve(self, x: torch.Tensor | None) -> None:
         measured = sanitize(self._measure(x), self.alignment)
-        smoothed = self.alignment_ema * self.alignment + (1.0 - self.alignment_ema) * measured
+        smoothed = ema_update(self.alignment, measured, self.alignment_ema)
         for k, triple in self.overrides.items():
             smoothed[self._row[k]] = triple
         try:
@@ -428,7 +429,7 @@ class Parametrization:
                 self._warned = True
             return
         c_new = np.array([solution.c[self.names[k]] for k in self.weighted])
-        self.c = self.c_ema * self.c + (1.0 - self.c_ema) * c_new
+        self.c = ema_update(self.c, c_new, self.c_ema)
         self.alignment = smoothed
         self.solves += 1
 
