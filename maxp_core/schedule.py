@@ -79,25 +79,26 @@ def check_ema_decay(name: str, decay: float) -> float:
     return float(decay)
 
 
-def ema_update(previous: np.ndarray | None, value: np.ndarray, decay: float) -> np.ndarray:
+def ema_update(previous: Any, value: Any, decay: float, xp: ModuleType = np) -> Any:
     """``decay * previous + (1 - decay) * value``; the first value is taken as is.
 
     Entries of ``value`` that are not finite keep ``previous`` (or raise when there is
-    no previous value), so NaN and inf never propagate.
+    no previous value), so NaN and inf never propagate. ``xp=jax.numpy`` traces it
+    (keeping the input dtype); numpy works in float64.
 
     Examples:
       >>> ema_update(np.array([1.0, 1.0]), np.array([3.0, np.nan]), 0.5)
       array([2., 1.])
     """
-    value = np.asarray(value, dtype=np.float64)
-    finite = np.isfinite(value)
+    value = np.asarray(value, dtype=np.float64) if xp is np else xp.asarray(value)
+    finite = xp.isfinite(value)
     if previous is None:
-        if not finite.all():
+        if not np.all(finite):
             raise MaxPError(f"the first value to smooth has non-finite entries at {np.flatnonzero(~finite)}")
         return value.copy()
-    previous = np.asarray(previous, dtype=np.float64)
-    mixed = decay * previous + (1.0 - decay) * np.where(finite, value, previous)
-    return np.where(finite, mixed, previous)
+    previous = np.asarray(previous, dtype=np.float64) if xp is np else xp.asarray(previous)
+    mixed = decay * previous + (1.0 - decay) * xp.where(finite, value, previous)
+    return xp.where(finite, mixed, previous)
 
 
 @dataclass(frozen=True)

@@ -192,9 +192,7 @@ class AlignmentResolver:
         """Measure, smooth, solve on the host, and return the new state (traceable)."""
         measured = self.measure(params, state, extras)
         decay = self.config.alignment_ema
-        smoothed = jnp.where(
-            jnp.isfinite(measured), decay * state.alignment + (1 - decay) * measured, state.alignment
-        )
+        smoothed = ema_update(state.alignment, measured, decay, xp=jnp)
         num = len(self.spec.layers)
         shapes = (
             jax.ShapeDtypeStruct((num,), FACTOR_DTYPE),
