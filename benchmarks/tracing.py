@@ -35,11 +35,12 @@ def measure_traced(blocks: int, repeats: int) -> tuple[list[tuple[str, str]], di
     import torch
 
     import maxp_jax
+    from examples.flax_models import FlaxGPT, flax_to_torch_name, gpt_rules
+    from examples.torch_models import GPT
     from maxp_core import default_ab
+    from maxp_core.render import canonical_form
     from maxp_torch import ParametrizedModule
     from maxp_torch.trace import trace_graph
-    from tests.parity.test_graphs import FlaxGPT, canonical, jax_to_torch
-    from tests.torch.test_trace import GPT
 
     model = GPT(blocks=blocks)
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, ParametrizedModule)]
@@ -50,17 +51,12 @@ def measure_traced(blocks: int, repeats: int) -> tuple[list[tuple[str, str]], di
     ids = torch.randint(0, 50, (2, 16))
     torch_trace_s, torch_graph = _seconds(lambda: trace_graph(model, layers, exponents, ids))
 
-    flax_model = FlaxGPT(blocks)
+    flax_model = FlaxGPT(blocks=blocks)
     jids = jnp.zeros((2, 16), jnp.int32)
     params = flax_model.init(jax.random.key(0), jids)
-    rules = [
-        maxp_jax.Rule("params/(tok|pos)/embedding", "embedding", layout="embedding"),
-        maxp_jax.Rule(r"params/blocks_\d+/(q|k|v|o|gate|up|down)/kernel", "hidden"),
-        maxp_jax.Rule("params/head/kernel", "readout"),
-    ]
-    spec = maxp_jax.MaxPSpec(params, rules)  # graph by roles; discovery is timed alone below
+    spec = maxp_jax.MaxPSpec(params, gpt_rules())  # graph by roles; discovery is timed alone below
     jax_trace_s, jax_graph = _seconds(lambda: maxp_jax.discover_graph(spec, flax_model.apply, params, jids))
-    same = canonical(jax_graph, jax_to_torch) == canonical(torch_graph, lambda n: n)
+    same = canonical_form(jax_graph, flax_to_torch_name) == canonical_form(torch_graph)
 
     build_s, lp = _seconds(lambda: StabilityLP(torch_graph, "adam"))
     first_s, _ = _seconds(lp.solve)

@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from maxp_core.graph import OpGraph
 from maxp_core.lp import Solution
 from maxp_core.roles import role_from_position
@@ -81,3 +83,46 @@ def to_dot(graph: OpGraph, solution: Solution | None = None) -> str:
             lines.append(f"  {_quote(pred)} -> {_quote(node.name)} [arrowsize=0.6{style}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _is_merge(name: str) -> bool:
+    # GraphRecorder names merges "add<k>" / "mul<k>" (with "_" appended on a clash).
+    stem = name.rstrip("_")
+    return stem[:3] in ("add", "mul") and stem[3:].isdigit()
+
+
+def canonical_form(
+    graph: OpGraph, rename: Callable[[str], str] = lambda name: name
+) -> dict[str, tuple[tuple[str, ...], str, bool, float, float | None]]:
+    """A traced graph keyed by framework-free names, to compare traces of one network.
+
+    Layers are keyed by ``rename(name)``; merge nodes (whose numbering depends on the
+    order a framework happens to trace in) by what they merge, e.g. ``min[blocks.0.o,add1]``
+    becomes ``min[...]`` of the canonical names of its inputs. Each value is
+    ``(sorted inputs, merge, has_weight, a, b or None)``.
+
+    Example:
+      >>> from maxp_core.tracing import GraphRecorder
+      >>> rec = GraphRecorder()
+      >>> x = rec.layer("emb", [], a=-0.5, b=0.5)
+      >>> h = rec.layer("fc", [x], a=0.0)
+      >>> _ = rec.layer("out", [rec.combine("add", [x, h])], a=0.5)
+      >>> canonical_form(rec.graph())["min[emb,fc]"]
+      (('emb', 'fc'), 'min', False, 0.0, None)
+    """
+    names: dict[str, str] = {}
+    for node in graph.nodes:  # topological order: inputs are named first
+        if not node.has_weight and _is_merge(node.name):
+            names[node.name] = f"{node.merge}[{','.join(sorted(names[p] for p in node.preds))}]"
+        else:
+            names[node.name] = rename(node.name)
+    return {
+        names[n.name]: (
+            tuple(sorted(names[p] for p in n.preds)),
+            n.merge,
+            n.has_weight,
+            n.a,
+            n.b if n.has_weight else None,
+        )
+        for n in graph.nodes
+    }

@@ -9,99 +9,44 @@ import pytest
 import torch
 
 import maxp_jax
-from maxp_core import OpGraph, StabilityLP
+from examples.flax_models import FlaxBlock, FlaxGPT, flax_to_torch_name, gpt_rules
+from examples.torch_models import GPT, Block
+from maxp_core import StabilityLP
+from maxp_core.render import canonical_form
 from maxp_torch import Parametrization
-from tests.torch.test_trace import GPT, expected_gpt
+from tests.torch.test_trace import expected_gpt, pm
 
 D, VOCAB, CTX = 32, 50, 16
 
 
-class FlaxBlock(nn.Module):
-    index: int
-
-    @nn.compact
-    def __call__(self, x):
-        h = nn.LayerNorm()(x)
-        q, k = nn.Dense(D, use_bias=False, name="q")(h), nn.Dense(D, use_bias=False, name="k")(h)
-        scores = maxp_jax.activation(
-            f"blocks.{self.index}.scores", lambda a, b: a @ jnp.swapaxes(b, -2, -1), a=1.0
-        )(q, k)
-        mask = jnp.triu(jnp.ones((x.shape[1], x.shape[1]), bool), 1)
-        attn = jax.nn.softmax(jnp.where(mask, -jnp.inf, scores), -1)
-        x = x + nn.Dense(D, use_bias=False, name="o")(attn @ nn.Dense(D, use_bias=False, name="v")(h))
-        h = nn.LayerNorm()(x)
-        gated = jax.nn.silu(nn.Dense(2 * D, use_bias=False, name="gate")(h)) * nn.Dense(
-            2 * D, use_bias=False, name="up"
-        )(h)
-        return x + nn.Dense(D, use_bias=False, name="down")(gated)
-
-
-class FlaxGPT(nn.Module):
-    blocks: int = 2
-
-    @nn.compact
-    def __call__(self, ids):
-        x = nn.Embed(VOCAB, D, name="tok")(ids) + nn.Embed(CTX, D, name="pos")(jnp.arange(ids.shape[1]))
-        for i in range(self.blocks):
-            x = FlaxBlock(i, name=f"blocks_{i}")(x)
-        return nn.Dense(VOCAB, use_bias=False, name="head")(nn.LayerNorm()(x))
-
-
 def flax_spec(blocks: int):
-    model = FlaxGPT(blocks)
+    model = FlaxGPT(d=D, blocks=blocks, vocab=VOCAB, ctx=CTX)
     ids = jnp.zeros((2, CTX), jnp.int32)
     params = model.init(jax.random.key(0), ids)
-    rules = [
-        maxp_jax.Rule("params/(tok|pos)/embedding", "embedding", layout="embedding"),
-        maxp_jax.Rule(r"params/blocks_\d+/(q|k|v|o|gate|up|down)/kernel", "hidden"),
-        maxp_jax.Rule("params/head/kernel", "readout"),
-    ]
-    spec = maxp_jax.MaxPSpec(params, rules, multipliers="explicit", apply_fn=model.apply, sample_input=ids)
+    spec = maxp_jax.MaxPSpec(
+        params, gpt_rules(), multipliers="explicit", apply_fn=model.apply, sample_input=ids
+    )
     return model, params, spec
-
-
-def jax_to_torch(name: str) -> str:
-    return name.removeprefix("params/").replace("blocks_", "blocks.").replace("/", ".")
-
-
-def canonical(graph: OpGraph, rename) -> dict[str, tuple]:
-    """Nodes keyed by a framework-free name: layers by name, merges by what they merge."""
-    names: dict[str, str] = {}
-    for node in graph.nodes:  # nodes are in topological order
-        if node.name.startswith(("add", "mul")) and not node.has_weight and node.name[3:].isdigit():
-            names[node.name] = f"{node.merge}[{','.join(sorted(names[p] for p in node.preds))}]"
-        else:
-            names[node.name] = rename(node.name)
-    return {
-        names[n.name]: (
-            tuple(sorted(names[p] for p in n.preds)),
-            n.merge,
-            n.has_weight,
-            n.a,
-            n.b if n.has_weight else None,
-        )
-        for n in graph.nodes
-    }
 
 
 @pytest.mark.parametrize("blocks", [1, 2])
 def test_gpt_same_graph_and_c_in_both_frameworks(blocks: int) -> None:
     _, _, spec = flax_spec(blocks)
     param = Parametrization(GPT(blocks=blocks), sample_input=torch.randint(0, VOCAB, (2, CTX)))
-    assert canonical(spec.graph, jax_to_torch) == canonical(param.graph, lambda n: n)
+    assert canonical_form(spec.graph, flax_to_torch_name) == canonical_form(param.graph, lambda n: n)
     # And the torch graph is the hand-written one (tests/torch/test_trace.py).
     assert [(n.name, n.preds, n.merge, n.has_weight) for n in param.graph.nodes] == expected_gpt(blocks)
     names = param.get_layer_names()
     np.testing.assert_allclose(
-        spec.c, [param.c[names.index(jax_to_torch(layer.name))] for layer in spec.layers], atol=1e-9
+        spec.c, [param.c[names.index(flax_to_torch_name(layer.name))] for layer in spec.layers], atol=1e-9
     )
     rng = np.random.default_rng(blocks)
     per_layer = {n: rng.uniform([0.3, 0.3, 0.3], [1.0, 0.5, 1.0]) for n in names}
     kw_t = {f: {n: v[j] for n, v in per_layer.items()} for j, f in enumerate(("alpha", "omega", "u"))}
     c_t = StabilityLP(param.graph).solve(**kw_t).c
-    alignment = np.array([per_layer[jax_to_torch(layer.name)] for layer in spec.layers])
+    alignment = np.array([per_layer[flax_to_torch_name(layer.name)] for layer in spec.layers])
     np.testing.assert_allclose(
-        spec.solve(alignment), [c_t[jax_to_torch(layer.name)] for layer in spec.layers], atol=1e-9
+        spec.solve(alignment), [c_t[flax_to_torch_name(layer.name)] for layer in spec.layers], atol=1e-9
     )
 
 
@@ -134,8 +79,6 @@ def test_dynamic_steps_on_the_traced_flax_gpt() -> None:
 class TorchViT(torch.nn.Module):
     def __init__(self, blocks: int = 2, patch: int = 4, image: int = 16):
         super().__init__()
-        from tests.torch.test_trace import Block, pm
-
         self.patch = pm(torch.nn.Conv2d(3, D, patch, stride=patch), D, "embedding")
         self.pos = torch.nn.Parameter(torch.zeros((image // patch) ** 2, D))
         self.blocks = torch.nn.ModuleList(Block(D) for _ in range(blocks))
@@ -157,7 +100,7 @@ class FlaxViT(nn.Module):
         x = nn.Conv(D, (4, 4), strides=(4, 4), padding="VALID", name="patch")(images)
         x = x.reshape(x.shape[0], -1, D) + self.param("pos", nn.initializers.zeros, (16, D))
         for i in range(self.blocks):
-            x = FlaxBlock(i, name=f"blocks_{i}")(x)
+            x = FlaxBlock(i, D, name=f"blocks_{i}")(x)
         return nn.Dense(10, name="head")(nn.LayerNorm()(x).mean(1))
 
 
@@ -172,11 +115,11 @@ def test_vit_same_graph_and_c_in_both_frameworks() -> None:
     ]
     spec = maxp_jax.MaxPSpec(params, rules, multipliers="explicit", apply_fn=model.apply, sample_input=images)
     param = Parametrization(TorchViT(), sample_input=torch.zeros(2, 3, 16, 16))
-    assert canonical(spec.graph, jax_to_torch) == canonical(param.graph, lambda n: n)
+    assert canonical_form(spec.graph, flax_to_torch_name) == canonical_form(param.graph, lambda n: n)
     assert spec.graph.node("params/blocks_0/q").preds == ("params/patch",)  # the pos add has no layer
     names = param.get_layer_names()
     np.testing.assert_allclose(
-        spec.c, [param.c[names.index(jax_to_torch(layer.name))] for layer in spec.layers], atol=1e-9
+        spec.c, [param.c[names.index(flax_to_torch_name(layer.name))] for layer in spec.layers], atol=1e-9
     )
 
 
@@ -222,7 +165,7 @@ def test_residual_mlp_same_graph_and_c_in_both_frameworks() -> None:
     def rename(name: str) -> str:
         return name.removeprefix("params/").replace("hidden_", "hidden.")
 
-    assert canonical(spec.graph, rename) == canonical(param.graph, lambda n: n)
+    assert canonical_form(spec.graph, rename) == canonical_form(param.graph, lambda n: n)
     rng = np.random.default_rng(7)
     alignment = rng.uniform([0.3, 0.3, 0.3], [1.0, 0.5, 1.0], size=(len(spec.layers), 3))
     names = [rename(layer.name) for layer in spec.layers]

@@ -4,50 +4,13 @@ import pytest
 import torch
 from torch import nn
 
+from examples.torch_models import GPT
 from maxp_core import MaxPError, StabilityLP
 from maxp_torch import Parametrization, ParametrizedModule
 
 
 def pm(module, width, kind, **kw):
     return ParametrizedModule(module, width_dim=width, layer_type=kind, **kw)
-
-
-class Block(nn.Module):
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.q, self.k, self.v = (pm(nn.Linear(d, d, bias=False), d, "hidden") for _ in range(3))
-        self.scores = pm(lambda q, k: q @ k.transpose(-2, -1), d, "readout", a=1.0)
-        self.o = pm(nn.Linear(d, d, bias=False), d, "hidden")
-        self.up, self.gate = (
-            pm(nn.Linear(d, 2 * d, bias=False), d, "hidden"),
-            pm(nn.Linear(d, 2 * d, bias=False), d, "hidden"),
-        )
-        self.down = pm(nn.Linear(2 * d, d, bias=False), 2 * d, "hidden")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.ln1(x)
-        scores = self.scores(self.q(h), self.k(h))
-        mask = torch.triu(torch.ones(x.shape[1], x.shape[1], dtype=torch.bool), 1)
-        x = x + self.o(torch.softmax(scores.masked_fill(mask, float("-inf")), -1) @ self.v(h))
-        h = self.ln2(x)
-        return x + self.down(nn.functional.silu(self.gate(h)) * self.up(h))
-
-
-class GPT(nn.Module):
-    def __init__(self, d: int = 32, blocks: int = 2, vocab: int = 50, ctx: int = 16) -> None:
-        super().__init__()
-        self.tok = pm(nn.Embedding(vocab, d), d, "embedding")
-        self.pos = pm(nn.Embedding(ctx, d), d, "embedding")
-        self.blocks = nn.ModuleList(Block(d) for _ in range(blocks))
-        self.ln = nn.LayerNorm(d)
-        self.head = pm(nn.Linear(d, vocab, bias=False), d, "readout")
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.tok(ids) + self.pos(torch.arange(ids.shape[1]))
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.ln(x))
 
 
 def expected_gpt(blocks: int) -> list[tuple[str, tuple[str, ...], str, bool]]:

@@ -1,0 +1,88 @@
+"""A small GPT-style transformer in PyTorch (its flax twin is :mod:`examples.flax_models`).
+
+Pre-LN blocks with single-head causal attention and a SwiGLU MLP, token and position
+embeddings and an untied readout. With ``parametrized=True`` every weight sits in a
+:class:`maxp_torch.ParametrizedModule` and the attention scores are a parameter-free
+layer with ``a = 1`` (scores scaled by ``1/d``, set by the parametrization); with
+``parametrized=False`` it is the standard model: plain layers, PyTorch's default
+initialisation, scores scaled by ``1/sqrt(d)``. Layers are named ``tok``, ``pos``,
+``blocks.<i>.(q|k|v|o|gate|up|down)``, ``head``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from maxp_torch import ParametrizedModule
+
+
+def _layer(module: Any, width: int, kind: str, parametrized: bool) -> Any:
+    return ParametrizedModule(module, width_dim=width, layer_type=kind) if parametrized else module
+
+
+def _scaled_scores(d: int) -> Any:
+    def scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return q @ k.transpose(-2, -1) / d**0.5
+
+    return scores
+
+
+def _product(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return q @ k.transpose(-2, -1)
+
+
+class Block(nn.Module):
+    """One pre-LN transformer block: causal single-head attention, then a SwiGLU MLP."""
+
+    def __init__(self, d: int, parametrized: bool = True) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.q, self.k, self.v = (
+            _layer(nn.Linear(d, d, bias=False), d, "hidden", parametrized) for _ in "qkv"
+        )
+        self.scores = (
+            ParametrizedModule(_product, width_dim=d, layer_type="readout", a=1.0)
+            if parametrized
+            else _scaled_scores(d)
+        )
+        self.o = _layer(nn.Linear(d, d, bias=False), d, "hidden", parametrized)
+        self.up = _layer(nn.Linear(d, 2 * d, bias=False), d, "hidden", parametrized)
+        self.gate = _layer(nn.Linear(d, 2 * d, bias=False), d, "hidden", parametrized)
+        self.down = _layer(nn.Linear(2 * d, d, bias=False), 2 * d, "hidden", parametrized)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln1(x)
+        scores = self.scores(self.q(h), self.k(h))
+        length = x.shape[1]
+        mask = torch.triu(torch.ones(length, length, dtype=torch.bool, device=x.device), 1)
+        x = x + self.o(torch.softmax(scores.masked_fill(mask, float("-inf")), -1) @ self.v(h))
+        h = self.ln2(x)
+        return x + self.down(nn.functional.silu(self.gate(h)) * self.up(h))
+
+
+class GPT(nn.Module):
+    """Token + position embeddings, ``blocks`` blocks, a final LayerNorm and a readout to ``vocab``.
+
+    Example:
+      >>> GPT(d=16, blocks=1, vocab=20, ctx=8)(torch.zeros(2, 8, dtype=torch.long)).shape
+      torch.Size([2, 8, 20])
+    """
+
+    def __init__(
+        self, d: int = 32, blocks: int = 2, vocab: int = 50, ctx: int = 16, parametrized: bool = True
+    ) -> None:
+        super().__init__()
+        self.tok = _layer(nn.Embedding(vocab, d), d, "embedding", parametrized)
+        self.pos = _layer(nn.Embedding(ctx, d), d, "embedding", parametrized)
+        self.blocks = nn.ModuleList(Block(d, parametrized) for _ in range(blocks))
+        self.ln = nn.LayerNorm(d)
+        self.head = _layer(nn.Linear(d, vocab, bias=False), d, "readout", parametrized)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln(x))
