@@ -1,20 +1,24 @@
 """Learning-rate sweep: does the best rate transfer across width, and does maxP train faster?
 
-Run ``python -m benchmarks.sweep`` (``--widths``, ``--lrs``, ``--methods``, ``--seeds``,
-``--steps``, ``--out``). Trains a digits MLP (PyTorch, AdamW) for every learning rate x
-width x method x seed:
+Run ``python -m benchmarks.sweep`` (``--task digits|chars``, ``--framework torch|jax``,
+``--widths``, ``--lrs``, ``--methods``, ``--seeds``, ``--steps``, ``--device``,
+``--jobs``, ``--out``). Trains every learning rate x width x method x seed with Adam
+(no weight decay):
 
-* ``sp``: standard parametrization (PyTorch's default init), one global rate;
+* ``sp``: the standard model (the framework's default initialisation), one global rate;
 * ``mup-full`` / ``mup-no``: muP with the LP's rates for full / no alignment, fixed;
 * ``maxp``: muP with dynamic alignment (re-solved every 10 steps after 20).
 
-A run stops early when its loss turns NaN or inf or exceeds 3x its start (diverged).
-Each run writes ``runs/<id>.json``; finished runs are skipped when the sweep is started
-again, so a half-finished sweep resumes. The report (``sweep.md``) gives the best rate per
-width and method, the first diverging rate, their ratio, and how far the best rate
-moves from the smallest to the largest width; ``sweep-transfer.png`` draws loss against
-learning rate per width for each method and ``sweep-curves.png`` the training curves at
-the best rates.
+Tasks (:mod:`benchmarks.sweep_tasks`): ``digits``, an MLP of depth 4 on scikit-learn's
+digits, and ``chars``, a 2-block GPT predicting the next character of the Python
+standard library's sources. A run stops early when its loss turns NaN or inf or exceeds
+3x its start (diverged). Each run writes ``runs/<id>.json``; finished runs are skipped
+when the sweep is started again, so a half-finished sweep resumes. The report
+(``sweep.md``) gives the best rate per width and method, the first diverging rate,
+their ratio, and how far the best rate moves from the smallest to the largest width;
+``sweep-transfer.png`` draws loss against learning rate per width for each method and
+``sweep-curves.png`` the training curves at the best rates. ``--jobs N`` trains N
+(method, width) groups in parallel processes.
 """
 
 from __future__ import annotations
@@ -22,139 +26,150 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks.sweep_tasks import DIVERGED_FACTOR, FINAL_WINDOW, TASKS, load_task
 from maxp_core.cli import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sweep"
 METHODS = ("sp", "mup-full", "mup-no", "maxp")
-DIVERGED_FACTOR = 3.0
-
-
-def run_one(
-    method: str, width: int, lr: float, seed: int, steps: int, depth: int = 4, batch: int = 128
-) -> dict[str, Any]:
-    """Train one configuration; return its loss curve and outcome."""
-    import torch
-    from torch import nn
-
-    from examples.common import digits_split
-    from maxp_torch import Parametrization, ParametrizedModule
-
-    torch.manual_seed(seed)
-    x_train, x_test, y_train, y_test = (torch.as_tensor(v) for v in digits_split())
-    y_train, y_test = y_train.long(), y_test.long()
-    sizes = [64] + [width] * (depth - 1) + [10]
-    types = ["embedding"] + ["hidden"] * (depth - 2) + ["readout"]
-    layers: list[nn.Module] = []
-    for i in range(depth):
-        linear = nn.Linear(sizes[i], sizes[i + 1])
-        layers.append(
-            linear if method == "sp" else ParametrizedModule(linear, width_dim=width, layer_type=types[i])
-        )
-        if i < depth - 1:
-            layers.append(nn.ReLU())
-    model = nn.Sequential(*layers)
-    param = None
-    if method == "sp":
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    else:
-        dynamic = method == "maxp"
-        param = Parametrization(
-            model,
-            lr_prefactor=lr,
-            alignment="no" if method == "mup-no" else "full",
-            warmup_steps=20 if dynamic else 10**9,
-            solve_interval=10,
-            seed=seed,
-        )
-        optimizer = torch.optim.AdamW(param.param_groups, weight_decay=0.0)
-        param.capture_initial(x_train[:64])
-    rng = np.random.default_rng(seed)
-    losses: list[float] = []
-    diverged = False
-    for _ in range(steps):
-        idx = torch.as_tensor(rng.integers(0, len(x_train), batch))
-        optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
-        value = loss.item()
-        losses.append(value)
-        if not math.isfinite(value) or value > DIVERGED_FACTOR * losses[0]:
-            diverged = True
-            break
-        loss.backward()
-        optimizer.step()
-        if param is not None:
-            param.step(x_train[idx], optimizer)
-    with torch.no_grad():
-        test_loss = float(nn.functional.cross_entropy(model(x_test), y_test))
-    final = float(np.mean(losses[-20:])) if not diverged else float("inf")
-    return {
-        "method": method,
-        "width": width,
-        "lr": lr,
-        "seed": seed,
-        "steps": len(losses),
-        "diverged": diverged,
-        "final_train_loss": final,
-        "test_loss": test_loss if math.isfinite(test_loss) and not diverged else float("inf"),
-        "losses": losses,
-    }
+FRAMEWORKS = ("torch", "jax")
+Setting = tuple[float, int]  # (learning rate, seed)
 
 
 def run_id(method: str, width: int, lr: float, seed: int) -> str:
     return f"{method}_w{width}_lr{lr:.3g}_s{seed}"
 
 
+def _torch_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_group(
+    task_name: str,
+    framework: str,
+    method: str,
+    width: int,
+    settings: list[Setting],
+    steps: int,
+    device: str,
+    runs_dir: Path,
+) -> Iterator[dict[str, Any]]:
+    """Train one method at one width for every (rate, seed), writing each run's file as it ends."""
+    task = load_task(task_name)
+    if framework == "jax":
+        from benchmarks.sweep_jax import Trainer
+
+        trainer = Trainer(task, method, width, device=None if device == "auto" else device)
+        train = trainer.run
+    else:
+        from benchmarks.sweep_torch import train as train_torch
+
+        torch_device = _torch_device(device)
+
+        def train(lr: float, seed: int, steps: int) -> dict[str, Any]:
+            return train_torch(task, method, width, lr, seed, steps, torch_device)
+
+    for lr, seed in settings:
+        record = train(lr, seed, steps)
+        record["steps_requested"] = steps
+        (runs_dir / f"{run_id(method, width, lr, seed)}.json").write_text(json.dumps(record))
+        yield record
+
+
+def _group_in_worker(*args: Any) -> list[dict[str, Any]]:
+    return list(run_group(*args))
+
+
+def _finished(path: Path, steps: int) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("steps_requested") == steps else None
+
+
 def summarize(
     runs: list[dict[str, Any]], widths: list[int], lrs: list[float], methods: list[str]
-) -> tuple[str, dict]:
-    """Best rate per width and method, first diverging rate, and how the best rate moves."""
-    summary: dict[str, dict[int, dict[str, Any]]] = {}
+) -> tuple[str, dict[str, Any]]:
+    """Best rate per width and method, first diverging rate, and how far the best rate moves.
+
+    Returns the Markdown tables and ``{"best": {method: {width: ...}}, "shift": {method: log2}}``.
+    """
+    best_by: dict[str, dict[int, dict[str, Any]]] = {}
     rows = []
     for method in methods:
-        summary[method] = {}
+        best_by[method] = {}
         for width in widths:
-            by_lr = {}
-            for lr in lrs:
-                mine = [r for r in runs if r["method"] == method and r["width"] == width and r["lr"] == lr]
-                if mine:
-                    by_lr[lr] = (
-                        float(np.mean([r["final_train_loss"] for r in mine])),
-                        any(r["diverged"] for r in mine),
-                    )
-            finite = {lr: v for lr, (v, d) in by_lr.items() if math.isfinite(v) and not d}
-            best = min(finite, key=finite.get) if finite else None
-            first_div = min((lr for lr, (_, d) in by_lr.items() if d), default=None)
-            summary[method][width] = {
+            by_lr: dict[float, list[dict[str, Any]]] = {}
+            for r in runs:
+                if r["method"] == method and r["width"] == width and r["lr"] in lrs:
+                    by_lr.setdefault(r["lr"], []).append(r)
+            stable = {
+                lr: float(np.mean([r["final_train_loss"] for r in mine]))
+                for lr, mine in by_lr.items()
+                if not any(r["diverged"] for r in mine)
+            }
+            stable = {lr: v for lr, v in stable.items() if math.isfinite(v)}
+            best = min(stable, key=lambda lr: stable[lr]) if stable else None
+            first_div = min(
+                (lr for lr, mine in by_lr.items() if any(r["diverged"] for r in mine)), default=None
+            )
+            finals = [r["final_train_loss"] for r in by_lr.get(best, [])] if best else []
+            tests = [r["test_loss"] for r in by_lr.get(best, [])] if best else []
+            best_by[method][width] = {
                 "best_lr": best,
-                "best_loss": finite.get(best) if best else None,
+                "best_loss": stable.get(best) if best else None,
+                "spread": float(np.ptp(finals)) if finals else None,
+                "test_loss": float(np.mean(tests)) if tests else None,
                 "first_diverging": first_div,
             }
+            entry = best_by[method][width]
             rows.append(
                 (
                     method,
                     width,
                     "-" if best is None else f"{best:.3g}",
-                    "-" if best is None else f"{finite[best]:.4f}",
+                    "-" if best is None else f"{entry['best_loss']:.4f}",
+                    "-" if best is None else f"{entry['spread']:.4f}",
+                    "-" if best is None else f"{entry['test_loss']:.4f}",
                     "-" if first_div is None else f"{first_div:.3g}",
                     "-" if best is None or first_div is None else f"{first_div / best:.3g}",
                 )
             )
+    shift: dict[str, float | None] = {}
     shift_rows = []
     for method in methods:
-        small, large = summary[method][widths[0]]["best_lr"], summary[method][widths[-1]]["best_lr"]
-        shift = None if not small or not large else math.log2(large / small)
-        shift_rows.append((method, f"{widths[0]} -> {widths[-1]}", "-" if shift is None else f"{shift:+.1f}"))
-    table = format_table(rows, ("method", "width", "best lr", "loss at best", "first diverging lr", "ratio"))
+        small, large = best_by[method][widths[0]]["best_lr"], best_by[method][widths[-1]]["best_lr"]
+        shift[method] = None if not small or not large else math.log2(large / small)
+        value = shift[method]
+        shift_rows.append((method, f"{widths[0]} -> {widths[-1]}", "-" if value is None else f"{value:+.1f}"))
+    header = (
+        "method",
+        "width",
+        "best lr",
+        "loss at best",
+        "spread",
+        "test loss",
+        "first diverging lr",
+        "ratio",
+    )
+    table = format_table(rows, header)
     shifts = format_table(shift_rows, ("method", "widths", "best-lr shift (log2)"))
     return (
         f"```\n{table}\n```\n\nHow far the best rate moves as width grows:\n\n```\n{shifts}\n```\n",
-        summary,
+        {"best": best_by, "shift": shift},
     )
 
 
@@ -187,7 +202,7 @@ def plot(runs: list[dict[str, Any]], widths: list[int], methods: list[str], out:
     fig, axes = plt.subplots(1, len(widths), figsize=(4.2 * len(widths), 3.6), sharey=True, squeeze=False)
     for ax, width in zip(axes[0], widths, strict=True):
         for method in methods:
-            best = summary[method][width]["best_lr"]
+            best = summary["best"][method][width]["best_lr"]
             mine = [r for r in runs if r["method"] == method and r["width"] == width and r["lr"] == best]
             if mine:
                 ax.plot(mine[0]["losses"], label=f"{method} (lr {best:.3g})")
@@ -201,8 +216,80 @@ def plot(runs: list[dict[str, Any]], widths: list[int], methods: list[str], out:
     plt.close(fig)
 
 
+def _grid(args: argparse.Namespace) -> dict[tuple[str, int], list[Setting]]:
+    return {
+        (method, width): [(lr, seed) for lr in args.lrs for seed in range(args.seeds)]
+        for method in args.methods
+        for width in args.widths
+    }
+
+
+def run_sweep(args: argparse.Namespace, runs_dir: Path) -> list[dict[str, Any]]:
+    """Every run of the grid: finished ones read back, the rest trained (in ``args.jobs`` processes)."""
+    runs: list[dict[str, Any]] = []
+    todo: list[tuple[str, int, list[Setting]]] = []
+    for (method, width), settings in _grid(args).items():
+        left = []
+        for lr, seed in settings:
+            record = _finished(runs_dir / f"{run_id(method, width, lr, seed)}.json", args.steps)
+            if record is None:
+                left.append((lr, seed))
+            else:
+                runs.append(record)
+        if left:
+            todo.append((method, width, left))
+    total = sum(len(left) for *_, left in todo)
+    progress = tqdm(total=total, desc=f"sweep {args.task}/{args.framework}", unit="run")
+    common = (args.steps, args.device, runs_dir)
+    if args.jobs <= 1:
+        for method, width, left in todo:
+            for record in run_group(args.task, args.framework, method, width, left, *common):
+                runs.append(record)
+                progress.update()
+    else:
+        # JAX must not grab most of the accelerator's memory in each of several processes.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            futures = [
+                pool.submit(_group_in_worker, args.task, args.framework, method, width, left, *common)
+                for method, width, left in todo
+            ]
+            for future in as_completed(futures):
+                records = future.result()
+                runs.extend(records)
+                progress.update(len(records))
+    progress.close()
+    return runs
+
+
+def verdicts(summary: dict, widths: list[int]) -> list[str]:
+    """Plain sentences: maxP against muP-full per width, and whether the optimum moves less than SP's."""
+    lines = []
+    for width in widths:
+        mp, mf = summary["best"].get("maxp", {}).get(width), summary["best"].get("mup-full", {}).get(width)
+        if mp and mf and mp["best_loss"] is not None and mf["best_loss"] is not None:
+            better = mp["best_loss"] < mf["best_loss"]
+            lines.append(
+                f"- width {width}: maxP {'beats' if better else 'does not beat'} muP-full at their best "
+                f"rates ({mp['best_loss']:.4f} vs {mf['best_loss']:.4f})."
+            )
+    shifts = summary["shift"]
+    if shifts.get("sp") is not None:
+        for method in ("mup-full", "mup-no", "maxp"):
+            if shifts.get(method) is not None:
+                less = abs(shifts[method]) < abs(shifts["sp"])
+                lines.append(
+                    f"- {method}: the best rate moves {abs(shifts[method]):.1f} octaves from width "
+                    f"{widths[0]} to {widths[-1]}, {'less than' if less else 'not less than'} "
+                    f"SP's {abs(shifts['sp']):.1f}."
+                )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", choices=TASKS, default="digits")
+    parser.add_argument("--framework", choices=FRAMEWORKS, default="torch")
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512])
     parser.add_argument(
         "--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]
@@ -210,48 +297,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (the accelerator if any)")
+    parser.add_argument("--jobs", type=int, default=1, help="(method, width) groups trained in parallel")
+    parser.add_argument("--out", type=Path, default=None, help="default: results/sweep/<task>-<framework>")
     args = parser.parse_args(argv)
-    runs_dir = args.out / "runs"
+    out = args.out or RESULTS / f"{args.task}-{args.framework}"
+    runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    grid = [
-        (m, w, lr, s) for m in args.methods for w in args.widths for lr in args.lrs for s in range(args.seeds)
-    ]
-    runs = []
-    for method, width, lr, seed in tqdm(grid, desc="sweep", unit="run"):
-        path = runs_dir / f"{run_id(method, width, lr, seed)}.json"
-        if path.exists():
-            record = json.loads(path.read_text())
-            if record.get("steps_requested") == args.steps:
-                runs.append(record)
-                continue
-        record = run_one(method, width, lr, seed, args.steps)
-        record["steps_requested"] = args.steps
-        path.write_text(json.dumps(record))
-        runs.append(record)
+    runs = run_sweep(args, runs_dir)
     report, summary = summarize(runs, args.widths, args.lrs, args.methods)
-    plot(runs, args.widths, args.methods, args.out, summary)
-    verdicts = []
-    for width in args.widths:
-        mp, mf = summary.get("maxp", {}).get(width), summary.get("mup-full", {}).get(width)
-        if mp and mf and mp["best_loss"] is not None and mf["best_loss"] is not None:
-            better = mp["best_loss"] < mf["best_loss"]
-            verdicts.append(
-                f"- width {width}: maxP {'beats' if better else 'does not beat'} muP-full at their best "
-                f"rates ({mp['best_loss']:.4f} vs {mf['best_loss']:.4f})."
-            )
+    plot(runs, args.widths, args.methods, out, summary)
+    task = load_task(args.task)
+    devices = sorted({str(r.get("device", "cpu")) for r in runs})
     markdown = (
-        "# Learning-rate sweep: digits MLP (depth 4, AdamW, PyTorch)\n\n"
-        f"{args.steps} steps, batch 128, {args.seeds} seed(s); final train loss = mean of the last 20 "
-        f"steps; a run is diverged when its loss is NaN/inf or above {DIVERGED_FACTOR:g}x its start. "
-        "For the muP methods the learning rate is the prefactor of every layer's `n^-c`.\n\n"
-        f"{report}\n"
-        + "\n".join(verdicts)
-        + "\n\n![transfer](sweep-transfer.png)\n\n![curves](sweep-curves.png)\n"
+        f"# Learning-rate sweep: {task.description}, {args.framework}\n\n"
+        f"{args.steps} steps, batch {task.batch}, Adam without weight decay, {args.seeds} seed(s), "
+        f"device: {', '.join(devices)}. Final train loss = mean of the last {FINAL_WINDOW} steps "
+        f"(averaged over seeds; the spread column is max - min over seeds); a run is diverged when its "
+        f"loss is NaN/inf or above {DIVERGED_FACTOR:g}x its start, and a rate counts as diverging when "
+        "any seed diverged. For the muP methods the learning rate is the prefactor of every layer's "
+        "`n^-c`.\n\n"
+        f"{report}\n" + "\n".join(verdicts(summary, args.widths)) + "\n\n"
+        "![transfer](sweep-transfer.png)\n\n![curves](sweep-curves.png)\n"
     )
-    (args.out / "sweep.md").write_text(markdown)
-    (args.out / "sweep.json").write_text(
-        json.dumps({"summary": summary, "grid": len(grid)}, indent=2, default=str)
+    (out / "sweep.md").write_text(markdown)
+    grid_size = len(args.methods) * len(args.widths) * len(args.lrs) * args.seeds
+    (out / "sweep.json").write_text(
+        json.dumps(
+            {"summary": summary, "grid": grid_size, "args": vars(args) | {"out": str(out)}},
+            indent=2,
+            default=str,
+        )
     )
     print(markdown)
     return 0

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import sysconfig
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from sklearn.datasets import load_digits
@@ -30,6 +33,45 @@ def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32)
     return tuple(train_test_split(x, digits.target, test_size=0.25, random_state=0))  # type: ignore[return-value]
+
+
+CHAR_VOCAB = 128  # ASCII; the few other bytes in the sources map to 127
+
+
+@functools.cache
+def stdlib_text() -> np.ndarray:
+    """The Python standard library's top-level ``*.py`` files as byte codes (``uint8``, < 128).
+
+    About 4.7 MB, always on disk, read in sorted file order so that the text is the same
+    on every run of one Python version. Raises ``FileNotFoundError`` when the sources
+    are missing (some stripped installs ship only bytecode).
+    """
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(root.glob("*.py"))
+    if not files:
+        raise FileNotFoundError(f"no *.py files in the standard library folder {root}")
+    raw = b"\n".join(path.read_bytes() for path in files)
+    return np.minimum(np.frombuffer(raw, dtype=np.uint8), CHAR_VOCAB - 1)
+
+
+def char_split(validation: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`stdlib_text` cut into a training part and a held-out tail of ``validation``."""
+    text = stdlib_text()
+    cut = int(len(text) * (1.0 - validation))
+    return text[:cut], text[cut:]
+
+
+def char_windows(text: np.ndarray, starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs ``text[s : s + length]`` and next-character targets, one row per start.
+
+    Example:
+      >>> x, y = char_windows(np.arange(10, dtype=np.uint8), np.array([0, 4]), 3)
+      >>> x.tolist(), y.tolist()
+      ([[0, 1, 2], [4, 5, 6]], [[1, 2, 3], [5, 6, 7]])
+    """
+    index = starts[:, None] + np.arange(length + 1)[None, :]
+    window = text[index].astype(np.int64)
+    return window[:, :-1], window[:, 1:]
 
 
 class RateLog:

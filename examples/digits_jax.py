@@ -20,12 +20,13 @@ from examples.common import RateLog, digits_arguments, digits_split
 class MLP(nn.Module):
     width: int
     depth: int
+    classes: int = 10
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for _ in range(self.depth - 1):
             x = nn.relu(nn.Dense(self.width)(x))
-        return nn.Dense(10)(x)
+        return nn.Dense(self.classes)(x)
 
 
 def learning_rates(opt_state, base_lr: float) -> list[float]:

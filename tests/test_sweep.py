@@ -1,21 +1,75 @@
-"""The sweep tool: divergence stops a run early, and a second start resumes without redoing runs."""
+"""The sweep tool: tasks, divergence stop, resume without redoing runs, both frameworks, parallel jobs."""
 
 import json
+import math
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
 
-from benchmarks.sweep import main, run_one
+from benchmarks.sweep import main
+from benchmarks.sweep_tasks import diverged, load_task
+from examples.common import CHAR_VOCAB, stdlib_text
 
 
-def test_divergence_stops_early() -> None:
-    run = run_one("sp", 64, 30.0, 0, steps=60)
+def test_stdlib_text_is_the_standard_library_sources() -> None:
+    import string
+
+    text = stdlib_text()
+    assert 3e6 < len(text) < 2e7  # about 4.7 MB on CPython 3.11/3.12
+    assert text.max() < CHAR_VOCAB
+    decoded = bytes(text[:200_000]).decode("ascii")
+    assert "def " in decoded and "import " in decoded
+    assert np.mean([c in string.printable for c in decoded]) > 0.99
+
+
+def test_char_batches_are_next_character_pairs() -> None:
+    task = load_task("chars")
+    x, y = task.sample(np.random.default_rng(0))
+    assert x.shape == y.shape == (task.batch, task.context)
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
+    x2, _ = task.sample(np.random.default_rng(0))
+    np.testing.assert_array_equal(x, x2)  # the seed fixes the batches
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_divergence_stops_early(framework: str) -> None:
+    task = load_task("digits")
+    if framework == "torch":
+        from benchmarks.sweep_torch import train
+
+        run = train(task, "sp", 64, 30.0, 0, 60)
+    else:
+        from benchmarks.sweep_jax import Trainer
+
+        run = Trainer(task, "sp", 64, device="cpu").run(30.0, 0, 60)
     assert run["diverged"] and run["steps"] < 60 and run["final_train_loss"] == float("inf")
+    assert diverged(run["losses"][-1], run["losses"][0])
+    assert not any(diverged(v, run["losses"][0]) for v in run["losses"][:-1])
 
 
-def test_sweep_writes_runs_and_resumes(tmp_path) -> None:
-    args = [
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_char_transformer_learns(framework: str) -> None:
+    task = load_task("chars")
+    if framework == "torch":
+        from benchmarks.sweep_torch import train
+
+        run = train(task, "maxp", 32, 0.3, 0, 40)
+    else:
+        from benchmarks.sweep_jax import Trainer
+
+        run = Trainer(task, "maxp", 32, device="cpu").run(0.3, 0, 40)
+    assert not run["diverged"]
+    # Starts near a uniform guess over the alphabet and learns the character frequencies at least.
+    assert abs(run["losses"][0] - math.log(CHAR_VOCAB)) < 0.5
+    assert run["final_train_loss"] < 3.5 and run["test_loss"] < 3.6
+
+
+def sweep_args(tmp_path, framework: str, *extra: str) -> list[str]:
+    return [
+        "--framework",
+        framework,
         "--widths",
         "32",
         "64",
@@ -27,16 +81,34 @@ def test_sweep_writes_runs_and_resumes(tmp_path) -> None:
         "maxp",
         "--steps",
         "25",
+        "--device",
+        "cpu",
         "--out",
         str(tmp_path),
+        *extra,
     ]
+
+
+@pytest.mark.parametrize(("framework", "jobs"), [("torch", "1"), ("jax", "1"), ("torch", "2")])
+def test_sweep_writes_runs_and_resumes(tmp_path, framework: str, jobs: str) -> None:
+    args = sweep_args(tmp_path, framework, "--jobs", jobs)
     assert main(args) == 0
     runs = sorted((tmp_path / "runs").glob("*.json"))
     assert len(runs) == 8
     stamps = {p: p.stat().st_mtime_ns for p in runs}
     record = json.loads(runs[0].read_text())
-    assert {"method", "width", "lr", "losses", "diverged"} <= set(record)
+    assert {"method", "width", "lr", "losses", "diverged", "test_loss"} <= set(record)
+    assert record["framework"] == framework
     assert main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in runs} == stamps  # nothing re-run
     report = (tmp_path / "sweep.md").read_text()
     assert "best lr" in report and (tmp_path / "sweep-transfer.png").exists()
+    summary = json.loads((tmp_path / "sweep.json").read_text())["summary"]
+    # The reported best rate is the rate with the lowest final loss among the finished runs.
+    for width in (32, 64):
+        finals = {}
+        for path in runs:
+            r = json.loads(path.read_text())
+            if r["method"] == "maxp" and r["width"] == width and not r["diverged"]:
+                finals[r["lr"]] = r["final_train_loss"]
+        assert summary["best"]["maxp"][str(width)]["best_lr"] == min(finals, key=finals.get)

@@ -1,0 +1,116 @@
+"""The sweep's tasks, free of any framework: data, batches, a fixed probe and a held-out set.
+
+* ``digits``: scikit-learn's 8x8 digits, an MLP of depth 4 (``width`` hidden units).
+* ``chars``: next-character prediction on the Python standard library's own sources
+  (:func:`examples.common.stdlib_text`), a 2-block GPT of width ``d = width``.
+
+Every batch comes from a ``numpy`` generator seeded by the run's seed, so the PyTorch and
+the JAX sweeps see the same batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from examples.common import CHAR_VOCAB, char_split, char_windows, digits_split
+
+TASKS = ("digits", "chars")
+
+
+@dataclass
+class Task:
+    """What a training run of one task needs; ``x`` arrays are model inputs, ``y`` class labels."""
+
+    name: str
+    batch: int
+    classes: int
+    description: str
+    depth: int = 4  # digits MLP layers
+    blocks: int = 2  # chars GPT blocks
+    context: int = 64  # chars window length
+    _train: tuple[np.ndarray, ...] = field(default=(), repr=False)
+    probe: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    held_out: tuple[np.ndarray, np.ndarray] = field(default=(np.zeros(0), np.zeros(0)), repr=False)
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One training batch."""
+        if self.name == "digits":
+            x, y = self._train
+            idx = rng.integers(0, len(x), self.batch)
+            return x[idx], y[idx]
+        (text,) = self._train
+        starts = rng.integers(0, len(text) - self.context - 1, self.batch)
+        return char_windows(text, starts, self.context)
+
+
+def load_task(name: str) -> Task:
+    """Build the task ``name`` (one of :data:`TASKS`) with its data loaded.
+
+    Example:
+      >>> task = load_task("chars")
+      >>> x, y = task.sample(np.random.default_rng(0))
+      >>> x.shape, y.shape, task.classes
+      ((32, 64), (32, 64), 128)
+    """
+    if name == "digits":
+        x_train, x_test, y_train, y_test = digits_split()
+        return Task(
+            name="digits",
+            batch=128,
+            classes=10,
+            description="digits MLP (depth 4)",
+            _train=(x_train, y_train.astype(np.int64)),
+            probe=x_train[:64],
+            held_out=(x_test, y_test.astype(np.int64)),
+        )
+    if name == "chars":
+        train, validation = char_split()
+        context = 64
+        probe_starts = np.linspace(0, len(train) - context - 2, 8).astype(np.int64)
+        held_starts = np.linspace(0, len(validation) - context - 2, 64).astype(np.int64)
+        return Task(
+            name="chars",
+            batch=32,
+            classes=CHAR_VOCAB,
+            description=f"character-level GPT (2 blocks, context {context}) on the standard library",
+            context=context,
+            _train=(train,),
+            probe=char_windows(train, probe_starts, context)[0],
+            held_out=char_windows(validation, held_starts, context),
+        )
+    raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+
+
+DIVERGED_FACTOR = 3.0
+FINAL_WINDOW = 20
+
+
+def diverged(loss: float, first: float) -> bool:
+    """A run has diverged when its loss is NaN or inf or above ``DIVERGED_FACTOR`` x its start.
+
+    Example:
+      >>> diverged(float("nan"), 2.0), diverged(7.0, 2.0), diverged(5.0, 2.0)
+      (True, True, False)
+    """
+    return not np.isfinite(loss) or loss > DIVERGED_FACTOR * first
+
+
+def run_record(
+    run: dict[str, object], losses: list[float], stopped: bool, test_loss: float
+) -> dict[str, object]:
+    """The metrics file of one run: ``run``'s settings, the loss curve and the outcome.
+
+    ``final_train_loss`` is the mean of the last ``FINAL_WINDOW`` losses; both it and
+    ``test_loss`` are ``inf`` for a diverged run.
+    """
+    final = float(np.mean(losses[-FINAL_WINDOW:])) if losses and not stopped else float("inf")
+    return {
+        **run,
+        "steps": len(losses),
+        "diverged": stopped,
+        "final_train_loss": final,
+        "test_loss": float(test_loss) if np.isfinite(test_loss) and not stopped else float("inf"),
+        "losses": [float(v) for v in losses],
+    }
