@@ -6,13 +6,15 @@ plain AdamW (``optax.adamw``, ``torch.optim.AdamW``),
 with AdamW + static maxP, and with dynamic maxP re-solving every 10 and every step.
 Configurations are timed round-robin (one step of each in turn) so drifts in machine
 speed hit all alike; the table reports median step times and their ratio to plain.
-Results go to ``benchmarks/results/overhead-<framework>.md`` and ``.json``.
+Results go to ``benchmarks/results/overhead-<framework>.md`` and ``.json``
+(``overhead-<framework>-gpu`` with ``--device gpu``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -102,7 +104,7 @@ def jax_steps(
 
 
 def torch_steps(
-    width: int, depth: int, batch: int, sample: int
+    width: int, depth: int, batch: int, sample: int, device: str = "cpu"
 ) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
     """One zero-argument step function per configuration, each with its own model."""
     import torch
@@ -111,8 +113,8 @@ def torch_steps(
     from maxp_torch import Parametrization, ParametrizedModule
 
     torch.manual_seed(0)
-    x = torch.randn(batch, width)
-    y = torch.randint(0, 10, (batch,))
+    x = torch.randn(batch, width, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
 
     def mlp(parametrized: bool) -> nn.Module:
         sizes = [width] * depth + [10]
@@ -128,7 +130,7 @@ def torch_steps(
         return nn.Sequential(*layers)
 
     def make(interval: int | None) -> Callable[[], Any]:
-        model = mlp(interval is not None)
+        model = mlp(interval is not None).to(device)
         if interval is None:
             param = None
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
@@ -153,7 +155,10 @@ def torch_steps(
         return run
 
     steps = {"plain": make(None), "static": make(0), "dynamic/10": make(10), "dynamic/1": make(1)}
-    return steps, {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(x.device)}
+    if x.device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(x.device)
+    return steps, info
 
 
 def measure(steps: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, float]:
@@ -184,10 +189,16 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup", type=int, default=12, help="untimed rounds (>= 10: a re-solve is compiled)"
     )
     parser.add_argument("--repeats", type=int, default=40, help="timed rounds")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    build = jax_steps if args.framework == "jax" else torch_steps
-    steps, info = build(args.width, args.depth, args.batch, args.sample)
+    if args.framework == "jax":
+        if args.device == "cpu":
+            os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        steps, info = jax_steps(args.width, args.depth, args.batch, args.sample)
+    else:
+        device = "cuda" if args.device == "gpu" else "cpu"
+        steps, info = torch_steps(args.width, args.depth, args.batch, args.sample, device)
     medians = measure(steps, args.warmup, args.repeats)
     plain = medians["plain"]
     rows = []
@@ -216,13 +227,15 @@ def main(argv: list[str] | None = None) -> int:
         f"MLP width {args.width}, depth {args.depth}, batch {args.batch}, alignment sample {args.sample} rows"
     )
     markdown = (
-        f"# maxP step overhead ({args.framework})\n\n{setup}; AdamW (weight decay 1e-4). Median of "
+        f"# maxP step overhead ({args.framework}, {args.device})\n\n"
+        f"{setup}; AdamW (weight decay 1e-4). Median of "
         f"{args.repeats} steps per configuration, timed round-robin after {args.warmup} untimed rounds. "
         "`dynamic/k`: alignments measured and the LP re-solved every k steps.\n\n"
         f"```\n{table}\n```\n\nEnvironment: {json.dumps(env)}\n"
     )
     payload = {"framework": args.framework, "setup": setup, "rows": rows, "environment": env}
-    write_results(args.out, f"overhead-{args.framework}", payload, markdown, args.json)
+    name = f"overhead-{args.framework}" + ("-gpu" if args.device == "gpu" else "")
+    write_results(args.out, name, payload, markdown, args.json)
     return 0
 
 

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     setups = [*PARITY_SETUPS, Setup(optimizer="adamw", dynamic=True, lr=0.02)]
     rows, records = [], []
     for setup in tqdm(setups, desc="parity runs", unit="run"):
-        setup = replace(setup, steps=args.steps)
+        setup = replace(setup, steps=args.steps, torch_device="cuda" if args.device == "gpu" else "cpu")
         data = batches(setup)
         torch_trace, initial = run_torch(setup, data)
         jax_trace = run_jax(setup, data, initial)

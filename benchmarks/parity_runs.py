@@ -44,6 +44,7 @@ class Setup:
     sample_size: int = 32
     eps: float = 1e-8
     seed: int = 0
+    torch_device: str = "cpu"  # "cuda" for the GPU table
 
 
 #: The runs the parity tests check and the benchmark reports.
@@ -110,7 +111,7 @@ class FlaxMLP(nn_flax.Module):
 def run_torch(setup: Setup, data: list[tuple[np.ndarray, np.ndarray]]) -> tuple[Trace, list[np.ndarray]]:
     """Train in torch; return the trace and the initial weights (torch layout, then biases)."""
     torch.manual_seed(setup.seed)
-    model = _torch_model(setup)
+    model = _torch_model(setup).to(setup.torch_device)
     param = Parametrization(
         model,
         optimizer_type="adam" if setup.optimizer == "adamw" else "sgd",
@@ -121,20 +122,22 @@ def run_torch(setup: Setup, data: list[tuple[np.ndarray, np.ndarray]]) -> tuple[
         seed=setup.seed,
     )
     pms = [m for m in model if isinstance(m, ParametrizedModule)]
-    initial = [t.detach().numpy().copy() for m in pms for t in (m.inner.weight, m.inner.bias)]
+    initial = [t.detach().cpu().numpy().copy() for m in pms for t in (m.inner.weight, m.inner.bias)]
     if setup.optimizer == "adamw":
         opt = torch.optim.AdamW(param.param_groups, eps=setup.eps, weight_decay=setup.weight_decay)
     else:
         opt = torch.optim.SGD(param.param_groups, momentum=0.9, weight_decay=setup.weight_decay)
     trace = Trace(graph=[(n.a, n.b) for n in param.graph.nodes], op_graph=param.graph)
-    param.capture_initial(torch.from_numpy(data[0][0]))
+    device = setup.torch_device
+    param.capture_initial(torch.from_numpy(data[0][0]).to(device))
     start = time.perf_counter()
-    for x, y in data:
+    for x_np, y_np in data:
+        x, y = torch.from_numpy(x_np).to(device), torch.from_numpy(y_np).to(device)
         opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
+        loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
-        param.step(torch.from_numpy(x), opt)
+        param.step(x, opt)
         trace.losses.append(loss.item())
         trace.lrs.append(param.get_last_lr())
         trace.c.append(param.c.tolist())
