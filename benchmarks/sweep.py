@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -83,7 +84,9 @@ def run_group(
             return train_torch(task, method, width, lr, seed, steps, torch_device)
 
     for lr, seed in settings:
+        start = time.perf_counter()
         record = train(lr, seed, steps)
+        record["seconds"] = time.perf_counter() - start
         record["steps_requested"] = steps
         (runs_dir / f"{run_id(method, width, lr, seed)}.json").write_text(json.dumps(record))
         yield record
