@@ -303,11 +303,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (the accelerator if any)")
     parser.add_argument("--jobs", type=int, default=1, help="(method, width) groups trained in parallel")
     parser.add_argument("--out", type=Path, default=None, help="default: results/sweep/<task>-<framework>")
+    parser.add_argument(
+        "--report-only", action="store_true", help="write the report from the finished runs; train nothing"
+    )
     args = parser.parse_args(argv)
     out = args.out or RESULTS / f"{args.task}-{args.framework}"
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    runs = run_sweep(args, runs_dir)
+    if args.report_only:
+        runs = [r for r in (json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json")))]
+        runs = [r for r in runs if r.get("steps_requested") == args.steps and r["method"] in args.methods]
+    else:
+        runs = run_sweep(args, runs_dir)
+    if not runs:
+        parser.error(f"no finished runs of {args.steps} steps in {runs_dir}")
     report, summary = summarize(runs, args.widths, args.lrs, args.methods)
     plot(runs, args.widths, args.methods, out, summary)
     task = load_task(args.task)

@@ -19,6 +19,7 @@ from examples.digits_jax import MLP
 from examples.flax_models import FlaxGPT, gpt_rules
 
 MAXP_WARMUP, MAXP_INTERVAL = 20, 10
+CHECK_EVERY = 25  # steps between reads of the losses
 
 
 def _loss(logits: jax.Array, y: jax.Array) -> jax.Array:
@@ -97,16 +98,21 @@ class Trainer:
             state = self.tx.init(params)
             rate = jnp.float32(lr)
             rng = np.random.default_rng(seed)
+            pending: list[jax.Array] = []
             losses: list[float] = []
             stopped = False
-            for _ in range(steps):
+            for step in range(steps):
                 x, y = (jnp.asarray(v) for v in self.task.sample(rng))
-                new_params, new_state, loss = self.step(params, state, x, y, rate)
-                losses.append(float(loss))
-                if diverged(losses[-1], losses[0]):
-                    stopped = True
-                    break
-                params, state = new_params, new_state
+                params, state, loss = self.step(params, state, x, y, rate)
+                pending.append(loss)
+                # Reading each loss back would wait for every step; read them in blocks instead.
+                if len(pending) == CHECK_EVERY or step == steps - 1:
+                    losses.extend(float(v) for v in jax.device_get(pending))
+                    pending = []
+                    bad = [i for i, v in enumerate(losses) if diverged(v, losses[0])]
+                    if bad:
+                        losses, stopped = losses[: bad[0] + 1], True
+                        break
             x_test, y_test = (jnp.asarray(v) for v in self.task.held_out)
             test_loss = float(_loss(self.model.apply(params, x_test), y_test))
         settings = {"framework": "jax", "task": self.task.name, "method": self.method, "width": self.width}
