@@ -219,11 +219,17 @@ def plot(runs: list[dict[str, Any]], widths: list[int], methods: list[str], out:
     plt.close(fig)
 
 
-def _grid(args: argparse.Namespace) -> dict[tuple[str, int], list[Setting]]:
+def _grid(args: argparse.Namespace) -> dict[tuple[str, int, int], list[Setting]]:
+    """Groups of runs that share a model and a compiled step, in the order they are trained.
+
+    All of seed 0 comes first and the widest models first within a seed, so a sweep cut
+    short still has every method and width for its first seeds.
+    """
     return {
-        (method, width): [(lr, seed) for lr in args.lrs for seed in range(args.seeds)]
+        (method, width, seed): [(lr, seed) for lr in args.lrs]
+        for seed in range(args.seeds)
+        for width in sorted(args.widths, reverse=True)
         for method in args.methods
-        for width in args.widths
     }
 
 
@@ -231,7 +237,7 @@ def run_sweep(args: argparse.Namespace, runs_dir: Path) -> list[dict[str, Any]]:
     """Every run of the grid: finished ones read back, the rest trained (in ``args.jobs`` processes)."""
     runs: list[dict[str, Any]] = []
     todo: list[tuple[str, int, list[Setting]]] = []
-    for (method, width), settings in _grid(args).items():
+    for (method, width, _), settings in _grid(args).items():
         left = []
         for lr, seed in settings:
             record = _finished(runs_dir / f"{run_id(method, width, lr, seed)}.json", args.steps)
