@@ -271,16 +271,35 @@ def run_sweep(args: argparse.Namespace, runs_dir: Path) -> list[dict[str, Any]]:
     return runs
 
 
+def maxp_against_mup(maxp: dict[str, Any], mup: dict[str, Any]) -> tuple[str, float, float]:
+    """``("maxP" | "muP-full" | "tie", gap, seed spread)`` for two methods' best-rate entries.
+
+    ``gap`` is muP-full's loss minus maxP's (positive: maxP lower); a gap within the larger
+    of the two seed spreads is a tie.
+
+    Example:
+      >>> maxp_against_mup({"best_loss": 1.0, "spread": 0.1}, {"best_loss": 1.05, "spread": 0.02})
+      ('tie', 0.050000000000000044, 0.1)
+    """
+    gap = mup["best_loss"] - maxp["best_loss"]
+    noise = max(maxp.get("spread") or 0.0, mup.get("spread") or 0.0)
+    return ("tie" if abs(gap) <= noise else "maxP" if gap > 0 else "muP-full"), gap, noise
+
+
 def verdicts(summary: dict, widths: list[int]) -> list[str]:
     """Plain sentences: maxP against muP-full per width, and whether the optimum moves less than SP's."""
     lines = []
     for width in widths:
         mp, mf = summary["best"].get("maxp", {}).get(width), summary["best"].get("mup-full", {}).get(width)
         if mp and mf and mp["best_loss"] is not None and mf["best_loss"] is not None:
-            better = mp["best_loss"] < mf["best_loss"]
+            winner, gap, noise = maxp_against_mup(mp, mf)
+            if winner == "tie":
+                verdict = f"ties with muP-full: the gap {abs(gap):.4f} is within the seed spread {noise:.4f}"
+            else:
+                verdict = f"{'beats' if winner == 'maxP' else 'does not beat'} muP-full"
             lines.append(
-                f"- width {width}: maxP {'beats' if better else 'does not beat'} muP-full at their best "
-                f"rates ({mp['best_loss']:.4f} vs {mf['best_loss']:.4f})."
+                f"- width {width}: maxP {verdict} (best-rate losses {mp['best_loss']:.4f} vs "
+                f"{mf['best_loss']:.4f})."
             )
     shifts = summary["shift"]
     if shifts.get("sp") is not None:
@@ -293,6 +312,62 @@ def verdicts(summary: dict, widths: list[int]) -> list[str]:
                     f"SP's {abs(shifts['sp']):.1f}."
                 )
     return lines
+
+
+def write_overview(results: Path) -> str:
+    """Write ``results/README.md``: every finished sweep under ``results`` side by side."""
+    rows, verdict_rows = [], []
+    for path in sorted(results.glob("*/sweep.json")):
+        saved = json.loads(path.read_text())
+        name, summary, args = path.parent.name, saved["summary"], saved["args"]
+        widths = [str(w) for w in args["widths"]]
+        shifts = summary["shift"]
+        rows.append(
+            (
+                name,
+                f"{widths[0]} -> {widths[-1]}",
+                str(args["seeds"]),
+                *("-" if shifts.get(m) is None else f"{shifts[m]:+.1f}" for m in METHODS),
+            )
+        )
+        best = summary["best"]
+        for width in widths:
+            mp, mf = best.get("maxp", {}).get(width), best.get("mup-full", {}).get(width)
+            if not mp or not mf or mp["best_loss"] is None or mf["best_loss"] is None:
+                continue
+            winner = min(
+                (m for m in METHODS if best.get(m, {}).get(width, {}).get("best_loss") is not None),
+                key=lambda m: best[m][width]["best_loss"],
+            )
+            verdict, _, noise = maxp_against_mup(mp, mf)
+            verdict_rows.append(
+                (
+                    name,
+                    width,
+                    f"{mp['best_loss']:.4f}",
+                    f"{mf['best_loss']:.4f}",
+                    f"{noise:.4f}",
+                    verdict,
+                    winner,
+                )
+            )
+    shift_table = format_table(rows, ("sweep", "widths", "seeds", *(f"{m} shift" for m in METHODS)))
+    verdict_table = format_table(
+        verdict_rows,
+        ("sweep", "width", "maxP loss", "muP-full loss", "seed spread", "maxP vs muP-full", "lowest of all"),
+    )
+    text = (
+        "# Learning-rate sweeps: overview\n\n"
+        "Written by `python -m benchmarks.sweep --overview` from each sweep's `sweep.json`; the "
+        "details, plots and training curves are in each folder's `sweep.md`.\n\n"
+        "How far the best learning rate moves (log2, from the smallest to the largest width):\n\n"
+        f"```\n{shift_table}\n```\n\n"
+        "maxP against muP-full at each method's best rate (final train loss, mean over seeds); "
+        "`tie` when the gap is within the larger seed spread:\n\n"
+        f"```\n{verdict_table}\n```\n"
+    )
+    (results / "README.md").write_text(text)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,7 +387,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report-only", action="store_true", help="write the report from the finished runs; train nothing"
     )
+    parser.add_argument(
+        "--overview", action="store_true", help="only write results/sweep/README.md from the finished sweeps"
+    )
     args = parser.parse_args(argv)
+    if args.overview:
+        print(write_overview(args.out or RESULTS))
+        return 0
     out = args.out or RESULTS / f"{args.task}-{args.framework}"
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
