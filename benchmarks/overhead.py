@@ -67,12 +67,16 @@ def jax_steps(
             optax.scale_by_learning_rate(1e-3),
         )
 
-    def dynamic(interval: int) -> maxp_jax.DynamicAlignment:
-        return maxp_jax.DynamicAlignment(model.apply, x[:sample], solve_interval=interval, sample_size=sample)
+    def dynamic(interval: int, warmup: int = 0) -> maxp_jax.DynamicAlignment:
+        return maxp_jax.DynamicAlignment(
+            model.apply, x[:sample], warmup_steps=warmup, solve_interval=interval, sample_size=sample
+        )
 
     optimizers = {
         "plain": optax.adamw(1e-3, weight_decay=1e-4),
         "static": maxp_adamw(None),
+        # The dynamic state carried through every step, no re-solve ever due.
+        "dynamic, idle": maxp_adamw(dynamic(10, warmup=10**9)),
         "dynamic/10": maxp_adamw(dynamic(10)),
         "dynamic/1": maxp_adamw(dynamic(1)),
     }
@@ -239,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# maxP step overhead ({args.framework}, {args.device})\n\n"
         f"{setup}; AdamW (weight decay 1e-4). Median of "
         f"{args.repeats} steps per configuration, timed round-robin after {args.warmup} untimed rounds. "
-        "`dynamic/k`: alignments measured and the LP re-solved every k steps. `groups only` (PyTorch): "
+        "`dynamic/k`: alignments measured and the LP re-solved every k steps; `dynamic, idle` (JAX): "
+        "the dynamic state carried through each step with no re-solve ever due. `groups only` (PyTorch): "
         "AdamW over the per-layer param groups with maxP's rates, maxP not called: the cost of one "
         "learning rate per layer in PyTorch's optimizer, which any per-layer scheme pays.\n\n"
         f"```\n{table}\n```\n\nEnvironment: {json.dumps(env)}\n"
