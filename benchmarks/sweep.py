@@ -28,7 +28,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from benchmarks.sweep_tasks import DIVERGED_FACTOR, FINAL_WINDOW, TASKS, load_task
+from benchmarks.sweep_tasks import DIVERGED_FACTOR, FINAL_WINDOW, TASKS, Task, load_task
 from maxp_core.cli import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sweep"
@@ -58,6 +58,26 @@ def _torch_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def make_trainer(
+    task: Task, framework: str, method: str, width: int, device: str = "auto"
+) -> Callable[[float, int, int], dict[str, Any]]:
+    """``train(lr, seed, steps) -> record`` for one method at one width in ``framework``."""
+    if framework == "jax":
+        from benchmarks.sweep_jax import Trainer
+
+        return Trainer(task, method, width, device=None if device == "auto" else device).run
+    if framework != "torch":
+        raise ValueError(f"unknown framework {framework!r}; choose one of {', '.join(FRAMEWORKS)}")
+    from benchmarks.sweep_torch import train as train_torch
+
+    torch_device = _torch_device(device)
+
+    def train(lr: float, seed: int, steps: int) -> dict[str, Any]:
+        return train_torch(task, method, width, lr, seed, steps, torch_device)
+
+    return train
+
+
 def run_group(
     task_name: str,
     framework: str,
@@ -69,20 +89,7 @@ def run_group(
     runs_dir: Path,
 ) -> Iterator[dict[str, Any]]:
     """Train one method at one width for every (rate, seed), writing each run's file as it ends."""
-    task = load_task(task_name)
-    if framework == "jax":
-        from benchmarks.sweep_jax import Trainer
-
-        trainer = Trainer(task, method, width, device=None if device == "auto" else device)
-        train = trainer.run
-    else:
-        from benchmarks.sweep_torch import train as train_torch
-
-        torch_device = _torch_device(device)
-
-        def train(lr: float, seed: int, steps: int) -> dict[str, Any]:
-            return train_torch(task, method, width, lr, seed, steps, torch_device)
-
+    train = make_trainer(load_task(task_name), framework, method, width, device)
     for lr, seed in settings:
         start = time.perf_counter()
         record = train(lr, seed, steps)

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from benchmarks.sweep import main
+from benchmarks.sweep import main, make_trainer
 from benchmarks.sweep_tasks import diverged, load_task
 from examples.common import CHAR_VOCAB, stdlib_text
 
@@ -35,15 +35,7 @@ def test_char_batches_are_next_character_pairs() -> None:
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_divergence_stops_early(framework: str) -> None:
-    task = load_task("digits")
-    if framework == "torch":
-        from benchmarks.sweep_torch import train
-
-        run = train(task, "sp", 64, 30.0, 0, 60)
-    else:
-        from benchmarks.sweep_jax import Trainer
-
-        run = Trainer(task, "sp", 64, device="cpu").run(30.0, 0, 60)
+    run = make_trainer(load_task("digits"), framework, "sp", 64, "cpu")(30.0, 0, 60)
     assert run["diverged"] and run["steps"] < 60 and run["final_train_loss"] == float("inf")
     assert diverged(run["losses"][-1], run["losses"][0])
     assert not any(diverged(v, run["losses"][0]) for v in run["losses"][:-1])
@@ -51,15 +43,7 @@ def test_divergence_stops_early(framework: str) -> None:
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_char_transformer_learns(framework: str) -> None:
-    task = load_task("chars")
-    if framework == "torch":
-        from benchmarks.sweep_torch import train
-
-        run = train(task, "maxp", 32, 0.3, 0, 40)
-    else:
-        from benchmarks.sweep_jax import Trainer
-
-        run = Trainer(task, "maxp", 32, device="cpu").run(0.3, 0, 40)
+    run = make_trainer(load_task("chars"), framework, "maxp", 32, "cpu")(0.3, 0, 40)
     assert not run["diverged"]
     # Starts near a uniform guess over the alphabet and learns the character frequencies at least.
     assert abs(run["losses"][0] - math.log(CHAR_VOCAB)) < 0.5
