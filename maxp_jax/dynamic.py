@@ -47,6 +47,12 @@ class DynamicAlignment:
         initial params are kept in the state instead of the sample's inputs.
         ``sample_input`` then only serves to find the layers' inputs once.
 
+    By default the schedule is decided inside the jitted step (a ``lax.cond`` on the
+    state's step count). On a GPU that conditional, which holds a host callback, makes
+    every step wait for the device; to avoid it, decide on the host: pass
+    ``maxp_resolve=dyn.should_solve(steps_taken)`` to ``update`` as a static argument of
+    the jitted step (two compiled versions, one that re-solves and one that does not).
+
     Examples:
       >>> import jax, jax.numpy as jnp, optax
       >>> from maxp_jax import MaxPSpec, Rule, scale_by_maxp
@@ -83,6 +89,21 @@ class DynamicAlignment:
         if self.resample_w0 and self.init_key is None:
             raise MaxPError("resample_w0=True needs init_key, the key abc_init drew the initial weights with")
 
+    def should_solve(self, steps_taken: int) -> bool:
+        """Whether the update after ``steps_taken`` optimizer steps re-solves (host side).
+
+        The same rule the jitted update applies to its step count: pass the result as
+        ``update(..., maxp_resolve=...)`` to decide on the host.
+
+        Example:
+          >>> dyn = DynamicAlignment(lambda p, x: x, None, warmup_steps=20, solve_interval=10)
+          >>> [k for k in range(45) if dyn.should_solve(k)]
+          [30, 40]
+        """
+        return SolveSchedule(self.warmup_steps, self.solve_interval, self.stop_after).should_solve(
+            steps_taken
+        )
+
 
 class AlignmentResolver:
     """The measuring (traced) and solving (host) halves of a dynamic re-solve."""
@@ -118,14 +139,17 @@ class AlignmentResolver:
         weight; with ``use_training_activations``, the initial params themselves.
         """
         layer_inputs = self._layer_inputs(params)
+        # The state owns copies: the first layer's input is the sample itself and an
+        # untransposed weight is the parameter, and a training step that donates its
+        # params and state would otherwise delete what later steps still read.
         if self.config.use_training_activations:
-            return (), (), params
+            return (), (), jax.tree.map(jnp.copy, params)
         rows = self._sample_rows(params)
-        z0 = tuple(rows[i] for i in layer_inputs.measured)
+        z0 = tuple(jnp.copy(rows[i]) for i in layer_inputs.measured)
         if self.config.resample_w0:
             return z0, (), ()
         weights = layer_inputs.weight_matrices(params)
-        return z0, tuple(weights[i] for i in layer_inputs.measured), ()
+        return z0, tuple(jnp.copy(weights[i]) for i in layer_inputs.measured), ()
 
     def _initial_weights(self, params: Any, state: Any) -> tuple[jax.Array, ...]:
         layer_inputs = self._layer_inputs(params)
