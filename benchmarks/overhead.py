@@ -28,7 +28,7 @@ from benchmarks.report import write_results
 from maxp_core.cli import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TARGETS = {"static": 1.01, "dynamic/10": 1.05, "dynamic/10, host": 1.05, "dynamic/1": 1.25}
+TARGETS = {"static": 1.01, "dynamic/10": 1.05, "dynamic/1": 1.25}
 
 
 def jax_steps(
@@ -82,26 +82,21 @@ def jax_steps(
         "dynamic/1": maxp_adamw(dynamic(1)),
     }
 
-    def make(
-        tx: optax.GradientTransformation, host_schedule: maxp_jax.DynamicAlignment | None = None
-    ) -> Callable[[], Any]:
-        def step(p: Any, s: Any, resolve: bool | None) -> tuple[Any, Any, jax.Array]:
+    def make(tx: optax.GradientTransformation) -> Callable[[], Any]:
+        def step(p: Any, s: Any) -> tuple[Any, Any, jax.Array]:
             def loss_fn(q: Any) -> jax.Array:
                 return optax.softmax_cross_entropy_with_integer_labels(model.apply(q, x), y).mean()
 
             loss, grads = jax.value_and_grad(loss_fn)(p)
-            extra = {} if resolve is None else {"maxp_resolve": resolve}
-            updates, s = tx.update(grads, s, p, **extra)
+            updates, s = tx.update(grads, s, p)
             return optax.apply_updates(p, updates), s, loss
 
         # Params and state are donated, as training loops do: no step copies what it does not change.
-        jitted = jax.jit(step, static_argnames="resolve", donate_argnums=(0, 1))
-        holder = {"p": jax.tree.map(jnp.copy, params), "s": tx.init(params), "taken": 0}
+        jitted = jax.jit(step, donate_argnums=(0, 1))
+        holder = {"p": jax.tree.map(jnp.copy, params), "s": tx.init(params)}
 
         def run() -> Any:
-            resolve = None if host_schedule is None else host_schedule.should_solve(holder["taken"])
-            holder["p"], holder["s"], loss = jitted(holder["p"], holder["s"], resolve=resolve)
-            holder["taken"] += 1
+            holder["p"], holder["s"], loss = jitted(holder["p"], holder["s"])
             return jax.block_until_ready(loss)
 
         return run
@@ -111,11 +106,7 @@ def jax_steps(
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
     }
-    steps = {name: make(tx) for name, tx in optimizers.items()}
-    # The same schedule decided on the host (maxp_resolve): no conditional inside the step.
-    host_dynamic = dynamic(10)
-    steps["dynamic/10, host"] = make(maxp_adamw(host_dynamic), host_schedule=host_dynamic)
-    return steps, info
+    return {name: make(tx) for name, tx in optimizers.items()}, info
 
 
 def torch_steps(
@@ -255,9 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{setup}; AdamW (weight decay 1e-4). Median of "
         f"{args.repeats} steps per configuration, timed round-robin after {args.warmup} untimed rounds. "
         "`dynamic/k`: alignments measured and the LP re-solved every k steps; `dynamic, idle` (JAX): "
-        "the dynamic state carried through each step with no re-solve ever due; `dynamic/10, host` (JAX): "
-        "the same schedule decided on the host (`maxp_resolve`), so the step holds no conditional. "
-        "`groups only` (PyTorch): "
+        "the dynamic state carried through each step with no re-solve ever due (JAX steps donate their "
+        "params and state). `groups only` (PyTorch): "
         "AdamW over the per-layer param groups with maxP's rates, maxP not called: the cost of one "
         "learning rate per layer in PyTorch's optimizer, which any per-layer scheme pays.\n\n"
         f"```\n{table}\n```\n\nEnvironment: {json.dumps(env)}\n"

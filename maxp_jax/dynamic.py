@@ -47,11 +47,6 @@ class DynamicAlignment:
         initial params are kept in the state instead of the sample's inputs.
         ``sample_input`` then only serves to find the layers' inputs once.
 
-    By default the schedule is decided inside the jitted step (a ``lax.cond`` on the
-    state's step count). On a GPU that conditional, which holds a host callback, makes
-    every step wait for the device; to avoid it, decide on the host: pass
-    ``maxp_resolve=dyn.should_solve(steps_taken)`` to ``update`` as a static argument of
-    the jitted step (two compiled versions, one that re-solves and one that does not).
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -88,21 +83,6 @@ class DynamicAlignment:
             raise MaxPError(f"sample_size must be a positive integer, got {self.sample_size!r}")
         if self.resample_w0 and self.init_key is None:
             raise MaxPError("resample_w0=True needs init_key, the key abc_init drew the initial weights with")
-
-    def should_solve(self, steps_taken: int) -> bool:
-        """Whether the update after ``steps_taken`` optimizer steps re-solves (host side).
-
-        The same rule the jitted update applies to its step count: pass the result as
-        ``update(..., maxp_resolve=...)`` to decide on the host.
-
-        Example:
-          >>> dyn = DynamicAlignment(lambda p, x: x, None, warmup_steps=20, solve_interval=10)
-          >>> [k for k in range(45) if dyn.should_solve(k)]
-          [30, 40]
-        """
-        return SolveSchedule(self.warmup_steps, self.solve_interval, self.stop_after).should_solve(
-            steps_taken
-        )
 
 
 class AlignmentResolver:

@@ -46,10 +46,7 @@ def scale_by_maxp(
     (``jax.pure_callback``) and puts the new factors into the state. The update of
     step ``k + 1`` uses the weights after step ``k``, as a PyTorch scheduler that
     measures after ``optimizer.step()`` does. A re-solve that fails keeps the last
-    factors, counts the failure in the state and warns once. ``update`` takes the extra
-    argument ``maxp_resolve`` (a Python bool, e.g. ``dynamic.should_solve(steps_taken)``)
-    to decide on the host whether this update re-solves instead of inside the step,
-    which spares GPUs a host round trip on every step.
+    factors, counts the failure in the state and warns once.
 
     Args:
       spec: the :class:`~maxp_jax.MaxPSpec`.
@@ -104,17 +101,13 @@ def scale_by_maxp(
                     "scale_by_maxp with dynamic alignment needs params in update(updates, state, params)"
                 )
             extras = {k: extra_args.get(k) for k in ("maxp_inputs", "maxp_batch")}
-            decided = extra_args.get("maxp_resolve")
-            if decided is None:
-                state = jax.lax.cond(
-                    resolver.due(state.count),
-                    lambda s, p: resolver.resolve(s, p, extras),
-                    lambda s, p: s,
-                    state,
-                    params,
-                )
-            elif _host_bool(decided):
-                state = resolver.resolve(state, params, extras)
+            state = jax.lax.cond(
+                resolver.due(state.count),
+                lambda s, p: resolver.resolve(s, p, extras),
+                lambda s, p: s,
+                state,
+                params,
+            )
 
         def scale(path: Any, update: Any) -> Any:
             i = index.get(leaf_key(path_string(path)))
@@ -126,15 +119,6 @@ def scale_by_maxp(
         return updates, state._replace(count=optax.safe_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _host_bool(value: Any) -> bool:
-    if isinstance(value, bool | np.bool_):
-        return bool(value)
-    raise TypeError(
-        f"maxp_resolve must be a Python bool decided on the host (a static argument of the jitted "
-        f"step, e.g. dynamic.should_solve(steps_taken)), got {type(value).__name__}"
-    )
 
 
 def find_maxp_state(opt_state: Any) -> ScaleByMaxPState:
