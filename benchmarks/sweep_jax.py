@@ -65,7 +65,7 @@ class Trainer:
                     sample_input=self.probe if task.name == "chars" else None,
                 )
             self.tx = self._transform()
-            self.step = jax.jit(self._step)
+            self.step = jax.jit(self._step, donate_argnums=(0, 1))
 
     def _transform(self) -> optax.GradientTransformation:
         if self.spec is None:

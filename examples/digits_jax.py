@@ -6,6 +6,8 @@ after the first re-solve, the loss along the way, and the test accuracy.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     opt_state = tx.init(params)
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, xb, yb):
         def loss_fn(p):
             return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, xb), yb).mean()
