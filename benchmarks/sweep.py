@@ -409,8 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     if args.report_only:
-        runs = [r for r in (json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json")))]
-        runs = [r for r in runs if r.get("steps_requested") == args.steps and r["method"] in args.methods]
+        finished = (_finished(path, args.steps) for path in sorted(runs_dir.glob("*.json")))
+        runs = [r for r in finished if r is not None and r["method"] in args.methods]
     else:
         runs = run_sweep(args, runs_dir)
     if not runs:

@@ -50,28 +50,33 @@ def test_gpt_same_graph_and_c_in_both_frameworks(blocks: int) -> None:
     )
 
 
-def test_dynamic_steps_on_the_traced_flax_gpt() -> None:
-    model, params, spec = flax_spec(2)
-    ids = jax.random.randint(jax.random.key(1), (4, CTX), 0, VOCAB)
-    dyn = maxp_jax.DynamicAlignment(model.apply, ids, warmup_steps=2, solve_interval=3, sample_size=16)
+def train_dynamic(apply, params, spec, sample, loss_of_output, steps=20):
+    """Adam + dynamic maxP (warm-up 2, every 3 steps) for ``steps`` steps; the final maxP state."""
+    dyn = maxp_jax.DynamicAlignment(apply, sample, warmup_steps=2, solve_interval=3, sample_size=16)
     tx = optax.chain(
         optax.scale_by_adam(), maxp_jax.scale_by_maxp(spec, dyn), optax.scale_by_learning_rate(0.01)
     )
-    state = tx.init(params)
 
     @jax.jit
     def step(p, s):
-        def loss(q):
-            logits = model.apply(q, ids)
-            return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], ids[:, 1:]).mean()
-
-        grads = jax.grad(loss)(p)
+        grads = jax.grad(lambda q: loss_of_output(apply(q, sample)))(p)
         updates, s = tx.update(grads, s, p)
         return optax.apply_updates(p, updates), s
 
-    for _ in range(20):
+    state = tx.init(params)
+    for _ in range(steps):
         params, state = step(params, state)
-    ms = maxp_jax.find_maxp_state(state)
+    return maxp_jax.find_maxp_state(state)
+
+
+def test_dynamic_steps_on_the_traced_flax_gpt() -> None:
+    model, params, spec = flax_spec(2)
+    ids = jax.random.randint(jax.random.key(1), (4, CTX), 0, VOCAB)
+
+    def next_token_loss(logits):
+        return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], ids[:, 1:]).mean()
+
+    ms = train_dynamic(model.apply, params, spec, ids, next_token_loss)
     assert int(ms.solves) == 5 and int(ms.failures) == 0  # updates after steps 5, 8, 11, 14, 17
     assert np.all((np.asarray(ms.alignment) >= 0) & (np.asarray(ms.alignment) <= 1))
 
@@ -193,23 +198,11 @@ def test_dynamic_steps_on_the_vit_in_both_frameworks() -> None:
         maxp_jax.Rule("params/head/.*", "readout"),
     ]
     spec = maxp_jax.MaxPSpec(params, rules, apply_fn=model.apply, sample_input=images)
-    dyn = maxp_jax.DynamicAlignment(model.apply, images, warmup_steps=2, solve_interval=3, sample_size=16)
-    tx = optax.chain(
-        optax.scale_by_adam(), maxp_jax.scale_by_maxp(spec, dyn), optax.scale_by_learning_rate(0.01)
-    )
-    state = tx.init(params)
 
-    @jax.jit
-    def step(p, s):
-        def loss(q):
-            return optax.softmax_cross_entropy_with_integer_labels(model.apply(q, images), labels).mean()
+    def class_loss(logits):
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-        updates, s = tx.update(jax.grad(loss)(p), s, p)
-        return optax.apply_updates(p, updates), s
-
-    for _ in range(20):
-        params, state = step(params, state)
-    assert int(maxp_jax.find_maxp_state(state).solves) == 5
+    assert int(train_dynamic(model.apply, params, spec, images, class_loss).solves) == 5
 
     vit = TorchViT()
     torch_images = torch.randn(4, 3, 16, 16)
