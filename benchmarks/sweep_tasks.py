@@ -10,7 +10,8 @@ the JAX sweeps see the same batches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from examples.common import CHAR_VOCAB, char_split, char_windows, digits_split
 TASKS = ("digits", "chars")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Task:
     """What a training run of one task needs; ``x`` arrays are model inputs, ``y`` class labels."""
 
@@ -27,22 +28,12 @@ class Task:
     batch: int
     classes: int
     description: str
+    sample: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]  # one training batch
+    probe: np.ndarray  # the fixed rows alignments are measured on
+    held_out: tuple[np.ndarray, np.ndarray]
     depth: int = 4  # digits MLP layers
     blocks: int = 2  # chars GPT blocks
     context: int = 64  # chars window length
-    _train: tuple[np.ndarray, ...] = field(default=(), repr=False)
-    probe: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
-    held_out: tuple[np.ndarray, np.ndarray] = field(default=(np.zeros(0), np.zeros(0)), repr=False)
-
-    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """One training batch."""
-        if self.name == "digits":
-            x, y = self._train
-            idx = rng.integers(0, len(x), self.batch)
-            return x[idx], y[idx]
-        (text,) = self._train
-        starts = rng.integers(0, len(text) - self.context - 1, self.batch)
-        return char_windows(text, starts, self.context)
 
 
 def load_task(name: str) -> Task:
@@ -56,27 +47,37 @@ def load_task(name: str) -> Task:
     """
     if name == "digits":
         x_train, x_test, y_train, y_test = digits_split()
+        labels, batch = y_train.astype(np.int64), 128
+
+        def digits_batch(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+            idx = rng.integers(0, len(x_train), batch)
+            return x_train[idx], labels[idx]
+
         return Task(
             name="digits",
-            batch=128,
+            batch=batch,
             classes=10,
             description="digits MLP (depth 4)",
-            _train=(x_train, y_train.astype(np.int64)),
+            sample=digits_batch,
             probe=x_train[:64],
             held_out=(x_test, y_test.astype(np.int64)),
         )
     if name == "chars":
         train, validation = char_split()
-        context = 64
+        context, batch = 64, 32
         probe_starts = np.linspace(0, len(train) - context - 2, 8).astype(np.int64)
         held_starts = np.linspace(0, len(validation) - context - 2, 64).astype(np.int64)
+
+        def chars_batch(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+            return char_windows(train, rng.integers(0, len(train) - context - 1, batch), context)
+
         return Task(
             name="chars",
-            batch=32,
+            batch=batch,
             classes=CHAR_VOCAB,
             description=f"character-level GPT (2 blocks, context {context}) on the standard library",
             context=context,
-            _train=(train,),
+            sample=chars_batch,
             probe=char_windows(train, probe_starts, context)[0],
             held_out=char_windows(validation, held_starts, context),
         )
