@@ -23,8 +23,19 @@ STEPS = 6
 
 def run(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    if world > 1:
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    if world == 1:
+        train(rank, world, out_dir)
+        return
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    train(rank, world, out_dir)
+    # The model and its DDP reducer are freed when train returns; the barrier makes every rank wait
+    # for the others before gloo closes its connections, so no rank tears the group down while a
+    # peer is still using it (seen once as a SIGABRT on a loaded 2-core machine).
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def train(rank: int, world: int, out_dir: str) -> None:
     torch.manual_seed(0)
     model: nn.Module = MLP(width=32, depth=4, dtype=torch.float64)
     if world > 1:
@@ -43,8 +54,6 @@ def run(rank: int, world: int, init_file: str, out_dir: str) -> None:
     result = {"rank": rank, "lr": param.get_last_lr(), "c": param.c.tolist(), "solves": param.solves}
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
         json.dump(result, handle)
-    if world > 1:
-        dist.destroy_process_group()
 
 
 def main() -> None:
