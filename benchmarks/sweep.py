@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -137,11 +137,13 @@ def summarize(
                 (lr for lr, mine in by_lr.items() if any(r["diverged"] for r in mine)), default=None
             )
             finals = [r["final_train_loss"] for r in by_lr.get(best, [])] if best else []
+            by_seed = {str(r["seed"]): r["final_train_loss"] for r in by_lr.get(best, [])} if best else {}
             tests = [r["test_loss"] for r in by_lr.get(best, [])] if best else []
             best_by[method][width] = {
                 "best_lr": best,
                 "best_loss": stable.get(best) if best else None,
                 "spread": float(np.ptp(finals)) if finals else None,
+                "loss_by_seed": by_seed,
                 "test_loss": float(np.mean(tests)) if tests else None,
                 "first_diverging": first_div,
             }
@@ -282,19 +284,51 @@ def run_sweep(args: argparse.Namespace, runs_dir: Path) -> list[dict[str, Any]]:
     return runs
 
 
-def maxp_against_mup(maxp: dict[str, Any], mup: dict[str, Any]) -> tuple[str, float, float]:
-    """``("maxP" | "muP-full" | "tie", gap, seed spread)`` for two methods' best-rate entries.
+class Comparison(NamedTuple):
+    """maxP against muP-full at their best rates, paired by seed."""
 
-    ``gap`` is muP-full's loss minus maxP's (positive: maxP lower); a gap within the larger
-    of the two seed spreads is a tie.
+    winner: str  # "maxP", "muP-full" or "tie"
+    gap: float  # mean over shared seeds of muP-full's loss minus maxP's (positive: maxP lower)
+    noise: float  # max - min of the per-seed gaps
+    maxp_lower: int  # seeds on which maxP's loss is lower
+    seeds: int  # seeds both methods ran
+
+    def explain(self) -> str:
+        """Why this verdict, in a few words."""
+        lower = f"maxP lower on {self.maxp_lower} of {self.seeds} seeds"
+        if self.winner != "tie":
+            return f"{lower}, mean gap {abs(self.gap):.4f} > spread of the per-seed gaps {self.noise:.4f}"
+        if self.seeds < 2:
+            return f"{lower}; one seed cannot separate them"
+        if 0 < self.maxp_lower < self.seeds:
+            return lower
+        return f"{lower}, but the mean gap {abs(self.gap):.4f} is within their spread {self.noise:.4f}"
+
+
+def maxp_against_mup(maxp: dict[str, Any], mup: dict[str, Any]) -> Comparison:
+    """Compare two methods' best-rate entries from :func:`summarize`, seed by seed.
+
+    A seed fixes the initial draw and the batch order for every method, so the per-seed gaps
+    (muP-full's final loss minus maxP's) remove most of the seed-to-seed noise. A method wins only
+    when at least two seeds are shared, it is lower on every one of them and the mean gap exceeds
+    the max - min of the per-seed gaps; anything else is a tie.
 
     Example:
-      >>> maxp_against_mup({"best_loss": 1.0, "spread": 0.1}, {"best_loss": 1.05, "spread": 0.02})
-      ('tie', 0.050000000000000044, 0.1)
+      >>> maxp = {"loss_by_seed": {"0": 1.0, "1": 1.5}}
+      >>> maxp_against_mup(maxp, {"loss_by_seed": {"0": 1.25, "1": 1.75}})
+      Comparison(winner='maxP', gap=0.25, noise=0.0, maxp_lower=2, seeds=2)
+      >>> maxp_against_mup(maxp, {"loss_by_seed": {"0": 1.25, "1": 1.25}}).explain()
+      'maxP lower on 1 of 2 seeds'
     """
-    gap = mup["best_loss"] - maxp["best_loss"]
-    noise = max(maxp.get("spread") or 0.0, mup.get("spread") or 0.0)
-    return ("tie" if abs(gap) <= noise else "maxP" if gap > 0 else "muP-full"), gap, noise
+    seeds = sorted(set(maxp["loss_by_seed"]) & set(mup["loss_by_seed"]))
+    if not seeds:
+        raise ValueError("maxP and muP-full share no seed at their best rates; nothing to pair")
+    gaps = np.array([mup["loss_by_seed"][s] - maxp["loss_by_seed"][s] for s in seeds])
+    gap, noise = float(gaps.mean()), float(np.ptp(gaps))
+    lower, higher = int(np.sum(gaps > 0)), int(np.sum(gaps < 0))
+    decided = len(seeds) >= 2 and len(seeds) in (lower, higher) and abs(gap) > noise
+    winner = ("maxP" if gap > 0 else "muP-full") if decided else "tie"
+    return Comparison(winner, gap, noise, lower, len(seeds))
 
 
 def verdicts(summary: dict, widths: list[int]) -> list[str]:
@@ -303,14 +337,11 @@ def verdicts(summary: dict, widths: list[int]) -> list[str]:
     for width in widths:
         mp, mf = summary["best"].get("maxp", {}).get(width), summary["best"].get("mup-full", {}).get(width)
         if mp and mf and mp["best_loss"] is not None and mf["best_loss"] is not None:
-            winner, gap, noise = maxp_against_mup(mp, mf)
-            if winner == "tie":
-                verdict = f"ties with muP-full: the gap {abs(gap):.4f} is within the seed spread {noise:.4f}"
-            else:
-                verdict = f"{'beats' if winner == 'maxP' else 'does not beat'} muP-full"
+            comparison = maxp_against_mup(mp, mf)
+            verdict = {"tie": "ties with", "maxP": "beats", "muP-full": "loses to"}[comparison.winner]
             lines.append(
-                f"- width {width}: maxP {verdict} (best-rate losses {mp['best_loss']:.4f} vs "
-                f"{mf['best_loss']:.4f})."
+                f"- width {width}: maxP {verdict} muP-full ({comparison.explain()}; best-rate losses "
+                f"{mp['best_loss']:.4f} vs {mf['best_loss']:.4f})."
             )
     shifts = summary["shift"]
     if shifts.get("sp") is not None:
@@ -350,22 +381,34 @@ def write_overview(results: Path) -> str:
                 (m for m in METHODS if best.get(m, {}).get(width, {}).get("best_loss") is not None),
                 key=lambda m: best[m][width]["best_loss"],
             )
-            verdict, _, noise = maxp_against_mup(mp, mf)
+            comparison = maxp_against_mup(mp, mf)
             verdict_rows.append(
                 (
                     name,
                     width,
                     f"{mp['best_loss']:.4f}",
                     f"{mf['best_loss']:.4f}",
-                    f"{noise:.4f}",
-                    verdict,
+                    f"{comparison.gap:+.4f}",
+                    f"{comparison.noise:.4f}",
+                    f"{comparison.maxp_lower}/{comparison.seeds}",
+                    comparison.winner,
                     winner,
                 )
             )
     shift_table = format_table(rows, ("sweep", "widths", "seeds", *(f"{m} shift" for m in METHODS)))
     verdict_table = format_table(
         verdict_rows,
-        ("sweep", "width", "maxP loss", "muP-full loss", "seed spread", "maxP vs muP-full", "lowest of all"),
+        (
+            "sweep",
+            "width",
+            "maxP loss",
+            "muP-full loss",
+            "paired gap",
+            "gap spread",
+            "maxP lower",
+            "maxP vs muP-full",
+            "lowest of all",
+        ),
     )
     text = (
         "# Learning-rate sweeps: overview\n\n"
@@ -374,7 +417,9 @@ def write_overview(results: Path) -> str:
         "How far the best learning rate moves (log2, from the smallest to the largest width):\n\n"
         f"```\n{shift_table}\n```\n\n"
         "maxP against muP-full at each method's best rate (final train loss, mean over seeds); "
-        "`tie` when the gap is within the larger seed spread:\n\n"
+        "paired gap = mean over seeds of muP-full's loss minus maxP's with the same seed (positive: maxP "
+        "lower), gap spread = max - min of those per-seed gaps. A method wins only when it is lower on "
+        "every seed (two at least) and the mean gap exceeds the spread; otherwise `tie`:\n\n"
         f"```\n{verdict_table}\n```\n"
     )
     (results / "README.md").write_text(text)

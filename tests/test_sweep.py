@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from benchmarks.sweep import main, make_trainer
+from benchmarks.sweep import main, make_trainer, maxp_against_mup, summarize
 from benchmarks.sweep_tasks import diverged, load_task
 from examples.common import CHAR_VOCAB, stdlib_text
 
@@ -96,3 +96,36 @@ def test_sweep_writes_runs_and_resumes(tmp_path, framework: str, jobs: str) -> N
             if r["method"] == "maxp" and r["width"] == width and not r["diverged"]:
                 finals[r["lr"]] = r["final_train_loss"]
         assert summary["best"]["maxp"][str(width)]["best_lr"] == min(finals, key=finals.get)
+
+
+def fake_run(method: str, seed: int, lr: float, loss: float) -> dict:
+    return {
+        "method": method,
+        "width": 64,
+        "lr": lr,
+        "seed": seed,
+        "final_train_loss": loss,
+        "test_loss": loss,
+        "diverged": False,
+    }
+
+
+def test_paired_verdict_sees_a_consistent_gap_that_seed_noise_hides() -> None:
+    # Seeds move both methods by the same large amount (0.5 between seeds); maxP is 0.01 lower on
+    # every seed. Unpaired, the 0.01 gap is lost in the 0.5 seed spread; paired, it is the whole story.
+    seed_offset = {0: 0.0, 1: 0.5, 2: 0.25}
+    runs = [fake_run("mup-full", seed, 0.1, 1.0 + off) for seed, off in seed_offset.items()]
+    runs += [fake_run("maxp", seed, 0.1, 0.99 + off) for seed, off in seed_offset.items()]
+    runs += [fake_run("maxp", seed, 1.0, 2.0 + off) for seed, off in seed_offset.items()]  # a worse rate
+    _, summary = summarize(runs, [64], [0.1, 1.0], ["mup-full", "maxp"])
+    maxp, mup = summary["best"]["maxp"][64], summary["best"]["mup-full"][64]
+    assert maxp["best_lr"] == 0.1 and maxp["spread"] == pytest.approx(0.5)
+    comparison = maxp_against_mup(maxp, mup)
+    assert comparison.winner == "maxP" and comparison.maxp_lower == comparison.seeds == 3
+    assert comparison.gap == pytest.approx(0.01) and comparison.noise == pytest.approx(0.0, abs=1e-12)
+    # One seed where maxP is higher turns the verdict into a tie, whatever the mean says.
+    runs.append(fake_run("maxp", 3, 0.1, 1.02))
+    runs.append(fake_run("mup-full", 3, 0.1, 1.0))
+    _, summary = summarize(runs, [64], [0.1, 1.0], ["mup-full", "maxp"])
+    comparison = maxp_against_mup(summary["best"]["maxp"][64], summary["best"]["mup-full"][64])
+    assert comparison.winner == "tie" and comparison.maxp_lower == 3 and comparison.seeds == 4
