@@ -396,7 +396,11 @@ class Parametrization:
     def _measure(self, x: torch.Tensor | None) -> np.ndarray:
         now, initial = self._current_and_initial_inputs(x)
         values = self.alignment.copy()
-        for k in self._measured():
+        measured = self._measured()
+        if not measured:
+            return values
+        triples = []
+        for k in measured:
             weight = self.modules[k].weight
             assert weight is not None
             w = weight.detach().reshape(weight.shape[0], -1)
@@ -408,11 +412,15 @@ class Parametrization:
                     "(inputs (..., fan_in)); pin this layer with alignment_overrides"
                 )
             al = layer_alignment(initial[k], now[k], w0, w, self.norm_mode, self._width(k), xp=torch)
-            values[self._row[k]] = [float(al.alpha), float(al.omega), float(al.u)]
+            triples.append(torch.stack([torch.as_tensor(a, dtype=torch.float64) for a in al]))
+        # Reduced on the device the layers live on (NCCL groups take no CPU tensors) and copied to
+        # the host once, instead of one float() per value.
+        device = triples[0].device
+        stacked = torch.stack([t.to(device) for t in triples])
         if dist.is_available() and dist.is_initialized():
-            tensor = torch.as_tensor(values, dtype=torch.float64)
-            dist.all_reduce(tensor)
-            values = tensor.numpy() / dist.get_world_size()
+            dist.all_reduce(stacked)
+            stacked /= dist.get_world_size()
+        values[[self._row[k] for k in measured]] = stacked.cpu().numpy()
         return values
 
     def _resolve(self, x: torch.Tensor | None) -> None:
