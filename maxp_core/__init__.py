@@ -13,6 +13,7 @@ Example:
 from maxp_core.alignment import (
     Alignment,
     alignment,
+    alignment_of_layers,
     layer_alignment,
     log_rms_alignment,
     sanitize,
@@ -52,6 +53,7 @@ __all__ = [
     "StabilityLP",
     "WSDSchedule",
     "alignment",
+    "alignment_of_layers",
     "alignment_preset",
     "chain",
     "check_ema_decay",

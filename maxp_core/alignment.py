@@ -40,6 +40,7 @@ Examples:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, Literal, NamedTuple
 
@@ -52,7 +53,8 @@ MODES: tuple[str, ...] = ("rms", "spectral")
 
 
 class Alignment(NamedTuple):
-    """The three alignments of one layer."""
+    """The three alignments of a layer: floats, or arrays of one entry per layer from
+    :func:`alignment_of_layers`."""
 
     alpha: float
     omega: float
@@ -69,10 +71,10 @@ def _rows(x: Any, xp: ModuleType) -> Any:
 
 
 def _masked_mean(values: Any, keep: Any, xp: ModuleType) -> Any:
-    """Mean of the finite ``values`` where ``keep``; 0 when none is left."""
+    """Mean over the last axis of the finite ``values`` where ``keep``; 0 where none is left."""
     keep = keep & xp.isfinite(values)
-    count = xp.sum(keep)
-    total = xp.sum(xp.where(keep, values, 0.0))
+    count = xp.sum(keep, axis=-1)
+    total = xp.sum(xp.where(keep, values, 0.0), axis=-1)
     return xp.where(count > 0, total / xp.clip(count, 1, None), 0.0)
 
 
@@ -94,18 +96,27 @@ def log_rms_alignment(x: Any, y: Any, fan_in: int | None = None, xp: ModuleType 
     n = xr.shape[-1] if fan_in is None else int(fan_in)
     if n < 2:
         return _scalar(0.0, xp)
-    return _log_rms_of_product(xr, xp.sqrt(xp.mean(ym * ym)), xr @ ym.T, n, xp)
+    return _scalar(_log_rms_of_product(xr, _rms(ym, xp), xr @ ym.T, n, xp), xp)
 
 
 def _log_rms_of_product(xr: Any, rms_y: Any, product: Any, n: int, xp: ModuleType) -> Any:
-    """The log-RMS alignment given the rows ``xr``, ``rms(y)`` and ``xr @ y.T``."""
-    usable_y = xp.isfinite(rms_y) & (rms_y > 0)
-    rms_p = xp.sqrt(xp.mean(product * product, axis=1))
-    rms_x = xp.sqrt(xp.mean(xr * xr, axis=1))
+    """The log-RMS alignment given the rows ``xr``, ``rms(y)`` and ``xr @ y.T``.
+
+    Leading axes are a stack of layers: ``xr`` is ``(..., rows, n)``, ``rms_y`` is ``(...)`` and
+    ``product`` is ``(..., rows, out)``; the result is ``(...)``.
+    """
+    usable_y = (xp.isfinite(rms_y) & (rms_y > 0))[..., None]
+    rms_p = xp.sqrt(xp.mean(product * product, axis=-1))
+    rms_x = xp.sqrt(xp.mean(xr * xr, axis=-1))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        values = (xp.log(rms_p) - xp.log(rms_x * rms_y)) / np.log(n)
+        values = (xp.log(rms_p) - xp.log(rms_x * rms_y[..., None])) / np.log(n)
     value = _masked_mean(values, (rms_x > 0) & (rms_p > 0) & usable_y, xp)
-    return _scalar(xp.clip(value, 0.0, 1.0), xp)
+    return xp.clip(value, 0.0, 1.0)
+
+
+def _rms(y: Any, xp: ModuleType) -> Any:
+    """RMS over the last two axes (each matrix of a stack)."""
+    return xp.sqrt(xp.mean(y * y, axis=(-2, -1)))
 
 
 def spectral_alignment(x: Any, y: Any, xp: ModuleType = np) -> Any:
@@ -157,7 +168,7 @@ def layer_alignment(
       w: current weight.
       mode: ``"rms"`` or ``"spectral"``.
       fan_in: the width that scales (default: the last axis of ``z0``).
-      xp: ``numpy`` (float64) or ``jax.numpy`` (traceable).
+      xp: ``numpy`` (float64) or ``jax.numpy`` / ``torch`` (traceable, no host copy).
 
     Examples:
       >>> import numpy as np
@@ -165,23 +176,59 @@ def layer_alignment(
       >>> layer_alignment(z0, z0, w0, w0)   # nothing changed
       Alignment(alpha=0.0, omega=0.0, u=0.0)
     """
-    z0, z, w0, w = (_rows(v, xp) for v in (z0, z, w0, w))
-    dz, dw = z - z0, w - w0
-    n = z0.shape[-1] if fan_in is None else int(fan_in)
-    if mode == "rms" and n >= 2:
+    one_layer: tuple[Any, ...] = tuple(alignment_of_layers([(z0, z, w0, w)], mode, fan_in, xp))
+    return Alignment(*(_scalar(value[0], xp) for value in one_layer))
+
+
+def alignment_of_layers(
+    layers: Sequence[tuple[Any, Any, Any, Any]],
+    mode: AlignmentMode = "rms",
+    fan_in: int | None = None,
+    xp: ModuleType = np,
+) -> Alignment:
+    """:func:`layer_alignment` of several equally shaped layers at once.
+
+    ``layers`` holds one ``(z0, z, w0, w)`` per layer, all of the same shapes. The large
+    products are taken layer by layer (no weight is copied into a stack); the many small
+    reductions after them run once on the stacked products, so a group of layers costs about
+    as many operations as one, which matters where every operation is a kernel launch. Each
+    field of the result is an array of shape ``(len(layers),)``.
+
+    Examples:
+      >>> import numpy as np
+      >>> rng = np.random.default_rng(0)
+      >>> def layer(scale):
+      ...     z0, w0 = rng.standard_normal((8, 256)), rng.standard_normal((16, 256))
+      ...     dw = np.outer(rng.standard_normal(16), np.ones(256))   # every row along ones
+      ...     return z0, z0 + scale, w0, w0 + dw
+      >>> np.round(alignment_of_layers([layer(1.0), layer(-3.0)]).u, 6)   # dz = scale * ones
+      array([1., 1.])
+    """
+    if not layers:
+        raise MaxPError("alignment_of_layers needs at least one layer")
+    n = _rows(layers[0][0], xp).shape[-1] if fan_in is None else int(fan_in)
+    if mode != "rms" or n < 2:
+        per_layer = []
+        for z0, z, w0, w in layers:
+            z0, z, w0, w = (_rows(v, xp) for v in (z0, z, w0, w))
+            pairs = ((z0, w - w0), (z - z0, w0), (z - z0, w - w0))
+            per_layer.append([xp.asarray(alignment(x, y, mode, fan_in, xp)) for x, y in pairs])
+        return Alignment(*(xp.stack([row[j] for row in per_layer]) for j in range(3)))
+    parts: list[tuple[Any, ...]] = []
+    for z0, z, w0, w in layers:
+        z0, z, w0, w = (_rows(v, xp) for v in (z0, z, w0, w))
+        dz, dw = z - z0, w - w0
         # One product of the stacked rows with dW serves alpha and u.
-        rows = z0.shape[0]
         both = xp.concatenate([z0, dz], axis=0) @ dw.T
-        rms_dw = xp.sqrt(xp.mean(dw * dw))
-        return Alignment(
-            alpha=_log_rms_of_product(z0, rms_dw, both[:rows], n, xp),
-            omega=_log_rms_of_product(dz, xp.sqrt(xp.mean(w0 * w0)), dz @ w0.T, n, xp),
-            u=_log_rms_of_product(dz, rms_dw, both[rows:], n, xp),
-        )
+        parts.append((z0, dz, both, dz @ w0.T, _rms(dw, xp), _rms(w0, xp)))
+    z0s, dzs, boths, omega_products, rms_dws, rms_w0s = (
+        xp.stack(list(group)) for group in zip(*parts, strict=True)
+    )
+    rows = z0s.shape[-2]
     return Alignment(
-        alpha=alignment(z0, dw, mode, fan_in, xp),
-        omega=alignment(dz, w0, mode, fan_in, xp),
-        u=alignment(dz, dw, mode, fan_in, xp),
+        alpha=_log_rms_of_product(z0s, rms_dws, boths[..., :rows, :], n, xp),
+        omega=_log_rms_of_product(dzs, rms_w0s, omega_products, n, xp),
+        u=_log_rms_of_product(dzs, rms_dws, boths[..., rows:, :], n, xp),
     )
 
 

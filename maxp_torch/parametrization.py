@@ -18,11 +18,11 @@ from maxp_core import (
     Role,
     SolveSchedule,
     StabilityLP,
+    alignment_of_layers,
     alignment_preset,
     check_ema_decay,
     default_ab,
     ema_update,
-    layer_alignment,
     sanitize,
 )
 from maxp_core.alignment import MODES
@@ -392,6 +392,12 @@ class Parametrization:
             return self._draw_initial_weight(k, weight.detach())
         return self._w0[k]
 
+    def _weight_matrix(self, k: int) -> torch.Tensor:
+        """Layer ``k``'s weight as ``(out, fan_in)``, detached."""
+        weight = self.modules[k].weight
+        assert weight is not None
+        return weight.detach().reshape(weight.shape[0], -1)
+
     @torch.no_grad()
     def _measure(self, x: torch.Tensor | None) -> np.ndarray:
         now, initial = self._current_and_initial_inputs(x)
@@ -399,24 +405,31 @@ class Parametrization:
         measured = self._measured()
         if not measured:
             return values
-        triples = []
+        groups: dict[tuple[Any, ...], list[int]] = {}
         for k in measured:
-            weight = self.modules[k].weight
-            assert weight is not None
-            w = weight.detach().reshape(weight.shape[0], -1)
-            w0 = self._initial_weight(k).reshape(weight.shape[0], -1)
+            w = self._weight_matrix(k)
             if now[k].shape[-1] != w.shape[1]:
                 raise MaxPError(
                     f"layer {self.names[k]!r}: its input rows have {now[k].shape[-1]} features but its "
                     f"weight contracts {w.shape[1]}; dynamic alignment measures Linear-like layers "
                     "(inputs (..., fan_in)); pin this layer with alignment_overrides"
                 )
-            al = layer_alignment(initial[k], now[k], w0, w, self.norm_mode, self._width(k), xp=torch)
-            triples.append(torch.stack([torch.as_tensor(a, dtype=torch.float64) for a in al]))
+            key = (tuple(now[k].shape), tuple(w.shape), self._width(k), w.dtype, w.device)
+            groups.setdefault(key, []).append(k)
+        triples: dict[int, torch.Tensor] = {}
+        for layers in groups.values():
+            al = alignment_of_layers(
+                [(initial[k], now[k], self._initial_weight(k), self._weight_matrix(k)) for k in layers],
+                self.norm_mode,
+                self._width(layers[0]),
+                xp=torch,
+            )
+            values_of_group = torch.stack([torch.as_tensor(a, dtype=torch.float64) for a in al], dim=1)
+            triples.update(zip(layers, values_of_group, strict=True))
         # Reduced on the device the layers live on (NCCL groups take no CPU tensors) and copied to
         # the host once, instead of one float() per value.
-        device = triples[0].device
-        stacked = torch.stack([t.to(device) for t in triples])
+        device = triples[measured[0]].device
+        stacked = torch.stack([triples[k].to(device) for k in measured])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(stacked)
             stacked /= dist.get_world_size()

@@ -9,6 +9,7 @@ from maxp_core import (
     Alignment,
     MaxPError,
     alignment,
+    alignment_of_layers,
     layer_alignment,
     log_rms_alignment,
     sanitize,
@@ -105,6 +106,24 @@ def test_layer_alignment_uses_the_right_pairs() -> None:
     assert got.alpha == pytest.approx(log_rms_alignment(z0, dw))
     assert got.omega == pytest.approx(log_rms_alignment(dz, w0))
     assert got.u == pytest.approx(log_rms_alignment(dz, dw))
+
+
+def test_stacked_layers_match_the_loops_layer_by_layer() -> None:
+    # Three layers in one stack; the middle one has not moved its weight (alpha = u = 0 there),
+    # which must not leak into its neighbours' averages.
+    z0, w0 = RNG.standard_normal((3, 5, 24)), RNG.standard_normal((3, 7, 24))
+    dz, dw = RNG.standard_normal((3, 5, 24)), RNG.standard_normal((3, 7, 24))
+    dw[0] = np.outer(RNG.standard_normal(7), z0[0, 0])  # strongly aligned with a z0 row
+    dw[1] = 0.0
+    layers = [(z0[i], z0[i] + dz[i], w0[i], w0[i] + dw[i]) for i in range(3)]
+    got = alignment_of_layers(layers)
+    for i in range(3):
+        moved = bool(np.any(dw[i]))
+        assert got.alpha[i] == pytest.approx(rms_by_loops(z0[i], dw[i]) if moved else 0.0)
+        assert got.omega[i] == pytest.approx(rms_by_loops(dz[i], w0[i]))
+        assert got.u[i] == pytest.approx(rms_by_loops(dz[i], dw[i]) if moved else 0.0)
+    spectral = alignment_of_layers(layers, "spectral")
+    assert spectral.omega[2] == pytest.approx(spectral_alignment(dz[2], w0[2]))
 
 
 def test_unknown_mode() -> None:

@@ -14,6 +14,7 @@ from maxp_core import (
     StabilityError,
     StabilityLP,
     alignment,
+    alignment_of_layers,
     chain,
     layer_alignment,
 )
@@ -80,6 +81,13 @@ def test_torch_alignment_matches_numpy_to_1e6() -> None:
             assert float(alignment(torch.tensor(z), torch.tensor(w), mode, xp=torch)) == pytest.approx(
                 alignment(z, w, mode), abs=1e-6
             )
+        z0, w0 = rng.standard_normal((4, 12, 40)), rng.standard_normal((4, 30, 40))
+        z, w = z0 + 0.3 * rng.standard_normal(z0.shape), w0 + 0.05 * rng.standard_normal(w0.shape)
+        layers = [tuple(torch.tensor(v[i]) for v in (z0, z, w0, w)) for i in range(4)]
+        stacked = alignment_of_layers(layers, mode, xp=torch)
+        for i in range(4):
+            expected = layer_alignment(z0[i], z[i], w0[i], w[i], mode)
+            np.testing.assert_allclose([float(v[i]) for v in stacked], list(expected), atol=1e-6)
 
 
 def train(model, param, steps, x, y, lr_schedule=None):
