@@ -467,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     markdown = (
         f"# Learning-rate sweep: {task.description}, {args.framework}\n\n"
         f"{args.steps} steps, batch {task.batch}, Adam without weight decay, {args.seeds} seed(s), "
+        f"learning rates {', '.join(f'{lr:g}' for lr in args.lrs)}, "
         f"device: {', '.join(devices)}. Final train loss = mean of the last {FINAL_WINDOW} steps "
         f"(averaged over seeds; the spread column is max - min over seeds); a run is diverged when its "
         f"loss is NaN/inf or above {DIVERGED_FACTOR:g}x its start, and a rate counts as diverging when "
