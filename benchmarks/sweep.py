@@ -193,19 +193,31 @@ def plot(runs: list[dict[str, Any]], widths: list[int], methods: list[str], out:
 
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), sharey=True, squeeze=False)
     for ax, method in zip(axes[0], methods, strict=True):
-        for width in widths:
+        for row, width in enumerate(widths):
             mine = sorted(
                 (r for r in runs if r["method"] == method and r["width"] == width), key=lambda r: r["lr"]
             )
             lrs = sorted({r["lr"] for r in mine})
             losses = [np.mean([r["final_train_loss"] for r in mine if r["lr"] == lr]) for lr in lrs]
             losses = [v if math.isfinite(v) else np.nan for v in losses]
-            ax.plot(lrs, losses, marker="o", label=f"width {width}")
+            (line,) = ax.plot(lrs, losses, marker="o", label=f"width {width}")
+            diverging = [lr for lr in lrs if any(r["diverged"] for r in mine if r["lr"] == lr)]
+            # Diverging rates as crosses along the top edge, one row per width in its colour.
+            ax.scatter(
+                diverging,
+                [0.96 - 0.04 * row] * len(diverging),
+                marker="x",
+                color=line.get_color(),
+                transform=ax.get_xaxis_transform(),
+                clip_on=False,
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
+        grid = [r["lr"] for r in runs if r["method"] == method]
+        ax.set_xlim(min(grid) / 1.5, max(grid) * 1.5)  # diverging rates have no point to span them
         ax.set_title(method)
         ax.set_xlabel("learning rate (prefactor)")
-    axes[0][0].set_ylabel("final train loss")
+    axes[0][0].set_ylabel("final train loss (x at the top: diverged)")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "sweep-transfer.png", dpi=110)
