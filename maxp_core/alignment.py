@@ -40,7 +40,7 @@ Examples:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from types import ModuleType
 from typing import Any, Literal, NamedTuple
 
@@ -230,6 +230,22 @@ def alignment_of_layers(
         omega=_log_rms_of_product(dzs, rms_w0s, omega_products, n, xp),
         u=_log_rms_of_product(dzs, rms_dws, boths[..., rows:, :], n, xp),
     )
+
+
+def groups_of_equal_shape(layers: Iterable[int], shape_of: Callable[[int], Hashable]) -> list[list[int]]:
+    """Split ``layers`` into groups :func:`alignment_of_layers` can measure together.
+
+    ``shape_of(k)`` returns what must match within a group (shapes, width, dtype, device).
+    Groups keep the order in which their first layer appears, layers their given order.
+
+    Example:
+      >>> groups_of_equal_shape([0, 1, 2, 3], lambda k: "readout" if k == 2 else "hidden")
+      [[0, 1, 3], [2]]
+    """
+    groups: dict[Hashable, list[int]] = {}
+    for k in layers:
+        groups.setdefault(shape_of(k), []).append(k)
+    return list(groups.values())
 
 
 def sanitize(values: np.ndarray, fallback: np.ndarray) -> np.ndarray:

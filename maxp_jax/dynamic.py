@@ -12,7 +12,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maxp_core import MaxPError, Role, SolveSchedule, check_ema_decay, ema_update, layer_alignment, sanitize
+from maxp_core import (
+    MaxPError,
+    Role,
+    SolveSchedule,
+    alignment_of_layers,
+    check_ema_decay,
+    ema_update,
+    groups_of_equal_shape,
+    sanitize,
+)
 from maxp_core.alignment import MODES
 from maxp_jax.capture import LayerInputs
 from maxp_jax.spec import MaxPSpec
@@ -176,20 +185,22 @@ class AlignmentResolver:
         rows, z0 = self._inputs_now_and_then(params, state, extras or {})
         weights = layer_inputs.weight_matrices(params)
         initial = self._initial_weights(params, state)
+        position = {i: k for k, i in enumerate(layer_inputs.measured)}
+        # A source's alignment does not enter the LP; embeddings keep theirs.
+        measured = [i for i in layer_inputs.measured if self.spec.layers[i].role is not Role.EMBEDDING]
+
+        def shape_of(i: int) -> tuple[Any, ...]:
+            return (rows[i].shape, weights[i].shape, self.spec.layers[i].fan_in, weights[i].dtype)
+
         out = state.alignment
-        for k, i in enumerate(layer_inputs.measured):
-            if self.spec.layers[i].role is Role.EMBEDDING:
-                continue  # a source's alignment does not enter the LP
-            al = layer_alignment(
-                z0[k],
-                rows[i],
-                initial[k],
-                weights[i],
+        for group in groups_of_equal_shape(measured, shape_of):
+            al = alignment_of_layers(
+                [(z0[position[i]], rows[i], initial[position[i]], weights[i]) for i in group],
                 self.config.mode,
-                self.spec.layers[i].fan_in,
+                self.spec.layers[group[0]].fan_in,
                 xp=jnp,
             )
-            out = out.at[i].set(jnp.stack([al.alpha, al.omega, al.u]).astype(out.dtype))
+            out = out.at[jnp.asarray(group)].set(jnp.stack(list(al), axis=1).astype(out.dtype))
         return out
 
     def resolve(self, state: Any, params: Any, extras: dict[str, Any] | None = None) -> Any:

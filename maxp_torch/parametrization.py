@@ -23,6 +23,7 @@ from maxp_core import (
     check_ema_decay,
     default_ab,
     ema_update,
+    groups_of_equal_shape,
     sanitize,
 )
 from maxp_core.alignment import MODES
@@ -405,7 +406,6 @@ class Parametrization:
         measured = self._measured()
         if not measured:
             return values
-        groups: dict[tuple[Any, ...], list[int]] = {}
         for k in measured:
             w = self._weight_matrix(k)
             if now[k].shape[-1] != w.shape[1]:
@@ -414,10 +414,13 @@ class Parametrization:
                     f"weight contracts {w.shape[1]}; dynamic alignment measures Linear-like layers "
                     "(inputs (..., fan_in)); pin this layer with alignment_overrides"
                 )
-            key = (tuple(now[k].shape), tuple(w.shape), self._width(k), w.dtype, w.device)
-            groups.setdefault(key, []).append(k)
+
+        def shape_of(k: int) -> tuple[Any, ...]:
+            w = self._weight_matrix(k)
+            return (tuple(now[k].shape), tuple(w.shape), self._width(k), w.dtype, w.device)
+
         triples: dict[int, torch.Tensor] = {}
-        for layers in groups.values():
+        for layers in groups_of_equal_shape(measured, shape_of):
             al = alignment_of_layers(
                 [(initial[k], now[k], self._initial_weight(k), self._weight_matrix(k)) for k in layers],
                 self.norm_mode,
