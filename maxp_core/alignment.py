@@ -215,8 +215,17 @@ def alignment_of_layers(
             per_layer.append([xp.asarray(alignment(x, y, mode, fan_in, xp)) for x, y in pairs])
         return Alignment(*(xp.stack([row[j] for row in per_layer]) for j in range(3)))
     parts: list[tuple[Any, ...]] = []
-    for z0, z, w0, w in layers:
+    for index, (z0, z, w0, w) in enumerate(layers):
         z0, z, w0, w = (_rows(v, xp) for v in (z0, z, w0, w))
+        shapes = (tuple(z0.shape), tuple(w.shape))
+        if index == 0:
+            first = shapes
+        elif shapes != first:
+            raise MaxPError(
+                f"alignment_of_layers: layer {index} has inputs {shapes[0]} and weight {shapes[1]} "
+                f"but layer 0 has {first[0]} and {first[1]}; measure only equally shaped layers "
+                "together (groups_of_equal_shape)"
+            )
         dz, dw = z - z0, w - w0
         # One product of the stacked rows with dW serves alpha and u.
         both = xp.concatenate([z0, dz], axis=0) @ dw.T

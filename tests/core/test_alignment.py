@@ -126,6 +126,13 @@ def test_stacked_layers_match_the_loops_layer_by_layer() -> None:
     assert spectral.omega[2] == pytest.approx(spectral_alignment(dz[2], w0[2]))
 
 
+def test_layers_of_different_shapes_are_refused_by_index() -> None:
+    small = (np.ones((4, 8)), np.ones((4, 8)), np.eye(6, 8), np.eye(6, 8))
+    wide = (np.ones((4, 8)), np.ones((4, 8)), np.eye(5, 8), np.eye(5, 8))
+    with pytest.raises(MaxPError, match=r"layer 1 has inputs \(4, 8\) and weight \(5, 8\)"):
+        alignment_of_layers([small, wide])
+
+
 def test_unknown_mode() -> None:
     with pytest.raises(MaxPError, match="unknown alignment mode 'l1'"):
         alignment(np.ones((2, 4)), np.ones((2, 4)), "l1")  # type: ignore[arg-type]
