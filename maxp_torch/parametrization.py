@@ -42,6 +42,11 @@ def synthetic_graph(
     )
 
 
+def _as_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """A weight as ``(out, fan_in)``: every axis after the first is contracted."""
+    return weight.reshape(weight.shape[0], -1)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module inside ``DistributedDataParallel`` or ``torch.compile`` wrappers.
 
@@ -397,7 +402,7 @@ class Parametrization:
         """Layer ``k``'s weight as ``(out, fan_in)``, detached."""
         weight = self.modules[k].weight
         assert weight is not None
-        return weight.detach().reshape(weight.shape[0], -1)
+        return _as_matrix(weight.detach())
 
     @torch.no_grad()
     def _measure(self, x: torch.Tensor | None) -> np.ndarray:
@@ -419,24 +424,28 @@ class Parametrization:
             w = self._weight_matrix(k)
             return (tuple(now[k].shape), tuple(w.shape), self._width(k), w.dtype, w.device)
 
-        triples: dict[int, torch.Tensor] = {}
+        order: list[int] = []
+        pieces: list[torch.Tensor] = []
         for layers in groups_of_equal_shape(measured, shape_of):
             al = alignment_of_layers(
-                [(initial[k], now[k], self._initial_weight(k), self._weight_matrix(k)) for k in layers],
+                [
+                    (initial[k], now[k], _as_matrix(self._initial_weight(k)), self._weight_matrix(k))
+                    for k in layers
+                ],
                 self.norm_mode,
                 self._width(layers[0]),
                 xp=torch,
             )
-            values_of_group = torch.stack([torch.as_tensor(a, dtype=torch.float64) for a in al], dim=1)
-            triples.update(zip(layers, values_of_group, strict=True))
+            order += layers
+            pieces.append(torch.stack(list(al), dim=1))
         # Reduced on the device the layers live on (NCCL groups take no CPU tensors) and copied to
         # the host once, instead of one float() per value.
-        device = triples[measured[0]].device
-        stacked = torch.stack([triples[k].to(device) for k in measured])
+        device = pieces[0].device
+        stacked = torch.cat([piece.to(device, torch.float64) for piece in pieces])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(stacked)
             stacked /= dist.get_world_size()
-        values[[self._row[k] for k in measured]] = stacked.cpu().numpy()
+        values[[self._row[k] for k in order]] = stacked.cpu().numpy()
         return values
 
     def _resolve(self, x: torch.Tensor | None) -> None:
