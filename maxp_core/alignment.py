@@ -17,14 +17,22 @@ when the terms cancel. ``spectral`` mode is the plain ratio
 
 Rules that keep the LP safe:
 
-* A row with a zero factor (no change) is left out of the average; if no row is
-  left, or ``Y`` is zero, the alignment is 0.
-* A row whose value is not finite is left out the same way; the result is never
-  NaN or inf.
+* A measurement that carries no information is *missing* (NaN), never 0: 0 would be
+  read as "no alignment" and give the largest learning rates. Missing is what comes
+  out when no sample row is left (rows whose input factor is zero or not finite are
+  left out, as are all rows when the matrix factor is zero or not finite, or the
+  sample is empty) and when ``fan_in < 2`` (``log(1) = 0``: no width to scale with).
+  The adapters keep a missing layer's previous alignment (:func:`fill_missing`).
+* Rows whose product cancels exactly while both factors are usable do carry
+  information: the term does not grow at all, and the alignment is 0.
+* Each row of ``x`` and the whole of ``Y`` are first scaled by a power of two that
+  brings their largest entry near 1. The value is invariant to those scales and
+  powers of two are exact in floating point, so the same numbers come out at any
+  magnitude (``1e160`` or ``1e-170`` in float64, ``1e17`` in float32) without overflow.
 * ``rms`` values are clipped to ``[0, 1]``: 1 is the largest a product can reach,
   and a negative value (terms cancelling beyond random) would let the LP raise a
   learning rate without bound on noise.
-* ``fan_in < 2`` has no width to scale with (``log(1) = 0``): the alignment is 0.
+* Complex inputs are refused: their imaginary part would be dropped.
 
 Examples:
   >>> import numpy as np
@@ -46,6 +54,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from maxp_core import validate
 from maxp_core.errors import MaxPError
 
 AlignmentMode = Literal["rms", "spectral"]
@@ -61,21 +70,72 @@ class Alignment(NamedTuple):
     u: float
 
 
-def _rows(x: Any, xp: ModuleType) -> Any:
-    x = xp.asarray(x)
+def _rows(x: Any, xp: ModuleType, what: str = "input") -> Any:
+    """``x`` as float rows ``(rows, last axis)`` (float64 with numpy); complex refused."""
     if xp is np:
+        x = np.asarray(x)
+        if x.dtype.kind not in "biuf":
+            raise MaxPError(f"alignment: the {what} must hold real numbers, got dtype {x.dtype}")
         x = x.astype(np.float64)
+    else:
+        x = xp.asarray(x)
+        dtype = x.dtype
+        if getattr(dtype, "is_complex", False) or getattr(dtype, "kind", "") == "c":
+            raise MaxPError(f"alignment: the {what} must hold real numbers, got dtype {dtype}")
+    if x.ndim == 0:
+        raise MaxPError(f"alignment: the {what} must have at least one axis, got a scalar")
     if x.ndim == 1:
         return x[None, :]
     return x.reshape(-1, x.shape[-1])
 
 
+def _peak(x: Any, xp: ModuleType, axis: Any) -> Any:
+    """Largest ``|x|`` over ``axis``, keeping the reduced axes."""
+    if getattr(xp, "__name__", "") == "torch":
+        return xp.amax(xp.abs(x), dim=axis, keepdim=True)
+    return xp.max(xp.abs(x), axis=axis, keepdims=True)
+
+
+def _unit_scale(x: Any, xp: ModuleType, axis: Any) -> Any:
+    """``x`` times a power of two that brings its largest entry over ``axis`` into ``[1, 2)``.
+
+    Exact in floating point; entries whose peak is zero or not finite are left as they are.
+    """
+    if math.prod(x.shape) == 0:
+        return x
+    peak = _peak(x, xp, axis)
+    usable = xp.isfinite(peak) & (peak > 0)
+    safe = xp.where(usable, peak, xp.ones_like(peak))
+    return x * xp.exp2(-xp.floor(xp.log2(safe)))
+
+
+def _scaled_rows(x: Any, xp: ModuleType) -> Any:
+    return _unit_scale(x, xp, -1)
+
+
+def _scaled_matrix(y: Any, xp: ModuleType) -> Any:
+    return _unit_scale(y, xp, (-2, -1))
+
+
 def _masked_mean(values: Any, keep: Any, xp: ModuleType) -> Any:
-    """Mean over the last axis of the finite ``values`` where ``keep``; 0 where none is left."""
-    keep = keep & xp.isfinite(values)
+    """Mean over the last axis of ``values`` where ``keep``; NaN (missing) where none is kept."""
     count = xp.sum(keep, axis=-1)
-    total = xp.sum(xp.where(keep, values, 0.0), axis=-1)
-    return xp.where(count > 0, total / xp.clip(count, 1, None), 0.0)
+    total = xp.sum(xp.where(keep, values, xp.zeros_like(values)), axis=-1)
+    return xp.where(count > 0, total / xp.clip(count, 1, None), xp.full_like(total, math.nan))
+
+
+def _check_fan_in(fan_in: int | None, x: Any) -> int:
+    if fan_in is None:
+        return int(x.shape[-1])
+    return validate.integer(fan_in, "alignment: fan_in", 0)
+
+
+def _check_contracted(x: Any, y: Any, where: str = "alignment") -> None:
+    if x.shape[-1] != y.shape[-1]:
+        raise MaxPError(
+            f"{where}: the input has {x.shape[-1]} features but the matrix contracts {y.shape[-1]}; "
+            "x is (..., fan_in) and the matrix (out, fan_in)"
+        )
 
 
 def log_rms_alignment(x: Any, y: Any, fan_in: int | None = None, xp: ModuleType = np) -> Any:
@@ -89,13 +149,15 @@ def log_rms_alignment(x: Any, y: Any, fan_in: int | None = None, xp: ModuleType 
         (the input dtype, traceable under ``jit``).
 
     Returns:
-      A float in ``[0, 1]`` (a 0-d array with ``jax.numpy``).
+      A float in ``[0, 1]``, or NaN when the sample carries no information (a 0-d
+      array with ``jax.numpy``).
     """
-    xr = _rows(x, xp)
-    ym = _rows(y, xp)
-    n = xr.shape[-1] if fan_in is None else int(fan_in)
+    xr = _scaled_rows(_rows(x, xp), xp)
+    ym = _scaled_matrix(_rows(y, xp, "matrix"), xp)
+    _check_contracted(xr, ym)
+    n = _check_fan_in(fan_in, xr)
     if n < 2:
-        return _scalar(0.0, xp)
+        return _scalar(math.nan, xp)
     return _scalar(_log_rms_of_product(xr, _rms(ym, xp), xr @ ym.T, n, xp), xp)
 
 
@@ -108,9 +170,13 @@ def _log_rms_of_product(xr: Any, rms_y: Any, product: Any, n: int, xp: ModuleTyp
     usable_y = (xp.isfinite(rms_y) & (rms_y > 0))[..., None]
     rms_p = xp.sqrt(xp.mean(product * product, axis=-1))
     rms_x = xp.sqrt(xp.mean(xr * xr, axis=-1))
+    usable = usable_y & xp.isfinite(rms_x) & (rms_x > 0) & xp.isfinite(rms_p)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         values = (xp.log(rms_p) - xp.log(rms_x * rms_y[..., None])) / np.log(n)
-    value = _masked_mean(values, (rms_x > 0) & (rms_p > 0) & usable_y, xp)
+    value = _masked_mean(values, usable & (rms_p > 0), xp)
+    # Usable rows whose products all cancel exactly: the term does not grow, alignment 0.
+    cancelled = (xp.sum(usable, axis=-1) > 0) & xp.isnan(value)
+    value = xp.where(cancelled, xp.zeros_like(value), value)
     return xp.clip(value, 0.0, 1.0)
 
 
@@ -120,18 +186,22 @@ def _rms(y: Any, xp: ModuleType) -> Any:
 
 
 def spectral_alignment(x: Any, y: Any, xp: ModuleType = np) -> Any:
-    """``|x @ y.T|_2 / (|x|_2 |y|_spectral)`` averaged over rows, in ``[0, 1]``."""
-    xr = _rows(x, xp)
-    ym = _rows(y, xp)
+    """``|x @ y.T|_2 / (|x|_2 |y|_spectral)`` averaged over rows, in ``[0, 1]``; NaN when missing."""
+    xr = _scaled_rows(_rows(x, xp), xp)
+    ym = _scaled_matrix(_rows(y, xp, "matrix"), xp)
+    _check_contracted(xr, ym)
+    if math.prod(ym.shape) == 0:
+        return _scalar(math.nan, xp)
     finite_y = xp.all(xp.isfinite(ym))
-    safe_y = xp.where(finite_y, ym, 0.0)
-    sigma = xp.linalg.norm(safe_y, ord=2) if math.prod(ym.shape) else xp.asarray(0.0)
+    safe_y = xp.where(finite_y, ym, xp.zeros_like(ym))
+    sigma = xp.linalg.norm(safe_y, ord=2)
     usable_y = finite_y & (sigma > 0)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         norm_p = xp.sqrt(xp.sum((xr @ safe_y.T) ** 2, axis=1))
         norm_x = xp.sqrt(xp.sum(xr * xr, axis=1))
         values = norm_p / (norm_x * sigma)
-    value = _masked_mean(values, (norm_x > 0) & usable_y, xp)
+    keep = xp.isfinite(values) & xp.isfinite(norm_x) & (norm_x > 0) & usable_y
+    value = _masked_mean(values, keep, xp)
     return _scalar(xp.clip(value, 0.0, 1.0), xp)
 
 
@@ -173,8 +243,8 @@ def layer_alignment(
     Examples:
       >>> import numpy as np
       >>> z0 = np.ones((4, 16)); w0 = np.eye(8, 16)
-      >>> layer_alignment(z0, z0, w0, w0)   # nothing changed
-      Alignment(alpha=0.0, omega=0.0, u=0.0)
+      >>> layer_alignment(z0, z0, w0, w0)   # nothing changed: no information, missing
+      Alignment(alpha=nan, omega=nan, u=nan)
     """
     one_layer: tuple[Any, ...] = tuple(alignment_of_layers([(z0, z, w0, w)], mode, fan_in, xp))
     return Alignment(*(_scalar(value[0], xp) for value in one_layer))
@@ -206,27 +276,28 @@ def alignment_of_layers(
     """
     if not layers:
         raise MaxPError("alignment_of_layers needs at least one layer")
-    n = _rows(layers[0][0], xp).shape[-1] if fan_in is None else int(fan_in)
+    checked = [_layer_rows(index, layer, xp) for index, layer in enumerate(layers)]
+    n = _check_fan_in(fan_in, checked[0][0])
+    if mode not in MODES:
+        raise MaxPError(f"unknown alignment mode {mode!r}; expected one of {list(MODES)}")
     if mode != "rms" or n < 2:
         per_layer = []
-        for z0, z, w0, w in layers:
-            z0, z, w0, w = (_rows(v, xp) for v in (z0, z, w0, w))
+        for z0, z, w0, w in checked:
             pairs = ((z0, w - w0), (z - z0, w0), (z - z0, w - w0))
-            per_layer.append([xp.asarray(alignment(x, y, mode, fan_in, xp)) for x, y in pairs])
+            per_layer.append([xp.asarray(alignment(x, y, mode, n, xp)) for x, y in pairs])
         return Alignment(*(xp.stack([row[j] for row in per_layer]) for j in range(3)))
     parts: list[tuple[Any, ...]] = []
-    for index, (z0, z, w0, w) in enumerate(layers):
-        z0, z, w0, w = (_rows(v, xp) for v in (z0, z, w0, w))
+    first = (tuple(checked[0][0].shape), tuple(checked[0][3].shape))
+    for index, (z0, z, w0, w) in enumerate(checked):
         shapes = (tuple(z0.shape), tuple(w.shape))
-        if index == 0:
-            first = shapes
-        elif shapes != first:
+        if shapes != first:
             raise MaxPError(
                 f"alignment_of_layers: layer {index} has inputs {shapes[0]} and weight {shapes[1]} "
                 f"but layer 0 has {first[0]} and {first[1]}; measure only equally shaped layers "
                 "together (groups_of_equal_shape)"
             )
-        dz, dw = z - z0, w - w0
+        z0, dz = _scaled_rows(z0, xp), _scaled_rows(z - z0, xp)
+        dw, w0 = _scaled_matrix(w - w0, xp), _scaled_matrix(w0, xp)
         # One product of the stacked rows with dW serves alpha and u.
         both = xp.concatenate([z0, dz], axis=0) @ dw.T
         parts.append((z0, dz, both, dz @ w0.T, _rms(dw, xp), _rms(w0, xp)))
@@ -239,6 +310,25 @@ def alignment_of_layers(
         omega=_log_rms_of_product(dzs, rms_w0s, omega_products, n, xp),
         u=_log_rms_of_product(dzs, rms_dws, boths[..., rows:, :], n, xp),
     )
+
+
+def _layer_rows(index: int, layer: Any, xp: ModuleType) -> tuple[Any, Any, Any, Any]:
+    """``(z0, z, w0, w)`` of one layer as rows, with shapes that fit together."""
+    if not isinstance(layer, tuple | list) or len(layer) != 4:
+        raise MaxPError(
+            f"alignment: layer {index} must be a (z0, z, w0, w) tuple, got {type(layer).__name__}"
+        )
+    z0, z, w0, w = (
+        _rows(v, xp, what)
+        for v, what in zip(layer, ("initial input", "input", "initial weight", "weight"), strict=True)
+    )
+    if tuple(z0.shape) != tuple(z.shape) or tuple(w0.shape) != tuple(w.shape) or z.shape[-1] != w.shape[-1]:
+        raise MaxPError(
+            f"alignment: layer {index} has inputs {tuple(z0.shape)} then {tuple(z.shape)} and weights "
+            f"{tuple(w0.shape)} then {tuple(w.shape)}; the initial and current inputs must match, "
+            "as must the weights, and the inputs' last axis must be the weights' fan_in (out, fan_in)"
+        )
+    return z0, z, w0, w
 
 
 def groups_of_equal_shape(layers: Iterable[int], shape_of: Callable[[int], Hashable]) -> list[list[int]]:
@@ -259,5 +349,33 @@ def groups_of_equal_shape(layers: Iterable[int], shape_of: Callable[[int], Hasha
 
 def sanitize(values: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     """Replace non-finite entries of ``values`` by ``fallback`` (same shape)."""
+    return fill_missing(values, fallback)[0]
+
+
+def fill_missing(values: np.ndarray, previous: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Missing (non-finite) measurements take their previous value; also return where.
+
+    Example:
+      >>> filled, missing = fill_missing(np.array([0.7, np.nan]), np.array([1.0, 0.5]))
+      >>> filled.tolist(), missing.tolist()
+      ([0.7, 0.5], [False, True])
+    """
     values = np.asarray(values, dtype=np.float64)
-    return np.where(np.isfinite(values), values, np.asarray(fallback, dtype=np.float64))
+    missing = ~np.isfinite(values)
+    return np.where(missing, np.asarray(previous, dtype=np.float64), values), missing
+
+
+def why_missing(alpha_missing: bool, omega_missing: bool, u_missing: bool) -> str:
+    """Which factor of a layer's measurement carried no information, in words.
+
+    Example:
+      >>> why_missing(True, False, True)
+      'its weight has not moved from its initial value (dW = 0) or is not finite'
+    """
+    if alpha_missing and omega_missing:
+        return "no usable sample row (its inputs are empty, all zero or not finite, or fan_in < 2)"
+    if alpha_missing:
+        return "its weight has not moved from its initial value (dW = 0) or is not finite"
+    if omega_missing:
+        return "its input has not changed from its initial value (dz = 0)"
+    return "the product of its input change and weight change carries no information"

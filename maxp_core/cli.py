@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from maxp_core import validate
 from maxp_core.errors import MaxPError
 from maxp_core.graph import MERGES, Node, OpGraph, chain
 from maxp_core.lp import SOLVERS, StabilityLP
@@ -43,11 +43,18 @@ class InputError(MaxPError):
 
 
 def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{where} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise InputError(f"{where} must be finite, got {value!r}")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(f"{where} must be a number, got {_short(value)}")
+    try:
+        return validate.real_number(value, where)
+    except MaxPError as err:
+        raise InputError(str(err)) from None
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so a huge input never floods the message."""
+    text = repr(value) if not isinstance(value, int) or value.bit_length() < 256 else "an integer too large"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _node_from_json(entry: Any, k: int) -> Node:
@@ -105,9 +112,12 @@ def lp_from_json(spec: Any) -> tuple[StabilityLP, dict[str, float]]:
     if not isinstance(c_fixed, dict):
         raise InputError(f"c_fixed must be an object {{name: value}}, got {c_fixed!r}")
     pins = {str(k): _number(v, f"c_fixed[{k!r}]") for k, v in c_fixed.items()}
+    optimizer = spec.get("optimizer", "adam")
+    if not isinstance(optimizer, str):
+        raise InputError(f"optimizer must be 'adam' or 'sgd', got {_short(optimizer)}")
     lp = StabilityLP(
         graph,
-        optimizer=spec.get("optimizer", "adam"),
+        optimizer=optimizer,
         feature_learning=feature_learning,
         c_fixed=pins,
         solver=solver,
@@ -146,13 +156,31 @@ def _cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
 def _read_spec(path: str) -> Any:
     try:
         if path == "-":
-            return json.load(sys.stdin)
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+            content = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as handle:
+                content = handle.read()
     except OSError as err:
         raise InputError(f"cannot read {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path} is not UTF-8 text: {err.reason} at byte {err.start}") from None
+    return parse_spec(content, "stdin" if path == "-" else path)
+
+
+def parse_spec(content: str, source: str = "the input") -> Any:
+    """Parse a ``solve`` document; a leading byte-order mark is allowed.
+
+    Raises:
+      InputError: not JSON, nested too deeply, or holding an integer too large to read.
+    """
+    try:
+        return json.loads(content.removeprefix("\ufeff"))
     except json.JSONDecodeError as err:
-        raise InputError(f"{path} is not valid JSON: {err}") from None
+        raise InputError(f"{source} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise InputError(f"{source} is nested too deeply to be a graph description") from None
+    except ValueError as err:  # e.g. an integer with more digits than Python converts
+        raise InputError(f"{source} holds a value that cannot be read: {err}") from None
 
 
 def _cmd_graph(args: argparse.Namespace, out: TextIO) -> int:
@@ -239,9 +267,16 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     try:
         return commands[args.command](args, out)
     except MaxPError as err:
-        message = " ".join(str(err).split())
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        _report(str(err))
+    except RecursionError:
+        _report("the input is nested too deeply to be a graph description")
+    except Exception as err:  # every input gets one line, never a traceback
+        _report(f"unexpected {type(err).__name__}: {err}")
+    return EXIT_BAD_INPUT
+
+
+def _report(message: str) -> None:
+    print(f"error: {' '.join(message.split())}"[:2000], file=sys.stderr)
 
 
 __all__ = ["DEMO_ALIGNMENTS", "format_table", "lp_from_json", "main", "solve_json"]

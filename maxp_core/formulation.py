@@ -29,6 +29,7 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
+from maxp_core import validate
 from maxp_core.errors import MaxPError
 from maxp_core.graph import OpGraph
 
@@ -53,7 +54,7 @@ class Term:
 
 def parse_optimizer(optimizer: str) -> Optimizer:
     """Validate an optimizer name."""
-    name = str(optimizer).lower()
+    name = optimizer.lower() if isinstance(optimizer, str) else optimizer
     if name not in OPTIMIZERS:
         raise MaxPError(f"unknown optimizer {optimizer!r}; expected 'adam' or 'sgd'")
     return name  # type: ignore[return-value]
@@ -72,20 +73,31 @@ def pack_numbers(graph: OpGraph, **overrides: object) -> np.ndarray:
         given = overrides.pop(field, None)
         if isinstance(given, Mapping):
             for name, value in given.items():
-                block[graph.index(name)] = float(value)
+                block[graph.index(name)] = validate.real_number(value, f"node {name!r}: {field}")
         elif given is not None:
-            values = np.asarray(given, dtype=np.float64)
-            if values.shape != (n,):
-                raise MaxPError(f"{field}: expected {n} values in node order, got shape {values.shape}")
-            block = values.copy()
-        bad = ~np.isfinite(block)
-        if bad.any():
-            name = graph.nodes[int(np.argmax(bad))].name
-            raise MaxPError(f"node {name!r}: {field} = {float(block[bad][0])!r} is not a finite number")
+            block = validate.real_array(given, f"{field} (in node order)")
+            if block.shape != (n,):
+                raise MaxPError(f"{field}: expected {n} values in node order, got shape {block.shape}")
+        _check_range(graph, field, block)
         out[f * n : (f + 1) * n] = block
     if overrides:
         raise MaxPError(f"unknown number fields {sorted(overrides)}; expected {list(NUMBER_FIELDS)}")
     return out
+
+
+def _check_range(graph: OpGraph, field: str, block: np.ndarray) -> None:
+    """Raise naming the first node whose ``field`` is not finite or out of its range."""
+    if field in ("a", "b"):
+        bad = ~(np.abs(block) <= validate.EXPONENT_BOUND)
+        valid = f"a finite exponent in [-{validate.EXPONENT_BOUND:g}, {validate.EXPONENT_BOUND:g}]"
+    else:
+        bad = ~((block >= 0.0) & (block <= 1.0))
+        valid = "an alignment in [0, 1]"
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise MaxPError(
+            f"node {graph.nodes[k].name!r}: {field} = {block[k]!r} is out of range; expected {valid}"
+        )
 
 
 def _learning_term(graph: OpGraph, i: int, optimizer: Optimizer) -> Term:

@@ -18,12 +18,14 @@ Examples:
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from maxp_core.errors import GraphError
+import numpy as np
+
+from maxp_core import validate
+from maxp_core.errors import GraphError, MaxPError
 from maxp_core.roles import Role, check_init_stability, role_from_position
 
 Merge = Literal["min", "sum"]
@@ -40,7 +42,7 @@ def alignment_preset(name: str) -> tuple[float, float, float]:
     """Return ``(alpha, omega, u)`` of the preset ``"full"`` or ``"no"``."""
     try:
         return ALIGNMENT_PRESETS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         known = ", ".join(repr(k) for k in ALIGNMENT_PRESETS)
         raise GraphError(f"unknown alignment preset {name!r}; expected one of {known}") from None
 
@@ -94,9 +96,15 @@ class OpGraph:
     """
 
     def __init__(self, nodes: Iterable[Node], *, check_stability: bool = True) -> None:
+        if isinstance(nodes, str | bytes | Node) or not isinstance(nodes, Iterable):
+            raise GraphError(f"OpGraph takes an iterable of Node, got {type(nodes).__name__} {nodes!r}")
         self.nodes: tuple[Node, ...] = tuple(nodes)
         if not self.nodes:
             raise GraphError("the graph is empty: add at least one node")
+        for k, n in enumerate(self.nodes):
+            if not isinstance(n, Node):
+                raise GraphError(f"node {k} of the graph is a {type(n).__name__}, not a Node: {n!r}")
+        self.check_stability = validate.boolean(check_stability, "check_stability")
         self._index = self._build_index()
         self._names = tuple(n.name for n in self.nodes)
         self._succs = self._build_successors()
@@ -159,17 +167,26 @@ class OpGraph:
 
         Each keyword is a sequence in node order or a mapping from node name.
         """
+        for key, values in per_node.items():
+            if key not in ("a", "b", *validate.ALIGNMENT_FIELDS):
+                raise GraphError(f"unknown number field {key!r}; expected a, b, alpha, omega or u")
+            if isinstance(values, dict):
+                unknown = sorted(set(values) - set(self._index))
+                if unknown:
+                    raise GraphError(f"{key} names {unknown}, which are not nodes of the graph")
+            elif len(values) != len(self.nodes):
+                raise GraphError(f"{key}: expected {len(self.nodes)} values in node order, got {len(values)}")
         updated = []
         for i, n in enumerate(self.nodes):
             changes: dict[str, float] = {}
             for key, values in per_node.items():
                 if isinstance(values, dict):
                     if n.name in values:
-                        changes[key] = float(values[n.name])
+                        changes[key] = values[n.name]
                 else:
-                    changes[key] = float(values[i])
+                    changes[key] = values[i]
             updated.append(n.with_numbers(**changes) if changes else n)
-        return OpGraph(updated)
+        return OpGraph(updated, check_stability=self.check_stability)
 
     # --- validation ----------------------------------------------------------------
 
@@ -188,6 +205,8 @@ class OpGraph:
     def _build_successors(self) -> tuple[tuple[int, ...], ...]:
         succs: list[list[int]] = [[] for _ in self.nodes]
         for i, n in enumerate(self.nodes):
+            if isinstance(n.preds, str) or not all(isinstance(p, str) for p in n.preds):
+                raise GraphError(f"node {n.name!r}: preds must be a tuple of node names, got {n.preds!r}")
             if len(set(n.preds)) != len(n.preds):
                 raise GraphError(f"node {n.name!r} lists a predecessor twice: {list(n.preds)}")
             for p in n.preds:
@@ -221,11 +240,16 @@ class OpGraph:
         return tuple(order)
 
     def _check_numbers(self) -> None:
+        """Exponents finite and bounded, alignments in [0, 1], ``has_weight`` a boolean."""
+        checks = {"a": validate.exponent, "b": validate.exponent}
+        checks.update(dict.fromkeys(validate.ALIGNMENT_FIELDS, validate.alignment_value))
         for n in self.nodes:
-            for key in ("a", "b", "alpha", "omega", "u"):
-                value = getattr(n, key)
-                if not isinstance(value, (int, float)) or not math.isfinite(value):
-                    raise GraphError(f"node {n.name!r}: {key} = {value!r} is not a finite number")
+            try:
+                validate.boolean(n.has_weight, f"node {n.name!r}: has_weight")
+                for key, check in checks.items():
+                    check(getattr(n, key), f"node {n.name!r}: {key}")
+            except MaxPError as err:
+                raise GraphError(str(err)) from None
 
     def _check_isolated(self) -> None:
         if len(self.weighted) < 2:
@@ -274,8 +298,7 @@ def chain(
     Returns:
       The validated :class:`OpGraph`.
     """
-    if num_layers < 2:
-        raise GraphError(f"a chain needs at least 2 layers (embedding and readout), got {num_layers}")
+    num_layers = layer_count(num_layers)
     if a is None:
         a = [-0.5] + [0.0] * (num_layers - 2) + [0.5]
     if b is None:
@@ -285,18 +308,24 @@ def chain(
     triples: list[tuple[float, ...]]
     if isinstance(alignment, str):
         triples = [alignment_preset(alignment)] * num_layers
-    elif len(alignment) == 3 and all(isinstance(x, (int, float)) for x in alignment):
-        triples = [tuple(float(x) for x in alignment)] * num_layers  # type: ignore[union-attr, arg-type]
+    elif not isinstance(alignment, Sequence):
+        raise GraphError(f"alignment must be a preset name or (alpha, omega, u) triples, got {alignment!r}")
+    elif len(alignment) == 3 and not any(isinstance(x, Sequence) for x in alignment):
+        triples = [validate.alignment_triple(alignment, "chain alignment")] * num_layers
     else:
-        triples = [tuple(float(x) for x in t) for t in alignment]  # type: ignore[union-attr]
+        triples = [
+            validate.alignment_triple(t, f"chain alignment of layer {k}") for k, t in enumerate(alignment)
+        ]
     for label, seq in (("a", a), ("b", b), ("alignment", triples), ("names", names)):
+        if isinstance(seq, str) or not isinstance(seq, Sequence | np.ndarray):
+            raise GraphError(f"chain: {label} must be a sequence of {num_layers} values, got {seq!r}")
         if len(seq) != num_layers:
             raise GraphError(f"chain of {num_layers} layers got {len(seq)} values for {label}")
     nodes = [
         Node(
             name=names[i],
-            a=float(a[i]),
-            b=float(b[i]),
+            a=validate.exponent(a[i], f"chain: a of layer {i}"),
+            b=validate.exponent(b[i], f"chain: b of layer {i}"),
             alpha=float(triples[i][0]),
             omega=float(triples[i][1]),
             u=float(triples[i][2]),
@@ -305,6 +334,16 @@ def chain(
         for i in range(num_layers)
     ]
     return OpGraph(nodes)
+
+
+def layer_count(num_layers: object) -> int:
+    """A chain's number of weighted layers: an integer of at least 2."""
+    try:
+        return validate.integer(num_layers, "a chain's number of layers", 2)
+    except MaxPError:
+        raise GraphError(
+            f"a chain needs at least 2 layers (embedding and readout), given as an integer; got {num_layers!r}"
+        ) from None
 
 
 def graph_by_roles(

@@ -41,15 +41,19 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
+from maxp_core import validate
 from maxp_core.errors import InfeasibleError, MaxPError, SolverError
 from maxp_core.formulation import (
     NUMBER_FIELDS,
@@ -62,6 +66,7 @@ from maxp_core.formulation import (
     parse_optimizer,
 )
 from maxp_core.graph import OpGraph
+from maxp_core.roles import check_init_stability
 
 SOLVERS: tuple[str, ...] = ("highs", "clarabel", "cvxpy-highs")
 
@@ -281,13 +286,22 @@ class StabilityLP:
         c_fixed: Mapping[str, float] | None = None,
         solver: str = "highs",
     ) -> None:
+        if not isinstance(graph, OpGraph):
+            raise MaxPError(
+                f"StabilityLP needs an OpGraph (maxp_core.OpGraph or maxp_core.chain), "
+                f"got {type(graph).__name__} {graph!r}"[:300]
+            )
         self.graph = graph
         self.optimizer: Optimizer = parse_optimizer(optimizer)
-        self.feature_learning = bool(feature_learning)
-        if solver not in SOLVERS:
+        self.feature_learning = validate.boolean(feature_learning, "feature_learning")
+        if not isinstance(solver, str) or solver not in SOLVERS:
             raise MaxPError(f"unknown solver {solver!r}; expected one of {list(SOLVERS)}")
         self.solver = solver
-        self.c_fixed: dict[str, float] = dict(c_fixed or {})
+        if c_fixed is not None and not isinstance(c_fixed, Mapping):
+            raise MaxPError(f"c_fixed must be a mapping {{node name: c}}, got {c_fixed!r}")
+        self.c_fixed: dict[str, float] = _pin_values(c_fixed or {})
+        if isinstance(pinned, str) or not all(isinstance(name, str) for name in pinned):
+            raise MaxPError(f"pinned must be a sequence of node names, got {pinned!r}")
         names = list(dict.fromkeys([*pinned, *self.c_fixed]))
         for name in names:
             if not graph.node(name).has_weight:
@@ -329,17 +343,18 @@ class StabilityLP:
           SolverError: the solver failed.
         """
         packed = pack_numbers(self.graph, **numbers)
+        if ("a" in numbers or "b" in numbers) and self.graph.check_stability:
+            self._check_init_stability(packed)
+        if c_fixed is not None and not isinstance(c_fixed, Mapping):
+            raise MaxPError(f"c_fixed must be a mapping {{node name: c}}, got {c_fixed!r}")
         pins = dict(self.c_fixed)
-        for name, value in (c_fixed or {}).items():
+        for name, value in _pin_values(c_fixed or {}).items():
             if name not in self.pinned:
                 raise MaxPError(f"c_fixed names {name!r}, which was not pinned when the LP was built")
-            pins[name] = float(value)
+            pins[name] = value
         missing = [name for name in self.pinned if name not in pins]
         if missing:
             raise MaxPError(f"pinned nodes {missing} have no c_fixed value")
-        for name, value in pins.items():
-            if not math.isfinite(value):
-                raise MaxPError(f"node {name!r}: pinned c = {value!r} is not a finite number")
         pin_values = np.array([pins[name] for name in self.pinned], dtype=np.float64)
         return self.solve_packed(packed, pin_values)
 
@@ -366,6 +381,16 @@ class StabilityLP:
         c[self._weighted_idx] = x[self._c_cols]
         c[self._pinned_idx] = pin_values
         return self._finish(c, numbers, backend.name)
+
+    def _check_init_stability(self, packed: np.ndarray) -> None:
+        """The (a, b) given to :meth:`solve` must be stable at init, as the graph's own are."""
+        if len(self.graph.weighted) < 2:
+            return
+        n = len(self.graph)
+        a, b = packed[:n], packed[n : 2 * n]
+        for i in self.graph.weighted:
+            name = self.graph.nodes[i].name
+            check_init_stability(name, self.graph.role(name), float(a[i]), float(b[i]))
 
     @property
     def problem(self) -> Any:
@@ -425,7 +450,15 @@ class StabilityLP:
     def _skipped_solution(self, numbers: np.ndarray, pin_values: np.ndarray) -> Solution:
         c = np.zeros(len(self.graph))
         c[self._pinned_idx] = pin_values
-        return self._finish(c, numbers, "none", note=self._skip_note)
+        solution = self._finish(c, numbers, "none", note=self._skip_note)
+        unstable = {name: r for name, r in solution.r.items() if r < -FEASIBILITY_TOLERANCE}
+        if unstable:
+            listed = ", ".join(f"{name} r={r:.6g}" for name, r in unstable.items())
+            raise InfeasibleError(
+                f"{self._skip_note}; with that c the graph is unstable ({listed}): pin c of the "
+                "weighted node (c_fixed) high enough that every r >= 0, or change its a"
+            )
+        return solution
 
     def _explain_infeasible(self, rhs: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> str:
         assert self._structure is not None
@@ -438,6 +471,16 @@ class StabilityLP:
             f"no learning rates keep every node stable; nodes involved: {nodes}; "
             f"the least total violation breaks: {'; '.join(parts)}"
         )
+
+
+def _pin_values(c_fixed: Mapping[Any, Any]) -> dict[str, float]:
+    """Pinned ``c`` by node name, each a bounded finite exponent."""
+    pins: dict[str, float] = {}
+    for name, value in c_fixed.items():
+        if not isinstance(name, str):
+            raise MaxPError(f"c_fixed keys must be node names, got {name!r}")
+        pins[name] = validate.exponent(value, f"node {name!r}: pinned c")
+    return pins
 
 
 def _skip_reason(graph: OpGraph) -> str | None:
@@ -483,6 +526,28 @@ def _elastic_violations(
         return []
     slack = result.x[st.num_cols :]
     return [(labels[k], float(slack[k])) for k in np.flatnonzero(slack > 1e-9)]
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Silence the process's stdout (file descriptor 1) while HiGHS prints its banner.
+
+    HiGHS 1.16 prints a banner from C++ when a solver object is created, before any option
+    can turn its output off; it would corrupt the JSON the command line prints.
+    """
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no file descriptor 1 to redirect
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 class _Backend:
@@ -543,7 +608,8 @@ class _HighsBackend(_Backend):
         lp.a_matrix_.start_ = a.indptr.astype(np.int32)
         lp.a_matrix_.index_ = a.indices.astype(np.int32)
         lp.a_matrix_.value_ = a.data.astype(np.float64)
-        h = highspy.Highs()
+        with _quiet_stdout():
+            h = highspy.Highs()
         h.setOptionValue("output_flag", False)
         h.setOptionValue("threads", 1)
         h.setOptionValue("primal_feasibility_tolerance", 1e-9)
@@ -635,7 +701,8 @@ class _CvxpyBackend(_Backend):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "solution may be inaccurate"
-                problem.solve(solver=self.solver, **kwargs)
+                with _quiet_stdout():
+                    problem.solve(solver=self.solver, **kwargs)
         except cp.error.SolverError as exc:
             return f"solver error: {exc}"
         if problem.status in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 from maxp_core.errors import MaxPError
 from maxp_core.formulation import parse_optimizer
-from maxp_core.graph import OpGraph, alignment_preset, chain
+from maxp_core.graph import OpGraph, alignment_preset, chain, layer_count
 from maxp_core.roles import Role
 
 #: (a, b) per role for each named parametrization.
@@ -69,7 +69,8 @@ class LayerExponents:
 
 
 def parse_parametrization(name: str) -> str:
-    key = str(name).lower()
+    """Validate a parametrization name (case-insensitive)."""
+    key = name.lower() if isinstance(name, str) else name
     if key not in AB_TABLE:
         raise MaxPError(f"unknown parametrization {name!r}; expected one of {list(PARAMETRIZATIONS)}")
     return key
@@ -87,8 +88,7 @@ def default_ab(parametrization: str, role: Role | str) -> tuple[float, float]:
 
 def chain_roles(num_layers: int) -> list[Role]:
     """Roles of a chain: embedding, ``num_layers - 2`` hidden, readout."""
-    if num_layers < 2:
-        raise MaxPError(f"a chain needs at least 2 layers (embedding and readout), got {num_layers}")
+    num_layers = layer_count(num_layers)
     return [Role.EMBEDDING] + [Role.HIDDEN] * (num_layers - 2) + [Role.READOUT]
 
 

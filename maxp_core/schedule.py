@@ -22,15 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from maxp_core import validate
 from maxp_core.errors import MaxPError
 
 DECAY_TYPES: tuple[str, ...] = ("none", "cosine", "linear")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise MaxPError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return validate.integer(value, name, minimum)
 
 
 @dataclass(frozen=True)
@@ -74,9 +73,10 @@ class SolveSchedule:
 
 def check_ema_decay(name: str, decay: float) -> float:
     """Validate an EMA weight of the old value: ``0 <= decay < 1`` (0: no smoothing)."""
-    if not isinstance(decay, (int, float)) or not (0.0 <= float(decay) < 1.0):
-        raise MaxPError(f"{name} must be a number in [0, 1), got {decay!r}")
-    return float(decay)
+    value = validate.real_number(decay, name)
+    if not 0.0 <= value < 1.0:
+        raise MaxPError(f"{name} = {decay!r} is out of range; an EMA decay lies in [0, 1) (0: no smoothing)")
+    return value
 
 
 def ema_update(previous: Any, value: Any, decay: float, xp: ModuleType = np) -> Any:
@@ -90,6 +90,7 @@ def ema_update(previous: Any, value: Any, decay: float, xp: ModuleType = np) -> 
       >>> ema_update(np.array([1.0, 1.0]), np.array([3.0, np.nan]), 0.5)
       array([2., 1.])
     """
+    decay = check_ema_decay("EMA decay", decay)
     value = np.asarray(value, dtype=np.float64) if xp is np else xp.asarray(value)
     finite = xp.isfinite(value)
     if previous is None:
@@ -128,7 +129,7 @@ class WSDSchedule:
     def __post_init__(self) -> None:
         if self.decay_type not in DECAY_TYPES:
             raise MaxPError(f"unknown decay_type {self.decay_type!r}; expected one of {list(DECAY_TYPES)}")
-        if not isinstance(self.min_factor, (int, float)) or not 0.0 <= self.min_factor <= 1.0:
+        if not 0.0 <= validate.real_number(self.min_factor, "min_factor") <= 1.0:
             raise MaxPError(f"min_factor must be in [0, 1], got {self.min_factor!r}")
         _check_int("warmup_steps", self.warmup_steps, 0)
         if self.decay_type == "none":

@@ -110,13 +110,24 @@ def test_chain_builder_validates_lengths() -> None:
 
 def test_single_weighted_node_skips_the_lp_and_says_what_c_it_gets() -> None:
     graph = OpGraph(
-        [Node("attn_scores", a=0.5, has_weight=False), weighted("only", 0.5, 0.0, ["attn_scores"])]
+        [Node("attn_scores", a=0.5, has_weight=False), weighted("only", 1.0, 0.0, ["attn_scores"])]
     )
     sol = StabilityLP(graph).solve()
     assert sol.solver == "none"
     assert sol.c == {"only": 0.0}
+    assert sol.r["only"] == pytest.approx(0.0)  # a + c - alpha = 1 + 0 - 1
     assert "only weight-bearing node" in sol.note and "c = 0" in sol.note
     assert sol.to_json()["note"] == sol.note
+
+
+def test_single_weighted_node_that_c_0_leaves_unstable_is_an_error_not_optimal() -> None:
+    # a = 0.5: with c = 0, r = a + c - alpha = -0.5. Reporting "optimal" would hide it.
+    graph = OpGraph(
+        [Node("attn_scores", a=0.5, has_weight=False), weighted("only", 0.5, 0.0, ["attn_scores"])]
+    )
+    with pytest.raises(InfeasibleError, match=r"only r=-0\.5"):
+        StabilityLP(graph).solve()
+    assert StabilityLP(graph, c_fixed={"only": 0.5}).solve().r["only"] == pytest.approx(0.0)
 
 
 def test_activation_only_nodes_and_merges_enter_the_lp() -> None:

@@ -38,9 +38,9 @@ def test_ema_by_hand() -> None:
         ema_update(None, np.array([1.0, np.nan]), 0.5)
 
 
-@pytest.mark.parametrize("decay", [-0.1, 1.0, "0.5", float("nan")])
+@pytest.mark.parametrize("decay", [-0.1, 1.0, 2.0, "0.5", float("nan"), True])
 def test_ema_decay_range(decay) -> None:
-    with pytest.raises(MaxPError, match="alignment_ema must be a number in \\[0, 1\\)"):
+    with pytest.raises(MaxPError, match="alignment_ema"):
         check_ema_decay("alignment_ema", decay)
 
 
