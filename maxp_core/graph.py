@@ -342,7 +342,7 @@ def layer_count(num_layers: object) -> int:
         return validate.integer(num_layers, "a chain's number of layers", 2)
     except MaxPError:
         raise GraphError(
-            f"a chain needs at least 2 layers (embedding and readout), given as an integer; got {num_layers!r}"
+            f"a chain needs at least 2 layers (embedding and readout), as an integer; got {num_layers!r}"
         ) from None
 
 
