@@ -10,15 +10,18 @@ Example:
   {'layer0': 0.5, 'layer1': 1.0, 'layer2': 1.0, 'layer3': 0.5}
 """
 
+from maxp_core import validate
 from maxp_core.alignment import (
     Alignment,
     alignment,
     alignment_of_layers,
+    fill_missing,
     groups_of_equal_shape,
     layer_alignment,
     log_rms_alignment,
     sanitize,
     spectral_alignment,
+    why_missing,
 )
 from maxp_core.errors import GraphError, InfeasibleError, MaxPError, SolverError, StabilityError
 from maxp_core.graph import ALIGNMENT_PRESETS, Node, OpGraph, alignment_preset, chain
@@ -30,6 +33,7 @@ from maxp_core.parametrizations import (
     named_chain,
     named_parametrization,
 )
+from maxp_core.resolve import MaxPWarning, Outcome, Resolver, warn_user
 from maxp_core.roles import Role, check_init_stability, role_from_position
 from maxp_core.schedule import SolveSchedule, WSDSchedule, check_ema_decay, ema_update, wsd_multiplier
 
@@ -44,8 +48,11 @@ __all__ = [
     "InfeasibleError",
     "LayerExponents",
     "MaxPError",
+    "MaxPWarning",
     "Node",
     "OpGraph",
+    "Outcome",
+    "Resolver",
     "Role",
     "Solution",
     "SolveSchedule",
@@ -61,6 +68,7 @@ __all__ = [
     "check_init_stability",
     "default_ab",
     "ema_update",
+    "fill_missing",
     "groups_of_equal_shape",
     "layer_alignment",
     "log_rms_alignment",
@@ -69,5 +77,8 @@ __all__ = [
     "role_from_position",
     "sanitize",
     "spectral_alignment",
+    "validate",
+    "warn_user",
+    "why_missing",
     "wsd_multiplier",
 ]
