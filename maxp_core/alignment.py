@@ -373,7 +373,10 @@ def why_missing(alpha_missing: bool, omega_missing: bool, u_missing: bool) -> st
       'its weight has not moved from its initial value (dW = 0) or is not finite'
     """
     if alpha_missing and omega_missing:
-        return "no usable sample row (its inputs are empty, all zero or not finite, or fan_in < 2)"
+        return (
+            "neither its input nor its weight has changed since initialisation, or no sample row is "
+            "usable (inputs empty, all zero or not finite, or fan_in < 2)"
+        )
     if alpha_missing:
         return "its weight has not moved from its initial value (dW = 0) or is not finite"
     if omega_missing:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,7 @@ from torch import nn
 from maxp_core import (
     MaxPError,
     OpGraph,
+    Resolver,
     Role,
     SolveSchedule,
     StabilityLP,
@@ -22,12 +23,13 @@ from maxp_core import (
     alignment_preset,
     check_ema_decay,
     default_ab,
-    ema_update,
     groups_of_equal_shape,
-    sanitize,
+    validate,
 )
 from maxp_core.alignment import MODES
+from maxp_core.formulation import parse_optimizer
 from maxp_core.graph import graph_by_roles
+from maxp_core.parametrizations import parse_parametrization
 from maxp_torch.module import ParametrizedModule
 
 Triple = tuple[float, float, float]
@@ -60,14 +62,81 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def _match_override(name: str, module: ParametrizedModule, table: Mapping[str, Any]) -> Any:
-    """An override by exact name, then by name suffix, then by layer type."""
+def _override_key(name: str, module: Any, table: Mapping[str, Any]) -> str | None:
+    """The key of ``table`` that applies to a layer: its exact name, then a name suffix, then its type."""
     if name in table:
-        return table[name]
-    for key, value in table.items():
+        return name
+    for key in table:
         if name.endswith("." + key):
-            return value
-    return table.get(module.layer_type)
+            return key
+    return module.layer_type if module.layer_type in table else None
+
+
+def _alignment_overrides(
+    found: list[tuple[str, Any]], table: Mapping[str, Any] | None
+) -> dict[int, tuple[float, float, float]]:
+    """Each overridden layer's ``(alpha, omega, u)``; every key must apply to some layer."""
+    if table is None:
+        return {}
+    if not isinstance(table, Mapping):
+        raise MaxPError(
+            f"alignment_overrides must be a mapping {{layer name or type: (alpha, omega, u)}}, got {table!r}"
+        )
+    triples = {
+        key: validate.alignment_triple(value, f"alignment_overrides[{key!r}]") for key, value in table.items()
+    }
+    chosen = {k: _override_key(name, module, triples) for k, (name, module) in enumerate(found)}
+    unused = sorted(set(triples) - set(chosen.values()), key=str)
+    if unused:
+        names = [name for name, _ in found]
+        raise MaxPError(
+            f"alignment_overrides keys {unused} match no layer; a key is a layer's name, a suffix of it "
+            f"after a '.', or a layer type (embedding, hidden, readout); layers: {names}"
+        )
+    return {k: triples[key] for k, key in chosen.items() if key is not None}
+
+
+def _exponent_overrides(table: Mapping[str, Any] | None, what: str, pair: bool) -> dict[str, Any]:
+    """``ab_overrides`` or ``c_overrides`` by layer type, each value checked."""
+    if table is None:
+        return {}
+    if not isinstance(table, Mapping):
+        raise MaxPError(f"{what} must be a mapping {{layer type: value}}, got {table!r}")
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in ("embedding", "hidden", "readout"):
+            raise MaxPError(
+                f"{what} are keyed by layer type (embedding, hidden, readout); unknown key {key!r}"
+            )
+        if pair:
+            if isinstance(value, str) or not isinstance(value, tuple | list) or len(value) != 2:
+                raise MaxPError(f"{what}[{key!r}] must be a pair (a, b), got {value!r}")
+            out[key] = tuple(
+                validate.exponent(v, f"{what}[{key!r}]: {n}") for v, n in zip(value, "ab", strict=True)
+            )
+        else:
+            out[key] = validate.exponent(value, f"{what}[{key!r}]")
+    return out
+
+
+@contextlib.contextmanager
+def measurement_mode(model: nn.Module, devices: list[torch.device]) -> Iterator[None]:
+    """Run maxP's own forward passes without side effects on training.
+
+    The model is put in eval mode (dropout off, so its noise does not enter the alignments)
+    and every module's own train/eval flag is restored afterwards; the global random number
+    generators (CPU and the CUDA devices in use) are restored too, so turning maxP on does
+    not change the training's dropout or sampling sequence.
+    """
+    flags = [(module, module.training) for module in model.modules()]
+    cuda = sorted({d.index or 0 for d in devices if d.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda), torch.no_grad():
+        model.eval()
+        try:
+            yield
+        finally:
+            for module, training in flags:
+                module.training = training
 
 
 class Parametrization:
@@ -125,21 +194,26 @@ class Parametrization:
         layers: list[tuple[str, Any]] | None = None,
         reinit: bool = True,
     ) -> None:
+        if not isinstance(model, nn.Module):
+            raise MaxPError(f"Parametrization needs an nn.Module, got {type(model).__name__}")
         self.model = model
-        self.optimizer_type = optimizer_type
-        self.lr_prefactor = float(lr_prefactor)
-        self.std_prefactor = float(std_prefactor)
+        self.optimizer_type = parse_optimizer(optimizer_type)
+        parse_parametrization(parametrization)
+        self.lr_prefactor = validate.positive_number(lr_prefactor, "lr_prefactor")
+        self.std_prefactor = validate.positive_number(std_prefactor, "std_prefactor")
         self.schedule = SolveSchedule(warmup_steps, solve_interval)
-        self.sample_size = int(sample_size)
+        self.sample_size = validate.integer(sample_size, "sample_size", 1)
         self.c_ema = check_ema_decay("c_ema", c_ema)
         self.alignment_ema = check_ema_decay("alignment_ema", alignment_ema)
-        if norm_mode not in MODES:
+        if not isinstance(norm_mode, str) or norm_mode not in MODES:
             raise MaxPError(f"unknown norm_mode {norm_mode!r}; expected one of {list(MODES)}")
         self.norm_mode = norm_mode
-        self.resample_w0 = bool(resample_w0)
-        self.use_training_activations = bool(use_training_activations)
-        self.warm_start = bool(warm_start)
-        self.seed = int(seed)
+        self.resample_w0 = validate.boolean(resample_w0, "resample_w0")
+        self.use_training_activations = validate.boolean(use_training_activations, "use_training_activations")
+        self.warm_start = validate.boolean(warm_start, "warm_start")
+        feature_learning = validate.boolean(feature_learning, "feature_learning")
+        reinit = validate.boolean(reinit, "reinit")
+        self.seed = validate.integer(seed, "seed", 0)
         if solver is not None and not isinstance(solver, str):
             raise MaxPError(
                 f"solver must be 'highs' or 'clarabel', got {type(solver).__name__}: this backend "
@@ -156,22 +230,15 @@ class Parametrization:
             )
         self.names = [n for n, _ in found]
         self.modules = [m for _, m in found]
-        ab_overrides = dict(ab_overrides or {})
-        c_overrides = dict(c_overrides or {})
-        for key in (*ab_overrides, *c_overrides):
-            if key not in ("embedding", "hidden", "readout"):
-                raise MaxPError(f"ab_overrides and c_overrides are keyed by layer type; unknown key {key!r}")
+        ab_overrides = _exponent_overrides(ab_overrides, "ab_overrides", pair=True)
+        c_overrides = _exponent_overrides(c_overrides, "c_overrides", pair=False)
         exponents = []
         for module in self.modules:
             a0, b0 = ab_overrides.get(module.layer_type, default_ab(parametrization, module.layer_type))
             exponents.append((a0 if module.a is None else module.a, b0 if module.b is None else module.b))
         self.exponents = exponents
         preset = alignment_preset(alignment)
-        self.overrides: dict[int, Triple] = {}
-        for k, (name, module) in enumerate(found):
-            value = _match_override(name, module, dict(alignment_overrides or {}))
-            if value is not None:
-                self.overrides[k] = tuple(float(v) for v in value)  # type: ignore[assignment]
+        self.overrides: dict[int, Triple] = _alignment_overrides(found, alignment_overrides)
         if sample_input is not None:
             from maxp_torch.trace import trace_graph
 
@@ -206,7 +273,14 @@ class Parametrization:
         self.step_count = 0
         self.solves = 0
         self.failures = 0
-        self._warned = False
+        self.missing = 0
+        self._resolver = Resolver(
+            self.graph.names,
+            self._solve,
+            alignment_ema=self.alignment_ema,
+            c_ema=self.c_ema,
+            overrides={self._row[k]: triple for k, triple in self.overrides.items()},
+        )
         self._z0: dict[int, torch.Tensor] = {}
         self._w0: dict[int, torch.Tensor] = {}
         self._sample: torch.Tensor | None = None
@@ -296,19 +370,37 @@ class Parametrization:
         for module in self.modules:
             module._recorder = None
 
+    def _devices(self) -> list[torch.device]:
+        return list({p.device for m in self.modules for p in m.parameters()})
+
     def _inputs(self, model: nn.Module, x: torch.Tensor) -> dict[int, torch.Tensor]:
-        """Each module's input on the first rows of ``x``."""
+        """Each module's input on the first rows of ``x``, in :func:`measurement_mode`."""
         keep: dict[int, torch.Tensor] = {}
         self._record(keep)
         try:
-            with torch.no_grad():
+            with measurement_mode(unwrap(model), self._devices()):
                 unwrap(model)(x[: self.sample_size])
         finally:
             self._stop_recording()
         return keep
 
     def capture_initial(self, x: torch.Tensor) -> None:
-        """Record the inputs and weights of the measured layers before training."""
+        """Record the inputs and weights of the measured layers before training.
+
+        maxP's forward pass runs in eval mode and leaves the global random state untouched
+        (:func:`measurement_mode`). Call it once, before the first step: a resumed run gets
+        what it needs from :meth:`load_state_dict`.
+        """
+        if self.step_count > 0 or self._sample is not None:
+            raise MaxPError(
+                f"capture_initial after {'a loaded state' if self.step_count else 'an earlier capture'}: "
+                "the initial state is already recorded, and capturing again would measure against the "
+                "current weights instead of the initial ones; a resumed run only needs load_state_dict"
+            )
+        if not isinstance(x, torch.Tensor):
+            raise MaxPError(f"capture_initial(x): x must be a tensor batch, got {type(x).__name__}")
+        if x.shape[0] == 0:
+            raise MaxPError("capture_initial(x): x is empty; give a batch of at least one sample")
         self._sample = x[: self.sample_size].detach().clone()
         if self.use_training_activations:
             self._initial_model = copy.deepcopy(unwrap(self.model))
@@ -350,10 +442,23 @@ class Parametrization:
                 f"the optimizer's param groups {names} do not match the parametrization's {expected}; "
                 "build the optimizer from param.param_groups"
             )
+        self._check_optimizer(optimizer)
         for j, group in enumerate(groups[: len(self.weighted)]):
             group["lr"] = self._lr(j)
         if len(groups) > len(self.weighted):
             groups[-1]["lr"] = self.lr_prefactor
+
+    def _check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """The optimizer must be of the kind the LP was solved for (once per optimizer)."""
+        if getattr(self, "_checked_optimizer", None) is optimizer:
+            return
+        kind = optimizer_kind(optimizer)
+        if kind != self.optimizer_type:
+            raise MaxPError(
+                f"the learning rates were solved for optimizer_type={self.optimizer_type!r} but the "
+                f"optimizer is {type(optimizer).__name__} ({kind}-like); pass optimizer_type={kind!r}"
+            )
+        self._checked_optimizer = optimizer
 
     def _current_and_initial_inputs(
         self, x: torch.Tensor | None
@@ -377,7 +482,7 @@ class Parametrization:
         for m in initial_modules:
             m._recorder = recorder
         try:
-            with torch.no_grad():
+            with measurement_mode(self._initial_model, self._devices()):
                 self._initial_model(rows)
         finally:
             for m in initial_modules:
@@ -405,12 +510,14 @@ class Parametrization:
         return _as_matrix(weight.detach())
 
     @torch.no_grad()
-    def _measure(self, x: torch.Tensor | None) -> np.ndarray:
+    def _measure(self, x: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+        """Measured alignments per graph row (NaN where missing) and which rows are not finite."""
         now, initial = self._current_and_initial_inputs(x)
         values = self.alignment.copy()
+        nonfinite = np.zeros(len(values), dtype=bool)
         measured = self._measured()
         if not measured:
-            return values
+            return values, nonfinite
         for k in measured:
             w = self._weight_matrix(k)
             if now[k].shape[-1] != w.shape[1]:
@@ -419,6 +526,8 @@ class Parametrization:
                     f"weight contracts {w.shape[1]}; dynamic alignment measures Linear-like layers "
                     "(inputs (..., fan_in)); pin this layer with alignment_overrides"
                 )
+            if now[k].is_complex() or w.is_complex():
+                raise MaxPError(f"layer {self.names[k]!r}: complex weights or inputs cannot be measured")
 
         def shape_of(k: int) -> tuple[Any, ...]:
             w = self._weight_matrix(k)
@@ -436,40 +545,57 @@ class Parametrization:
                 self._width(layers[0]),
                 xp=torch,
             )
+            finite = torch.stack(
+                [torch.isfinite(now[k]).all() & torch.isfinite(self._weight_matrix(k)).all() for k in layers]
+            )
             order += layers
-            pieces.append(torch.stack(list(al), dim=1))
+            pieces.append(torch.cat([torch.stack(list(al), dim=1), finite[:, None].to(al[0].dtype)], dim=1))
         # Reduced on the device the layers live on (NCCL groups take no CPU tensors) and copied to
-        # the host once, instead of one float() per value.
+        # the host once, instead of one float() per value. A NaN on any rank stays NaN in the mean.
         device = pieces[0].device
         stacked = torch.cat([piece.to(device, torch.float64) for piece in pieces])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(stacked)
             stacked /= dist.get_world_size()
-        values[[self._row[k] for k in order]] = stacked.cpu().numpy()
-        return values
+        host = stacked.cpu().numpy()
+        rows = [self._row[k] for k in order]
+        values[rows] = host[:, :3]
+        nonfinite[rows] = host[:, 3] < 1.0
+        return values, nonfinite
+
+    def _solve(self, alignment: np.ndarray) -> np.ndarray:
+        solution = self.lp.solve(alpha=alignment[:, 0], omega=alignment[:, 1], u=alignment[:, 2])
+        return np.array([solution.c[self.names[k]] for k in self.weighted])
 
     def _resolve(self, x: torch.Tensor | None) -> None:
-        measured = sanitize(self._measure(x), self.alignment)
-        smoothed = ema_update(self.alignment, measured, self.alignment_ema)
-        for k, triple in self.overrides.items():
-            smoothed[self._row[k]] = triple
-        try:
-            solution = self.lp.solve(alpha=smoothed[:, 0], omega=smoothed[:, 1], u=smoothed[:, 2])
-        except MaxPError as err:
+        measured, nonfinite = self._measure(x)
+        outcome = self._resolver(
+            measured=measured,
+            previous=self.alignment,
+            c_prev=self.c,
+            nonfinite=nonfinite,
+            failures=self.failures,
+        )
+        self.c, self.alignment = outcome.c, outcome.alignment
+        self.missing += outcome.missing
+        if outcome.failed:
             self.failures += 1
-            if not self._warned:
-                warnings.warn(f"maxP re-solve failed, keeping the last learning rates: {err}", stacklevel=3)
-                self._warned = True
-            return
-        c_new = np.array([solution.c[self.names[k]] for k in self.weighted])
-        self.c = ema_update(self.c, c_new, self.c_ema)
-        self.alignment = smoothed
-        self.solves += 1
+        else:
+            self.solves += 1
 
     # --- checkpoints ------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs to continue exactly."""
+        """Everything a resumed run needs to continue exactly.
+
+        ``solves``, ``failures`` and ``missing`` count successful re-solves, re-solves that
+        kept the last rates (non-finite numbers or no LP answer), and measurements that
+        carried no information. With ``use_training_activations`` the initial model's
+        weights are included (``initial_model``).
+        """
+        initial = None
+        if self._initial_model is not None:
+            initial = {k: v.detach().clone() for k, v in self._initial_model.state_dict().items()}
         return {
             "step_count": self.step_count,
             "lr_prefactor": self.lr_prefactor,
@@ -477,20 +603,77 @@ class Parametrization:
             "alignment": self.alignment.tolist(),
             "solves": self.solves,
             "failures": self.failures,
+            "missing": self.missing,
             "z0": {self.names[k]: v for k, v in self._z0.items()},
             "w0": {self.names[k]: v for k, v in self._w0.items()},
             "sample": self._sample,
+            "initial_model": initial,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict`; the run then continues without :meth:`capture_initial`."""
         index = {name: k for k, name in enumerate(self.names)}
+        unknown = sorted(set(state["z0"]) - set(index))
+        if unknown:
+            raise MaxPError(f"the state holds layers {unknown} that this model does not have: {self.names}")
+        if (
+            self.use_training_activations
+            and state.get("initial_model") is None
+            and state["sample"] is not None
+        ):
+            raise MaxPError(
+                "use_training_activations=True needs the initial model's weights, which this state lacks "
+                "(it was saved by a run without use_training_activations or by an older version)"
+            )
         self.step_count = int(state["step_count"])
-        self.lr_prefactor = float(state["lr_prefactor"])
+        self.lr_prefactor = validate.positive_number(state["lr_prefactor"], "state: lr_prefactor")
         self.c = np.array(state["c"], dtype=np.float64)
         self.alignment = np.array(state["alignment"], dtype=np.float64)
         self.solves = int(state["solves"])
         self.failures = int(state["failures"])
+        self.missing = int(state.get("missing", 0))
         self._z0 = {index[n]: v for n, v in state["z0"].items()}
         self._w0 = {index[n]: v for n, v in state["w0"].items()}
         self._sample = state["sample"]
+        if self.use_training_activations and state.get("initial_model") is not None:
+            self._initial_model = copy.deepcopy(unwrap(self.model))
+            self._initial_model.load_state_dict(state["initial_model"])
+            self._record(self._recorded)
+
+
+def optimizer_kind(optimizer: torch.optim.Optimizer) -> str:
+    """``"adam"`` or ``"sgd"``: which LP an optimizer's class needs.
+
+    Known classes are the torch Adam family (Adam, AdamW, Adamax, NAdam, RAdam, SparseAdam)
+    and SGD; others must be declared with :func:`register_optimizer`.
+
+    Example:
+      >>> optimizer_kind(torch.optim.AdamW([torch.zeros(1, requires_grad=True)]))
+      'adam'
+    """
+    for cls in type(optimizer).__mro__:
+        if cls in OPTIMIZER_KINDS:
+            return OPTIMIZER_KINDS[cls]
+    raise MaxPError(
+        f"maxP does not know whether {type(optimizer).__name__} behaves like Adam (per-coordinate "
+        "normalised updates) or like SGD; declare it with maxp_torch.register_optimizer("
+        f"{type(optimizer).__name__}, 'adam') or (..., 'sgd')"
+    )
+
+
+def register_optimizer(cls: type, kind: str) -> None:
+    """Declare an optimizer class Adam-like (``"adam"``) or SGD-like (``"sgd"``) for the LP."""
+    if not isinstance(cls, type) or not issubclass(cls, torch.optim.Optimizer):
+        raise MaxPError(f"register_optimizer takes a torch.optim.Optimizer subclass, got {cls!r}")
+    OPTIMIZER_KINDS[cls] = parse_optimizer(kind)
+
+
+OPTIMIZER_KINDS: dict[type, str] = {
+    torch.optim.Adam: "adam",
+    torch.optim.AdamW: "adam",
+    torch.optim.Adamax: "adam",
+    torch.optim.NAdam: "adam",
+    torch.optim.RAdam: "adam",
+    torch.optim.SparseAdam: "adam",
+    torch.optim.SGD: "sgd",
+}

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from maxp_core import MaxPError, Role, WSDSchedule
-from maxp_torch.parametrization import Parametrization
+from maxp_core import MaxPError, Role, WSDSchedule, validate
+from maxp_torch.parametrization import Parametrization, optimizer_kind
 
 _LAYERS_ATTRIBUTE = "_maxp_layers"
 
@@ -209,11 +209,13 @@ class MaxPScheduler:
         self.wsd = WSDSchedule(
             wsd_warmup_steps, wsd_stable_steps, wsd_decay_steps, wsd_decay_type, wsd_min_factor
         )
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise MaxPError(f"MaxPScheduler needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if optimizer_type is None:
-            optimizer_type = "sgd" if isinstance(optimizer, torch.optim.SGD) else "adam"
+            optimizer_type = optimizer_kind(optimizer)
         layers = linear_layers(model)
         _set_exponents(layers, al=al, bl=bl, cl=cl)
-        self.base_lr = float(lr_prefactor)
+        self.base_lr = validate.positive_number(lr_prefactor, "lr_prefactor")
         self.param = _engine(
             model,
             False,
@@ -244,10 +246,11 @@ class MaxPScheduler:
 
     @lr_prefactor.setter
     def lr_prefactor(self, value: float) -> None:
-        self.base_lr = float(value)
+        self.base_lr = validate.positive_number(value, "lr_prefactor")
 
-    def _apply(self, step: int) -> None:
-        self.param.lr_prefactor = self.base_lr * float(self.wsd(step))
+    def _apply(self, step: int, factor: float = 1.0) -> None:
+        """Write every group's rate: ``factor`` (an outside schedule's) x WSD x maxP's per-layer rate."""
+        self.param.lr_prefactor = self.base_lr * factor * float(self.wsd(step))
         self.param._sync(self.optimizer)
 
     def capture_initial(self, x: torch.Tensor) -> None:
@@ -282,19 +285,35 @@ class MaxPScheduler:
 class ChainedMaxPScheduler:
     """A :class:`MaxPScheduler` with standard schedulers moving its base learning rate.
 
-    The other schedulers step on their own view of the learning rates (restored before
-    each of their steps); the relative change they make to the first group scales
-    ``lr_prefactor``, and maxP then writes every group from it.
+    At every step each group's rate is the outside schedule's factor times maxP's rate for
+    that layer. The factor is what the chained schedulers do to a learning rate: they step on
+    their own view of the groups (restored before each of their steps), and the factor is
+    their first group's rate over its ``initial_lr``. A warm-up that starts at
+    ``LinearLR(start_factor=0.1)`` therefore starts every layer at a tenth of its maxP rate.
     """
 
     def __init__(self, maxp_scheduler: MaxPScheduler, schedulers: Sequence[Any]) -> None:
+        if not isinstance(maxp_scheduler, MaxPScheduler):
+            raise MaxPError(
+                f"ChainedMaxPScheduler needs a MaxPScheduler, got {type(maxp_scheduler).__name__}"
+            )
         self.maxp = maxp_scheduler
         self.schedulers = list(schedulers)
         for s in self.schedulers:
-            if s.optimizer is not maxp_scheduler.optimizer:
+            if getattr(s, "optimizer", None) is not maxp_scheduler.optimizer:
                 raise MaxPError("every chained scheduler must drive the MaxPScheduler's optimizer")
-        self._shadow = [g.get("initial_lr", g["lr"]) for g in maxp_scheduler.optimizer.param_groups]
-        maxp_scheduler._apply(maxp_scheduler.param.step_count)
+        groups = maxp_scheduler.optimizer.param_groups
+        # What the chained schedulers see: their own rates, as their constructors left them.
+        self._shadow = [g["lr"] for g in groups]
+        self._initial = [g.get("initial_lr", g["lr"]) for g in groups]
+        if not self._initial[0] > 0:
+            raise MaxPError(f"the first param group's initial_lr is {self._initial[0]!r}; it must be > 0")
+        maxp_scheduler._apply(maxp_scheduler.param.step_count, self.factor)
+
+    @property
+    def factor(self) -> float:
+        """The chained schedulers' current multiplier of the base learning rate."""
+        return float(self._shadow[0]) / float(self._initial[0])
 
     def capture_initial(self, x: torch.Tensor) -> None:
         self.maxp.capture_initial(x)
@@ -303,13 +322,11 @@ class ChainedMaxPScheduler:
         groups = self.maxp.optimizer.param_groups
         for group, lr in zip(groups, self._shadow, strict=True):
             group["lr"] = lr
-        before = self._shadow[0]
         for s in self.schedulers:
             s.step()
         self._shadow = [g["lr"] for g in groups]
-        if before:
-            self.maxp.lr_prefactor = self.maxp.lr_prefactor * self._shadow[0] / before
-        self.maxp.step(x)
+        self.maxp.param.step(x, None)
+        self.maxp._apply(self.maxp.param.step_count, self.factor)
 
     def get_last_lr(self) -> list[float]:
         return self.maxp.get_last_lr()
@@ -325,6 +342,7 @@ class ChainedMaxPScheduler:
             "maxp": self.maxp.state_dict(),
             "schedulers": [s.state_dict() for s in self.schedulers],
             "shadow": list(self._shadow),
+            "initial": list(self._initial),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -332,3 +350,5 @@ class ChainedMaxPScheduler:
         for s, sd in zip(self.schedulers, state["schedulers"], strict=True):
             s.load_state_dict(sd)
         self._shadow = list(state["shadow"])
+        self._initial = list(state.get("initial", self._initial))
+        self.maxp._apply(self.maxp.param.step_count, self.factor)
