@@ -8,7 +8,13 @@ optimizer from its ``param_groups`` and call ``param.step(x, optimizer)`` after 
 
 from maxp_torch.diagnose import diagnose_axis, plot_axis, print_axis
 from maxp_torch.module import LAYER_TYPES, ParametrizedModule
-from maxp_torch.parametrization import Parametrization, synthetic_graph
+from maxp_torch.parametrization import (
+    Parametrization,
+    measurement_mode,
+    optimizer_kind,
+    register_optimizer,
+    synthetic_graph,
+)
 from maxp_torch.scheduler import (
     ChainedMaxPScheduler,
     MaxPScheduler,
@@ -27,7 +33,10 @@ __all__ = [
     "diagnose_axis",
     "initialize_abc_weights",
     "linear_layers",
+    "measurement_mode",
+    "optimizer_kind",
     "plot_axis",
     "print_axis",
+    "register_optimizer",
     "synthetic_graph",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from maxp_core import MaxPError, Role
+from maxp_core import MaxPError, Role, validate
 
 LAYER_TYPES: tuple[str, ...] = tuple(role.value for role in Role)
 
@@ -45,7 +45,7 @@ class ParametrizedModule(nn.Module):
         c: float | None = None,
     ) -> None:
         super().__init__()
-        if layer_type not in LAYER_TYPES:
+        if not isinstance(layer_type, str) or layer_type not in LAYER_TYPES:
             raise MaxPError(f"unknown layer_type {layer_type!r}; expected one of {list(LAYER_TYPES)}")
         if isinstance(width_dim, bool) or not isinstance(width_dim, int) or width_dim < 1:
             raise MaxPError(f"width_dim must be a positive integer, got {width_dim!r}")
@@ -61,7 +61,10 @@ class ParametrizedModule(nn.Module):
             )
         self.width_dim = width_dim
         self.layer_type = layer_type
-        self.a, self.b, self.c = a, b, c
+        self.a, self.b, self.c = (
+            None if value is None else validate.exponent(value, f"ParametrizedModule: {key}")
+            for key, value in (("a", a), ("b", b), ("c", c))
+        )
         self.scale = 1.0
         self._recorder: Callable[[ParametrizedModule, tuple[Any, ...]], None] | None = None
         self._tracer: Callable[..., Any] | None = None

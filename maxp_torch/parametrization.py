@@ -169,7 +169,7 @@ class Parametrization:
     def __init__(
         self,
         model: nn.Module,
-        optimizer_type: str = "adam",
+        optimizer_type: str | None = None,
         alignment: str = "full",
         lr_prefactor: float = 1e-3,
         std_prefactor: float = 1.0,
@@ -197,7 +197,10 @@ class Parametrization:
         if not isinstance(model, nn.Module):
             raise MaxPError(f"Parametrization needs an nn.Module, got {type(model).__name__}")
         self.model = model
-        self.optimizer_type = parse_optimizer(optimizer_type)
+        # Declared by the user, or "adam" by default: an optimizer class maxP does not know is
+        # then refused at the first step instead of being taken for Adam.
+        self._declared_optimizer = optimizer_type is not None
+        self.optimizer_type = parse_optimizer("adam" if optimizer_type is None else optimizer_type)
         parse_parametrization(parametrization)
         self.lr_prefactor = validate.positive_number(lr_prefactor, "lr_prefactor")
         self.std_prefactor = validate.positive_number(std_prefactor, "std_prefactor")
@@ -259,7 +262,7 @@ class Parametrization:
                 pins[name] = float(pin)
         self.lp = StabilityLP(
             self.graph,
-            optimizer_type,
+            self.optimizer_type,
             feature_learning=feature_learning,
             c_fixed=pins,
             solver=solver or "highs",
@@ -452,7 +455,8 @@ class Parametrization:
         """The optimizer must be of the kind the LP was solved for (once per optimizer)."""
         if getattr(self, "_checked_optimizer", None) is optimizer:
             return
-        kind = optimizer_kind(optimizer)
+        known = any(cls in OPTIMIZER_KINDS for cls in type(optimizer).__mro__)
+        kind = optimizer_kind(optimizer) if known or not self._declared_optimizer else self.optimizer_type
         if kind != self.optimizer_type:
             raise MaxPError(
                 f"the learning rates were solved for optimizer_type={self.optimizer_type!r} but the "

@@ -1,0 +1,418 @@
+"""maxp_torch under bad input and injected faults: a clear error, or the last good rates kept."""
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from maxp_core import MaxPError, MaxPWarning
+from maxp_torch import (
+    ChainedMaxPScheduler,
+    MaxPScheduler,
+    Parametrization,
+    ParametrizedModule,
+    create_param_groups,
+    initialize_abc_weights,
+    register_optimizer,
+)
+
+
+class MLP(nn.Module):
+    def __init__(self, width=32, depth=4, in_dim=8, out=5, dropout=0.0, bias=True):
+        super().__init__()
+        sizes = [in_dim] + [width] * (depth - 1) + [out]
+        types = ["embedding"] + ["hidden"] * (depth - 2) + ["readout"]
+        self.layers = nn.ModuleList(
+            ParametrizedModule(
+                nn.Linear(sizes[i], sizes[i + 1], bias=bias), width_dim=width, layer_type=types[i]
+            )
+            for i in range(depth)
+        )
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = self.drop(torch.relu(x))
+        return x
+
+
+def data(n=32, in_dim=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, in_dim, generator=g), torch.randint(0, 5, (n,), generator=g)
+
+
+def train(model, param, optimizer, x, y, steps, step_x=None):
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        param.step(x if step_x is None else step_x, optimizer)
+
+
+# --- bad arguments: a clear MaxPError naming the culprit ------------------------------------
+
+BAD_PARAMETRIZATION = [
+    ({"lr_prefactor": float("nan")}, "lr_prefactor = nan"),
+    ({"lr_prefactor": float("inf")}, "lr_prefactor = inf"),
+    ({"lr_prefactor": -1e-3}, "lr_prefactor = -0.001 must be > 0"),
+    ({"lr_prefactor": 0.0}, "lr_prefactor = 0.0 must be > 0"),
+    ({"lr_prefactor": "1e-3"}, "lr_prefactor must be a real number"),
+    ({"lr_prefactor": True}, "lr_prefactor must be a real number"),
+    ({"lr_prefactor": 1e-3 + 0j}, "lr_prefactor must be a real number"),
+    ({"std_prefactor": 0.0}, "std_prefactor = 0.0 must be > 0"),
+    ({"sample_size": -5}, "sample_size must be an integer >= 1, got -5"),
+    ({"sample_size": 2.7}, "sample_size must be an integer >= 1, got float 2.7"),
+    ({"sample_size": 0}, "sample_size must be an integer >= 1, got 0"),
+    ({"sample_size": True}, "sample_size must be an integer"),
+    ({"feature_learning": "no"}, "feature_learning must be True or False, got str 'no'"),
+    ({"resample_w0": 1}, "resample_w0 must be True or False"),
+    ({"use_training_activations": "yes"}, "use_training_activations must be True or False"),
+    ({"warm_start": None}, "warm_start must be True or False"),
+    ({"alignment_ema": 2.0}, "alignment_ema = 2.0 is out of range"),
+    ({"c_ema": -0.1}, "c_ema = -0.1 is out of range"),
+    ({"c_ema": float("nan")}, "c_ema = nan is not a finite number"),
+    ({"norm_mode": "l2"}, "unknown norm_mode 'l2'"),
+    ({"optimizer_type": "adagrad"}, "unknown optimizer 'adagrad'"),
+    ({"parametrization": "mu"}, "unknown parametrization 'mu'"),
+    ({"alignment": "partial"}, "unknown alignment preset 'partial'"),
+    ({"alignment_overrides": {"nope": (0.5, 0.5, 0.5)}}, r"keys \['nope'\] match no layer"),
+    ({"alignment_overrides": {"hidden": (0.5, 0.5)}}, r"alignment_overrides\['hidden'\] must be three"),
+    ({"alignment_overrides": {"hidden": (1.5, 0.5, 0.5)}}, r"'hidden'\]: alpha = 1.5 is out of range"),
+    ({"alignment_overrides": {"hidden": (0.5, -0.1, 0.5)}}, r"'hidden'\]: omega = -0.1 is out of range"),
+    ({"alignment_overrides": {"hidden": "abc"}}, r"alignment_overrides\['hidden'\] must be three"),
+    ({"alignment_overrides": [("hidden", (0.5, 0.5, 0.5))]}, "alignment_overrides must be a mapping"),
+    ({"ab_overrides": {"hidden": (0.0, 0.5, 1.0)}}, r"ab_overrides\['hidden'\] must be a pair"),
+    ({"ab_overrides": {"hidden": (float("nan"), 0.5)}}, r"ab_overrides\['hidden'\]: a = nan"),
+    ({"ab_overrides": {"middle": (0.0, 0.5)}}, "unknown key 'middle'"),
+    ({"ab_overrides": {"hidden": (0.0, 1.0)}}, r"layer 'layers.1' \(hidden\): a \+ b"),
+    ({"c_overrides": {"hidden": None}}, r"c_overrides\['hidden'\] must be a real number"),
+    ({"c_overrides": {"hidden": 1e20}}, r"c_overrides\['hidden'\] = 1e\+20 is out of range"),
+    ({"seed": -1}, "seed must be an integer >= 0"),
+    ({"warmup_steps": -1}, "warmup_steps must be an integer >= 0"),
+    ({"solve_interval": 0}, "solve_interval must be an integer >= 1"),
+    ({"solve_interval": 1.5}, "solve_interval must be an integer"),
+    ({"solver": "gurobi"}, "unknown solver 'gurobi'"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), BAD_PARAMETRIZATION)
+def test_bad_parametrization_arguments_name_the_culprit(kwargs, message) -> None:
+    with pytest.raises(MaxPError, match=message):
+        Parametrization(MLP(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"width_dim": 0}, "width_dim must be a positive integer"),
+        ({"width_dim": 32.0}, "width_dim must be a positive integer"),
+        ({"layer_type": "middle"}, "unknown layer_type 'middle'"),
+        ({"a": float("nan")}, "a = nan is not a finite number"),
+        ({"b": "0.5"}, "b must be a real number"),
+        ({"c": 1e30}, "c = 1e\\+30 is out of range"),
+    ],
+)
+def test_bad_parametrized_module_arguments(kwargs, message) -> None:
+    args = {"width_dim": 32, "layer_type": "hidden", **kwargs}
+    with pytest.raises(MaxPError, match=message):
+        ParametrizedModule(nn.Linear(32, 32), **args)
+
+
+def test_numpy_scalars_are_valid_numbers() -> None:
+    param = Parametrization(MLP(), lr_prefactor=np.float32(0.01), sample_size=np.int64(8), seed=np.int64(0))
+    assert param.sample_size == 8 and param.lr_prefactor == pytest.approx(0.01)
+
+
+def plain_mlp():
+    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 5))
+
+
+def test_unknown_optimizer_class_is_refused_not_treated_as_adam() -> None:
+    model = plain_mlp()
+    initialize_abc_weights(model)
+    optimizer = torch.optim.Adagrad(create_param_groups(model, lr_prefactor=0.1))
+    with pytest.raises(MaxPError, match="does not know whether Adagrad behaves like Adam"):
+        MaxPScheduler(optimizer, model, lr_prefactor=0.1)
+    # Declaring it explicitly is the way out.
+    assert (
+        MaxPScheduler(optimizer, model, lr_prefactor=0.1, optimizer_type="adam").param.optimizer_type
+        == "adam"
+    )
+
+
+def test_registered_optimizer_class_is_accepted() -> None:
+    class Lion(torch.optim.SGD):  # a stand-in subclass: not SGD-like for the LP
+        pass
+
+    register_optimizer(Lion, "adam")
+    model = plain_mlp()
+    initialize_abc_weights(model)
+    optimizer = Lion(create_param_groups(model, lr_prefactor=0.1), lr=0.1)
+    assert MaxPScheduler(optimizer, model, lr_prefactor=0.1).param.optimizer_type == "adam"
+    with pytest.raises(MaxPError, match=r"register_optimizer takes a torch\.optim\.Optimizer subclass"):
+        register_optimizer(dict, "adam")
+
+
+def test_optimizer_of_the_wrong_kind_for_the_lp_is_refused() -> None:
+    model = MLP()
+    param = Parametrization(model, optimizer_type="adam", warmup_steps=100)
+    optimizer = torch.optim.SGD(param.param_groups, lr=0.1)
+    with pytest.raises(MaxPError, match=r"solved for optimizer_type='adam' but the optimizer is SGD"):
+        param.step(None, optimizer)
+
+
+def test_capture_initial_twice_or_after_resume_is_refused() -> None:
+    x, y = data()
+    model = MLP()
+    param = Parametrization(model)
+    with pytest.raises(MaxPError, match="x is empty"):
+        param.capture_initial(x[:0])
+    param.capture_initial(x)
+    with pytest.raises(MaxPError, match="capture_initial after an earlier capture"):
+        param.capture_initial(x)
+    optimizer = torch.optim.AdamW(param.param_groups)
+    train(model, param, optimizer, x, y, 2)
+    state = param.state_dict()
+    fresh = Parametrization(model)
+    fresh.load_state_dict(state)
+    with pytest.raises(MaxPError, match="capture_initial after a loaded state"):
+        fresh.capture_initial(x)
+
+
+# --- injected faults in training: rates finite and equal to the last good ones ----------------
+
+
+def dynamic_run(**kwargs):
+    torch.manual_seed(0)
+    model = MLP(dropout=kwargs.pop("dropout", 0.0), bias=kwargs.pop("bias", True))
+    param = Parametrization(model, lr_prefactor=1e-2, warmup_steps=0, solve_interval=1, **kwargs)
+    return model, param, torch.optim.AdamW(param.param_groups)
+
+
+def test_nan_gradients_keep_the_last_good_rates_and_warn() -> None:
+    x, y = data()
+    model, param, optimizer = dynamic_run()
+    param.capture_initial(x)
+    train(model, param, optimizer, x, y, 3)
+    good, failures = param.get_last_lr(), param.failures
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    for p in model.parameters():
+        p.grad.fill_(float("nan"))
+    optimizer.step()  # the weights are NaN from here on: the run diverged
+    with pytest.warns(MaxPWarning, match=r"re-solve failed .* are not finite") as told:
+        param.step(x, optimizer)
+    assert told[0].filename == __file__
+    assert param.get_last_lr() == good
+    assert all(np.isfinite(param.get_last_lr()))
+    assert param.failures == failures + 1
+    assert [g["lr"] for g in optimizer.param_groups[:4]] == good
+
+
+def test_all_zero_sample_is_missing_and_keeps_the_preset_rates() -> None:
+    x, y = data()
+    model, param, optimizer = dynamic_run(bias=False)
+    preset = param.get_last_lr()
+    param.capture_initial(torch.zeros_like(x))  # every layer's input is zero: no information at all
+    with pytest.warns(MaxPWarning, match=r"layer 'layers\.1' carried no information") as told:
+        train(model, param, optimizer, x, y, 3)
+    assert param.get_last_lr() == preset  # not 10-25x larger, as alignment 0 would give
+    assert param.missing == 3 * 3 * 3  # three measured layers, three numbers, three re-solves
+    assert sum("layers.1" in str(w.message) for w in told) == 1  # once per layer and reason
+
+
+def test_weights_that_do_not_move_are_missing_not_zero() -> None:
+    x, _ = data()
+    _, param, optimizer = dynamic_run()
+    preset = param.get_last_lr()
+    param.capture_initial(x)
+    with pytest.warns(MaxPWarning, match="has changed since initialisation"):
+        for _ in range(2):
+            param.step(x, optimizer)  # no optimizer step: nothing moved
+    assert param.get_last_lr() == preset
+    assert param.solves == 2 and param.missing > 0
+
+
+def test_nan_training_batch_with_training_activations_keeps_the_rates() -> None:
+    x, y = data()
+    model, param, optimizer = dynamic_run(use_training_activations=True)
+    param.capture_initial(x)
+    train(model, param, optimizer, x, y, 2)
+    good = param.get_last_lr()
+    bad = torch.full_like(x, float("nan"))
+    with pytest.warns(MaxPWarning, match="not finite"):
+        model(bad)  # the training forward the step measures
+        param.step(bad, optimizer)
+    assert param.get_last_lr() == good
+    assert param.failures == 1
+
+
+def test_measurement_runs_in_eval_mode_and_leaves_the_rng_alone() -> None:
+    x, y = data()
+    noisy_model, noisy, optimizer = dynamic_run(dropout=0.5)
+    clean_model, clean, _ = dynamic_run(dropout=0.0)
+    clean_model.load_state_dict(noisy_model.state_dict())
+    noisy.capture_initial(x)
+    clean.capture_initial(x)
+    train(noisy_model, noisy, optimizer, x, y, 1)
+    with torch.no_grad():
+        for p, q in zip(clean_model.parameters(), noisy_model.parameters(), strict=True):
+            p.copy_(q)
+    rng = torch.get_rng_state()
+    assert noisy_model.training
+    noisy.step(x, optimizer)
+    clean.step(x, None)
+    assert torch.equal(rng, torch.get_rng_state())  # maxP drew no random numbers
+    assert noisy_model.training and noisy_model.drop.training  # train mode restored
+    # Dropout noise did not enter the measurement: the same alignments as without dropout.
+    np.testing.assert_allclose(noisy.get_alignment(), clean.get_alignment(), rtol=0, atol=1e-6)
+
+
+def test_turning_maxp_on_does_not_change_the_dropout_sequence() -> None:
+    x, y = data()
+    losses = {}
+    for dynamic in (False, True):
+        model, param, optimizer = dynamic_run(dropout=0.5)
+        param.capture_initial(x)
+        torch.manual_seed(123)
+        masks = []
+        for _ in range(3):
+            optimizer.zero_grad()
+            out = model(x)
+            masks.append(torch.rand(3))
+            nn.functional.cross_entropy(out, y).backward()
+            optimizer.step()
+            if dynamic:
+                param.step(x, optimizer)
+        losses[dynamic] = torch.stack(masks)
+    assert torch.equal(losses[False], losses[True])
+
+
+# --- chained schedulers: each group = outside factor x maxP's per-layer rate ------------------
+
+
+def reference_factors(make_schedulers, steps):
+    """The factors torch's own schedulers give a plain single-group optimizer at lr 1."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedulers = make_schedulers(optimizer)
+    factors = [optimizer.param_groups[0]["lr"]]
+    for _ in range(steps):
+        for s in schedulers:
+            s.step()
+        factors.append(optimizer.param_groups[0]["lr"])
+    return factors
+
+
+SCHEDULES = {
+    "linear warm-up": lambda opt: [torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=5)],
+    "cosine": lambda opt: [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)],
+    "warm-up then cosine": lambda opt: [
+        torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=5),
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_chained_schedulers_multiply_every_layer_rate_by_their_factor(name) -> None:
+    model = plain_mlp()
+    initialize_abc_weights(model)
+    optimizer = torch.optim.AdamW(create_param_groups(model, lr_prefactor=0.1))
+    maxp = MaxPScheduler(optimizer, model, lr_prefactor=0.1, solver_warmup_steps=10_000)
+    layer_rates = maxp.get_last_lr()
+    chained = ChainedMaxPScheduler(maxp, SCHEDULES[name](optimizer))
+    x = torch.randn(16, 8)
+    chained.capture_initial(x)
+    expected = reference_factors(SCHEDULES[name], 12)
+    seen = [chained.get_last_lr()]
+    for _ in range(12):
+        optimizer.step()
+        chained.step(x)
+        seen.append(chained.get_last_lr())
+    for factor, rates in zip(expected, seen, strict=True):
+        np.testing.assert_allclose(rates, [factor * r for r in layer_rates], rtol=1e-12)
+    assert expected[0] == pytest.approx(0.1 if "warm-up" in name else 1.0)
+
+
+# --- resume: bit-exact over 20 steps in every mode ---------------------------------------------
+
+MODES = {
+    "static": {"warmup_steps": 10_000},
+    "dynamic": {"warmup_steps": 1, "solve_interval": 2},
+    "dynamic with EMAs": {"warmup_steps": 1, "solve_interval": 1, "alignment_ema": 0.5, "c_ema": 0.3},
+    "resample_w0": {"warmup_steps": 1, "solve_interval": 1, "resample_w0": True},
+    "training activations": {"warmup_steps": 1, "solve_interval": 1, "use_training_activations": True},
+    "spectral": {"warmup_steps": 1, "solve_interval": 3, "norm_mode": "spectral"},
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_resume_is_bit_exact_over_20_steps(mode) -> None:
+    x, y = data(seed=3)
+
+    def make():
+        torch.manual_seed(5)
+        model = MLP(dropout=0.1)
+        param = Parametrization(model, lr_prefactor=1e-2, **MODES[mode])
+        return model, param, torch.optim.AdamW(param.param_groups)
+
+    def run(model, param, optimizer, steps, seed):
+        torch.manual_seed(seed)
+        train(model, param, optimizer, x, y, steps)
+
+    straight = make()
+    straight[1].capture_initial(x)
+    run(*straight, 10, seed=1)
+    run(*straight, 10, seed=2)
+
+    first = make()
+    first[1].capture_initial(x)
+    run(*first, 10, seed=1)
+    buffer = io.BytesIO()
+    model, param, optimizer = first
+    torch.save(
+        {"model": model.state_dict(), "opt": optimizer.state_dict(), "param": param.state_dict()}, buffer
+    )
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=False)
+    resumed = make()
+    resumed[0].load_state_dict(checkpoint["model"])
+    resumed[2].load_state_dict(checkpoint["opt"])
+    resumed[1].load_state_dict(checkpoint["param"])
+    run(*resumed, 10, seed=2)
+
+    for a, b in zip(straight[0].parameters(), resumed[0].parameters(), strict=True):
+        assert torch.equal(a, b)
+    np.testing.assert_array_equal(straight[1].c, resumed[1].c)
+    np.testing.assert_array_equal(straight[1].alignment, resumed[1].alignment)
+    assert straight[2].param_groups[0]["lr"] == resumed[2].param_groups[0]["lr"]
+    for key in ("solves", "failures", "missing"):
+        assert getattr(straight[1], key) == getattr(resumed[1], key)
+    if mode != "static":
+        assert straight[1].solves > 5
+
+
+def test_resume_with_training_activations_needs_the_initial_model() -> None:
+    x, y = data()
+    model, param, optimizer = dynamic_run(use_training_activations=True)
+    param.capture_initial(x)
+    train(model, param, optimizer, x, y, 2)
+    state = param.state_dict()
+    state["initial_model"] = None
+    with pytest.raises(MaxPError, match="needs the initial model's weights"):
+        Parametrization(model, use_training_activations=True).load_state_dict(state)
+
+
+def test_warnings_point_at_the_users_line() -> None:
+    x, _ = data()
+    _, param, optimizer = dynamic_run()
+    param.capture_initial(torch.zeros_like(x))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        param.step(x, optimizer)  # this line
+    assert caught and all(w.filename == __file__ for w in caught)
