@@ -96,7 +96,7 @@ def _check_range(graph: OpGraph, field: str, block: np.ndarray) -> None:
     if bad.any():
         k = int(np.argmax(bad))
         raise MaxPError(
-            f"node {graph.nodes[k].name!r}: {field} = {block[k]!r} is out of range; expected {valid}"
+            f"node {graph.nodes[k].name!r}: {field} = {float(block[k])!r} is out of range; expected {valid}"
         )
 
 

@@ -70,7 +70,7 @@ class LayerExponents:
 
 def parse_parametrization(name: str) -> str:
     """Validate a parametrization name (case-insensitive)."""
-    key = name.lower() if isinstance(name, str) else name
+    key = name.lower() if isinstance(name, str) else None
     if key not in AB_TABLE:
         raise MaxPError(f"unknown parametrization {name!r}; expected one of {list(PARAMETRIZATIONS)}")
     return key

@@ -164,8 +164,8 @@ class Resolver:
         for k in np.flatnonzero(missing.any(axis=1)):
             self._tell_missing(self.names[k], why_missing(*(bool(v) for v in missing[k])))
         smoothed = ema_update(previous, filled, self.alignment_ema)
-        for k, triple in self.overrides.items():
-            smoothed[k] = triple
+        for row, triple in self.overrides.items():
+            smoothed[row] = triple
         try:
             c_new = np.asarray(self.solve(smoothed), dtype=np.float64)
         except MaxPError as err:

@@ -44,7 +44,8 @@ def real_number(value: Any, where: str) -> float:
     try:
         result = float(value)
     except OverflowError:
-        raise MaxPError(f"{where} = {value!r} is too large to be a number of this kind") from None
+        digits = len(str(abs(int(value)))) if isinstance(value, numbers.Integral) else "many"
+        raise MaxPError(f"{where} is an integer of {digits} digits, too large to be a number here") from None
     if not math.isfinite(result):
         raise MaxPError(f"{where} = {value!r} is not a finite number")
     return result
