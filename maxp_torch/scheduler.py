@@ -110,10 +110,12 @@ def _set_exponents(layers: list[tuple[str, LinearLayer]], **per_layer: Sequence[
     for key, values in per_layer.items():
         if values is None:
             continue
+        if isinstance(values, str) or not isinstance(values, Sequence):
+            raise MaxPError(f"{key} must be a sequence of one value per layer, got {values!r}")
         if len(values) != len(layers):
             raise MaxPError(f"{key} has {len(values)} values but the model has {len(layers)} layers")
-        for (_, layer), value in zip(layers, values, strict=True):
-            setattr(layer, key[0], float(value))
+        for (name, layer), value in zip(layers, values, strict=True):
+            setattr(layer, key[0], validate.exponent(value, f"{key} of layer {name!r}"))
 
 
 def _engine(model: nn.Module, reinit: bool, **kwargs: Any) -> Parametrization:

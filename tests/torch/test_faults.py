@@ -416,3 +416,24 @@ def test_warnings_point_at_the_users_line() -> None:
         warnings.simplefilter("always")
         param.step(x, optimizer)  # this line
     assert caught and all(w.filename == __file__ for w in caught)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"al": [0.0, float("nan"), 0.5]}, "al of layer '2' = nan is not a finite number"),
+        ({"bl": [0.5, "x", 0.5]}, "bl of layer '2' must be a real number"),
+        ({"al": 0.5}, "al must be a sequence of one value per layer"),
+        ({"bl": [0.5, 0.5]}, "bl has 2 values but the model has 3 layers"),
+    ],
+)
+def test_first_release_exponent_lists_are_checked(kwargs, message) -> None:
+    with pytest.raises(MaxPError, match=message):
+        initialize_abc_weights(plain_mlp(), **kwargs)
+
+
+@pytest.mark.parametrize("lr", [float("nan"), -0.1, 0.0, "0.1"])
+def test_first_release_learning_rates_are_checked(lr) -> None:
+    model = plain_mlp()
+    with pytest.raises(MaxPError, match="lr_prefactor"):
+        create_param_groups(model, lr_prefactor=lr)
