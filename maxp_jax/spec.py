@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from maxp_core import (
+    SOLVERS,
     MaxPError,
     OpGraph,
     Role,
@@ -33,13 +34,16 @@ from maxp_core import (
     alignment_preset,
     check_init_stability,
     default_ab,
+    validate,
 )
 from maxp_core.formulation import parse_optimizer
 from maxp_core.graph import graph_by_roles
+from maxp_core.parametrizations import parse_parametrization
 from maxp_core.symmetry import fold_multiplier
 
 Layout = Literal["dense", "embedding", "torch"]
 LAYOUTS: tuple[str, ...] = ("dense", "embedding", "torch")
+ROLES: tuple[str, ...] = tuple(role.value for role in Role)
 MultiplierMode = Literal["folded", "explicit"]
 
 
@@ -58,6 +62,18 @@ class Rule:
       a, b: override the parametrization's exponents for these layers.
       c: pin the learning-rate exponent (the LP solves the others around it).
       alignment: ``(alpha, omega, u)`` for these layers instead of the preset.
+
+    Raises:
+      MaxPError: an argument has the wrong type or lies out of range; the message names
+        the rule's pattern, the argument and the value.
+
+    Examples:
+      >>> Rule("params/out/.*", "readout", width=np.int64(256)).width
+      256
+      >>> Rule("params/out/.*", "readout", alignment=(1.0, 0.5, 2.0))  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      maxp_core.errors.MaxPError: rule 'params/out/.*': alignment: u = 2.0 is out of range; ...
     """
 
     pattern: str
@@ -68,6 +84,23 @@ class Rule:
     b: float | None = None
     c: float | None = None
     alignment: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        pattern = validate.text(self.pattern, "rule pattern")
+        where = f"rule {pattern!r}"
+        role = self.role.value if isinstance(self.role, Role) else self.role
+        checked: dict[str, Any] = {
+            "role": validate.choice(role, f"{where}: role", ROLES),
+            "layout": validate.choice(self.layout, f"{where}: layout", LAYOUTS),
+            "width": None if self.width is None else validate.integer(self.width, f"{where}: width", 1),
+        }
+        for name in ("a", "b", "c"):
+            value = getattr(self, name)
+            checked[name] = None if value is None else validate.exponent(value, f"{where}: {name}")
+        if self.alignment is not None:
+            checked["alignment"] = validate.alignment_triple(self.alignment, f"{where}: alignment")
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True)
@@ -149,6 +182,10 @@ class MaxPSpec:
         ``apply_fn(params, sample_input)`` (:mod:`maxp_jax.graph`: residual adds, gates,
         marked activation ops); without them the layers form a chain in rule order.
 
+    Raises:
+      MaxPError: an argument is not of the documented kind, a rule matches nothing or a
+        leaf twice, or the LP has no answer; the message names the rule, path or argument.
+
     Examples:
       >>> import jax.numpy as jnp
       >>> params = {"params": {f"Dense_{i}": {"kernel": jnp.zeros((64, 64)), "bias": jnp.zeros(64)}
@@ -174,9 +211,7 @@ class MaxPSpec:
     c: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        self.optimizer = parse_optimizer(self.optimizer)
-        if self.multipliers not in ("folded", "explicit"):
-            raise MaxPError(f"multipliers must be 'folded' or 'explicit', got {self.multipliers!r}")
+        self._check_arguments()
         self.layers = self._find_layers()
         self.graph = self._build_graph()
         self.lp = StabilityLP(
@@ -188,6 +223,21 @@ class MaxPSpec:
         )
         solution = self.lp.solve()
         self.c = np.array([solution.c[layer.name] for layer in self.layers])
+
+    def _check_arguments(self) -> None:
+        self.parametrization = parse_parametrization(validate.text(self.parametrization, "parametrization"))
+        self.optimizer = parse_optimizer(validate.text(self.optimizer, "optimizer"))
+        alignment_preset(validate.text(self.alignment, "alignment"))
+        self.multipliers = validate.choice(self.multipliers, "multipliers", ("folded", "explicit"))  # type: ignore[assignment]
+        self.feature_learning = validate.boolean(self.feature_learning, "feature_learning")
+        self.solver = validate.choice(self.solver, "solver", SOLVERS)
+        if isinstance(self.rules, str | bytes) or not isinstance(self.rules, Sequence):
+            raise MaxPError(f"rules must be a list of Rule, got {type(self.rules).__name__} {self.rules!r}")
+        for k, rule in enumerate(self.rules):
+            if not isinstance(rule, Rule):
+                raise MaxPError(f"rules[{k}] must be a Rule, got {type(rule).__name__} {rule!r}")
+        if self.apply_fn is not None and not callable(self.apply_fn):
+            raise MaxPError(f"apply_fn must be callable, got {type(self.apply_fn).__name__}")
 
     # --- discovery -----------------------------------------------------------------
 
