@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,17 +13,17 @@ import numpy as np
 
 from maxp_core import (
     MaxPError,
+    Resolver,
     Role,
     SolveSchedule,
     alignment_of_layers,
     check_ema_decay,
-    ema_update,
     groups_of_equal_shape,
-    sanitize,
+    validate,
 )
 from maxp_core.alignment import MODES
 from maxp_jax.capture import LayerInputs
-from maxp_jax.spec import MaxPSpec
+from maxp_jax.spec import MaxPSpec, leaf_key, path_string
 
 #: dtype of the factors in the state: fixed, so assigning new factors never recompiles.
 FACTOR_DTYPE = jnp.float32
@@ -54,8 +53,14 @@ class DynamicAlignment:
         returned in the training forward, and ``maxp_batch``, a prefix of that batch
         (the initial model is run on it to get the matching initial inputs). The
         initial params are kept in the state instead of the sample's inputs.
-        ``sample_input`` then only serves to find the layers' inputs once.
+        ``sample_input`` then only serves to find the layers' inputs once. An empty
+        ``maxp_batch`` leaves nothing to measure (the measurements are missing), and
+        NaN or inf in ``maxp_inputs`` or in the initial model's inputs on
+        ``maxp_batch`` skips the re-solve.
 
+    Raises:
+      MaxPError: an argument has the wrong type or lies out of range (numpy integers and
+        booleans are accepted and stored as Python ones).
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -83,32 +88,54 @@ class DynamicAlignment:
     use_training_activations: bool = False
 
     def __post_init__(self) -> None:
-        SolveSchedule(self.warmup_steps, self.solve_interval, self.stop_after)  # validates
-        check_ema_decay("alignment_ema", self.alignment_ema)
-        check_ema_decay("c_ema", self.c_ema)
-        if self.mode not in MODES:
-            raise MaxPError(f"unknown alignment mode {self.mode!r}; expected one of {list(MODES)}")
-        if not isinstance(self.sample_size, int) or self.sample_size < 1:
-            raise MaxPError(f"sample_size must be a positive integer, got {self.sample_size!r}")
+        if not callable(self.apply_fn):
+            kind = type(self.apply_fn).__name__
+            raise MaxPError(f"DynamicAlignment: apply_fn must be callable, got {kind}")
+        schedule = SolveSchedule(self.warmup_steps, self.solve_interval, self.stop_after)  # validates
+        checked = {
+            "warmup_steps": int(schedule.warmup_steps),
+            "solve_interval": int(schedule.solve_interval),
+            "stop_after": None if schedule.stop_after is None else int(schedule.stop_after),
+            "sample_size": validate.integer(self.sample_size, "DynamicAlignment: sample_size", 1),
+            "mode": validate.choice(self.mode, "DynamicAlignment: mode", MODES),
+            "alignment_ema": check_ema_decay("alignment_ema", self.alignment_ema),
+            "c_ema": check_ema_decay("c_ema", self.c_ema),
+            "resample_w0": validate.boolean(self.resample_w0, "DynamicAlignment: resample_w0"),
+            "std_prefactor": validate.positive_number(self.std_prefactor, "DynamicAlignment: std_prefactor"),
+            "use_training_activations": validate.boolean(
+                self.use_training_activations, "DynamicAlignment: use_training_activations"
+            ),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
         if self.resample_w0 and self.init_key is None:
             raise MaxPError("resample_w0=True needs init_key, the key abc_init drew the initial weights with")
 
 
 class AlignmentResolver:
-    """The measuring (traced) and solving (host) halves of a dynamic re-solve."""
+    """The measuring (traced) and solving (host) halves of a dynamic re-solve.
+
+    Inside ``jit``, :meth:`measure` returns the raw alignments (NaN where a measurement
+    carried no information) and which layers' weights or inputs are not finite; on the
+    host, a :class:`maxp_core.Resolver` applies the rules that keep a learning rate from
+    being silently wrong (skip on non-finite numbers, keep the previous alignment of a
+    missing measurement, keep the last rates when the LP fails) and the EMAs.
+    """
 
     def __init__(self, spec: MaxPSpec, config: DynamicAlignment) -> None:
         self.spec = spec
         self.config = config
         self.schedule = SolveSchedule(config.warmup_steps, config.solve_interval, config.stop_after)
         self.inputs: LayerInputs | None = None
-        self.overrides = np.array([layer.alignment is not None for layer in spec.layers])
-        self.override_values = np.array(
-            [layer.alignment if layer.alignment is not None else (0.0, 0.0, 0.0) for layer in spec.layers]
+        fixed = {k: layer.alignment for k, layer in enumerate(spec.layers) if layer.alignment is not None}
+        self.resolver = Resolver(
+            [layer.name for layer in spec.layers],
+            spec.solve,
+            alignment_ema=config.alignment_ema,
+            c_ema=config.c_ema,
+            overrides=fixed,
         )
-        self.fallback = spec.layer_alignment_presets()
         self._lock = threading.Lock()
-        self._warned = False
 
     # --- traced ---------------------------------------------------------------------
 
@@ -156,38 +183,61 @@ class AlignmentResolver:
 
     def _inputs_now_and_then(
         self, params: Any, state: Any, extras: dict[str, Any]
-    ) -> tuple[dict[int, jax.Array], tuple[jax.Array, ...]]:
-        """The current and the initial inputs of every measured layer, on the same rows."""
+    ) -> tuple[dict[int, jax.Array], tuple[jax.Array, ...], dict[int, jax.Array]]:
+        """The current and the initial inputs of every measured layer, on the same rows,
+        and whether each layer's inputs are all finite."""
         layer_inputs = self._layer_inputs(params)
         size = self.config.sample_size
         if not self.config.use_training_activations:
-            return self._sample_rows(params), state.z0
-        missing = [k for k in ("maxp_inputs", "maxp_batch") if extras.get(k) is None]
-        if missing:
-            raise ValueError(
-                f"use_training_activations=True needs the update's extra arguments {missing}: "
+            rows = self._sample_rows(params)
+            return rows, state.z0, {i: _all_finite(x) for i, x in rows.items()}
+        absent = [k for k in ("maxp_inputs", "maxp_batch") if extras.get(k) is None]
+        if absent:
+            raise MaxPError(
+                f"use_training_activations=True needs the update's extra arguments {absent}: "
                 "tx.update(grads, state, params, maxp_inputs=inputs, maxp_batch=x[:k])"
             )
-        now = {i: extras["maxp_inputs"][i][:size] for i in layer_inputs.measured}
+        inputs = extras["maxp_inputs"]
+        lacking = [self.spec.layers[i].name for i in layer_inputs.measured if i not in inputs]
+        if lacking:
+            raise MaxPError(
+                f"maxp_inputs lacks the inputs of layers {lacking}; pass what LayerInputs returns "
+                "in the training forward"
+            )
+        now = {i: inputs[i][:size] for i in layer_inputs.measured}
         _, initial = layer_inputs(state.params0, extras["maxp_batch"])
         rows = {i: min(size, initial[i].shape[0], now[i].shape[0]) for i in layer_inputs.measured}
-        return {i: now[i][: rows[i]] for i in now}, tuple(
-            initial[i][: rows[i]] for i in layer_inputs.measured
+        finite = {i: _all_finite(inputs[i]) & _all_finite(initial[i]) for i in layer_inputs.measured}
+        return (
+            {i: now[i][: rows[i]] for i in now},
+            tuple(initial[i][: rows[i]] for i in layer_inputs.measured),
+            finite,
         )
 
     def due(self, count: jax.Array) -> jax.Array:
         """Whether the update after ``count`` steps re-solves (traceable)."""
         return self.schedule.due(count, xp=jnp)
 
-    def measure(self, params: Any, state: Any, extras: dict[str, Any] | None = None) -> jax.Array:
-        """``(layers, 3)`` alignments; embeddings (whose alignment the LP does not use) keep theirs."""
+    def measure(
+        self, params: Any, state: Any, extras: dict[str, Any] | None = None
+    ) -> tuple[jax.Array, jax.Array]:
+        """``(alignments (layers, 3), non-finite (layers,))`` measured now (traceable).
+
+        Alignments are the raw measurements, NaN where one carried no information; layers
+        not measured (embeddings, whose alignment the LP does not use, and layers whose
+        rule fixes the alignment) keep ``state.alignment``. A layer is non-finite when its
+        current weight or its inputs hold NaN or inf.
+        """
         layer_inputs = self._layer_inputs(params)
-        rows, z0 = self._inputs_now_and_then(params, state, extras or {})
+        rows, z0, finite_inputs = self._inputs_now_and_then(params, state, extras or {})
         weights = layer_inputs.weight_matrices(params)
         initial = self._initial_weights(params, state)
         position = {i: k for k, i in enumerate(layer_inputs.measured)}
-        # A source's alignment does not enter the LP; embeddings keep theirs.
-        measured = [i for i in layer_inputs.measured if self.spec.layers[i].role is not Role.EMBEDDING]
+        measured = [
+            i
+            for i in layer_inputs.measured
+            if self.spec.layers[i].role is not Role.EMBEDDING and self.spec.layers[i].alignment is None
+        ]
 
         def shape_of(i: int) -> tuple[Any, ...]:
             return (rows[i].shape, weights[i].shape, self.spec.layers[i].fan_in, weights[i].dtype)
@@ -201,49 +251,76 @@ class AlignmentResolver:
                 xp=jnp,
             )
             out = out.at[jnp.asarray(group)].set(jnp.stack(list(al), axis=1).astype(out.dtype))
-        return out
+        return out, self._nonfinite(params, finite_inputs)
+
+    def _nonfinite(self, params: Any, finite_inputs: dict[int, jax.Array]) -> jax.Array:
+        """``(layers,)``: the layer's weight or its inputs hold NaN or inf."""
+        leaves = {leaf_key(path_string(p)): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+        flags = []
+        for i, layer in enumerate(self.spec.layers):
+            finite = _all_finite(leaves[leaf_key(layer.weight_path)])
+            if i in finite_inputs:
+                finite = finite & finite_inputs[i]
+            flags.append(~finite)
+        return jnp.stack(flags)
 
     def resolve(self, state: Any, params: Any, extras: dict[str, Any] | None = None) -> Any:
-        """Measure, smooth, solve on the host, and return the new state (traceable)."""
-        measured = self.measure(params, state, extras)
-        decay = self.config.alignment_ema
-        smoothed = ema_update(state.alignment, measured, decay, xp=jnp)
+        """Measure, then solve on the host, and return the new state (traceable)."""
+        measured, nonfinite = self.measure(params, state, extras)
         num = len(self.spec.layers)
         shapes = (
             jax.ShapeDtypeStruct((num,), FACTOR_DTYPE),
             jax.ShapeDtypeStruct((num,), FACTOR_DTYPE),
+            jax.ShapeDtypeStruct((num, 3), FACTOR_DTYPE),
+            jax.ShapeDtypeStruct((), jnp.int32),
             jax.ShapeDtypeStruct((), jnp.int32),
         )
-        c, factors, failed = jax.pure_callback(self.solve_on_host, shapes, smoothed, state.c)
+        c, factors, alignment, failed, missing = jax.pure_callback(
+            self.solve_on_host, shapes, measured, state.alignment, state.c, nonfinite, state.failures
+        )
         return state._replace(
             c=c,
-            factors=factors,
-            alignment=smoothed,
+            factors=jnp.where(failed > 0, state.factors, factors),  # exactly the last factors
+            alignment=alignment,
             solves=state.solves + (1 - failed),
             failures=state.failures + failed,
+            missing=state.missing + missing,
         )
 
     # --- host -----------------------------------------------------------------------
 
     def solve_on_host(
-        self, alignment: np.ndarray, c_prev: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Solve the LP with new alignments; on failure keep ``c_prev`` and flag it."""
-        c_prev = np.asarray(c_prev, dtype=np.float64)
-        values = sanitize(np.asarray(alignment, dtype=np.float64), self.fallback)
-        values = np.where(self.overrides[:, None], self.override_values, values)
-        try:
-            with self._lock:
-                c_new = self.spec.solve(values)
-            c = ema_update(c_prev, c_new, self.config.c_ema)
-            failed = 0
-        except MaxPError as err:
-            if not self._warned:
-                warnings.warn(f"maxP re-solve failed, keeping the last learning rates: {err}", stacklevel=2)
-                self._warned = True
-            c, failed = c_prev, 1
+        self,
+        measured: np.ndarray,
+        previous: np.ndarray,
+        c_prev: np.ndarray,
+        nonfinite: np.ndarray,
+        failures: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One re-solve by :class:`maxp_core.Resolver`.
+
+        Returns:
+          ``(c, factors, alignment, failed, missing)``: float32 exponents, factors and
+          ``(layers, 3)`` alignments, whether the re-solve failed and how many measured
+          numbers were missing (int32).
+        """
+        with self._lock:
+            outcome = self.resolver(
+                measured=np.asarray(measured, dtype=np.float64),
+                previous=np.asarray(previous, dtype=np.float64),
+                c_prev=np.asarray(c_prev, dtype=np.float64),
+                nonfinite=np.asarray(nonfinite, dtype=bool),
+                failures=int(failures),
+            )
         return (
-            c.astype(np.float32),
-            self.spec.factors(c).astype(np.float32),
-            np.asarray(failed, dtype=np.int32),
+            outcome.c.astype(np.float32),
+            self.spec.factors(outcome.c).astype(np.float32),
+            outcome.alignment.astype(np.float32),
+            np.asarray(int(outcome.failed), dtype=np.int32),
+            np.asarray(outcome.missing, dtype=np.int32),
         )
+
+
+def _all_finite(x: jax.Array) -> jax.Array:
+    """Whether every entry of ``x`` is finite (True for an empty array)."""
+    return jnp.all(jnp.isfinite(x))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -9,13 +10,28 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from maxp_core import WSDSchedule
+from maxp_core import MaxPError, WSDSchedule, validate
 from maxp_jax.dynamic import FACTOR_DTYPE, AlignmentResolver, DynamicAlignment
 from maxp_jax.spec import MaxPSpec, leaf_key, path_string
 
 
 class ScaleByMaxPState(NamedTuple):
-    """Per-layer learning-rate factors ``n^-c``, their exponents, and what re-solves need."""
+    """Per-layer learning-rate factors ``n^-c``, their exponents, and what re-solves need.
+
+    Attributes:
+      count: optimizer steps taken.
+      factors: ``(layers,)`` float32 learning-rate factors ``n^-c`` in use.
+      c: ``(layers,)`` float32 exponents the factors come from.
+      alignment: ``(layers, 3)`` float32 ``(alpha, omega, u)`` the last re-solve used
+        (the presets or a rule's ``alignment`` before any).
+      z0, w0, params0: what the state keeps of the initial model for dynamic re-solves.
+      solves: re-solves that gave new factors.
+      failures: re-solves that kept the last factors: the weights or inputs of a layer were
+        not finite (NaN or inf), or the LP had no answer.
+      missing: measured numbers (three per layer and re-solve) that carried no information
+        and kept their previous alignment: an input that is empty, all zero or unchanged, a
+        weight that has not moved from its initial value.
+    """
 
     count: jax.Array
     factors: jax.Array
@@ -26,6 +42,7 @@ class ScaleByMaxPState(NamedTuple):
     params0: Any  # the initial params with use_training_activations, else ()
     solves: jax.Array
     failures: jax.Array
+    missing: jax.Array
 
 
 def scale_by_maxp(
@@ -45,8 +62,21 @@ def scale_by_maxp(
     ``dynamic`` (inside ``jit``), re-solves the LP on the host
     (``jax.pure_callback``) and puts the new factors into the state. The update of
     step ``k + 1`` uses the weights after step ``k``, as a PyTorch scheduler that
-    measures after ``optimizer.step()`` does. A re-solve that fails keeps the last
-    factors, counts the failure in the state and warns once.
+    measures after ``optimizer.step()`` does.
+
+    No re-solve gives a wrong learning rate silently: one that meets weights or inputs
+    that are not finite, or that the LP cannot answer, keeps the last factors, and a
+    measurement that carried no information (NaN) keeps that layer's previous alignment
+    (the preset before any measurement) rather than being read as "no alignment". Both
+    warn (:class:`maxp_core.MaxPWarning`; failures at the 1st, 2nd, 4th, ... with the
+    running count, missing measurements once per layer and reason). The state counts
+    what happened, in three ``int32`` counters:
+
+    * ``solves``: re-solves that gave new factors;
+    * ``failures``: re-solves that kept the last factors;
+    * ``missing``: measured numbers (three per layer and re-solve) that were missing.
+
+    Without ``dynamic`` the three stay 0.
 
     Args:
       spec: the :class:`~maxp_jax.MaxPSpec`.
@@ -68,6 +98,12 @@ def scale_by_maxp(
       >>> {k: round(float(v.ravel()[0]), 6) for k, v in updates.items()}
       {'scale': 1.0, 'w_in': 1.0, 'w_out': 0.003906}
     """
+    if not isinstance(spec, MaxPSpec):
+        raise MaxPError(f"scale_by_maxp: spec must be a MaxPSpec, got {type(spec).__name__}")
+    if dynamic is not None and not isinstance(dynamic, DynamicAlignment):
+        raise MaxPError(
+            f"scale_by_maxp: dynamic must be a DynamicAlignment or None, got {type(dynamic).__name__}"
+        )
     index = spec.leaf_layer_index()
     initial_c = np.asarray(spec.c, dtype=np.float64)
     initial_factors = spec.factors(initial_c)
@@ -90,6 +126,7 @@ def scale_by_maxp(
             params0=params0,
             solves=jnp.zeros([], jnp.int32),
             failures=jnp.zeros([], jnp.int32),
+            missing=jnp.zeros([], jnp.int32),
         )
 
     def update_fn(
@@ -97,8 +134,8 @@ def scale_by_maxp(
     ) -> tuple[optax.Updates, ScaleByMaxPState]:
         if resolver is not None:
             if params is None:
-                raise ValueError(
-                    "scale_by_maxp with dynamic alignment needs params in update(updates, state, params)"
+                raise MaxPError(
+                    "scale_by_maxp with dynamic alignment needs params: update(updates, state, params)"
                 )
             extras = {k: extra_args.get(k) for k in ("maxp_inputs", "maxp_batch")}
             state = jax.lax.cond(
@@ -125,7 +162,7 @@ def find_maxp_state(opt_state: Any) -> ScaleByMaxPState:
     """The :class:`ScaleByMaxPState` inside an optimizer state (a chain, partition, ...)."""
     found = [s for s in _walk(opt_state) if isinstance(s, ScaleByMaxPState)]
     if len(found) != 1:
-        raise ValueError(f"expected one ScaleByMaxPState in the optimizer state, found {len(found)}")
+        raise MaxPError(f"expected one ScaleByMaxPState in the optimizer state, found {len(found)}")
     return found[0]
 
 
@@ -133,10 +170,19 @@ def set_factors(opt_state: Any, spec: MaxPSpec, c: np.ndarray) -> Any:
     """A copy of ``opt_state`` whose maxP factors come from the exponents ``c``.
 
     Values only change (same shapes and dtypes), so a jitted step is not traced again.
+
+    Raises:
+      MaxPError: ``opt_state`` holds no :class:`ScaleByMaxPState`, or ``c`` is not one
+        finite exponent per layer of ``spec`` (the message names the layer).
     """
-    c = np.asarray(c, dtype=np.float64)
-    if c.shape != (len(spec.layers),) or not np.all(np.isfinite(c)):
-        raise ValueError(f"c must hold {len(spec.layers)} finite numbers, got {c!r}")
+    if not isinstance(spec, MaxPSpec):
+        raise MaxPError(f"set_factors: spec must be a MaxPSpec, got {type(spec).__name__}")
+    c = _check_exponents(c, spec)
+    is_state = lambda x: isinstance(x, ScaleByMaxPState)  # noqa: E731
+    if not any(is_state(node) for node in jax.tree_util.tree_leaves(opt_state, is_leaf=is_state)):
+        raise MaxPError(
+            "set_factors: the optimizer state holds no ScaleByMaxPState (is scale_by_maxp in the chain?)"
+        )
     factors = jnp.asarray(spec.factors(c), dtype=FACTOR_DTYPE)
     new_c = jnp.asarray(c, dtype=FACTOR_DTYPE)
 
@@ -145,7 +191,21 @@ def set_factors(opt_state: Any, spec: MaxPSpec, c: np.ndarray) -> Any:
             return node._replace(factors=factors, c=new_c)
         return node
 
-    return jax.tree_util.tree_map(replace, opt_state, is_leaf=lambda x: isinstance(x, ScaleByMaxPState))
+    return jax.tree_util.tree_map(replace, opt_state, is_leaf=is_state)
+
+
+def _check_exponents(c: Any, spec: MaxPSpec) -> np.ndarray:
+    """``c`` as float64, one bounded finite exponent per layer of ``spec``."""
+    names = [layer.name for layer in spec.layers]
+    values = validate.real_array(c, "set_factors: c")
+    if values.shape != (len(names),):
+        raise MaxPError(
+            f"set_factors: c must hold one exponent per layer ({len(names)}: {names}), "
+            f"got shape {values.shape}"
+        )
+    for name, value in zip(names, values, strict=True):
+        validate.exponent(float(value), f"set_factors: c of layer {name!r}")
+    return values
 
 
 def _walk(node: Any) -> list[Any]:
@@ -205,7 +265,15 @@ def adamw(
     Weight decay comes before the maxP factor, so each layer's decay is multiplied by
     its own learning rate, as in ``torch.optim.AdamW`` with one group per layer.
     ``mask`` defaults to every leaf (as ``torch.optim.AdamW``'s single group does).
+
+    Raises:
+      MaxPError: a hyperparameter is out of range (a schedule is passed through as is).
     """
+    _check_learning_rate(learning_rate, "adamw")
+    _check_hyperparameter(b1, "adamw: b1", _fraction)
+    _check_hyperparameter(b2, "adamw: b2", _fraction)
+    _check_hyperparameter(eps, "adamw: eps", validate.positive_number)
+    _check_hyperparameter(weight_decay, "adamw: weight_decay", _non_negative)
     return optax.chain(
         optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
         optax.add_decayed_weights(weight_decay, mask),
@@ -221,7 +289,15 @@ def sgd(
     nesterov: bool = False,
     weight_decay: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
-    """SGD with maxP, in ``torch.optim.SGD``'s order: coupled decay, momentum, factor, -lr."""
+    """SGD with maxP, in ``torch.optim.SGD``'s order: coupled decay, momentum, factor, -lr.
+
+    Raises:
+      MaxPError: a hyperparameter is out of range (a schedule is passed through as is).
+    """
+    _check_learning_rate(learning_rate, "sgd")
+    _check_hyperparameter(momentum, "sgd: momentum", _non_negative)
+    _check_hyperparameter(weight_decay, "sgd: weight_decay", _non_negative)
+    validate.boolean(nesterov, "sgd: nesterov")
     parts: list[optax.GradientTransformation] = []
     if weight_decay:
         parts.append(optax.add_decayed_weights(weight_decay))
@@ -229,3 +305,35 @@ def sgd(
         parts.append(optax.trace(decay=momentum, nesterov=nesterov))
     parts += [scale_by_maxp(spec), optax.scale_by_learning_rate(learning_rate)]
     return optax.chain(*parts)
+
+
+def _check_learning_rate(learning_rate: Any, where: str) -> None:
+    """A number must be finite and > 0; a schedule (a callable) is left to optax."""
+    if not callable(learning_rate):
+        _check_hyperparameter(learning_rate, f"{where}: learning_rate", validate.positive_number)
+
+
+def _check_hyperparameter(value: Any, where: str, check: Callable[[Any, str], float]) -> None:
+    """``check(value, where)`` on a number or a concrete array; traced values (as
+    ``optax.inject_hyperparams`` passes them inside ``jit``) pass through."""
+    if isinstance(value, jax.Array):
+        try:
+            value = np.asarray(value)
+        except jax.errors.JAXTypeError:
+            return
+    check(value, where)
+
+
+def _non_negative(value: Any, where: str) -> float:
+    result = validate.real_number(value, where)
+    if result < 0.0:
+        raise MaxPError(f"{where} = {value!r} must be >= 0")
+    return result
+
+
+def _fraction(value: Any, where: str) -> float:
+    """A decay rate in ``[0, 1)``."""
+    result = validate.real_number(value, where)
+    if not 0.0 <= result < 1.0:
+        raise MaxPError(f"{where} = {value!r} is out of range; it must lie in [0, 1)")
+    return result

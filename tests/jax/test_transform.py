@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import maxp_jax
-from maxp_core import WSDSchedule
+from maxp_core import MaxPError, WSDSchedule
 from maxp_jax import FACTOR_DTYPE, MaxPSpec, Rule, abc_init, find_maxp_state, scale_by_maxp, set_factors
 from tests.jax.models import MLP, mlp_and_spec
 
@@ -129,8 +129,10 @@ def test_set_factors_does_not_retrace_a_jitted_step() -> None:
     params, state = step(params, state, x, y)
     assert len(traces) == 1
     np.testing.assert_allclose(find_maxp_state(state).factors, spec.factors(new_c).astype(np.float32))
-    with pytest.raises(ValueError, match="4 finite numbers"):
+    with pytest.raises(MaxPError, match="c of layer 'params/Dense_1' = nan is not a finite number"):
         set_factors(state, spec, np.array([0.0, np.nan, 0.0, 0.0]))
+    with pytest.raises(MaxPError, match=r"one exponent per layer \(4: "):
+        set_factors(state, spec, spec.c[:3])
 
 
 def test_composes_with_inject_hyperparams_and_partition() -> None:
