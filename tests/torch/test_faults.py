@@ -437,3 +437,15 @@ def test_first_release_learning_rates_are_checked(lr) -> None:
     model = plain_mlp()
     with pytest.raises(MaxPError, match="lr_prefactor"):
         create_param_groups(model, lr_prefactor=lr)
+
+
+@pytest.mark.parametrize("scale", [1e17, 1e-30])
+def test_perfectly_aligned_float32_layers_measure_one_at_extreme_scales(scale) -> None:
+    from maxp_core import alignment_of_layers
+
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal(256)
+    z0 = torch.tensor(np.stack([v, -3 * v]) * scale, dtype=torch.float32)
+    w0 = torch.tensor(np.outer(rng.standard_normal(16), v) * scale, dtype=torch.float32)
+    measured = alignment_of_layers([(z0, 3 * z0, w0, 4 * w0)], xp=torch)
+    assert [float(a[0]) for a in measured] == pytest.approx([1.0, 1.0, 1.0], abs=1e-5)
