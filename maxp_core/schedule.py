@@ -73,10 +73,7 @@ class SolveSchedule:
 
 def check_ema_decay(name: str, decay: float) -> float:
     """Validate an EMA weight of the old value: ``0 <= decay < 1`` (0: no smoothing)."""
-    value = validate.real_number(decay, name)
-    if not 0.0 <= value < 1.0:
-        raise MaxPError(f"{name} = {decay!r} is out of range; an EMA decay lies in [0, 1) (0: no smoothing)")
-    return value
+    return validate.fraction(decay, name)
 
 
 def ema_update(previous: Any, value: Any, decay: float, xp: ModuleType = np) -> Any:

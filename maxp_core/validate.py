@@ -90,6 +90,22 @@ def positive_number(value: Any, where: str) -> float:
     return result
 
 
+def non_negative_number(value: Any, where: str) -> float:
+    """A finite number ``>= 0`` (a weight decay, a momentum)."""
+    result = real_number(value, where)
+    if result < 0.0:
+        raise MaxPError(f"{where} = {value!r} must be >= 0")
+    return result
+
+
+def fraction(value: Any, where: str) -> float:
+    """A decay rate in ``[0, 1)`` (an EMA weight, Adam's betas)."""
+    result = real_number(value, where)
+    if not 0.0 <= result < 1.0:
+        raise MaxPError(f"{where} = {value!r} is out of range; it must lie in [0, 1)")
+    return result
+
+
 def integer(value: Any, where: str, minimum: int) -> int:
     """An integer ``>= minimum`` (numpy integers accepted; floats such as 2.0 refused)."""
     if isinstance(value, np.ndarray) and value.shape == ():

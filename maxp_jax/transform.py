@@ -270,10 +270,10 @@ def adamw(
       MaxPError: a hyperparameter is out of range (a schedule is passed through as is).
     """
     _check_learning_rate(learning_rate, "adamw")
-    _check_hyperparameter(b1, "adamw: b1", _fraction)
-    _check_hyperparameter(b2, "adamw: b2", _fraction)
+    _check_hyperparameter(b1, "adamw: b1", validate.fraction)
+    _check_hyperparameter(b2, "adamw: b2", validate.fraction)
     _check_hyperparameter(eps, "adamw: eps", validate.positive_number)
-    _check_hyperparameter(weight_decay, "adamw: weight_decay", _non_negative)
+    _check_hyperparameter(weight_decay, "adamw: weight_decay", validate.non_negative_number)
     return optax.chain(
         optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
         optax.add_decayed_weights(weight_decay, mask),
@@ -295,8 +295,8 @@ def sgd(
       MaxPError: a hyperparameter is out of range (a schedule is passed through as is).
     """
     _check_learning_rate(learning_rate, "sgd")
-    _check_hyperparameter(momentum, "sgd: momentum", _non_negative)
-    _check_hyperparameter(weight_decay, "sgd: weight_decay", _non_negative)
+    _check_hyperparameter(momentum, "sgd: momentum", validate.non_negative_number)
+    _check_hyperparameter(weight_decay, "sgd: weight_decay", validate.non_negative_number)
     validate.boolean(nesterov, "sgd: nesterov")
     parts: list[optax.GradientTransformation] = []
     if weight_decay:
@@ -322,18 +322,3 @@ def _check_hyperparameter(value: Any, where: str, check: Callable[[Any, str], fl
         except jax.errors.JAXTypeError:
             return
     check(value, where)
-
-
-def _non_negative(value: Any, where: str) -> float:
-    result = validate.real_number(value, where)
-    if result < 0.0:
-        raise MaxPError(f"{where} = {value!r} must be >= 0")
-    return result
-
-
-def _fraction(value: Any, where: str) -> float:
-    """A decay rate in ``[0, 1)``."""
-    result = validate.real_number(value, where)
-    if not 0.0 <= result < 1.0:
-        raise MaxPError(f"{where} = {value!r} is out of range; it must lie in [0, 1)")
-    return result

@@ -522,35 +522,32 @@ class Parametrization:
         measured = self._measured()
         if not measured:
             return values, nonfinite
+        weights = {k: self._weight_matrix(k) for k in measured}
         for k in measured:
-            w = self._weight_matrix(k)
-            if now[k].shape[-1] != w.shape[1]:
+            if now[k].shape[-1] != weights[k].shape[1]:
                 raise MaxPError(
                     f"layer {self.names[k]!r}: its input rows have {now[k].shape[-1]} features but its "
-                    f"weight contracts {w.shape[1]}; dynamic alignment measures Linear-like layers "
+                    f"weight contracts {weights[k].shape[1]}; dynamic alignment measures Linear-like layers "
                     "(inputs (..., fan_in)); pin this layer with alignment_overrides"
                 )
-            if now[k].is_complex() or w.is_complex():
+            if now[k].is_complex() or weights[k].is_complex():
                 raise MaxPError(f"layer {self.names[k]!r}: complex weights or inputs cannot be measured")
 
         def shape_of(k: int) -> tuple[Any, ...]:
-            w = self._weight_matrix(k)
+            w = weights[k]
             return (tuple(now[k].shape), tuple(w.shape), self._width(k), w.dtype, w.device)
 
         order: list[int] = []
         pieces: list[torch.Tensor] = []
         for layers in groups_of_equal_shape(measured, shape_of):
             al = alignment_of_layers(
-                [
-                    (initial[k], now[k], _as_matrix(self._initial_weight(k)), self._weight_matrix(k))
-                    for k in layers
-                ],
+                [(initial[k], now[k], _as_matrix(self._initial_weight(k)), weights[k]) for k in layers],
                 self.norm_mode,
                 self._width(layers[0]),
                 xp=torch,
             )
             finite = torch.stack(
-                [torch.isfinite(now[k]).all() & torch.isfinite(self._weight_matrix(k)).all() for k in layers]
+                [torch.isfinite(now[k]).all() & torch.isfinite(weights[k]).all() for k in layers]
             )
             order += layers
             pieces.append(torch.cat([torch.stack(list(al), dim=1), finite[:, None].to(al[0].dtype)], dim=1))
