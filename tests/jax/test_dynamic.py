@@ -280,7 +280,7 @@ def test_donating_params_and_state_trains_like_keeping_them(use_training_activat
     ("kwargs", "message"),
     [
         ({"solve_interval": 0}, "solve_interval must be an integer >= 1"),
-        ({"c_ema": 1.0}, r"c_ema = 1\.0 is out of range; an EMA decay lies in \[0, 1\)"),
+        ({"c_ema": 1.0}, r"c_ema = 1\.0 is out of range; it must lie in \[0, 1\)"),
         ({"mode": "l2"}, r"mode must be one of \['rms', 'spectral'\], got 'l2'"),
         ({"sample_size": 0}, "sample_size must be an integer >= 1, got 0"),
         ({"resample_w0": True}, "resample_w0=True needs init_key"),
