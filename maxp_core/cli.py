@@ -14,13 +14,18 @@ Input of ``solve``::
                 "has_weight": true, "preds": [], "merge": "min"}, ...]}
 
 A node without ``preds`` is a source; a node no other node lists is a sink. ``b``,
-``alpha``, ``omega`` and ``u`` are required for weight-bearing nodes only.
+``alpha``, ``omega`` and ``u`` are required for weight-bearing nodes only; ``"b": "inf"``
+declares a zero initial weight. ``merge`` is ``"min"`` (inputs add), ``"product"``
+(inputs multiply) or ``"sum"``; a multiplying node may list ``"zero_inputs"`` (inputs
+that are zero at initialization), and an activation-only node ``"contraction": true``
+(``x @ y^T`` over a width-sized axis, see :mod:`maxp_core.formulation`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -34,7 +39,10 @@ from maxp_core.parametrizations import AB_TABLE, PARAMETRIZATIONS, chain_roles, 
 EXIT_BAD_INPUT = 2
 
 _TOP_KEYS = {"optimizer", "feature_learning", "solver", "c_fixed", "nodes"}
-_NODE_KEYS = {"name", "a", "b", "alpha", "omega", "u", "has_weight", "preds", "merge", "role"}
+_NODE_KEYS = {
+    "name", "a", "b", "alpha", "omega", "u", "has_weight", "preds", "merge", "role",
+    "zero_inputs", "contraction",
+}  # fmt: skip
 _WEIGHT_NUMBERS = ("b", "alpha", "omega", "u")
 
 
@@ -74,16 +82,37 @@ def _node_from_json(entry: Any, k: int) -> Node:
     missing = [key for key in required if key not in entry]
     if missing:
         raise InputError(f"{where}: missing {missing}")
-    numbers = {key: _number(entry[key], f"{where}: {key}") for key in ("a", *_WEIGHT_NUMBERS) if key in entry}
-    preds = entry.get("preds", [])
-    if not isinstance(preds, list) or not all(isinstance(p, str) for p in preds):
-        raise InputError(f"{where}: preds must be a list of node names, got {preds!r}")
+    zero_init = has_weight and entry.get("b") == "inf"
+    numbers = {
+        key: _number(entry[key], f"{where}: {key}")
+        for key in ("a", *_WEIGHT_NUMBERS)
+        if key in entry and not (key == "b" and zero_init)
+    }
+    if zero_init:
+        numbers["b"] = math.inf
+    preds = _names(entry.get("preds", []), f"{where}: preds")
     merge = entry.get("merge", "min")
     if merge not in MERGES:
         raise InputError(f"{where}: merge must be one of {list(MERGES)}, got {merge!r}")
+    contraction = entry.get("contraction", False)
+    if not isinstance(contraction, bool):
+        raise InputError(f"{where}: contraction must be true or false, got {_short(contraction)}")
     return Node(
-        name=name, has_weight=has_weight, preds=tuple(preds), merge=merge, role=entry.get("role"), **numbers
+        name=name,
+        has_weight=has_weight,
+        preds=preds,
+        merge=merge,
+        role=entry.get("role"),
+        zero_inputs=_names(entry.get("zero_inputs", []), f"{where}: zero_inputs"),
+        contraction=contraction,
+        **numbers,
     )
+
+
+def _names(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise InputError(f"{where} must be a list of node names, got {_short(value)}")
+    return tuple(value)
 
 
 def lp_from_json(spec: Any) -> tuple[StabilityLP, dict[str, float]]:

@@ -3,9 +3,16 @@
 A node is a weight-bearing op (a matrix multiply with a learned weight) or an
 activation-only op (such as attention's ``q @ k^T``) that has an output multiplier
 ``n^-a`` but no weight. Edges run from a node to the nodes that consume its output.
-When a node has several predecessors their updates either add (``merge="min"``: a
-residual stream, the slowest-decaying term dominates) or multiply elementwise
-(``merge="sum"``: a gate, the exponents add).
+When a node has several predecessors their values either add (``merge="min"``: a
+residual stream, the slowest-decaying update dominates) or multiply (``merge="product"``:
+a gate, ``attn @ v``; the update of ``x * y`` is ``dx*y + x*dy + dx*dy``, so it is as large as
+the larger factor update unless a factor is zero at initialization, see
+:mod:`maxp_core.formulation`). ``merge="sum"`` adds the exponents; it is right only when
+every factor is zero at initialization, and is kept for graphs that state exactly that.
+
+A weighted node with ``b = math.inf`` has a zero initial weight. An activation-only node
+with ``contraction=True`` multiplies two inputs summed over a width-sized axis
+(``q @ k^T`` over the head dimension).
 
 Examples:
   >>> g = chain(3)
@@ -18,6 +25,7 @@ Examples:
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -28,8 +36,10 @@ from maxp_core import validate
 from maxp_core.errors import GraphError, MaxPError
 from maxp_core.roles import Role, check_init_stability, role_from_position
 
-Merge = Literal["min", "sum"]
-MERGES: tuple[str, ...] = ("min", "sum")
+Merge = Literal["min", "product", "sum"]
+MERGES: tuple[str, ...] = ("min", "product", "sum")
+#: Merges whose inputs multiply.
+PRODUCT_MERGES: tuple[str, ...] = ("product", "sum")
 
 #: Alignment presets ``(alpha, omega, u)``: worst case and random-like.
 ALIGNMENT_PRESETS: dict[str, tuple[float, float, float]] = {
@@ -60,9 +70,17 @@ class Node:
       u: alignment of the ``dz @ dW`` term.
       has_weight: False for activation-only ops (no learning rate, no ``c``).
       preds: names of the nodes whose outputs feed this one.
-      merge: how several predecessors combine: ``"min"`` (added) or ``"sum"``
-        (multiplied elementwise).
+      merge: how several predecessors combine: ``"min"`` (added), ``"product"``
+        (multiplied) or ``"sum"`` (multiplied, every factor zero at initialization).
       role: optional declared role; checked against the node's place in the graph.
+      zero_inputs: predecessors whose value, where this node multiplies it, is exactly
+        zero at initialization (the output of a zero-initialized layer); only for
+        multiplying nodes.
+      contraction: an activation-only node ``n^-a * x @ y^T`` whose two inputs (``preds``
+        in that order; one predecessor means ``x @ x^T``) are summed over an axis that
+        grows with width, like attention scores. ``alpha``, ``omega`` and ``u`` are then
+        the alignments of ``x0 @ dy``, ``dx @ y0`` and ``dx @ dy``, as for a layer whose
+        weight is ``y``.
     """
 
     name: str
@@ -75,6 +93,18 @@ class Node:
     preds: tuple[str, ...] = ()
     merge: Merge = "min"
     role: Role | None = field(default=None)
+    zero_inputs: tuple[str, ...] = ()
+    contraction: bool = False
+
+    @property
+    def zero_init(self) -> bool:
+        """Whether this is a weighted node whose initial weight is zero (``b = inf``)."""
+        return self.has_weight and self.b == math.inf
+
+    @property
+    def multiplies(self) -> bool:
+        """Whether this node multiplies its inputs (a product merge or a contraction)."""
+        return self.contraction or (len(self.preds) > 1 and self.merge in PRODUCT_MERGES)
 
     def with_numbers(self, **numbers: float) -> Node:
         """A copy with some of ``a, b, alpha, omega, u`` replaced."""
@@ -114,6 +144,7 @@ class OpGraph:
         self.sinks: tuple[int, ...] = tuple(i for i, s in enumerate(self._succs) if not s)
         """Indices of nodes no other node consumes."""
         self._check_numbers()
+        self._check_products()
         self._check_isolated()
         self._check_roles(check_stability)
 
@@ -240,16 +271,45 @@ class OpGraph:
         return tuple(order)
 
     def _check_numbers(self) -> None:
-        """Exponents finite and bounded, alignments in [0, 1], ``has_weight`` a boolean."""
-        checks = {"a": validate.exponent, "b": validate.exponent}
+        """Exponents finite and bounded (``b = inf`` allowed for weights), alignments in [0, 1]."""
+        checks = {"a": validate.exponent, "b": validate.init_exponent}
         checks.update(dict.fromkeys(validate.ALIGNMENT_FIELDS, validate.alignment_value))
         for n in self.nodes:
             try:
                 validate.boolean(n.has_weight, f"node {n.name!r}: has_weight")
+                validate.boolean(n.contraction, f"node {n.name!r}: contraction")
                 for key, check in checks.items():
+                    if key == "b" and not n.has_weight:
+                        check = validate.exponent
                     check(getattr(n, key), f"node {n.name!r}: {key}")
             except MaxPError as err:
                 raise GraphError(str(err)) from None
+
+    def _check_products(self) -> None:
+        """``contraction`` only on activation-only nodes, ``zero_inputs`` only where inputs multiply."""
+        for n in self.nodes:
+            if n.contraction and (n.has_weight or len(n.preds) not in (1, 2)):
+                raise GraphError(
+                    f"node {n.name!r}: contraction=True needs an activation-only node with one or two "
+                    f"predecessors (x @ y^T), got has_weight={n.has_weight} and preds {list(n.preds)}"
+                )
+            zero = n.zero_inputs
+            if isinstance(zero, str) or not all(isinstance(p, str) for p in zero):
+                raise GraphError(f"node {n.name!r}: zero_inputs must be a tuple of node names, got {zero!r}")
+            if not zero:
+                continue
+            stray = sorted(set(zero) - set(n.preds))
+            if stray:
+                raise GraphError(
+                    f"node {n.name!r}: zero_inputs names {stray}, which are not among its "
+                    f"predecessors {list(n.preds)}"
+                )
+            if not n.multiplies:
+                raise GraphError(
+                    f"node {n.name!r}: zero_inputs only applies where inputs multiply (merge "
+                    f"'product' with several predecessors, or contraction=True); it has merge "
+                    f"{n.merge!r} and preds {list(n.preds)}"
+                )
 
     def _check_isolated(self) -> None:
         if len(self.weighted) < 2:
@@ -273,7 +333,7 @@ class OpGraph:
                     f"in the graph as {role.value!r} (source: embedding, sink: readout, "
                     "else hidden)"
                 )
-            if check_stability:
+            if check_stability and not n.zero_init:
                 check_init_stability(n.name, role, n.a, n.b)
 
 

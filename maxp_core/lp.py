@@ -61,6 +61,7 @@ from maxp_core.formulation import (
     Optimizer,
     exact_residuals,
     gradient_terms,
+    input_sums,
     node_terms,
     pack_numbers,
     parse_optimizer,
@@ -146,9 +147,10 @@ def _build_structure(
     c_col = {node: k for k, node in enumerate(weighted)}
     r_col = np.arange(len(weighted), len(weighted) + n)
     next_col = len(weighted) + n
+    sums = [input_sums(graph, i) for i in range(n)]
     rin_col: dict[int, int] = {}
-    for i, node in enumerate(graph.nodes):
-        if len(node.preds) > 1 and node.merge == "min":
+    for i in range(n):
+        if len(sums[i]) > 1:
             rin_col[i] = next_col
             next_col += 1
     g_col = None
@@ -158,7 +160,7 @@ def _build_structure(
     def r_in(i: int) -> dict[int, float]:
         if i in rin_col:
             return {rin_col[i]: 1.0}
-        return {int(r_col[p]): 1.0 for p in graph.pred_indices(i)}
+        return _summed(r_col, sums[i][0])
 
     def expand(variables: Mapping[tuple[str, int], float], i: int) -> dict[int, float]:
         cols: dict[int, float] = {}
@@ -167,6 +169,8 @@ def _build_structure(
                 parts = {c_col[j]: 1.0}
             elif kind == "rin":
                 parts = r_in(j)
+            elif kind == "r":
+                parts = {int(r_col[j]): 1.0}
             else:
                 assert g_col is not None, "a g term in an Adam LP"
                 parts = {g_col: 1.0}
@@ -192,10 +196,9 @@ def _build_structure(
         for term in node_terms(graph, i, optimizer):
             add_row(int(r_col[i]), expand(term.variables, i), term.params, f"{node.name}: r <= {term.text}")
         if i in rin_col:
-            for p in graph.pred_indices(i):
-                add_row(
-                    rin_col[i], {int(r_col[p]): 1.0}, {}, f"{node.name}: r_in <= r[{graph.nodes[p].name}]"
-                )
+            for group in sums[i]:
+                text = " + ".join(f"r[{graph.nodes[p].name}]" for p in group)
+                add_row(rin_col[i], _summed(r_col, group), {}, f"{node.name}: r_in <= {text}")
     if g_col is not None:
         for s, term in gradient_terms(graph):
             add_row(g_col, expand(term.variables, s), term.params, f"{graph.nodes[s].name}: g <= {term.text}")
@@ -238,6 +241,14 @@ def _build_structure(
         np.array(sorted(set(fixed)), dtype=np.int64),
         bound_labels,
     )
+
+
+def _summed(r_col: np.ndarray, group: Sequence[int]) -> dict[int, float]:
+    """The columns of ``sum(r[p] for p in group)``."""
+    cols: dict[int, float] = {}
+    for p in group:
+        cols[int(r_col[p])] = cols.get(int(r_col[p]), 0.0) + 1.0
+    return cols
 
 
 def _primes(count: int) -> list[int]:
@@ -390,6 +401,8 @@ class StabilityLP:
         a, b = packed[:n], packed[n : 2 * n]
         for i in self.graph.weighted:
             name = self.graph.nodes[i].name
+            if self.graph.nodes[i].zero_init:
+                continue
             check_init_stability(name, self.graph.role(name), float(a[i]), float(b[i]))
 
     @property

@@ -78,7 +78,7 @@ def to_dot(graph: OpGraph, solution: Solution | None = None) -> str:
         shape = "box" if node.has_weight else "ellipse"
         lines.append(f"  {_quote(node.name)} [shape={shape}, label={_quote(*label)}];")
     for node in graph.nodes:
-        style = ", style=dashed" if node.merge == "sum" and len(node.preds) > 1 else ""
+        style = ", style=dashed" if node.multiplies else ""
         for pred in node.preds:
             lines.append(f"  {_quote(pred)} -> {_quote(node.name)} [arrowsize=0.6{style}];")
     lines.append("}")

@@ -62,6 +62,22 @@ def exponent(value: Any, where: str) -> float:
     return result
 
 
+def init_exponent(value: Any, where: str) -> float:
+    """An initialization exponent ``b``: an :func:`exponent`, or ``+inf`` for a zero initial weight.
+
+    ``std = n^-b`` is zero for ``b = inf``, so ``b = math.inf`` is how a layer whose weight
+    starts at zero (a common choice for output projections and gates) is declared.
+    """
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    if isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_):
+        if float(value) == math.inf:
+            return math.inf
+        if math.isnan(float(value)) or math.isinf(float(value)):
+            raise MaxPError(f"{where} = {value!r} is not a finite number; b = inf (a zero initial weight) is")
+    return exponent(value, where)
+
+
 def alignment_value(value: Any, where: str) -> float:
     """One alignment (``alpha``, ``omega`` or ``u``): finite and in ``[0, 1]``."""
     result = real_number(value, where)

@@ -9,6 +9,8 @@ re-solves the resulting LP so the objective carries no big-M tolerance.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections import defaultdict
 
 import numpy as np
@@ -27,6 +29,43 @@ def sinks(graph: OpGraph) -> list[str]:
     return [n.name for n in graph.nodes if n.name not in consumed]
 
 
+def changing_factors(factors: tuple[str, ...], zero: tuple[str, ...]) -> list[tuple[int, ...]]:
+    """Positions of the factors whose update may appear together in a product's update.
+
+    ``d(prod x_k) = sum over non-empty S of prod_{S} dx_k * prod_{not S} x_k``; a term whose
+    unchanged factors include one that is zero at initialization vanishes.
+    """
+    return [
+        chosen
+        for size in range(1, len(factors) + 1)
+        for chosen in itertools.combinations(range(len(factors)), size)
+        if all(factors[k] not in zero for k in range(len(factors)) if k not in chosen)
+    ]
+
+
+def contraction_terms(n) -> list[tuple[list[str], float]]:
+    """``(names whose r add, constant)`` of each term of ``n^-a x @ y^T``, y the second factor."""
+    factors = n.preds if len(n.preds) == 2 else n.preds * 2
+    alignment = {(1,): n.alpha, (0,): n.omega, (0, 1): n.u}
+    return [
+        ([factors[k] for k in chosen], n.a - alignment[chosen])
+        for chosen in changing_factors(factors, n.zero_inputs)
+    ]
+
+
+def input_groups(n) -> list[list[str]]:
+    """The sets of predecessors whose summed r may be r_in."""
+    if n.merge == "min" or len(n.preds) == 1:
+        return [[p] for p in n.preds]
+    if n.merge == "sum":
+        return [list(n.preds)]
+    return [[n.preds[k] for k in chosen] for chosen in changing_factors(n.preds, n.zero_inputs)]
+
+
+def zero_init(n) -> bool:
+    return n.has_weight and n.b == math.inf
+
+
 def exact_residuals(
     graph: OpGraph, optimizer: str, c: dict[str, float]
 ) -> tuple[dict[str, float], float | None]:
@@ -36,7 +75,10 @@ def exact_residuals(
     g = None
     if optimizer == "sgd":
         g = min(
-            min(by_name[s].a + by_name[s].b, 2 * by_name[s].a + c[s])
+            min(
+                math.inf if zero_init(by_name[s]) else by_name[s].a + by_name[s].b,
+                2 * by_name[s].a + c[s],
+            )
             for s in sink_names
             if by_name[s].has_weight
         )
@@ -48,10 +90,12 @@ def exact_residuals(
             if any(p not in r for p in n.preds):
                 continue
             pending.remove(name)
+            if n.contraction:
+                r[name] = min(sum(r[p] for p in names) + const for names, const in contraction_terms(n))
+                continue
             r_in = None
             if n.preds:
-                values = [r[p] for p in n.preds]
-                r_in = min(values) if n.merge == "min" else sum(values)
+                r_in = min(sum(r[p] for p in group) for group in input_groups(n))
             if not n.has_weight:
                 r[name] = n.a if r_in is None else r_in + n.a
                 continue
@@ -64,7 +108,8 @@ def exact_residuals(
             if r_in is None:
                 r[name] = lr
             else:
-                r[name] = min(lr - n.alpha, lr + r_in - n.u, n.a + n.b + r_in - n.omega)
+                omega_term = math.inf if zero_init(n) else n.a + n.b + r_in - n.omega
+                r[name] = min(lr - n.alpha, lr + r_in - n.u, omega_term)
     return r, g
 
 
@@ -144,16 +189,23 @@ def milp_optimum(
         terms = []
         for s in weighted_sinks:
             n = by_name[s]
-            terms += [({}, n.a + n.b), ({c[s]: 1.0}, 2 * n.a)]
+            terms += [({c[s]: 1.0}, 2 * n.a)] + ([] if zero_init(n) else [({}, n.a + n.b)])
         m.equals_min(g, terms, big_m)
     for n in graph.nodes:
+        if n.contraction:
+            terms = []
+            for names, const in contraction_terms(n):
+                coefs: dict[int, float] = defaultdict(float)
+                for p in names:
+                    coefs[r[p]] += 1.0
+                terms.append((dict(coefs), const))
+            m.equals_min(r[n.name], terms, big_m)
+            continue
         rin = None
         if n.preds:
             rin = m.var(-max_sum, max_sum)
-            if n.merge == "min":
-                m.equals_min(rin, [({r[p]: 1.0}, 0.0) for p in n.preds], big_m)
-            else:
-                m.row({rin: 1.0, **{r[p]: -1.0 for p in n.preds}}, 0.0, 0.0)
+            groups = [({r[p]: 1.0 for p in group}, 0.0) for group in input_groups(n)]
+            m.equals_min(rin, groups, big_m)
         if not n.has_weight:
             m.equals_min(r[n.name], [({} if rin is None else {rin: 1.0}, n.a)], big_m)
             continue
@@ -166,15 +218,10 @@ def milp_optimum(
         if rin is None:
             m.equals_min(r[n.name], [lr], big_m)
         else:
-            m.equals_min(
-                r[n.name],
-                [
-                    (lr[0], lr[1] - n.alpha),
-                    ({**lr[0], rin: 1.0}, lr[1] - n.u),
-                    ({rin: 1.0}, n.a + n.b - n.omega),
-                ],
-                big_m,
-            )
+            terms = [(lr[0], lr[1] - n.alpha), ({**lr[0], rin: 1.0}, lr[1] - n.u)]
+            if not zero_init(n):
+                terms.append(({rin: 1.0}, n.a + n.b - n.omega))
+            m.equals_min(r[n.name], terms, big_m)
     cost = np.zeros(len(m.lower))
     cost[list(c.values())] = 1.0
     a, lo, hi = m.matrix()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from hypothesis import strategies as st
@@ -49,8 +50,9 @@ def chains(draw: st.DrawFn, min_layers: int = 2, max_layers: int = 8) -> OpGraph
 @st.composite
 def dags(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 9) -> OpGraph:
     """A DAG: one or two weighted sources, random edges to earlier nodes, some
-    activation-only interior nodes, ``min`` and ``sum`` merges; the last node is a
-    weighted sink."""
+    activation-only interior nodes (some of them contractions), ``min``, ``product`` and
+    ``sum`` merges, factors zero at initialization, zero-initialized weights; the last
+    node is a weighted sink."""
     num = draw(st.integers(min_nodes, max_nodes))
     two_sources = draw(st.booleans())
     preds: list[tuple[int, ...]] = []
@@ -69,14 +71,34 @@ def dags(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 9) -> OpGraph:
     for i in range(num):
         source, sink = not preds[i], i not in consumed
         weighted = source or i == num - 1 or not draw(st.integers(0, 3).map(lambda k: k == 0))
-        merge = draw(st.sampled_from(["min", "sum"])) if len(preds[i]) > 1 else "min"
+        merge = draw(st.sampled_from(["min", "product", "sum"])) if len(preds[i]) > 1 else "min"
         names = tuple(f"n{p}" for p in preds[i])
+        contraction = not weighted and len(names) in (1, 2) and draw(st.booleans())
+        multiplies = contraction or (len(names) > 1 and merge != "min")
+        zero: tuple[str, ...] = ()
+        if multiplies:
+            zero = tuple(p for p in names if draw(st.integers(0, 2).map(lambda k: k == 0)))
         if weighted:
             role = "embedding" if source else "readout" if sink else "hidden"
-            nodes.append(Node(name=f"n{i}", preds=names, merge=merge, **draw(_numbers(role))))
+            numbers = draw(_numbers(role))
+            if i != num - 1 and draw(st.integers(0, 4).map(lambda k: k == 0)):
+                numbers["b"] = math.inf  # a zero initial weight (SGD needs one readout that is not)
+            nodes.append(Node(name=f"n{i}", preds=names, merge=merge, zero_inputs=zero, **numbers))
         else:
             a = draw(st.sampled_from([0.0, 0.5, 1.0]))
-            nodes.append(Node(name=f"n{i}", a=a, has_weight=False, preds=names, merge=merge))
+            aligned = {k: draw(alignments) for k in ("alpha", "omega", "u")}
+            nodes.append(
+                Node(
+                    name=f"n{i}",
+                    a=a,
+                    has_weight=False,
+                    preds=names,
+                    merge=merge,
+                    zero_inputs=zero,
+                    contraction=contraction,
+                    **aligned,
+                )
+            )
     return OpGraph(nodes)
 
 
