@@ -41,7 +41,7 @@ def transformer_graph(num_blocks: int) -> OpGraph:
     """A pre-norm transformer's op graph under muP.
 
     Each block: ``q, k, v`` read the residual stream; ``scores = q k^T`` (activation-only,
-    ``a = 1`` for ``1/d`` attention, the two inputs multiply: ``merge="sum"``);
+    ``a = 1`` for ``1/d`` attention, a contraction over the head dimension);
     ``ctx = scores v`` (activation-only, multiplied); ``o`` projects back and is added to
     the stream (an activation-only node with ``merge="min"``); a SwiGLU MLP (``up``,
     ``gate`` multiplied, then ``down``) is added the same way. An embedding feeds the
@@ -56,13 +56,15 @@ def transformer_graph(num_blocks: int) -> OpGraph:
             Node(p + "q", preds=(stream,), **hidden),
             Node(p + "k", preds=(stream,), **hidden),
             Node(p + "v", preds=(stream,), **hidden),
-            Node(p + "scores", a=1.0, has_weight=False, preds=(p + "q", p + "k"), merge="sum"),
-            Node(p + "ctx", a=0.0, has_weight=False, preds=(p + "scores", p + "v"), merge="sum"),
+            Node(
+                p + "scores", a=1.0, has_weight=False, preds=(p + "q", p + "k"), merge="product", contraction=True
+            ),
+            Node(p + "ctx", a=0.0, has_weight=False, preds=(p + "scores", p + "v"), merge="product"),
             Node(p + "o", preds=(p + "ctx",), **hidden),
             Node(p + "attn_res", a=0.0, has_weight=False, preds=(stream, p + "o")),
             Node(p + "up", preds=(p + "attn_res",), **hidden),
             Node(p + "gate", preds=(p + "attn_res",), **hidden),
-            Node(p + "swiglu", a=0.0, has_weight=False, preds=(p + "up", p + "gate"), merge="sum"),
+            Node(p + "swiglu", a=0.0, has_weight=False, preds=(p + "up", p + "gate"), merge="product"),
             Node(p + "down", preds=(p + "swiglu",), **hidden),
             Node(p + "mlp_res", a=0.0, has_weight=False, preds=(p + "attn_res", p + "down")),
         ]

@@ -62,7 +62,11 @@ class ParametrizedModule(nn.Module):
         self.width_dim = width_dim
         self.layer_type = layer_type
         self.a, self.b, self.c = (
-            None if value is None else validate.exponent(value, f"ParametrizedModule: {key}")
+            None
+            if value is None
+            else (validate.init_exponent if key == "b" else validate.exponent)(
+                value, f"ParametrizedModule: {key}"
+            )
             for key, value in (("a", a), ("b", b), ("c", c))
         )
         self.scale = 1.0

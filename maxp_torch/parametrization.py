@@ -111,8 +111,10 @@ def _exponent_overrides(table: Mapping[str, Any] | None, what: str, pair: bool) 
         if pair:
             if isinstance(value, str) or not isinstance(value, tuple | list) or len(value) != 2:
                 raise MaxPError(f"{what}[{key!r}] must be a pair (a, b), got {value!r}")
-            out[key] = tuple(
-                validate.exponent(v, f"{what}[{key!r}]: {n}") for v, n in zip(value, "ab", strict=True)
+            a, b = value
+            out[key] = (
+                validate.exponent(a, f"{what}[{key!r}]: a"),
+                validate.init_exponent(b, f"{what}[{key!r}]: b"),
             )
         else:
             out[key] = validate.exponent(value, f"{what}[{key!r}]")
@@ -242,6 +244,8 @@ class Parametrization:
         self.exponents = exponents
         preset = alignment_preset(alignment)
         self.overrides: dict[int, Triple] = _alignment_overrides(found, alignment_overrides)
+        # Initialise before tracing: the tracer reads which factors are zero at initialization.
+        self._reinit_and_scale(reinit)
         if sample_input is not None:
             from maxp_torch.trace import trace_graph
 
@@ -271,7 +275,6 @@ class Parametrization:
         self.alignment = np.array([[n.alpha, n.omega, n.u] for n in self.graph.nodes])
         solution = self.lp.solve()
         self.c = np.array([solution.c[self.names[k]] for k in self.weighted])
-        self._reinit_and_scale(reinit)
         self.param_groups = self._build_param_groups()
         self.step_count = 0
         self.solves = 0

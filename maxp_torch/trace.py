@@ -19,7 +19,7 @@ from torch.utils._pytree import tree_flatten
 from maxp_core import MaxPError, OpGraph
 from maxp_core.tracing import GraphRecorder, Provenance
 
-#: Functions whose inputs multiply (their exponents add): a ``sum`` merge.
+#: Functions whose inputs multiply: a ``product`` merge.
 PRODUCTS = frozenset(
     {
         "mul", "mul_", "__mul__", "__rmul__", "__imul__", "div", "div_", "__truediv__", "__rtruediv__",
@@ -53,11 +53,23 @@ class _Watcher(TorchFunctionMode):
         out = func(*args, **kwargs)
         if self.inside:
             return out
-        provenances = [self.tag_of(v) for v in tree_flatten((args, kwargs))[0]]
+        leaves = tree_flatten((args, kwargs))[0]
+        provenances = [self.tag_of(v) for v in leaves]
         if any(p is not None for p in provenances):
-            kind = "mul" if getattr(func, "__name__", "") in PRODUCTS else "add"
-            self.tag(out, self.recorder.combine(kind, provenances))
+            if getattr(func, "__name__", "") in PRODUCTS:
+                self.tag(out, self.recorder.combine("mul", provenances, self.zero_factors(leaves)))
+            else:
+                self.tag(out, self.recorder.combine("add", provenances))
         return out
+
+    def zero_factors(self, values: Sequence[Any]) -> list[Provenance]:
+        """Provenances of the values that are exactly zero and come from a zero-initialised layer."""
+        zero = []
+        for value in values:
+            provenance = self.tag_of(value)
+            if self.recorder.starts_at_zero(provenance) and not bool(torch.any(value != 0)):
+                zero.append(provenance)
+        return zero
 
 
 def trace_graph(
@@ -75,14 +87,16 @@ def trace_graph(
         module: Any, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         name, (a, b) = info[id(module)]
-        inputs = [watcher.tag_of(v) for v in tree_flatten((args, kwargs))[0]]
+        leaves = tree_flatten((args, kwargs))[0]
+        inputs = [watcher.tag_of(v) for v in leaves]
+        zero = watcher.zero_factors(leaves)
         watcher.inside += 1
         try:
             out = forward(*args, **kwargs)
         finally:
             watcher.inside -= 1
         has_weight = module.weight is not None
-        node = recorder.layer(name, inputs, a=a, b=b, has_weight=has_weight, role=module.role)
+        node = recorder.layer(name, inputs, a=a, b=b, has_weight=has_weight, role=module.role, zero=zero)
         watcher.tag(out, node)
         return out
 

@@ -20,16 +20,16 @@ def expected_gpt(blocks: int) -> list[tuple[str, tuple[str, ...], str, bool]]:
     for b in range(blocks):
         p = f"blocks.{b}."
         nodes += [(p + "q", (stream,), "min", True), (p + "k", (stream,), "min", True)]
-        nodes += [(p + "scores", (p + "q", p + "k"), "sum", False), (p + "v", (stream,), "min", True)]
+        nodes += [(p + "scores", (p + "q", p + "k"), "product", False), (p + "v", (stream,), "min", True)]
         nodes += [
-            (f"mul{k + 1}", (p + "scores", p + "v"), "sum", False),
+            (f"mul{k + 1}", (p + "scores", p + "v"), "product", False),
             (p + "o", (f"mul{k + 1}",), "min", True),
         ]
         nodes += [(f"add{k + 2}", (stream, p + "o"), "min", False)]
         stream = f"add{k + 2}"
         nodes += [(p + "gate", (stream,), "min", True), (p + "up", (stream,), "min", True)]
         nodes += [
-            (f"mul{k + 3}", (p + "gate", p + "up"), "sum", False),
+            (f"mul{k + 3}", (p + "gate", p + "up"), "product", False),
             (p + "down", (f"mul{k + 3}",), "min", True),
         ]
         nodes += [(f"add{k + 4}", (stream, p + "down"), "min", False)]
