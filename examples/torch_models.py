@@ -6,11 +6,13 @@ embeddings and an untied readout. With ``parametrized=True`` every weight sits i
 layer with ``a = 1`` (scores scaled by ``1/d``, set by the parametrization); with
 ``parametrized=False`` it is the standard model: plain layers, PyTorch's default
 initialisation, scores scaled by ``1/sqrt(d)``. Layers are named ``tok``, ``pos``,
-``blocks.<i>.(q|k|v|o|gate|up|down)``, ``head``.
+``blocks.<i>.(q|k|v|o|gate|up|down)``, ``head``. :class:`ViT` reuses the block without the
+causal mask.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -35,10 +37,17 @@ def _product(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    """One pre-LN transformer block: causal single-head attention, then a SwiGLU MLP."""
+    """One pre-LN transformer block: causal single-head attention, then a SwiGLU MLP.
 
-    def __init__(self, d: int, parametrized: bool = True) -> None:
+    ``zero_init`` names layers (``"v"``, ``"o"``, ``"gate"``, ...) whose weights start at zero
+    (``b = inf``), as many recipes do for output projections and gates.
+    """
+
+    def __init__(
+        self, d: int, parametrized: bool = True, causal: bool = True, zero_init: tuple[str, ...] = ()
+    ) -> None:
         super().__init__()
+        self.causal = causal
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.q, self.k, self.v = (
             _layer(nn.Linear(d, d, bias=False), d, "hidden", parametrized) for _ in "qkv"
@@ -52,13 +61,20 @@ class Block(nn.Module):
         self.up = _layer(nn.Linear(d, 2 * d, bias=False), d, "hidden", parametrized)
         self.gate = _layer(nn.Linear(d, 2 * d, bias=False), d, "hidden", parametrized)
         self.down = _layer(nn.Linear(2 * d, d, bias=False), 2 * d, "hidden", parametrized)
+        for name in zero_init:
+            layer = getattr(self, name)
+            if not isinstance(layer, ParametrizedModule):
+                raise ValueError(f"zero_init names {name!r}, which is not a parametrized layer of the block")
+            layer.b = math.inf
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.ln1(x)
         scores = self.scores(self.q(h), self.k(h))
-        length = x.shape[1]
-        mask = torch.triu(torch.ones(length, length, dtype=torch.bool, device=x.device), 1)
-        x = x + self.o(torch.softmax(scores.masked_fill(mask, float("-inf")), -1) @ self.v(h))
+        if self.causal:
+            length = x.shape[1]
+            mask = torch.triu(torch.ones(length, length, dtype=torch.bool, device=x.device), 1)
+            scores = scores.masked_fill(mask, float("-inf"))
+        x = x + self.o(torch.softmax(scores, -1) @ self.v(h))
         h = self.ln2(x)
         return x + self.down(nn.functional.silu(self.gate(h)) * self.up(h))
 
@@ -72,12 +88,18 @@ class GPT(nn.Module):
     """
 
     def __init__(
-        self, d: int = 32, blocks: int = 2, vocab: int = 50, ctx: int = 16, parametrized: bool = True
+        self,
+        d: int = 32,
+        blocks: int = 2,
+        vocab: int = 50,
+        ctx: int = 16,
+        parametrized: bool = True,
+        zero_init: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         self.tok = _layer(nn.Embedding(vocab, d), d, "embedding", parametrized)
         self.pos = _layer(nn.Embedding(ctx, d), d, "embedding", parametrized)
-        self.blocks = nn.ModuleList(Block(d, parametrized) for _ in range(blocks))
+        self.blocks = nn.ModuleList(Block(d, parametrized, zero_init=zero_init) for _ in range(blocks))
         self.ln = nn.LayerNorm(d)
         self.head = _layer(nn.Linear(d, vocab, bias=False), d, "readout", parametrized)
 
@@ -86,3 +108,35 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.ln(x))
+
+
+class ViT(nn.Module):
+    """Patch embedding (a convolution), ``blocks`` bidirectional blocks, mean pooling, a readout.
+
+    Example:
+      >>> ViT(d=16, blocks=1)(torch.zeros(2, 3, 16, 16)).shape
+      torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        d: int = 32,
+        blocks: int = 2,
+        patch: int = 4,
+        image: int = 16,
+        classes: int = 10,
+        zero_init: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__()
+        self.patch = _layer(nn.Conv2d(3, d, patch, stride=patch), d, "embedding", True)
+        self.pos = _layer(nn.Embedding((image // patch) ** 2, d), d, "embedding", True)
+        self.blocks = nn.ModuleList(Block(d, causal=False, zero_init=zero_init) for _ in range(blocks))
+        self.ln = nn.LayerNorm(d)
+        self.head = _layer(nn.Linear(d, classes, bias=False), d, "readout", True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.patch(images).flatten(2).transpose(1, 2)
+        x = x + self.pos(torch.arange(x.shape[1], device=images.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln(x).mean(1))
