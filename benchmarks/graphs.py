@@ -57,7 +57,12 @@ def transformer_graph(num_blocks: int) -> OpGraph:
             Node(p + "k", preds=(stream,), **hidden),
             Node(p + "v", preds=(stream,), **hidden),
             Node(
-                p + "scores", a=1.0, has_weight=False, preds=(p + "q", p + "k"), merge="product", contraction=True
+                p + "scores",
+                a=1.0,
+                has_weight=False,
+                preds=(p + "q", p + "k"),
+                merge="product",
+                contraction=True,
             ),
             Node(p + "ctx", a=0.0, has_weight=False, preds=(p + "scores", p + "v"), merge="product"),
             Node(p + "o", preds=(p + "ctx",), **hidden),

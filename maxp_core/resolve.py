@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,6 +112,8 @@ class Resolver:
       alignment_ema: weight of the previous alignment in an exponential average, in [0, 1).
       c_ema: weight of the previous ``c``, in [0, 1).
       overrides: fixed ``(alpha, omega, u)`` by row, used whatever was measured.
+      unused: ``(row, column)`` of numbers no LP term uses, such as the ``omega`` (column 1)
+        of a weight that starts at zero: always missing, so neither told nor counted.
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class Resolver:
         alignment_ema: float = 0.0,
         c_ema: float = 0.0,
         overrides: Mapping[int, tuple[float, float, float]] | None = None,
+        unused: Iterable[tuple[int, int]] = (),
     ) -> None:
         self.names = list(names)
         self.solve = solve
@@ -129,6 +132,7 @@ class Resolver:
         self.c_ema = check_ema_decay("c_ema", c_ema)
         self.overrides = dict(overrides or {})
         self._told: set[tuple[str, str]] = set()
+        self._unused = tuple(zip(*unused, strict=True)) if unused else None
 
     def __call__(
         self,
@@ -161,6 +165,8 @@ class Resolver:
                 failures,
             )
         filled, missing = fill_missing(measured, previous)
+        if self._unused is not None:
+            missing[self._unused] = False
         for k in np.flatnonzero(missing.any(axis=1)):
             self._tell_missing(self.names[k], why_missing(*(bool(v) for v in missing[k])))
         smoothed = ema_update(previous, filled, self.alignment_ema)

@@ -286,6 +286,7 @@ class Parametrization:
             alignment_ema=self.alignment_ema,
             c_ema=self.c_ema,
             overrides={self._row[k]: triple for k, triple in self.overrides.items()},
+            unused=[(self._row[k], 1) for k in self.weighted if self.graph.node(self.names[k]).zero_init],
         )
         self._z0: dict[int, torch.Tensor] = {}
         self._w0: dict[int, torch.Tensor] = {}

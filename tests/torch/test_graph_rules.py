@@ -94,3 +94,27 @@ def test_a_zero_sample_says_nothing_about_width() -> None:
         GPT(d=16, blocks=1, vocab=32, ctx=8), sample_input=torch.zeros(2, 8, dtype=torch.long)
     )
     assert all(n.zero_inputs == () for n in param.graph.nodes)
+
+
+def test_a_zero_initialised_layer_is_measured_without_a_warning_about_its_omega() -> None:
+    """W0 = 0 leaves omega undefined (0/0), and no term of the LP uses it: neither told nor counted."""
+    import warnings
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 32, (4, 8))
+    model = GPT(d=32, blocks=1, vocab=32, ctx=8, zero_init=("v",))
+    param = Parametrization(model, lr_prefactor=1e-2, sample_input=ids)
+    param.capture_initial(ids)
+    optimizer = torch.optim.AdamW(param.param_groups)
+    with warnings.catch_warnings(record=True) as told:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(ids).reshape(-1, 32), ids.reshape(-1)).backward()
+            optimizer.step()
+            param.step(ids, optimizer)
+    about_v = [str(w.message) for w in told if "'blocks.0.v'" in str(w.message)]
+    assert about_v == []
+    assert param.solves == 3 and param.failures == 0
+    row = param.graph.index("blocks.0.v")
+    assert 0.0 <= param.alignment[row][0] <= 1.0  # alpha measured
