@@ -76,6 +76,9 @@ def _rows(x: Any, xp: ModuleType, what: str = "input") -> Any:
         x = np.asarray(x)
         if x.dtype.kind not in "biuf":
             raise MaxPError(f"alignment: the {what} must hold real numbers, got dtype {x.dtype}")
+        if x.dtype.kind == "f":
+            # Below its dtype's smallest normal number a value has lost its precision: zero.
+            x = np.where(np.abs(x) < np.finfo(x.dtype).tiny, np.zeros_like(x), x)
         x = x.astype(np.float64)
     else:
         x = xp.asarray(x)
@@ -99,14 +102,25 @@ def _peak(x: Any, xp: ModuleType, axis: Any) -> Any:
 def _unit_scale(x: Any, xp: ModuleType, axis: Any) -> Any:
     """``x`` times a power of two that brings its largest entry over ``axis`` into ``[1, 2)``.
 
-    Exact in floating point; entries whose peak is zero or not finite are left as they are.
+    Exact in floating point. Entries whose peak is not finite are left as they are; a
+    peak below the dtype's smallest normal number is zero (near-zero: no precision left,
+    so no information).
     """
     if math.prod(x.shape) == 0:
         return x
     peak = _peak(x, xp, axis)
-    usable = xp.isfinite(peak) & (peak > 0)
+    usable = xp.isfinite(peak) & (peak >= _smallest_normal(x, xp))
     safe = xp.where(usable, peak, xp.ones_like(peak))
+    x = xp.where(xp.isfinite(peak) & ~usable, xp.zeros_like(x), x)
     return x * xp.exp2(-xp.floor(xp.log2(safe)))
+
+
+def _smallest_normal(x: Any, xp: ModuleType) -> float:
+    """The smallest normal number of ``x``'s floating dtype (0 for other dtypes)."""
+    try:
+        return float(xp.finfo(x.dtype).tiny)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _scaled_rows(x: Any, xp: ModuleType) -> Any:

@@ -139,3 +139,29 @@ def test_unknown_mode() -> None:
 def test_sanitize() -> None:
     out = sanitize(np.array([0.7, np.nan, np.inf]), np.array([1.0, 0.5, 0.25]))
     np.testing.assert_array_equal(out, [0.7, 0.5, 0.25])
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
+def test_a_near_zero_initial_weight_or_input_is_missing(framework: str) -> None:
+    """Below its dtype's smallest normal number a float32 value has lost its precision: the
+    alignment that depends on it is missing (NaN) in every implementation; a tiny normal one
+    is measured as usual (the alignment does not depend on scale)."""
+    rng = np.random.default_rng(0)
+    z0 = rng.standard_normal((8, 64)).astype(np.float32)
+    dz = 0.1 * rng.standard_normal((8, 64)).astype(np.float32)
+    w0 = rng.standard_normal((32, 64)).astype(np.float32)
+    dw = 0.01 * rng.standard_normal((32, 64)).astype(np.float32)
+    xp = (
+        np if framework == "numpy" else pytest.importorskip({"torch": "torch", "jax": "jax.numpy"}[framework])
+    )
+    wrap = (lambda a: a) if framework == "numpy" else xp.asarray
+
+    def measure(z_scale: float, w_scale: float) -> np.ndarray:
+        args = (z0 * z_scale, z0 * z_scale + dz, w0 * w_scale, w0 * w_scale + dw)
+        return np.array([float(v) for v in layer_alignment(*(wrap(a) for a in args), xp=xp)])
+
+    reference = measure(1.0, 1.0)
+    np.testing.assert_allclose(measure(1e-30, 1e-30), reference, atol=1e-5)
+    subnormal = np.float32(1e-39)
+    assert np.isnan(measure(1.0, subnormal)[1]) and np.isfinite(measure(1.0, subnormal)[[0, 2]]).all()
+    assert np.isnan(measure(subnormal, 1.0)[0]) and np.isfinite(measure(subnormal, 1.0)[[1, 2]]).all()
