@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from maxp_core import MaxPError, Role
-from maxp_jax.jaxpr_tools import CALL_PRIMITIVES, is_literal, open_jaxpr, sub_jaxpr
+from maxp_jax.jaxpr_tools import Interpreter, open_jaxpr
 from maxp_jax.spec import MaxPSpec, leaf_key, path_string
 
 _VIEW_PRIMITIVES = {"convert_element_type", "copy", "copy_p", "reduce_precision", "optimization_barrier"}
@@ -40,8 +40,12 @@ class _Use:
     weight_contract: tuple[int, ...]  # axes of the original weight leaf
 
 
-class _Walker:
-    """Evaluates a jaxpr, following weight leaves and recording their first product."""
+class _Walker(Interpreter):
+    """Evaluates a jaxpr, following weight leaves and recording their first product.
+
+    A weight's note is ``(layer, permutation)``: the permutation of the leaf's axes that
+    the transposes on its way have applied (``None`` for none).
+    """
 
     def __init__(self, weight_vars: dict[int, int]) -> None:
         self.weight_of_input = weight_vars  # position in the flat inputs -> layer
@@ -49,76 +53,37 @@ class _Walker:
         self.blocked: dict[int, str] = {}
         self.captured: dict[int, Any] = {}
         self.counter = 0
+        self.record: dict[int, _Use] | None = None
 
-    def run(self, closed: Any, flat_args: list[Any], record: dict[int, _Use] | None) -> list[Any]:
+    def walk(self, closed: Any, flat_args: list[Any], record: dict[int, _Use] | None) -> list[Any]:
+        """The outputs of ``closed`` on ``flat_args``: find the uses (``record=None``) or
+        capture the inputs at the recorded ones."""
+        self.record = record
         jaxpr, consts = open_jaxpr(closed)
-        tags = {
-            id(v): (layer, None)
-            for pos, v in enumerate(jaxpr.invars)
-            if (layer := self.weight_of_input.get(pos)) is not None
-        }
-        return self._eval(jaxpr, consts, flat_args, tags, record)
+        notes = [
+            None if (layer := self.weight_of_input.get(pos)) is None else (layer, None)
+            for pos in range(len(jaxpr.invars))
+        ]
+        return self.run(jaxpr, consts, flat_args, notes)[0]
 
-    def _eval(
-        self,
-        jaxpr: Any,
-        consts: list[Any],
-        args: list[Any],
-        tags: dict[int, Any],
-        record: dict[int, _Use] | None,
-    ) -> list[Any]:
-        env: dict[int, Any] = {}
-
-        def read(v: Any) -> Any:
-            return v.val if is_literal(v) else env[id(v)]
-
-        for v, c in zip(jaxpr.constvars, consts, strict=True):
-            env[id(v)] = c
-        for v, a in zip(jaxpr.invars, args, strict=True):
-            env[id(v)] = a
-        for eqn in jaxpr.eqns:
-            eqn_id = self.counter
-            self.counter += 1
-            invals = [read(v) for v in eqn.invars]
-            in_tags = [None if is_literal(v) else tags.get(id(v)) for v in eqn.invars]
-            sub = sub_jaxpr(eqn)
-            name = eqn.primitive.name
-            if sub is not None and name in CALL_PRIMITIVES:
-                inner, inner_consts = open_jaxpr(sub)
-                offset = len(invals) - len(inner.invars)
-                inner_tags = {
-                    id(v): in_tags[offset + k]
-                    for k, v in enumerate(inner.invars)
-                    if in_tags[offset + k] is not None
-                }
-                outvals = self._eval(inner, inner_consts, invals[offset:], inner_tags, record)
-            else:
-                if name == "dot_general":
-                    self._dot(eqn, eqn_id, invals, in_tags, record)
-                elif (
-                    any(t is not None for t in in_tags)
-                    and name not in _VIEW_PRIMITIVES
-                    and name != "transpose"
-                ):
-                    for t in in_tags:
-                        if t is not None:
-                            self.blocked.setdefault(t[0], name)
-                outvals = eqn.primitive.bind(*invals, **eqn.params)
-                if not eqn.primitive.multiple_results:
-                    outvals = [outvals]
-                self._propagate(eqn, in_tags, tags)
-            for v, val in zip(eqn.outvars, outvals, strict=True):
-                env[id(v)] = val
-        return [read(v) for v in jaxpr.outvars]
-
-    def _propagate(self, eqn: Any, in_tags: list[Any], tags: dict[int, Any]) -> None:
+    def notes_of(self, eqn: Any, values: list[Any], notes: list[Any]) -> list[Any]:
+        eqn_id = self.counter
+        self.counter += 1
         name = eqn.primitive.name
-        if name in _VIEW_PRIMITIVES and in_tags and in_tags[0] is not None:
-            tags[id(eqn.outvars[0])] = in_tags[0]
-        elif name == "transpose" and in_tags[0] is not None:
-            layer, perm = in_tags[0]
+        if name == "dot_general":
+            self._dot(eqn, eqn_id, values, notes, self.record)
+        elif any(t is not None for t in notes) and name not in _VIEW_PRIMITIVES and name != "transpose":
+            for t in notes:
+                if t is not None:
+                    self.blocked.setdefault(t[0], name)
+        out: list[Any] = [None] * len(eqn.outvars)
+        if name in _VIEW_PRIMITIVES and notes and notes[0] is not None:
+            out[0] = notes[0]
+        elif name == "transpose" and notes[0] is not None:
+            layer, perm = notes[0]
             base = tuple(range(len(eqn.params["permutation"]))) if perm is None else perm
-            tags[id(eqn.outvars[0])] = (layer, tuple(base[p] for p in eqn.params["permutation"]))
+            out[0] = (layer, tuple(base[p] for p in eqn.params["permutation"]))
+        return out
 
     def _dot(
         self, eqn: Any, eqn_id: int, invals: list[Any], in_tags: list[Any], record: dict[int, _Use] | None
@@ -177,7 +142,7 @@ class LayerInputs:
         self._num_param_leaves = len(leaves)
         walker = _Walker(self._weight_positions)
         flat = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed.jaxpr.invars]
-        jax.eval_shape(lambda *a: walker.run(closed, list(a), None), *flat)
+        jax.eval_shape(lambda *a: walker.walk(closed, list(a), None), *flat)
         self.uses = walker.uses
         self.measured: tuple[int, ...] = tuple(sorted(walker.uses))
         for i, layer in enumerate(spec.layers):
@@ -198,7 +163,7 @@ class LayerInputs:
         closed = jax.make_jaxpr(self.apply_fn)(params, x)
         flat = jax.tree_util.tree_leaves((params, x))
         walker = _Walker(self._weight_positions)
-        outs = walker.run(closed, flat, self.uses)
+        outs = walker.walk(closed, flat, self.uses)
         out_tree = jax.tree_util.tree_structure(jax.eval_shape(self.apply_fn, params, x))
         inputs = {i: _as_rows(walker.captured[i], self.uses[i].input_contract) for i in self.measured}
         return jax.tree_util.tree_unflatten(out_tree, outs), inputs
