@@ -59,7 +59,9 @@ class Rule:
         (``(out, in, ...)``).
       width: the ``n`` of ``n^-a, n^-b, n^-c``; default: the output size for an
         embedding, the input size otherwise.
-      a, b: override the parametrization's exponents for these layers.
+      a, b: override the parametrization's exponents for these layers; ``b=math.inf``
+        declares a zero initial weight (:func:`~maxp_jax.abc_init` gives zeros, and the
+        graph drops the terms of the initial weight).
       c: pin the learning-rate exponent (the LP solves the others around it).
       alignment: ``(alpha, omega, u)`` for these layers instead of the preset.
 
@@ -96,7 +98,8 @@ class Rule:
         }
         for name in ("a", "b", "c"):
             value = getattr(self, name)
-            checked[name] = None if value is None else validate.exponent(value, f"{where}: {name}")
+            check = validate.init_exponent if name == "b" else validate.exponent
+            checked[name] = None if value is None else check(value, f"{where}: {name}")
         if self.alignment is not None:
             checked["alignment"] = validate.alignment_triple(self.alignment, f"{where}: alignment")
         for name, value in checked.items():
@@ -304,7 +307,8 @@ class MaxPSpec:
         a0, b0 = default_ab(self.parametrization, role)
         a = a0 if rule.a is None else float(rule.a)
         b = b0 if rule.b is None else float(rule.b)
-        check_init_stability(path, role, a, b)
+        if b != math.inf:  # a zero initial weight is stable whatever its multiplier
+            check_init_stability(path, role, a, b)
         leaf_name = leaf_key(path).rsplit("/", 1)[-1]
         name = _parent(path) if leaf_name in ("kernel", "embedding", "weight", "w") else path
         return Layer(
