@@ -1,11 +1,19 @@
 """The data-flow graph between maxP layers, read from the jaxpr of ``apply_fn(params, x)``.
 
-The jaxpr is walked symbolically (nothing is computed). A weight leaf becomes its
-layer's node where it first meets a ``dot_general``, a convolution or a gather (an
-embedding lookup); the predecessors are the provenances of the other operands. Adds of
-different provenances become ``min`` merges and products ``sum`` merges
-(:mod:`maxp_core.tracing`, the rules the PyTorch tracer uses too). Parameter-free
-products such as attention scores enter the graph when wrapped by :func:`activation`.
+The jaxpr is evaluated on the sample input, equation by equation, beside a walk that
+follows where each value comes from (:mod:`maxp_core.tracing`, the rules the PyTorch
+tracer uses too). A weight leaf becomes its layer's node where it first meets a
+``dot_general``, a convolution or a gather (an embedding lookup); the predecessors are
+the provenances of the other operands. Adds of different provenances become ``min``
+merges and products (``mul``, the numerator of ``div``, parameter-free matrix products)
+``product`` merges. Parameter-free ops such as attention scores enter the graph when
+wrapped by :func:`activation`; one with two traced inputs (``q @ k^T``) is a contraction.
+
+The values tell which factors are zero at initialization: the weights (and biases) of a
+layer declared ``b = math.inf`` are replaced by zeros, as :func:`~maxp_jax.abc_init` makes
+them, and a factor that comes from such a layer and is exactly zero where it is
+multiplied is listed in the node's ``zero_inputs`` (``silu`` keeps a zero gate zero,
+``sigmoid`` does not). Zeros of any other origin (a zero sample) are not recorded.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -23,14 +31,17 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from maxp_core import MaxPError, OpGraph
 from maxp_core.tracing import GraphRecorder
-from maxp_jax.jaxpr_tools import CALL_PRIMITIVES, is_literal, open_jaxpr, sub_jaxpr
+from maxp_jax.jaxpr_tools import Interpreter
 
 if TYPE_CHECKING:
     from maxp_jax.spec import MaxPSpec
@@ -69,55 +80,97 @@ def activation(name: str, fn: Callable[..., Any], *, a: float = 1.0) -> Callable
     return jax.jit(marked)
 
 
-class _Walk:
+class _Walk(Interpreter):
+    """Evaluates the jaxpr on concrete values; a value's note is its provenance.
+
+    A weight leaf's note is ``("weight", layer index)`` until it meets its layer's op;
+    an activation's is the name of the graph node that produced it last (``None`` for
+    the model's inputs, constants and other parameters).
+    """
+
     def __init__(self, spec: MaxPSpec, recorder: GraphRecorder) -> None:
         self.spec = spec
         self.rec = recorder
 
-    def run(self, jaxpr: Any, provenance: list[Any]) -> list[Any]:
-        env: dict[int, Any] = {id(v): p for v, p in zip(jaxpr.invars, provenance, strict=True)}
+    def enters(self, eqn: Any) -> bool:
+        return super().enters(eqn) and _marked(eqn) is None
 
-        def read(v: Any) -> Any:
-            return None if is_literal(v) else env.get(id(v))
+    def zero(self, values: list[Any], ins: list[Any]) -> list[str]:
+        """The provenances in ``ins`` of values that come from a zero-initialized layer and
+        are exactly zero here."""
+        return [
+            p
+            for v, p in zip(values, ins, strict=True)
+            if isinstance(p, str) and self.rec.starts_at_zero(p) and not bool(jnp.any(v != 0))
+        ]
 
-        for eqn in jaxpr.eqns:
-            ins = [read(v) for v in eqn.invars]
-            outs = self._eqn(eqn, ins)
-            for v, p in zip(eqn.outvars, outs, strict=True):
-                env[id(v)] = p
-        return [read(v) for v in jaxpr.outvars]
-
-    def _eqn(self, eqn: Any, ins: list[Any]) -> list[Any]:
+    def notes_of(self, eqn: Any, values: list[Any], ins: list[Any]) -> list[Any]:
         name = eqn.primitive.name
         n_out = len(eqn.outvars)
-        op_name = str(eqn.params.get("name", ""))
-        if name in ("jit", "pjit") and op_name.startswith(_PREFIX):
-            label = op_name[len(_PREFIX) :]
-            node = self.rec.layer(
-                label, [p for p in ins if isinstance(p, str)], a=_ACTIVATION_A[label], has_weight=False
-            )
-            return [node] * n_out
-        sub = sub_jaxpr(eqn)
-        if sub is not None and name in CALL_PRIMITIVES:
-            inner, _ = open_jaxpr(sub)
-            offset = len(ins) - len(inner.invars)
-            return self.run(inner, ins[offset:])[:n_out] + [None] * max(0, n_out - len(inner.outvars))
-        weights = [p for p in ins if isinstance(p, tuple)]
         activations = [p for p in ins if isinstance(p, str)]
+        label = _marked(eqn)
+        if label is not None:
+            zero = self.zero(values, ins)
+            node = self.rec.layer(label, activations, a=_ACTIVATION_A[label], has_weight=False, zero=zero)
+            return [node] * n_out
+        weights = [p for p in ins if isinstance(p, tuple)]
         if weights:
             k = weights[0][1]
             if name in _VIEWS:
                 return [weights[0]] * n_out
             if name in _LAYER_USES:
                 layer = self.spec.layers[k]
-                node = self.rec.layer(layer.name, activations, a=layer.a, b=layer.b, role=layer.role)
+                zero = self.zero(values, ins)
+                node = self.rec.layer(
+                    layer.name, activations, a=layer.a, b=layer.b, role=layer.role, zero=zero
+                )
                 return [node] * n_out
             raise MaxPError(
                 f"{self.spec.layers[k].weight_path}: the weight first meets {name!r}, not a matrix product, "
                 "convolution or lookup; the graph cannot place this layer"
             )
-        kind = "mul" if name in _PRODUCTS else "add"
-        return [self.rec.combine(kind, activations)] * n_out
+        if name in _PRODUCTS:
+            # A quotient multiplies by its numerator only: a zero denominator is no zero factor.
+            factors = 1 if name == "div" else len(ins)
+            return [
+                self.rec.combine("mul", activations, zero=self.zero(values[:factors], ins[:factors]))
+            ] * n_out
+        return [self.rec.combine("add", activations)] * n_out
+
+
+def _marked(eqn: Any) -> str | None:
+    """The name given to :func:`activation` if ``eqn`` is a call of a marked op."""
+    op_name = str(eqn.params.get("name", ""))
+    if eqn.primitive.name in ("jit", "pjit") and op_name.startswith(_PREFIX):
+        return op_name[len(_PREFIX) :]
+    return None
+
+
+def _evaluation_inputs(spec: MaxPSpec, leaves: list[tuple[Any, Any]], x: Any) -> list[Any]:
+    """Concrete values for the flat inputs ``(params, x)`` of the jaxpr.
+
+    The leaves of a zero-initialized layer (``b = inf``) are zeros, as :func:`abc_init`
+    leaves them (weight and bias); the other leaves are the given arrays. A leaf given
+    only by its shape (``jax.ShapeDtypeStruct``) or traced gets standard normal values
+    if it is floating (a value not known is not taken for zero) and zeros otherwise.
+    """
+    from maxp_jax.spec import leaf_key, path_string
+
+    zero_init = {leaf_key(path) for layer in spec.layers if layer.b == math.inf for path in layer.paths}
+    rng = np.random.default_rng(0)
+
+    def concrete(leaf: Any) -> Any:
+        if not isinstance(leaf, jax.ShapeDtypeStruct | jax.core.Tracer):
+            return leaf
+        if jnp.issubdtype(leaf.dtype, jnp.floating):
+            return np.asarray(rng.standard_normal(leaf.shape)).astype(leaf.dtype)
+        return jnp.zeros(leaf.shape, leaf.dtype)
+
+    values = [
+        jnp.zeros(jnp.shape(leaf), leaf.dtype) if leaf_key(path_string(path)) in zero_init else concrete(leaf)
+        for path, leaf in leaves
+    ]
+    return values + [concrete(leaf) for leaf in jax.tree_util.tree_leaves(x)]
 
 
 def discover_graph(spec: MaxPSpec, apply_fn: Callable[[Any, Any], Any], params: Any, x: Any) -> OpGraph:
@@ -133,7 +186,9 @@ def discover_graph(spec: MaxPSpec, apply_fn: Callable[[Any, Any], Any], params: 
         if k is not None:
             provenance[pos] = ("weight", k)
     recorder = GraphRecorder()
-    _Walk(spec, recorder).run(closed.jaxpr, provenance)
+    with jax.ensure_compile_time_eval():
+        values = _evaluation_inputs(spec, leaves, x)
+        _Walk(spec, recorder).run(closed.jaxpr, list(closed.consts), values, provenance)
     seen = {n.name for n in recorder.nodes}
     missing = [layer.name for layer in spec.layers if layer.name not in seen]
     if missing:

@@ -62,12 +62,13 @@ def test_marked_activation_and_gate() -> None:
 
     rules = [maxp_jax.Rule("e", "embedding"), maxp_jax.Rule("a|b", "hidden"), maxp_jax.Rule("o", "readout")]
     spec = maxp_jax.MaxPSpec(params, rules, apply_fn=apply, sample_input=jnp.ones((3, 4)))
-    nodes = {n.name: (n.preds, n.merge, n.has_weight) for n in spec.graph.nodes}
-    assert nodes["mul1"] == (("a", "b"), "sum", False)
-    assert nodes["scores"] == (("mul1", "e"), "sum", False)
+    nodes = {n.name: (n.preds, n.merge, n.has_weight, n.contraction) for n in spec.graph.nodes}
+    assert nodes["mul1"] == (("a", "b"), "product", False, False)
+    assert nodes["scores"] == (("mul1", "e"), "product", False, True)
     assert spec.graph.node("scores").a == 1.0
-    assert nodes["mul2"] == (("scores", "mul1"), "sum", False)
-    assert nodes["o"] == (("mul2",), "min", True)
+    assert nodes["mul2"] == (("scores", "mul1"), "product", False, False)
+    assert nodes["o"] == (("mul2",), "min", True, False)
+    assert all(n.zero_inputs == () for n in spec.graph.nodes)
 
 
 def test_discovery_errors() -> None:

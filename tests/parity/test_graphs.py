@@ -1,5 +1,7 @@
 """The same architectures give the same graph and the same c in JAX and in PyTorch."""
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,7 +13,7 @@ import torch
 import maxp_jax
 from examples.flax_models import FlaxBlock, FlaxGPT, flax_to_torch_name, gpt_rules
 from examples.torch_models import GPT, Block
-from maxp_core import StabilityLP
+from maxp_core import OpGraph, StabilityLP
 from maxp_core.render import canonical_form
 from maxp_torch import Parametrization
 from tests.torch.test_trace import expected_gpt, pm
@@ -19,28 +21,38 @@ from tests.torch.test_trace import expected_gpt, pm
 D, VOCAB, CTX = 32, 50, 16
 
 
-def flax_spec(blocks: int):
+def flax_spec(blocks: int, rules=None):
     model = FlaxGPT(d=D, blocks=blocks, vocab=VOCAB, ctx=CTX)
     ids = jnp.zeros((2, CTX), jnp.int32)
     params = model.init(jax.random.key(0), ids)
     spec = maxp_jax.MaxPSpec(
-        params, gpt_rules(), multipliers="explicit", apply_fn=model.apply, sample_input=ids
+        params, rules or gpt_rules(), multipliers="explicit", apply_fn=model.apply, sample_input=ids
     )
     return model, params, spec
 
 
-@pytest.mark.parametrize("blocks", [1, 2])
-def test_gpt_same_graph_and_c_in_both_frameworks(blocks: int) -> None:
-    _, _, spec = flax_spec(blocks)
-    param = Parametrization(GPT(blocks=blocks), sample_input=torch.randint(0, VOCAB, (2, CTX)))
-    assert canonical_form(spec.graph, flax_to_torch_name) == canonical_form(param.graph, lambda n: n)
-    # And the torch graph is the hand-written one (tests/torch/test_trace.py).
-    assert [(n.name, n.preds, n.merge, n.has_weight) for n in param.graph.nodes] == expected_gpt(blocks)
+def products(graph: OpGraph, rename) -> dict[str, tuple[bool, tuple[str, ...]]]:
+    """``(contraction, zero_inputs)`` of every node, keyed and named as :func:`canonical_form` does."""
+    form = canonical_form(graph, rename)
+    assert len(form) == len(graph)  # no two nodes share a canonical name
+    names = dict(zip(graph.names, form, strict=True))
+    return {
+        names[n.name]: (n.contraction, tuple(sorted(names[p] for p in n.zero_inputs))) for n in graph.nodes
+    }
+
+
+def assert_same_graph(graph: OpGraph, torch_graph: OpGraph, rename) -> None:
+    assert canonical_form(graph, rename) == canonical_form(torch_graph, lambda n: n)
+    assert products(graph, rename) == products(torch_graph, lambda n: n)
+
+
+def assert_same_c(spec: maxp_jax.MaxPSpec, param: Parametrization, seed: int) -> None:
+    """Same c at the preset and at random per-layer alignments."""
     names = param.get_layer_names()
     np.testing.assert_allclose(
         spec.c, [param.c[names.index(flax_to_torch_name(layer.name))] for layer in spec.layers], atol=1e-9
     )
-    rng = np.random.default_rng(blocks)
+    rng = np.random.default_rng(seed)
     per_layer = {n: rng.uniform([0.3, 0.3, 0.3], [1.0, 0.5, 1.0]) for n in names}
     kw_t = {f: {n: v[j] for n, v in per_layer.items()} for j, f in enumerate(("alpha", "omega", "u"))}
     c_t = StabilityLP(param.graph).solve(**kw_t).c
@@ -48,6 +60,45 @@ def test_gpt_same_graph_and_c_in_both_frameworks(blocks: int) -> None:
     np.testing.assert_allclose(
         spec.solve(alignment), [c_t[flax_to_torch_name(layer.name)] for layer in spec.layers], atol=1e-9
     )
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_gpt_same_graph_and_c_in_both_frameworks(blocks: int) -> None:
+    _, _, spec = flax_spec(blocks)
+    param = Parametrization(GPT(blocks=blocks), sample_input=torch.randint(0, VOCAB, (2, CTX)))
+    assert_same_graph(spec.graph, param.graph, flax_to_torch_name)
+    # And the torch graph is the hand-written one (tests/torch/test_trace.py).
+    assert [(n.name, n.preds, n.merge, n.has_weight) for n in param.graph.nodes] == expected_gpt(blocks)
+    # Attention scores contract q and k over the width; no factor starts at zero.
+    for graph, rename in ((spec.graph, flax_to_torch_name), (param.graph, lambda n: n)):
+        assert {rename(n.name) for n in graph.nodes if n.contraction} == {
+            f"blocks.{b}.scores" for b in range(blocks)
+        }
+        assert all(n.zero_inputs == () for n in graph.nodes)
+    assert_same_c(spec, param, blocks)
+
+
+def test_zero_initialised_v_same_graph_and_c_in_both_frameworks() -> None:
+    blocks = 2
+    rules = [
+        maxp_jax.Rule("params/(tok|pos)/embedding", "embedding", layout="embedding"),
+        maxp_jax.Rule(r"params/blocks_\d+/(q|k|o|gate|up|down)/kernel", "hidden"),
+        maxp_jax.Rule(r"params/blocks_\d+/v/kernel", "hidden", b=math.inf),
+        maxp_jax.Rule("params/head/kernel", "readout"),
+    ]
+    _, params, spec = flax_spec(blocks, rules)
+    assert float(jnp.abs(params["params"]["blocks_0"]["v"]["kernel"]).max()) > 0  # flax's own init
+    model = GPT(blocks=blocks, zero_init=("v",))
+    param = Parametrization(model, sample_input=torch.randint(0, VOCAB, (2, CTX)))
+    assert not model.blocks[0].v.weight.detach().any()
+    assert_same_graph(spec.graph, param.graph, flax_to_torch_name)
+    assert [(n.name, n.preds, n.merge, n.has_weight) for n in param.graph.nodes] == expected_gpt(blocks)
+    # attn @ v is mul2 and mul6 in both traces (tests/torch/test_trace.py::expected_gpt).
+    for graph, v in ((spec.graph, "params/blocks_{}/v"), (param.graph, "blocks.{}.v")):
+        zero = {n.name: n.zero_inputs for n in graph.nodes if n.zero_inputs}
+        assert zero == {"mul2": (v.format(0),), "mul6": (v.format(1),)}
+        assert [graph.node(v.format(b)).b for b in range(blocks)] == [math.inf] * blocks
+    assert_same_c(spec, param, 3)
 
 
 def train_dynamic(apply, params, spec, sample, loss_of_output, steps=20):
@@ -120,7 +171,7 @@ def test_vit_same_graph_and_c_in_both_frameworks() -> None:
     ]
     spec = maxp_jax.MaxPSpec(params, rules, multipliers="explicit", apply_fn=model.apply, sample_input=images)
     param = Parametrization(TorchViT(), sample_input=torch.zeros(2, 3, 16, 16))
-    assert canonical_form(spec.graph, flax_to_torch_name) == canonical_form(param.graph, lambda n: n)
+    assert_same_graph(spec.graph, param.graph, flax_to_torch_name)
     assert spec.graph.node("params/blocks_0/q").preds == ("params/patch",)  # the pos add has no layer
     names = param.get_layer_names()
     np.testing.assert_allclose(
@@ -170,7 +221,7 @@ def test_residual_mlp_same_graph_and_c_in_both_frameworks() -> None:
     def rename(name: str) -> str:
         return name.removeprefix("params/").replace("hidden_", "hidden.")
 
-    assert canonical_form(spec.graph, rename) == canonical_form(param.graph, lambda n: n)
+    assert_same_graph(spec.graph, param.graph, rename)
     rng = np.random.default_rng(7)
     alignment = rng.uniform([0.3, 0.3, 0.3], [1.0, 0.5, 1.0], size=(len(spec.layers), 3))
     names = [rename(layer.name) for layer in spec.layers]
