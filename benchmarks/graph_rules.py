@@ -137,6 +137,100 @@ def update_slopes(
     return {op: loglog_slope(widths, values) for op, values in rms.items()}, rms
 
 
+def _jax_rules(setup: Setup) -> list[Any]:
+    import math
+
+    from maxp_jax import Rule
+
+    if setup.model == "gpt":
+        rules = [Rule("params/(tok|pos)/embedding", "embedding", layout="embedding")]
+    else:
+        rules = [
+            Rule("params/patch/.*", "embedding"),
+            Rule("params/pos/embedding", "embedding", layout="embedding"),
+        ]
+    for name in ("q", "k", "v", "o", "gate", "up", "down"):
+        zero = math.inf if name in setup.zero_init else None
+        pattern = rf"params/blocks_\d+/{name}/kernel"
+        rules.append(Rule(pattern, "hidden", b=zero, alignment=setup.overrides.get(name)))
+    return [*rules, Rule("params/head/kernel", "readout")]
+
+
+def _jax_one_width(setup: Setup, rule: str, width: int, seed: int, steps: int, lr: float) -> dict[str, float]:
+    """Each flax module's output RMS change after ``steps`` maxP AdamW steps, at one width."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import maxp_jax
+    from examples.flax_models import FlaxGPT, FlaxViT, flax_to_torch_name
+
+    rng = np.random.default_rng(1)
+    if setup.model == "gpt":
+        model: Any = FlaxGPT(d=width, blocks=1, vocab=VOCAB, ctx=CTX)
+        x = jnp.asarray(rng.integers(0, VOCAB, (BATCH, CTX)))
+        labels = jnp.asarray(rng.integers(0, VOCAB, (BATCH, CTX)))
+    else:
+        model = FlaxViT(d=width, blocks=1, image=IMAGE)
+        x = jnp.asarray(rng.standard_normal((BATCH, IMAGE, IMAGE, 3)), jnp.float32)
+        labels = jnp.asarray(rng.integers(0, 10, (BATCH,)))
+    key = jax.random.key(seed)
+    params = jax.jit(model.init)(key, x)
+    spec = maxp_jax.MaxPSpec(
+        params, _jax_rules(setup), alignment=setup.alignment, apply_fn=model.apply, sample_input=x
+    )
+    params = jax.jit(lambda p, k: maxp_jax.abc_init(spec, p, k))(params, key)
+    tx = maxp_jax.adamw(spec, lr)
+    state = tx.init(params)
+    if rule == "summed":
+        solution = StabilityLP(summed(spec.graph), "adam").solve()
+        state = maxp_jax.set_factors(state, spec, np.array([solution.c[layer.name] for layer in spec.layers]))
+
+    @jax.jit
+    def outputs(p: Any) -> dict[str, Any]:
+        _, seen = model.apply(p, x, capture_intermediates=True, mutable=["intermediates"])
+        flat = jax.tree_util.tree_flatten_with_path(seen["intermediates"])[0]
+        return {
+            flax_to_torch_name("/".join(str(k.key) for k in path[:-2])): value
+            for path, value in flat
+            if len(path) >= 3 and path[-2].key == "__call__"
+        }
+
+    def loss(p: Any) -> Any:
+        return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x), labels).mean()
+
+    @jax.jit
+    def step(p: Any, s: Any) -> tuple[Any, Any]:
+        updates, s = tx.update(jax.grad(loss)(p), s, p)
+        return optax.apply_updates(p, updates), s
+
+    before = outputs(params)
+    for _ in range(steps):
+        params, state = step(params, state)
+    after = outputs(params)
+    wanted = {flax_to_torch_name(layer.name) for layer in spec.layers}
+    return {
+        name: float(np.sqrt(np.mean(np.square(np.asarray(after[name], np.float64) - np.asarray(v)))))
+        for name, v in before.items()
+        if name in wanted
+    }
+
+
+def jax_update_slopes(
+    setup: Setup, rule: str, widths: Sequence[int], seeds: Sequence[int], steps: int = 3, lr: float = 1e-2
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """:func:`update_slopes` for the flax twins of the models (:mod:`examples.flax_models`)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; expected one of {RULES}")
+    per_seed = [[_jax_one_width(setup, rule, w, seed, steps, lr) for w in widths] for seed in seeds]
+    ops = list(per_seed[0][0])
+    rms = {
+        op: np.exp(np.mean([[np.log(at[op]) for at in runs] for runs in per_seed], axis=0)).tolist()
+        for op in ops
+    }
+    return {op: loglog_slope(widths, values) for op, values in rms.items()}, rms
+
+
 def _with_groups(model: torch.nn.Module, param: Parametrization) -> tuple[torch.nn.Module, Any]:
     return model, param.param_groups
 

@@ -2,10 +2,11 @@
 
 Same blocks, same parameter shapes; flax names the layers ``tok``, ``pos``,
 ``blocks_<i>/(q|k|v|o|gate|up|down)``, ``head`` (:func:`flax_to_torch_name` maps
-them to the PyTorch names). With ``parametrized=True`` the attention scores are marked
-as a parameter-free layer with ``a = 1`` (scaled by ``1/d``) for graph discovery; the
-weights get their exponents from a :class:`maxp_jax.MaxPSpec` built with :func:`gpt_rules`.
-With ``parametrized=False`` it is the standard model, scores scaled by ``1/sqrt(d)``.
+them to the PyTorch names); :class:`FlaxViT` reuses the block without the causal mask.
+With ``parametrized=True`` the attention scores are marked as a parameter-free layer
+with ``a = 1`` (scaled by ``1/d``) for graph discovery; the weights get their exponents
+from a :class:`maxp_jax.MaxPSpec` built with :func:`gpt_rules`. With
+``parametrized=False`` it is the standard model, scores scaled by ``1/sqrt(d)``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class FlaxBlock(nn.Module):
     index: int
     d: int
     parametrized: bool = True
+    causal: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -36,8 +38,10 @@ class FlaxBlock(nn.Module):
             scores = product(q, k)
         else:
             scores = q @ jnp.swapaxes(k, -2, -1) / d**0.5
-        mask = jnp.triu(jnp.ones((x.shape[1], x.shape[1]), bool), 1)
-        attn = jax.nn.softmax(jnp.where(mask, -jnp.inf, scores), -1)
+        if self.causal:
+            mask = jnp.triu(jnp.ones((x.shape[1], x.shape[1]), bool), 1)
+            scores = jnp.where(mask, -jnp.inf, scores)
+        attn = jax.nn.softmax(scores, -1)
         x = x + nn.Dense(d, use_bias=False, name="o")(attn @ nn.Dense(d, use_bias=False, name="v")(h))
         h = nn.LayerNorm()(x)
         gated = jax.nn.silu(nn.Dense(2 * d, use_bias=False, name="gate")(h))
@@ -68,6 +72,35 @@ class FlaxGPT(nn.Module):
         for i in range(self.blocks):
             x = FlaxBlock(i, self.d, self.parametrized, name=f"blocks_{i}")(x)
         return nn.Dense(self.vocab, use_bias=False, name="head")(nn.LayerNorm()(x))
+
+
+class FlaxViT(nn.Module):
+    """Patch embedding (a convolution), bidirectional blocks, mean pooling, a readout: the
+    twin of :class:`examples.torch_models.ViT` (images are ``(batch, height, width, 3)``).
+
+    Example:
+      >>> model = FlaxViT(d=16, blocks=1)
+      >>> images = jnp.zeros((2, 16, 16, 3))
+      >>> model.apply(model.init(jax.random.key(0), images), images).shape
+      (2, 10)
+    """
+
+    d: int = 32
+    blocks: int = 2
+    patch: int = 4
+    image: int = 16
+    classes: int = 10
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        x = nn.Conv(self.d, (self.patch, self.patch), strides=self.patch, padding="VALID", name="patch")(
+            images
+        )
+        x = x.reshape(x.shape[0], -1, self.d)
+        x = x + nn.Embed((self.image // self.patch) ** 2, self.d, name="pos")(jnp.arange(x.shape[1]))
+        for i in range(self.blocks):
+            x = FlaxBlock(i, self.d, causal=False, name=f"blocks_{i}")(x)
+        return nn.Dense(self.classes, use_bias=False, name="head")(nn.LayerNorm()(x).mean(1))
 
 
 def gpt_rules() -> list[maxp_jax.Rule]:

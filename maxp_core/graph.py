@@ -229,7 +229,9 @@ class OpGraph:
             if n.name in index:
                 raise GraphError(f"duplicate node name {n.name!r} (nodes {index[n.name]} and {i})")
             if n.merge not in MERGES:
-                raise GraphError(f"node {n.name!r}: unknown merge {n.merge!r}; expected 'min' or 'sum'")
+                raise GraphError(
+                    f"node {n.name!r}: unknown merge {n.merge!r}; expected one of {list(MERGES)}"
+                )
             index[n.name] = i
         return index
 

@@ -93,13 +93,13 @@ def _is_merge(name: str) -> bool:
 
 def canonical_form(
     graph: OpGraph, rename: Callable[[str], str] = lambda name: name
-) -> dict[str, tuple[tuple[str, ...], str, bool, float, float | None]]:
+) -> dict[str, tuple[tuple[str, ...], str, bool, float, float | None, bool, tuple[str, ...]]]:
     """A traced graph keyed by framework-free names, to compare traces of one network.
 
     Layers are keyed by ``rename(name)``; merge nodes (whose numbering depends on the
     order a framework happens to trace in) by what they merge, e.g. ``min[blocks.0.o,add1]``
     becomes ``min[...]`` of the canonical names of its inputs. Each value is
-    ``(sorted inputs, merge, has_weight, a, b or None)``.
+    ``(sorted inputs, merge, has_weight, a, b or None, contraction, sorted zero inputs)``.
 
     Example:
       >>> from maxp_core.tracing import GraphRecorder
@@ -108,7 +108,7 @@ def canonical_form(
       >>> h = rec.layer("fc", [x], a=0.0)
       >>> _ = rec.layer("out", [rec.combine("add", [x, h])], a=0.5)
       >>> canonical_form(rec.graph())["min[emb,fc]"]
-      (('emb', 'fc'), 'min', False, 0.0, None)
+      (('emb', 'fc'), 'min', False, 0.0, None, False, ())
     """
     names: dict[str, str] = {}
     for node in graph.nodes:  # topological order: inputs are named first
@@ -123,6 +123,8 @@ def canonical_form(
             n.has_weight,
             n.a,
             n.b if n.has_weight else None,
+            n.contraction,
+            tuple(sorted(names[p] for p in n.zero_inputs)),
         )
         for n in graph.nodes
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -134,6 +135,7 @@ class AlignmentResolver:
             alignment_ema=config.alignment_ema,
             c_ema=config.c_ema,
             overrides=fixed,
+            unused=[(k, 1) for k, layer in enumerate(spec.layers) if layer.b == math.inf],
         )
         self._lock = threading.Lock()
 
