@@ -316,7 +316,11 @@ class StabilityLP:
         layers take the larger learning rates). See the module docstring.
       reference_c: the reference of ``tie_rule="preset"``, by node name, for every weighted
         node that is not pinned. Default: the ``c`` of the first solve with the graph's own
-        numbers, picked by the ``"later"`` rule.
+        numbers (every alignment set to ``reference_alignment`` when given), picked by the
+        ``"later"`` rule.
+      reference_alignment: ``(alpha, omega, u)``, the preset whose solution anchors the
+        ``"preset"`` rule when the graph's numbers carry overrides (the adapters pass their
+        preset, so an override moves ``c`` from the preset's answer, not from its own).
     """
 
     def __init__(
@@ -330,6 +334,7 @@ class StabilityLP:
         solver: str = "highs",
         tie_rule: str = "preset",
         reference_c: Mapping[str, float] | None = None,
+        reference_alignment: Sequence[float] | None = None,
     ) -> None:
         if not isinstance(graph, OpGraph):
             raise MaxPError(
@@ -367,6 +372,12 @@ class StabilityLP:
         self.tie_rule: str = validate.choice(tie_rule, "tie_rule", TIE_RULES)
         self._reference: dict[str, float] | None = None
         self._reference_vector: np.ndarray | None = None  # weighted order; NaN for a pinned node left out
+        self._reference_numbers = pack_numbers(graph)
+        if reference_alignment is not None:
+            triple = validate.alignment_triple(reference_alignment, "reference_alignment")
+            fields = ("alpha", "omega", "u")
+            per_node = {key: [value] * len(graph) for key, value in zip(fields, triple, strict=True)}
+            self._reference_numbers = pack_numbers(graph, **per_node)
         if reference_c is not None:
             self.reference_c = reference_c
 
@@ -481,7 +492,7 @@ class StabilityLP:
         """
         if self._reference_vector is None:
             assert self._structure is not None
-            own = pack_numbers(self.graph)
+            own = self._reference_numbers
             status, x = backend.solve(self._structure.rhs_matrix @ own, lower, upper, None)
             if status != "optimal" or x is None:
                 return None

@@ -223,6 +223,7 @@ class MaxPSpec:
             feature_learning=self.feature_learning,
             c_fixed={layer.name: layer.c_fixed for layer in self.layers if layer.c_fixed is not None},
             solver=self.solver,
+            reference_alignment=alignment_preset(self.alignment),
         )
         solution = self.lp.solve()
         self.c = np.array([solution.c[layer.name] for layer in self.layers])

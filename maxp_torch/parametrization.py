@@ -270,6 +270,7 @@ class Parametrization:
             feature_learning=feature_learning,
             c_fixed=pins,
             solver=solver or "highs",
+            reference_alignment=preset,
         )
         self.weighted = [k for k, m in enumerate(self.modules) if m.weight is not None]
         self.alignment = np.array([[n.alpha, n.omega, n.u] for n in self.graph.nodes])

@@ -213,3 +213,17 @@ def test_both_rules_reach_the_same_optimum(inst: Instance) -> None:
     if preset is not None and later is not None:
         assert preset.objective == pytest.approx(later.objective, abs=1e-7)
         assert min(preset.r.values()) >= -1e-7
+
+
+@pytest.mark.parametrize("solver", ["highs", "clarabel"])
+def test_reference_alignment_anchors_an_overridden_graph_to_the_preset_answer(solver: str) -> None:
+    """The graph carries o's override; anchoring to its own first answer keeps the "later"
+    choice (c_v = 2, c_o = 0), anchoring to the preset's answer (every alignment "full")
+    gives c_v = c_o = 1, the answer of :func:`preset_attn`."""
+    own = StabilityLP(attn(), solver=solver).solve().c
+    assert rounded(own)["v"] == 2.0 and rounded(own)["o"] == 0.0
+    anchored = StabilityLP(attn(), solver=solver, reference_alignment=(1.0, 0.5, 1.0)).solve().c
+    assert rounded(anchored) == rounded(StabilityLP(preset_attn(), solver=solver).solve().c)
+    assert sum(anchored.values()) == pytest.approx(sum(own.values()), abs=1e-6)
+    with pytest.raises(MaxPError, match="reference_alignment"):
+        StabilityLP(attn(), reference_alignment=(1.0, 0.5))

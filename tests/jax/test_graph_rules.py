@@ -73,6 +73,28 @@ def test_flax_gpt_products_contractions_and_zero_v(zero_v: bool) -> None:
     assert float(jnp.abs(spec.params["params"]["blocks_0"]["v"]["kernel"]).max()) > 0
 
 
+def test_an_override_moves_c_from_the_preset_answer() -> None:
+    """Zero v and o measured (0, 0.5, 1): c_v + c_o = 2 is the optimal face; the preset's
+    answer c_v = c_o = 1 anchors the choice, as in ``tests/torch/test_graph_rules.py``."""
+    model = FlaxGPT(d=D, blocks=1, vocab=50, ctx=16)
+    ids = jnp.zeros((2, 16), jnp.int32)
+    rules = [
+        gpt_rules()[0],
+        maxp_jax.Rule(r"params/blocks_\d+/(q|k|gate|up|down)/kernel", "hidden"),
+        maxp_jax.Rule(r"params/blocks_\d+/v/kernel", "hidden", b=math.inf),
+        maxp_jax.Rule(r"params/blocks_\d+/o/kernel", "hidden", alignment=(0.0, 0.5, 1.0)),
+        gpt_rules()[2],
+    ]
+    spec = maxp_jax.MaxPSpec(
+        model.init(jax.random.key(0), ids), rules, apply_fn=model.apply, sample_input=ids
+    )
+    c = {layer.name: float(ci) for layer, ci in zip(spec.layers, spec.c, strict=True)}
+    assert c["params/blocks_0/v"] == pytest.approx(1.0, abs=1e-6)
+    assert c["params/blocks_0/o"] == pytest.approx(1.0, abs=1e-6)
+    later = StabilityLP(spec.graph, "adam", tie_rule="later").solve().c
+    assert (later["params/blocks_0/v"], later["params/blocks_0/o"]) == pytest.approx((2.0, 0.0), abs=1e-6)
+
+
 # --- a gated MLP: e -> (act(g) * u) -> o -------------------------------------------
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from benchmarks.graph_rules import SETUPS, build, growing, summed, update_slopes
 from examples.torch_models import GPT
 from maxp_core import StabilityLP
+from maxp_core.coordcheck import SLOPE_TOLERANCE
 from maxp_torch import Parametrization, ParametrizedModule
 
 WIDTHS = [64, 128, 256, 512]
@@ -35,6 +36,26 @@ def test_no_update_grows_with_width_under_the_lp_rates(name: str) -> None:
     slopes, _ = update_slopes(BY_NAME[name], "product", WIDTHS, SEEDS)
     assert len(slopes) >= 10
     assert growing(slopes) == {}, slopes
+    # Nor does a layer's update vanish: where several c are optimal the one nearest the
+    # preset is taken (the scores, a parameter-free product, may shrink: its rule is a bound).
+    vanishing = {op: s for op, s in slopes.items() if s < -SLOPE_TOLERANCE and not op.endswith("scores")}
+    assert vanishing == {}, slopes
+
+
+def test_an_override_moves_c_from_the_preset_answer() -> None:
+    """Zero v and o measured (0, 0.5, 1): every c_v in [1, 2] with c_o = 2 - c_v is optimal.
+
+    The preset's answer (c_v = c_o = 1) is the anchor, so both stay at 1; anchoring to the
+    overridden graph's own first answer, or the "later" rule, gives c_v = 2 and c_o = 0, whose
+    v and o updates vanish like 1/width.
+    """
+    _, param = build(BY_NAME["gpt zero v"], "product", 64)
+    c = dict(zip(param.get_layer_names(), param.c.tolist(), strict=True))
+    assert c["blocks.0.v"] == pytest.approx(1.0, abs=1e-6)
+    assert c["blocks.0.o"] == pytest.approx(1.0, abs=1e-6)
+    later = StabilityLP(param.graph, "adam", tie_rule="later").solve().c
+    assert (later["blocks.0.v"], later["blocks.0.o"]) == pytest.approx((2.0, 0.0), abs=1e-6)
+    assert sum(later.values()) == pytest.approx(sum(c.values()), abs=1e-6)
 
 
 @pytest.mark.parametrize("name", CAUGHT)
