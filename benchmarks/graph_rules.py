@@ -156,8 +156,12 @@ def _jax_rules(setup: Setup) -> list[Any]:
     return [*rules, Rule("params/head/kernel", "readout")]
 
 
-def _jax_one_width(setup: Setup, rule: str, width: int, seed: int, steps: int, lr: float) -> dict[str, float]:
-    """Each flax module's output RMS change after ``steps`` maxP AdamW steps, at one width."""
+def _jax_one_width(setup: Setup, width: int, seed: int, steps: int, lr: float) -> dict[str, dict[str, float]]:
+    """``{rule: {op: RMS of the op's output change}}`` after ``steps`` maxP AdamW steps, at one width.
+
+    Both rules share the model, its initial weights and the compiled step: only the maxP
+    factors in the optimizer state differ (:func:`maxp_jax.set_factors` does not retrace).
+    """
     import jax
     import jax.numpy as jnp
     import optax
@@ -179,12 +183,8 @@ def _jax_one_width(setup: Setup, rule: str, width: int, seed: int, steps: int, l
     spec = maxp_jax.MaxPSpec(
         params, _jax_rules(setup), alignment=setup.alignment, apply_fn=model.apply, sample_input=x
     )
-    params = jax.jit(lambda p, k: maxp_jax.abc_init(spec, p, k))(params, key)
+    initial = jax.jit(lambda p, k: maxp_jax.abc_init(spec, p, k))(params, key)
     tx = maxp_jax.adamw(spec, lr)
-    state = tx.init(params)
-    if rule == "summed":
-        solution = StabilityLP(summed(spec.graph), "adam").solve()
-        state = maxp_jax.set_factors(state, spec, np.array([solution.c[layer.name] for layer in spec.layers]))
 
     @jax.jit
     def outputs(p: Any) -> dict[str, Any]:
@@ -204,31 +204,45 @@ def _jax_one_width(setup: Setup, rule: str, width: int, seed: int, steps: int, l
         updates, s = tx.update(jax.grad(loss)(p), s, p)
         return optax.apply_updates(p, updates), s
 
-    before = outputs(params)
-    for _ in range(steps):
-        params, state = step(params, state)
-    after = outputs(params)
-    wanted = {flax_to_torch_name(layer.name) for layer in spec.layers}
-    return {
-        name: float(np.sqrt(np.mean(np.square(np.asarray(after[name], np.float64) - np.asarray(v)))))
-        for name, v in before.items()
-        if name in wanted
+    c = {
+        "product": spec.c,
+        "summed": np.array(
+            [StabilityLP(summed(spec.graph), "adam").solve().c[layer.name] for layer in spec.layers]
+        ),
     }
+    wanted = {flax_to_torch_name(layer.name) for layer in spec.layers}
+    before = outputs(initial)
+    result = {}
+    for rule in RULES:
+        params, state = initial, maxp_jax.set_factors(tx.init(initial), spec, c[rule])
+        for _ in range(steps):
+            params, state = step(params, state)
+        after = outputs(params)
+        result[rule] = {
+            name: float(np.sqrt(np.mean(np.square(np.asarray(after[name], np.float64) - np.asarray(v)))))
+            for name, v in before.items()
+            if name in wanted
+        }
+    return result
 
 
 def jax_update_slopes(
-    setup: Setup, rule: str, widths: Sequence[int], seeds: Sequence[int], steps: int = 3, lr: float = 1e-2
-) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """:func:`update_slopes` for the flax twins of the models (:mod:`examples.flax_models`)."""
-    if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}; expected one of {RULES}")
-    per_seed = [[_jax_one_width(setup, rule, w, seed, steps, lr) for w in widths] for seed in seeds]
-    ops = list(per_seed[0][0])
-    rms = {
-        op: np.exp(np.mean([[np.log(at[op]) for at in runs] for runs in per_seed], axis=0)).tolist()
-        for op in ops
-    }
-    return {op: loglog_slope(widths, values) for op, values in rms.items()}, rms
+    setup: Setup, widths: Sequence[int], seeds: Sequence[int], steps: int = 3, lr: float = 1e-2
+) -> dict[str, tuple[dict[str, float], dict[str, list[float]]]]:
+    """:func:`update_slopes` for the flax twins of the models (:mod:`examples.flax_models`),
+    under every rule at once: ``{rule: (slopes, rms)}``."""
+    runs = [[_jax_one_width(setup, w, seed, steps, lr) for w in widths] for seed in seeds]
+    out = {}
+    for rule in RULES:
+        ops = list(runs[0][0][rule])
+        rms = {
+            op: np.exp(
+                np.mean([[np.log(at[rule][op]) for at in per_seed] for per_seed in runs], axis=0)
+            ).tolist()
+            for op in ops
+        }
+        out[rule] = ({op: loglog_slope(widths, values) for op, values in rms.items()}, rms)
+    return out
 
 
 def _with_groups(model: torch.nn.Module, param: Parametrization) -> tuple[torch.nn.Module, Any]:
@@ -240,7 +254,11 @@ def growing(slopes: dict[str, float], tolerance: float = GROWTH_TOLERANCE) -> di
     return {op: s for op, s in slopes.items() if not s <= tolerance}
 
 
+FRAMEWORKS = ("torch", "jax")
+
+
 def _rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row per framework, setup and rule: the largest slope and every op above tolerance."""
     rows = []
     for key, entry in results.items():
         worst = max(entry["slopes"].items(), key=lambda kv: kv[1])
@@ -254,53 +272,88 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
     return rows
 
 
+def _per_op_table(results: dict[str, Any]) -> str:
+    """Every op's slope (columns) for every framework, setup and rule (rows)."""
+    from maxp_core.cli import format_table
+
+    ops = list(dict.fromkeys(op for entry in results.values() for op in entry["slopes"]))
+    short = [op.removeprefix("blocks.0.") for op in ops]
+    rows = [
+        (key, *(f"{entry['slopes'][op]:+.2f}" if op in entry["slopes"] else "" for op in ops))
+        for key, entry in results.items()
+    ]
+    return format_table(rows, ("framework / setup / rule", *short))
+
+
 def _plot(results: dict[str, Any], path: Path) -> None:
+    """The largest update slope of each setup under each rule, one panel per framework."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    setups = sorted({key.rsplit(" / ", 1)[0] for key in results})
-    fig, ax = plt.subplots(figsize=(10, 0.5 * len(setups) + 2))
-    for k, rule in enumerate(RULES):
-        worst = [max(results[f"{s} / {rule}"]["slopes"].values()) for s in setups]
-        ax.barh(np.arange(len(setups)) + 0.4 * k, worst, height=0.4, label=rule)
-    ax.axvline(GROWTH_TOLERANCE, color="k", ls="--", lw=1, label=f"tolerance {GROWTH_TOLERANCE}")
-    ax.set_yticks(np.arange(len(setups)) + 0.2, setups)
-    ax.set_xlabel("largest update slope over width (any op)")
-    ax.legend()
+    frameworks = [f for f in FRAMEWORKS if any(key.startswith(f + " / ") for key in results)]
+    setups = [setup.name for setup in SETUPS]
+    fig, axes = plt.subplots(1, len(frameworks), figsize=(7 * len(frameworks), 0.5 * len(setups) + 2))
+    for ax, framework in zip(np.atleast_1d(axes), frameworks, strict=True):
+        for k, rule in enumerate(RULES):
+            worst = [max(results[f"{framework} / {s} / {rule}"]["slopes"].values()) for s in setups]
+            ax.barh(np.arange(len(setups)) + 0.4 * k, worst, height=0.4, label=rule)
+        ax.axvline(GROWTH_TOLERANCE, color="k", ls="--", lw=1, label=f"tolerance {GROWTH_TOLERANCE}")
+        ax.set_yticks(np.arange(len(setups)) + 0.2, setups)
+        ax.set_xlabel("largest update slope over width (any op)")
+        ax.set_title(framework)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def run(frameworks: Sequence[str], widths: Sequence[int], seeds: int) -> dict[str, Any]:
+    """``{"framework / setup / rule": {"slopes", "growing", "update_rms"}}`` for every setup."""
+    results: dict[str, Any] = {}
+    for framework in frameworks:
+        for setup in SETUPS:
+            if framework == "torch":
+                by_rule = {rule: update_slopes(setup, rule, widths, range(seeds)) for rule in RULES}
+            else:
+                by_rule = jax_update_slopes(setup, widths, range(seeds))
+            for rule, (slopes, rms) in by_rule.items():
+                key = f"{framework} / {setup.name} / {rule}"
+                results[key] = {"slopes": slopes, "growing": growing(slopes), "update_rms": rms}
+                print(f"{key:>42}: largest slope {max(slopes.values()):+.2f}", flush=True)
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
     parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--framework", choices=[*FRAMEWORKS, "both"], default="both")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     from maxp_core.cli import format_table
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    results: dict[str, Any] = {}
-    for setup in SETUPS:
-        for rule in RULES:
-            slopes, rms = update_slopes(setup, rule, args.widths, range(args.seeds))
-            results[f"{setup.name} / {rule}"] = {
-                "slopes": slopes,
-                "growing": growing(slopes),
-                "update_rms": rms,
-            }
-            print(f"{setup.name:>20} / {rule:<7}: worst {max(slopes.values()):+.2f}", flush=True)
-    table = format_table(_rows(results), ("setup / rule", "largest slope", f"ops above {GROWTH_TOLERANCE}"))
+    frameworks = FRAMEWORKS if args.framework == "both" else (args.framework,)
+    results = run(frameworks, args.widths, args.seeds)
+    table = format_table(
+        _rows(results), ("framework / setup / rule", "largest slope", f"above {GROWTH_TOLERANCE}")
+    )
+    per_op = _per_op_table(results)
     print(table)
+    print(per_op)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"widths": args.widths, "seeds": args.seeds, "steps": 3, "tolerance": GROWTH_TOLERANCE}
+    meta = {"widths": args.widths, "seeds": args.seeds, "steps": 3, "lr_prefactor": 1e-2}
     (args.out / "graph_rules.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     (args.out / "graph_rules.md").write_text(
-        f"# Graph rules: update slopes over width\n\nwidths {args.widths}, {args.seeds} seeds, "
-        f"3 AdamW steps, lr prefactor 1e-2\n\n```\n{table}\n```\n"
+        "# Graph rules: update slopes over width\n\n"
+        f"`python -m benchmarks.graph_rules`: widths {args.widths}, {args.seeds} seeds, 3 AdamW steps "
+        "on a fixed batch (cross-entropy), `lr_prefactor` 1e-2. `product`: the rules of "
+        "`maxp_core.formulation`; `summed`: every product adds its factors' exponents and the "
+        "scores are a plain product. An op's slope is that of its update RMS (geometric mean "
+        f"over seeds) against width; above {GROWTH_TOLERANCE} the update grows with width. "
+        "![largest slope per setup](graph_rules.png)\n\n"
+        f"## Largest slope\n\n```\n{table}\n```\n\n## Every op\n\n```\n{per_op}\n```\n"
     )
     _plot(results, args.out / "graph_rules.png")
     return results

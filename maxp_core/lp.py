@@ -18,9 +18,10 @@ different solvers land on different points of it. A second LP over the optimal f
   each ``|.|`` an extra column ``t_k`` with rows ``t_k >= c_k - ref_k`` and
   ``t_k >= ref_k - c_k`` whose bounds carry ``ref`` (a new reference costs no rebuild).
   ``ref`` is :attr:`StabilityLP.reference_c`: given, or the ``c`` of the first solve with
-  the graph's own numbers, picked by ``"later"``. The adapters build the graph with the
-  preset alignments, so re-solves with measured alignments stay as near the preset's
-  ``c`` as the optimum allows.
+  the graph's own numbers (every alignment set to ``reference_alignment`` when given),
+  picked by ``"later"``. The adapters pass their preset as ``reference_alignment``, so
+  overrides and re-solves with measured alignments stay as near the preset's ``c`` as
+  the optimum allows.
 * ``"later"``: ``min sum_k w_k c_k``: on a tie, earlier nodes take the larger ``c`` and
   later nodes the larger learning rate.
 

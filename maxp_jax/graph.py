@@ -186,9 +186,15 @@ def discover_graph(spec: MaxPSpec, apply_fn: Callable[[Any, Any], Any], params: 
         if k is not None:
             provenance[pos] = ("weight", k)
     recorder = GraphRecorder()
-    with jax.ensure_compile_time_eval():
-        values = _evaluation_inputs(spec, leaves, x)
-        _Walk(spec, recorder).run(closed.jaxpr, list(closed.consts), values, provenance)
+    walk = _Walk(spec, recorder)
+    if any(layer.b == math.inf for layer in spec.layers):
+        with jax.ensure_compile_time_eval():
+            values = _evaluation_inputs(spec, leaves, x)
+            walk.run(closed.jaxpr, list(closed.consts), values, provenance)
+    else:
+        # No layer starts at zero, so no factor can be a zero one: shapes are enough.
+        shapes = [jax.ShapeDtypeStruct(aval.shape, aval.dtype) for aval in closed.in_avals]
+        jax.eval_shape(lambda args: walk.run(closed.jaxpr, list(closed.consts), args, provenance)[0], shapes)
     seen = {n.name for n in recorder.nodes}
     missing = [layer.name for layer in spec.layers if layer.name not in seen]
     if missing:
