@@ -192,9 +192,9 @@ def discover_graph(spec: MaxPSpec, apply_fn: Callable[[Any, Any], Any], params: 
             values = _evaluation_inputs(spec, leaves, x)
             walk.run(closed.jaxpr, list(closed.consts), values, provenance)
     else:
-        # No layer starts at zero, so no factor can be a zero one: shapes are enough.
-        shapes = [jax.ShapeDtypeStruct(aval.shape, aval.dtype) for aval in closed.in_avals]
-        jax.eval_shape(lambda args: walk.run(closed.jaxpr, list(closed.consts), args, provenance)[0], shapes)
+        # No layer starts at zero, so no factor can be a zero one: the notes alone suffice.
+        walk.evaluates = False
+        walk.run(closed.jaxpr, list(closed.consts), [None] * len(closed.jaxpr.invars), provenance)
     seen = {n.name for n in recorder.nodes}
     missing = [layer.name for layer in spec.layers if layer.name not in seen]
     if missing:

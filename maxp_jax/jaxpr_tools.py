@@ -43,6 +43,10 @@ class Interpreter:
     once :meth:`notes_of` has given the notes of its results.
     """
 
+    #: Bind each equation on its operands' values; ``False`` walks the notes alone (every
+    #: value ``None``), for walks whose notes never look at a value.
+    evaluates: bool = True
+
     def enters(self, eqn: Any) -> bool:
         """Whether to walk the body of ``eqn`` instead of binding it as one operation."""
         return eqn.primitive.name in CALL_PRIMITIVES and sub_jaxpr(eqn) is not None
@@ -78,9 +82,12 @@ class Interpreter:
                 outvals, outnotes = self.run(inner, inner_consts, invals[offset:], innotes[offset:])
             else:
                 outnotes = self.notes_of(eqn, invals, innotes)
-                outvals = eqn.primitive.bind(*invals, **eqn.params)
-                if not eqn.primitive.multiple_results:
-                    outvals = [outvals]
+                if self.evaluates:
+                    outvals = eqn.primitive.bind(*invals, **eqn.params)
+                    if not eqn.primitive.multiple_results:
+                        outvals = [outvals]
+                else:
+                    outvals = [None] * len(eqn.outvars)
             for v, val, n in zip(eqn.outvars, outvals, outnotes, strict=True):
                 values[id(v)] = val
                 tags[id(v)] = n

@@ -2,13 +2,15 @@
 
 import io
 import json
+import math
 import subprocess
 import sys
 
 import pytest
 
-from maxp_core import StabilityLP, chain, named_parametrization
+from maxp_core import Node, OpGraph, StabilityLP, chain, named_parametrization
 from maxp_core.cli import main
+from tests.core.test_graph_rules import gated
 
 
 def node(name, a, b, preds=(), alpha=1.0, omega=0.5, u=1.0, **extra):
@@ -159,3 +161,37 @@ def test_demo_runs_and_solves_measured_alignments() -> None:
 
     expected = StabilityLP(chain(len(DEMO_ALIGNMENTS), alignment=DEMO_ALIGNMENTS), "adam").solve()
     assert float(mup_adam[3]) == pytest.approx(expected.objective, abs=5e-3)
+
+
+def test_solve_reads_products_contractions_and_zero_initial_weights(tmp_path) -> None:
+    """The gated block of tests/core/test_graph_rules.py, plus a contraction, as JSON: the
+    same c as the library."""
+    spec = {
+        "nodes": [
+            node("emb", -0.5, 0.5),
+            node("gate", 0, 0.5, ["emb"]),
+            node("up", 0, "inf", ["emb"]),
+            {"name": "scaled", "a": 0.5, "has_weight": False, "preds": ["gate"]},
+            {"name": "self", "a": 1.0, "has_weight": False, "preds": ["gate"], "contraction": True},
+            {"name": "mul", "a": 0.0, "has_weight": False, "preds": ["scaled", "up"], "merge": "product",
+             "zero_inputs": ["up"]},
+            node("down", 0, 0.5, ["mul"], alpha=0.0),
+            node("out", 0.5, 0.5, ["down", "self"]),
+        ]
+    }  # fmt: skip
+    path = tmp_path / "gated.json"
+    path.write_text(json.dumps(spec))
+    buffer = io.StringIO()
+    assert main(["solve", str(path)], out=buffer) == 0
+    out = json.loads(buffer.getvalue())
+    library = gated("product", ("up",), up_b=math.inf)
+    nodes = [n for n in library.nodes if n.name != "out"]
+    nodes += [
+        Node("self", a=1.0, has_weight=False, preds=("gate",), contraction=True),
+        Node("out", a=0.5, b=0.5, preds=("down", "self")),
+    ]
+    assert out["c"] == pytest.approx(StabilityLP(OpGraph(nodes)).solve().c, abs=1e-9)
+    bad = {"nodes": [{**spec["nodes"][0]}, {**spec["nodes"][4], "contraction": "yes"}]}
+    path.write_text(json.dumps(bad))
+    done = run("solve", str(path))
+    assert done.returncode == 2 and "contraction must be true or false" in done.stderr
