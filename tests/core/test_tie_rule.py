@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from maxp_core import InfeasibleError, MaxPError, Node, OpGraph, StabilityLP, chain
+from benchmarks.tie_rule import attention_graph
+from maxp_core import InfeasibleError, MaxPError, OpGraph, StabilityLP, chain
 from tests.core.strategies import Instance, chains, dags, instances
 
 FULL = dict(alpha=1.0, omega=0.5, u=1.0)
@@ -19,20 +20,8 @@ PRESET_C = {"emb": 0.5, "q": 1.0, "k": 1.0, "v": 1.0, "o": 1.0, "out": 0.5}
 
 
 def attn(o_align: tuple[float, float, float] = O_MEASURED, v_b: float = math.inf) -> OpGraph:
-    return OpGraph(
-        [
-            Node("emb", a=-0.5, b=0.5, **FULL),
-            *(Node(n, a=0.0, b=0.5 if n != "v" else v_b, preds=("emb",), **FULL) for n in ("q", "k", "v")),
-            Node(
-                "scores", a=1.0, has_weight=False, preds=("q", "k"), merge="product", contraction=True, **FULL
-            ),
-            Node("ctx", a=0.0, has_weight=False, preds=("scores", "v"), merge="product", zero_inputs=("v",)),
-            Node(
-                "o", a=0.0, b=0.5, preds=("ctx",), **dict(zip(("alpha", "omega", "u"), o_align, strict=True))
-            ),
-            Node("out", a=0.5, b=0.5, preds=("o",), **FULL),
-        ]
-    )
+    """The attention block of the benchmark: zero v, o at ``o_align``."""
+    return attention_graph(o_align, v_b)
 
 
 def preset_attn() -> OpGraph:
