@@ -353,7 +353,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "scores are a plain product. An op's slope is that of its update RMS (geometric mean "
         f"over seeds) against width; above {GROWTH_TOLERANCE} the update grows with width. "
         "![largest slope per setup](graph_rules.png)\n\n"
-        f"## Largest slope\n\n```\n{table}\n```\n\n## Every op\n\n```\n{per_op}\n```\n"
+        f"## Largest slope\n\n```\n{table}\n```\n\n"
+        "`gpt no` grows under both rules: the `no` preset assumes random-like alignments (0.5), "
+        "and the first steps of Adam on one batch are aligned; a preset's promise holds where its "
+        "alignments do. Under the presets no input residual binds, so the two rules give the same "
+        "`c`; they part where a measured or overridden alignment makes one bind (`o, down bind`, "
+        f"`zero v`).\n\n## Every op\n\n```\n{per_op}\n```\n"
     )
     _plot(results, args.out / "graph_rules.png")
     return results

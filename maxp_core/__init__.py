@@ -33,7 +33,7 @@ from maxp_core.parametrizations import (
     named_chain,
     named_parametrization,
 )
-from maxp_core.resolve import MaxPWarning, Outcome, Resolver, warn_user
+from maxp_core.resolve import MaxPWarning, Outcome, Resolver, unused_alignments, warn_user
 from maxp_core.roles import Role, check_init_stability, role_from_position
 from maxp_core.schedule import SolveSchedule, WSDSchedule, check_ema_decay, ema_update, wsd_multiplier
 
@@ -77,6 +77,7 @@ __all__ = [
     "role_from_position",
     "sanitize",
     "spectral_alignment",
+    "unused_alignments",
     "validate",
     "warn_user",
     "why_missing",

@@ -383,8 +383,8 @@ def why_missing(alpha_missing: bool, omega_missing: bool, u_missing: bool) -> st
     """Which factor of a layer's measurement carried no information, in words.
 
     Example:
-      >>> why_missing(True, False, True)
-      'its weight has not moved from its initial value (dW = 0) or is not finite'
+      >>> why_missing(False, True, False)
+      'its input has not changed from its initial value (dz = 0)'
     """
     if alpha_missing and omega_missing:
         return (
@@ -392,7 +392,10 @@ def why_missing(alpha_missing: bool, omega_missing: bool, u_missing: bool) -> st
             "usable (inputs empty, all zero or not finite, or fan_in < 2)"
         )
     if alpha_missing:
-        return "its weight has not moved from its initial value (dW = 0) or is not finite"
+        return (
+            "its weight has not moved from its initial value (dW = 0) or is not finite, "
+            "or its initial input is zero"
+        )
     if omega_missing:
         return "its input has not changed from its initial value (dz = 0)"
     return "the product of its input change and weight change carries no information"

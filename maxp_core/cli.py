@@ -82,7 +82,7 @@ def _node_from_json(entry: Any, k: int) -> Node:
     missing = [key for key in required if key not in entry]
     if missing:
         raise InputError(f"{where}: missing {missing}")
-    zero_init = has_weight and entry.get("b") == "inf"
+    zero_init = has_weight and entry.get("b") in ("inf", math.inf)  # JSON Infinity reads as inf
     numbers = {
         key: _number(entry[key], f"{where}: {key}")
         for key in ("a", *_WEIGHT_NUMBERS)

@@ -373,6 +373,8 @@ class StabilityLP:
         self.tie_rule: str = validate.choice(tie_rule, "tie_rule", TIE_RULES)
         self._reference: dict[str, float] | None = None
         self._reference_vector: np.ndarray | None = None  # weighted order; NaN for a pinned node left out
+        # The pinned c a default reference was taken under; None for a given reference.
+        self._reference_pins: np.ndarray | None = None
         self._reference_numbers = pack_numbers(graph)
         if reference_alignment is not None:
             triple = validate.alignment_triple(reference_alignment, "reference_alignment")
@@ -395,6 +397,7 @@ class StabilityLP:
 
     @reference_c.setter
     def reference_c(self, reference_c: Mapping[str, float] | None) -> None:
+        self._reference_pins = None
         if reference_c is None:
             self._reference, self._reference_vector = None, None
             return
@@ -491,6 +494,9 @@ class StabilityLP:
         ``None`` (today's answer by the ``"later"`` rule) while the graph's own numbers have no
         solution under the current pins.
         """
+        pins = lower[self._pin_cols]
+        if self._reference_pins is not None and not np.array_equal(pins, self._reference_pins):
+            self._reference_vector = None  # a default reference follows the pins it was taken under
         if self._reference_vector is None:
             assert self._structure is not None
             own = self._reference_numbers
@@ -501,6 +507,7 @@ class StabilityLP:
             values = x[self._c_cols]
             self._reference = dict(zip(names, values.tolist(), strict=True))
             self._reference_vector = values.copy()
+            self._reference_pins = pins.copy()
         # A pinned node's c is fixed, so its reference only adds a constant; one left out of
         # an explicit reference is anchored to its pin.
         c_lower = lower[self._c_cols]

@@ -41,6 +41,7 @@ import numpy as np
 
 from maxp_core.alignment import fill_missing, why_missing
 from maxp_core.errors import MaxPError
+from maxp_core.graph import OpGraph
 from maxp_core.schedule import check_ema_decay, ema_update
 
 #: Modules whose frames a warning skips to reach the user's line.
@@ -78,6 +79,15 @@ def warn_user(message: str, category: type[Warning] = MaxPWarning) -> None:
         frame = frame.f_back  # type: ignore[assignment]
         level += 1
     warnings.warn(message, category, stacklevel=level if frame is not None else 2)
+
+
+def unused_alignments(graph: OpGraph, names: Sequence[str]) -> list[tuple[int, int]]:
+    """``(row, column)`` of the alignments no LP term uses, rows named by ``names``.
+
+    The ``omega`` (column 1) of a weight that starts at zero (``b = inf``): its ``W0 @ dz``
+    term is gone, and its measurement is always missing (0/0).
+    """
+    return [(row, 1) for row, name in enumerate(names) if graph.node(name).zero_init]
 
 
 def is_reported(count: int) -> bool:

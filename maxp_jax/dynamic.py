@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from maxp_core import (
     alignment_of_layers,
     check_ema_decay,
     groups_of_equal_shape,
+    unused_alignments,
     validate,
 )
 from maxp_core.alignment import MODES
@@ -135,7 +135,7 @@ class AlignmentResolver:
             alignment_ema=config.alignment_ema,
             c_ema=config.c_ema,
             overrides=fixed,
-            unused=[(k, 1) for k, layer in enumerate(spec.layers) if layer.b == math.inf],
+            unused=unused_alignments(spec.graph, [layer.name for layer in spec.layers]),
         )
         self._lock = threading.Lock()
 

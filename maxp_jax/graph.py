@@ -1,19 +1,21 @@
 """The data-flow graph between maxP layers, read from the jaxpr of ``apply_fn(params, x)``.
 
-The jaxpr is evaluated on the sample input, equation by equation, beside a walk that
-follows where each value comes from (:mod:`maxp_core.tracing`, the rules the PyTorch
-tracer uses too). A weight leaf becomes its layer's node where it first meets a
-``dot_general``, a convolution or a gather (an embedding lookup); the predecessors are
-the provenances of the other operands. Adds of different provenances become ``min``
-merges and products (``mul``, the numerator of ``div``, parameter-free matrix products)
-``product`` merges. Parameter-free ops such as attention scores enter the graph when
-wrapped by :func:`activation`; one with two traced inputs (``q @ k^T``) is a contraction.
+The jaxpr is walked equation by equation, following where each value comes from
+(:mod:`maxp_core.tracing`, the rules the PyTorch tracer uses too). A weight leaf becomes
+its layer's node where it first meets a ``dot_general``, a convolution or a gather (an
+embedding lookup); the predecessors are the provenances of the other operands. Adds of
+different provenances become ``min`` merges and products (``mul``, the numerator of
+``div``, parameter-free matrix products) ``product`` merges. Parameter-free ops such as
+attention scores enter the graph when wrapped by :func:`activation`; one with two traced
+inputs (``q @ k^T``) is a contraction.
 
 The values tell which factors are zero at initialization: the weights (and biases) of a
 layer declared ``b = math.inf`` are replaced by zeros, as :func:`~maxp_jax.abc_init` makes
 them, and a factor that comes from such a layer and is exactly zero where it is
 multiplied is listed in the node's ``zero_inputs`` (``silu`` keeps a zero gate zero,
-``sigmoid`` does not). Zeros of any other origin (a zero sample) are not recorded.
+``sigmoid`` does not). Zeros of any other origin (a zero sample) are not recorded. Only
+then is the jaxpr evaluated on the sample input; without such a layer the walk computes
+nothing.
 
 Example:
   >>> import jax, jax.numpy as jnp

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -24,6 +25,7 @@ from maxp_core import (
     check_ema_decay,
     default_ab,
     groups_of_equal_shape,
+    unused_alignments,
     validate,
 )
 from maxp_core.alignment import MODES
@@ -287,7 +289,7 @@ class Parametrization:
             alignment_ema=self.alignment_ema,
             c_ema=self.c_ema,
             overrides={self._row[k]: triple for k, triple in self.overrides.items()},
-            unused=[(self._row[k], 1) for k in self.weighted if self.graph.node(self.names[k]).zero_init],
+            unused=unused_alignments(self.graph, self.graph.names),
         )
         self._z0: dict[int, torch.Tensor] = {}
         self._w0: dict[int, torch.Tensor] = {}
@@ -320,7 +322,14 @@ class Parametrization:
         for k, module in enumerate(self.modules):
             module.scale = float(self._width(k) ** -self.exponents[k][0])
             weight = module.weight
-            if weight is None or not reinit:
+            if weight is None:
+                continue
+            if not reinit:
+                if self.exponents[k][1] == math.inf and bool(weight.any()):
+                    raise MaxPError(
+                        f"layer {self.names[k]!r} is declared zero-initialised (b = inf) but keeps its "
+                        "current weights (reinit=False), which are not zero; zero them or give a finite b"
+                    )
                 continue
             weight.copy_(self._draw_initial_weight(k, weight))
             bias = getattr(module.inner, "bias", None)

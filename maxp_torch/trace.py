@@ -29,6 +29,10 @@ PRODUCTS = frozenset(
 )  # fmt: skip
 
 
+#: Quotients: the position of the numerator among the positional arguments.
+NUMERATOR = {"div": 0, "div_": 0, "__truediv__": 0, "__itruediv__": 0, "__rtruediv__": 1}
+
+
 class _Watcher(TorchFunctionMode):
     def __init__(self, recorder: GraphRecorder) -> None:
         super().__init__()
@@ -56,8 +60,11 @@ class _Watcher(TorchFunctionMode):
         leaves = tree_flatten((args, kwargs))[0]
         provenances = [self.tag_of(v) for v in leaves]
         if any(p is not None for p in provenances):
-            if getattr(func, "__name__", "") in PRODUCTS:
-                self.tag(out, self.recorder.combine("mul", provenances, self.zero_factors(leaves)))
+            name = getattr(func, "__name__", "")
+            if name in PRODUCTS:
+                # A quotient multiplies by its numerator only: a zero denominator is no zero factor.
+                factors = [args[NUMERATOR[name]]] if name in NUMERATOR and len(args) > 1 else leaves
+                self.tag(out, self.recorder.combine("mul", provenances, self.zero_factors(factors)))
             else:
                 self.tag(out, self.recorder.combine("add", provenances))
         return out

@@ -67,8 +67,9 @@ def test_a_zero_initial_weight_has_no_omega_term() -> None:
     """``up`` with b = inf: ``r_up = min(c_up - 1, c_up + r_emb - 1) = c_up - 1``, no cap at r_emb.
 
     Raising ``c_up`` then raises ``r_mul = r_up`` one for one and lowers ``c_down`` as much,
-    so every ``c_up`` in [1, 2] with ``c_down = 2 - c_up`` is optimal; the tie rule takes
-    the later layer's larger rate (``c_down = 0``).
+    so every ``c_up`` in [1, 2] with ``c_down = 2 - c_up`` is optimal. With no reference
+    alignment the "preset" tie rule anchors to the graph's own first answer, which the
+    "later" rule picks: the later layer's larger rate (``c_down = 0``).
     """
     graph = gated("product", ("up",), up_b=math.inf)
     assert graph.node("up").zero_init and not graph.node("gate").zero_init

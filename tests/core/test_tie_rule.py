@@ -216,3 +216,16 @@ def test_reference_alignment_anchors_an_overridden_graph_to_the_preset_answer(so
     assert sum(anchored.values()) == pytest.approx(sum(own.values()), abs=1e-6)
     with pytest.raises(MaxPError, match="reference_alignment"):
         StabilityLP(attn(), reference_alignment=(1.0, 0.5))
+
+
+def test_a_default_reference_follows_the_pins() -> None:
+    """The answer must not depend on the order of solves: a new pinned value retakes the
+    default reference, so a re-used LP agrees with a fresh one."""
+    graph = chain(3, alignment=[(0.3, 0.6, 1.0), (0.8, 0.3, 0.0), (0.2, 0.2, 0.9)])
+    reused = StabilityLP(graph, c_fixed={"layer0": 0.6})
+    reused.solve()
+    again = reused.solve(c_fixed={"layer0": 1.2}).c
+    fresh = StabilityLP(graph, c_fixed={"layer0": 1.2}).solve().c
+    assert again == pytest.approx(fresh, abs=1e-9)
+    # The face at c_0 = 1.2 is c_1 + c_2 = 1.2; the reference taken at c_0 = 0.6 lies elsewhere.
+    assert again["layer1"] + again["layer2"] == pytest.approx(1.2, abs=1e-9)

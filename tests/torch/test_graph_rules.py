@@ -139,3 +139,42 @@ def test_a_zero_initialised_layer_is_measured_without_a_warning_about_its_omega(
     assert param.solves == 3 and param.failures == 0
     row = param.graph.index("blocks.0.v")
     assert 0.0 <= param.alignment[row][0] <= 1.0  # alpha measured
+
+
+class _Quotient(nn.Module):
+    def __init__(self, d: int, zero_numerator: bool) -> None:
+        super().__init__()
+        self.zero_numerator = zero_numerator
+        self.emb = ParametrizedModule(nn.Linear(8, d), width_dim=d, layer_type="embedding")
+        self.zero = ParametrizedModule(nn.Linear(d, d), width_dim=d, layer_type="hidden", b=math.inf)
+        self.other = ParametrizedModule(nn.Linear(d, d), width_dim=d, layer_type="hidden")
+        self.out = ParametrizedModule(nn.Linear(d, 4), width_dim=d, layer_type="readout")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.emb(x)
+        zero, other = self.zero(h), self.other(h)
+        if self.zero_numerator:
+            return self.out(zero / (1 + other.abs()))
+        return self.out(other / torch.tanh(zero))  # exactly zero at init, but a denominator
+
+
+@pytest.mark.parametrize(("zero_numerator", "zero"), [(True, ("zero",)), (False, ())])
+def test_a_quotient_multiplies_by_its_numerator_only(zero_numerator: bool, zero: tuple[str, ...]) -> None:
+    """As in the JAX tracer: a zero numerator zeroes the quotient, a zero denominator does not."""
+    param = Parametrization(_Quotient(16, zero_numerator), sample_input=torch.randn(3, 8))
+    (product,) = [n for n in param.graph.nodes if n.multiplies]
+    assert product.zero_inputs == zero
+
+
+def test_a_zero_initialised_layer_that_keeps_nonzero_weights_is_refused() -> None:
+    """reinit=False keeps the model's weights: b = inf must then describe them."""
+    from maxp_core import MaxPError
+
+    ids = torch.randint(0, 32, (2, 8))
+    model = GPT(d=16, blocks=1, vocab=32, ctx=8, zero_init=("v",))
+    with pytest.raises(MaxPError, match=r"layer 'blocks\.0\.v' is declared zero-initialised \(b = inf\)"):
+        Parametrization(model, sample_input=ids, reinit=False)
+    with torch.no_grad():
+        model.blocks[0].v.weight.zero_()
+    param = Parametrization(model, sample_input=ids, reinit=False)
+    assert param.graph.node("blocks.0.v").zero_init
