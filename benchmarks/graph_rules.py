@@ -325,29 +325,22 @@ def run(frameworks: Sequence[str], widths: Sequence[int], seeds: int) -> dict[st
     return results
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
-    parser.add_argument("--seeds", type=int, default=4)
-    parser.add_argument("--framework", choices=[*FRAMEWORKS, "both"], default="both")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+def write_results(results: dict[str, Any], widths: Sequence[int], seeds: int, out: Path) -> None:
+    """Print the tables and write ``graph_rules.{json,md,png}`` under ``out``."""
     from maxp_core.cli import format_table
 
-    frameworks = FRAMEWORKS if args.framework == "both" else (args.framework,)
-    results = run(frameworks, args.widths, args.seeds)
     table = format_table(
         _rows(results), ("framework / setup / rule", "largest slope", f"above {GROWTH_TOLERANCE}")
     )
     per_op = _per_op_table(results)
     print(table)
     print(per_op)
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"widths": args.widths, "seeds": args.seeds, "steps": 3, "lr_prefactor": 1e-2}
-    (args.out / "graph_rules.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    (args.out / "graph_rules.md").write_text(
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"widths": list(widths), "seeds": seeds, "steps": 3, "lr_prefactor": 1e-2}
+    (out / "graph_rules.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    (out / "graph_rules.md").write_text(
         "# Graph rules: update slopes over width\n\n"
-        f"`python -m benchmarks.graph_rules`: widths {args.widths}, {args.seeds} seeds, 3 AdamW steps "
+        f"`python -m benchmarks.graph_rules`: widths {list(widths)}, {seeds} seeds, 3 AdamW steps "
         "on a fixed batch (cross-entropy), `lr_prefactor` 1e-2. `product`: the rules of "
         "`maxp_core.formulation`; `summed`: every product adds its factors' exponents and the "
         "scores are a plain product. An op's slope is that of its update RMS (geometric mean "
@@ -360,7 +353,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "`c`; they part where a measured or overridden alignment makes one bind (`o, down bind`, "
         f"`zero v`).\n\n## Every op\n\n```\n{per_op}\n```\n"
     )
-    _plot(results, args.out / "graph_rules.png")
+    _plot(results, out / "graph_rules.png")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--framework", choices=[*FRAMEWORKS, "both"], default="both")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    frameworks = FRAMEWORKS if args.framework == "both" else (args.framework,)
+    results = run(frameworks, args.widths, args.seeds)
+    write_results(results, args.widths, args.seeds, args.out)
     return results
 
 
