@@ -9,6 +9,14 @@ SGD's ``g``), so any feasible point with slack can raise ``r`` to the ``min`` an
 feasible: the relaxation has the same optimal ``sum(c)`` as the exact mixed-integer
 form. Reported ``r`` are recomputed as the exact ``min`` from the chosen ``c``.
 
+Feature learning (``r == 0`` before every sink) keeps the relaxation exact where each
+such node can lower its own ``c`` until a term binds; a parameter-free one has its single
+term made an equality (and so on up to the first node with a ``c``). One case stays out
+of reach: a *pinned* ``c`` on a node before a sink, where the exact problem may need a
+slack the LP does not see (SGD's gradient scale ``g`` below its min). There the chosen
+``c`` is checked exactly and :meth:`StabilityLP.solve` raises :class:`InfeasibleError`
+saying so, rather than return rates whose exact ``r`` breaks feature learning.
+
 **Unique answer (the tie rule).** The optimal ``c`` is often a whole face of the polytope
 (raising one layer's ``c`` can let a later layer's ``c`` fall by the same amount), and
 different solvers land on different points of it. A second LP over the optimal face
@@ -229,6 +237,14 @@ def _build_structure(
     if g_col is not None:
         for s, term in gradient_terms(graph):
             add_row(g_col, expand(term.variables, s), term.params, f"{graph.nodes[s].name}: g <= {term.text}")
+    if feature_learning:
+        for i in _exact_under_feature_learning(graph, optimizer):
+            (term,) = node_terms(graph, i, optimizer)
+            row = {col: coef for col, coef in expand(term.variables, i).items()}
+            row[int(r_col[i])] = row.get(int(r_col[i]), 0.0) - 1.0
+            rows_a.append(row)
+            rows_p.append({NUMBER_FIELDS.index(f) * n + j: -coef for (f, j), coef in term.params.items()})
+            labels.append(f"{graph.nodes[i].name}: r >= {term.text} (feature learning)")
 
     a_matrix = _sparse(rows_a, next_col).tocsc()
     rhs_matrix = _sparse(rows_p, len(NUMBER_FIELDS) * n).tocsr()
@@ -268,6 +284,30 @@ def _build_structure(
         np.array(sorted(set(fixed)), dtype=np.int64),
         bound_labels,
     )
+
+
+def _exact_under_feature_learning(graph: OpGraph, optimizer: Optimizer) -> list[int]:
+    """Parameter-free nodes whose ``r`` must equal their single term under feature learning.
+
+    A node with a ``c`` makes its hypograph row tight by lowering ``c``; a parameter-free
+    predecessor of a sink has none, so the LP could leave slack under its ``r == 0`` and
+    report a point where the exact ``r`` is positive. Its term is made an equality, and so
+    is that of each parameter-free node it reads alone, up to the first node with a ``c``.
+    Both hold in every exact solution, so the optimum does not change.
+    """
+    exact: list[int] = []
+    for i in graph.feature_learning_nodes:
+        node = i
+        while not graph.nodes[node].has_weight and node not in exact:
+            terms = node_terms(graph, node, optimizer)
+            if len(terms) != 1:
+                break
+            exact.append(node)
+            preds = graph.pred_indices(node)
+            if len(preds) != 1:
+                break
+            node = preds[0]
+    return exact
 
 
 def _summed(r_col: np.ndarray, group: Sequence[int]) -> dict[int, float]:

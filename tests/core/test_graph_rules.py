@@ -174,3 +174,37 @@ def test_zero_initial_weights_and_their_limits() -> None:
         StabilityLP(sgd_zero_readout, "sgd")
     # Adam with a zero readout: r_o = a + c - alpha = c - 0.5, so c_o = 0.5.
     assert StabilityLP(sgd_zero_readout, "adam").solve().c["o"] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_feature_learning_through_a_parameter_free_node_is_exact() -> None:
+    """``n6 = n2 + 0`` (parameter-free) is the only input of the sink, so feature learning needs
+    the exact ``r[n2] = 0``. ``n3`` reads ``n0 + n1 + n2`` (all zero at init) and would gain from
+    a slack ``r[n2] > 0``; the LP once took it and then refused the instance. Now it returns
+    the exact optimum of the mixed-integer form."""
+    from tests.core import reference
+
+    zero_w = {"a": -0.5, "b": math.inf, "alpha": 0.0, "omega": 0.0}
+    graph = OpGraph(
+        [
+            Node("n0", u=0.0, **zero_w),
+            Node("n1", u=0.0, **zero_w),
+            Node("n2", preds=("n0", "n1"), u=0.0, **zero_w),
+            Node(
+                "n3",
+                preds=("n0", "n1", "n2"),
+                merge="product",
+                zero_inputs=("n0", "n1", "n2"),
+                u=0.01,
+                **zero_w,
+            ),
+            Node("n4", a=0.0, has_weight=False, preds=("n0", "n3")),
+            Node("n5", a=0.0, has_weight=False, preds=("n0", "n1")),
+            Node("n6", a=0.0, has_weight=False, preds=("n2",)),
+            Node("n7", a=-0.5, b=1.0, alpha=0.0, omega=0.0, u=0.0, preds=("n6",)),
+        ],
+        check_stability=False,
+    )
+    solution = StabilityLP(graph, "adam", feature_learning=True).solve()
+    assert solution.r["n6"] == pytest.approx(0.0, abs=1e-9)
+    exact = reference.milp_optimum(graph, "adam", feature_learning=True)
+    assert solution.objective == pytest.approx(exact, abs=1e-6)
