@@ -640,10 +640,14 @@ class StabilityLP:
             return "the LP is infeasible (no single constraint could be named)"
         parts = [f"{label} (short by {amount:.4g})" for label, amount in violated]
         nodes = sorted({label.split(":")[0] for label, _ in violated})
-        return (
+        text = (
             f"no learning rates keep every node stable; nodes involved: {nodes}; "
             f"the least total violation breaks: {'; '.join(parts)}"
         )
+        if self.feature_learning:
+            before = [self.graph.nodes[i].name for i in self.graph.feature_learning_nodes]
+            text += f"; feature learning requires r == 0 on {before}"
+        return text
 
 
 def _pin_values(c_fixed: Mapping[Any, Any]) -> dict[str, float]:

@@ -190,7 +190,10 @@ def test_feature_learning_infeasible_when_readout_input_cannot_reach_zero() -> N
         ]
     )
     assert StabilityLP(graph, "adam").solve().r["act"] == pytest.approx(0.5)
-    with pytest.raises(InfeasibleError, match=r"feature learning needs r == 0.*act=0.5"):
+    # act = r_emb + 0.5 == 0 would need r_emb = -0.5: the LP itself finds no stable point.
+    with pytest.raises(
+        InfeasibleError, match=r"emb: r >= 0.*short by 0\.5.*feature learning requires r == 0 on \['act'\]"
+    ):
         StabilityLP(graph, "adam", feature_learning=True).solve()
 
 
