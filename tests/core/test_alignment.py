@@ -1,6 +1,7 @@
 """Alignment: hand-derived cases and a loop-by-loop restatement of DESIGN section 4."""
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -141,6 +142,13 @@ def test_sanitize() -> None:
     np.testing.assert_array_equal(out, [0.7, 0.5, 0.25])
 
 
+def array_module(framework: str) -> Any:
+    """numpy, torch or jax.numpy (skipped when the framework is not installed)."""
+    return (
+        np if framework == "numpy" else pytest.importorskip({"torch": "torch", "jax": "jax.numpy"}[framework])
+    )
+
+
 @pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
 def test_a_near_zero_initial_weight_or_input_is_missing(framework: str) -> None:
     """Below its dtype's smallest normal number a float32 value has lost its precision: the
@@ -151,9 +159,7 @@ def test_a_near_zero_initial_weight_or_input_is_missing(framework: str) -> None:
     dz = 0.1 * rng.standard_normal((8, 64)).astype(np.float32)
     w0 = rng.standard_normal((32, 64)).astype(np.float32)
     dw = 0.01 * rng.standard_normal((32, 64)).astype(np.float32)
-    xp = (
-        np if framework == "numpy" else pytest.importorskip({"torch": "torch", "jax": "jax.numpy"}[framework])
-    )
+    xp = array_module(framework)
     wrap = (lambda a: a) if framework == "numpy" else xp.asarray
 
     def measure(z_scale: float, w_scale: float) -> np.ndarray:
@@ -165,3 +171,17 @@ def test_a_near_zero_initial_weight_or_input_is_missing(framework: str) -> None:
     subnormal = np.float32(1e-39)
     assert np.isnan(measure(1.0, subnormal)[1]) and np.isfinite(measure(1.0, subnormal)[[0, 2]]).all()
     assert np.isnan(measure(subnormal, 1.0)[0]) and np.isfinite(measure(subnormal, 1.0)[[1, 2]]).all()
+
+
+@pytest.mark.parametrize("scale", [1e17, 1e-30])
+@pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
+def test_perfectly_aligned_float32_layers_measure_one_at_extreme_scales(framework: str, scale: float) -> None:
+    """Rows and matrices are scaled by powers of two before the products: float32 values near
+    its overflow or underflow still measure full alignment, in every implementation."""
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal(256)
+    xp = array_module(framework)
+    z0 = xp.asarray((np.stack([v, -3 * v]) * scale).astype(np.float32))
+    w0 = xp.asarray((np.outer(rng.standard_normal(16), v) * scale).astype(np.float32))
+    measured = alignment_of_layers([(z0, 3 * z0, w0, 4 * w0)], xp=xp)
+    assert [float(a[0]) for a in measured] == pytest.approx([1.0, 1.0, 1.0], abs=1e-5)

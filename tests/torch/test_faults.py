@@ -18,27 +18,12 @@ from maxp_torch import (
     initialize_abc_weights,
     register_optimizer,
 )
+from tests.torch.test_parametrization import MLP as BaseMLP
 
 
-class MLP(nn.Module):
-    def __init__(self, width=32, depth=4, in_dim=8, out=5, dropout=0.0, bias=True):
-        super().__init__()
-        sizes = [in_dim] + [width] * (depth - 1) + [out]
-        types = ["embedding"] + ["hidden"] * (depth - 2) + ["readout"]
-        self.layers = nn.ModuleList(
-            ParametrizedModule(
-                nn.Linear(sizes[i], sizes[i + 1], bias=bias), width_dim=width, layer_type=types[i]
-            )
-            for i in range(depth)
-        )
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x):
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = self.drop(torch.relu(x))
-        return x
+def MLP(**kwargs) -> nn.Module:
+    """The MLP of test_parametrization at this file's sizes (inputs 8, width 32, 5 classes)."""
+    return BaseMLP(**{"width": 32, "in_dim": 8, "out": 5, **kwargs})
 
 
 def data(n=32, in_dim=8, seed=0):
@@ -437,15 +422,3 @@ def test_first_release_learning_rates_are_checked(lr) -> None:
     model = plain_mlp()
     with pytest.raises(MaxPError, match="lr_prefactor"):
         create_param_groups(model, lr_prefactor=lr)
-
-
-@pytest.mark.parametrize("scale", [1e17, 1e-30])
-def test_perfectly_aligned_float32_layers_measure_one_at_extreme_scales(scale) -> None:
-    from maxp_core import alignment_of_layers
-
-    rng = np.random.default_rng(0)
-    v = rng.standard_normal(256)
-    z0 = torch.tensor(np.stack([v, -3 * v]) * scale, dtype=torch.float32)
-    w0 = torch.tensor(np.outer(rng.standard_normal(16), v) * scale, dtype=torch.float32)
-    measured = alignment_of_layers([(z0, 3 * z0, w0, 4 * w0)], xp=torch)
-    assert [float(a[0]) for a in measured] == pytest.approx([1.0, 1.0, 1.0], abs=1e-5)

@@ -22,22 +22,25 @@ from maxp_torch import Parametrization, ParametrizedModule
 
 
 class MLP(nn.Module):
-    def __init__(self, width=64, depth=4, in_dim=16, out=10, dtype=torch.float32, **pm_kwargs):
+    def __init__(self, width=64, depth=4, in_dim=16, out=10, dtype=torch.float32, dropout=0.0, bias=True):
         super().__init__()
         sizes = [in_dim] + [width] * (depth - 1) + [out]
         types = ["embedding"] + ["hidden"] * (depth - 2) + ["readout"]
         self.layers = nn.ModuleList(
             ParametrizedModule(
-                nn.Linear(sizes[i], sizes[i + 1], dtype=dtype), width_dim=width, layer_type=types[i]
+                nn.Linear(sizes[i], sizes[i + 1], bias=bias, dtype=dtype),
+                width_dim=width,
+                layer_type=types[i],
             )
             for i in range(depth)
         )
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, x):
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
-                x = torch.relu(x)
+                x = self.drop(torch.relu(x))
         return x
 
 
