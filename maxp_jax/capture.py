@@ -1,12 +1,17 @@
 """Find the input that multiplies each maxP weight, in any JAX model, from its jaxpr.
 
-``apply_fn(params, x)`` is traced once. Walking the jaxpr (into ``jit``,
-``custom_jvp_call`` and ``custom_vjp_call`` bodies), each weight leaf is followed
+``apply_fn(params, x)`` is traced once. Walking the jaxpr (into the bodies of the
+primitives of :data:`~maxp_jax.jaxpr_tools.CALL_PRIMITIVES`: ``jit``, ``remat2``,
+``custom_jvp_call``, ``custom_vjp_call``, ...), each weight leaf is followed
 through dtype casts, copies and transposes to the first ``dot_general`` that consumes
 it; the other operand of that product is the layer's input. :class:`LayerInputs`
 then re-evaluates the same jaxpr and returns those inputs as ``(rows, fan_in)``
 matrices, together with each weight as an ``(out, fan_in)`` matrix, which is the
 layout :mod:`maxp_core.alignment` uses. It works under ``jax.jit`` like any function.
+
+The slices of a stacked leaf (:mod:`maxp_jax.stacking`) are followed into the
+``scan`` that slices them, which stays a ``scan``: its body returns each slice's input
+as one more stacked output.
 
 A weight used first by something other than a product (a gather, as an embedding
 lookup does) has no input to measure; that is fine for an embedding, whose
@@ -24,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from maxp_core import MaxPError, Role
-from maxp_jax.jaxpr_tools import Interpreter, open_jaxpr
+from maxp_jax.jaxpr_tools import Interpreter, open_jaxpr, unentered_advice
 from maxp_jax.spec import MaxPSpec, leaf_key, path_string
 
 _VIEW_PRIMITIVES = {"convert_element_type", "copy", "copy_p", "reduce_precision", "optimization_barrier"}
@@ -44,14 +49,18 @@ class _Walker(Interpreter):
     """Evaluates a jaxpr, following weight leaves and recording their first product.
 
     A weight's note is ``(layer, permutation)``: the permutation of the leaf's axes that
-    the transposes on its way have applied (``None`` for none).
+    the transposes on its way have applied (``None`` for none). ``layer`` is a layer
+    index, or the tuple of the layers of a stacked leaf's slices once a ``scan`` has
+    sliced it; before that, a stacked leaf's note is ``("stack", layers)``. A ``scan`` is
+    traced as a ``scan`` (its body once), and the inputs captured in its body come out
+    stacked, one slice per layer.
     """
 
-    def __init__(self, weight_vars: dict[int, int]) -> None:
-        self.weight_of_input = weight_vars  # position in the flat inputs -> layer
+    def __init__(self, weight_vars: dict[int, Any]) -> None:
+        self.weight_of_input = weight_vars  # position in the flat inputs -> layer(s)
         self.uses: dict[int, _Use] = {}
         self.blocked: dict[int, str] = {}
-        self.captured: dict[int, Any] = {}
+        self.captured: dict[Any, Any] = {}
         self.counter = 0
         self.record: dict[int, _Use] | None = None
 
@@ -60,11 +69,40 @@ class _Walker(Interpreter):
         capture the inputs at the recorded ones."""
         self.record = record
         jaxpr, consts = open_jaxpr(closed)
-        notes = [
-            None if (layer := self.weight_of_input.get(pos)) is None else (layer, None)
-            for pos in range(len(jaxpr.invars))
-        ]
+        notes = [_leaf_note(self.weight_of_input.get(pos)) for pos in range(len(jaxpr.invars))]
         return self.run(jaxpr, consts, flat_args, notes)[0]
+
+    def slice_note(self, note: Any, step: int) -> Any:
+        if note is not None and note[0] == "stack":
+            return (note[1], None)
+        return note
+
+    def run_scan(self, eqn: Any, values: list[Any], notes: list[Any]) -> tuple[list[Any], list[Any]]:
+        body, consts = open_jaxpr(eqn.params["jaxpr"])
+        n_consts, n_carry = eqn.params["num_consts"], eqn.params["num_carry"]
+        head = n_consts + n_carry
+        fixed, carry, xs = values[:n_consts], values[n_consts:head], values[head:]
+        body_notes = notes[:head] + [self.slice_note(n, 0) for n in notes[head:]]
+        start, trace = self.counter, {}
+
+        def step(carry: Any, x: Any) -> Any:
+            # Equation ids restart at each trace of the body, so both passes number alike.
+            self.counter = start
+            before = set(self.captured)
+            outs, out_notes = self.run(body, consts, [*fixed, *carry, *x], body_notes)
+            trace.update(keys=[k for k in self.captured if k not in before], notes=out_notes, end=self.counter)
+            return outs[:n_carry], (outs[n_carry:], [self.captured.pop(k) for k in trace["keys"]])
+
+        carry_out, (ys, inputs) = jax.lax.scan(
+            step, carry, xs, length=eqn.params["length"], reverse=eqn.params["reverse"]
+        )
+        self.counter = trace["end"]
+        for key, stacked in zip(trace["keys"], inputs, strict=True):
+            if isinstance(key, tuple):
+                self.captured.update({k: stacked[t] for t, k in enumerate(key)})
+            else:  # a layer shared by every iteration: its input in the last one
+                self.captured[key] = stacked[0 if eqn.params["reverse"] else -1]
+        return [*carry_out, *ys], list(trace["notes"][:n_carry]) + [None] * len(ys)
 
     def notes_of(self, eqn: Any, values: list[Any], notes: list[Any]) -> list[Any]:
         eqn_id = self.counter
@@ -75,11 +113,12 @@ class _Walker(Interpreter):
         elif any(t is not None for t in notes) and name not in _VIEW_PRIMITIVES and name != "transpose":
             for t in notes:
                 if t is not None:
-                    self.blocked.setdefault(t[0], name)
+                    for layer in _members(t):
+                        self.blocked.setdefault(layer, name)
         out: list[Any] = [None] * len(eqn.outvars)
         if name in _VIEW_PRIMITIVES and notes and notes[0] is not None:
             out[0] = notes[0]
-        elif name == "transpose" and notes[0] is not None:
+        elif name == "transpose" and notes[0] is not None and notes[0][0] != "stack":
             layer, perm = notes[0]
             base = tuple(range(len(eqn.params["permutation"]))) if perm is None else perm
             out[0] = (layer, tuple(base[p] for p in eqn.params["permutation"]))
@@ -94,17 +133,38 @@ class _Walker(Interpreter):
             if tag is None:
                 continue
             layer, perm = tag
+            if layer == "stack":
+                for k in perm:
+                    self.blocked.setdefault(k, "dot_general before a scan slices the stacked weight")
+                continue
+            members = _members(tag)
             if record is None:
-                if layer in self.uses or layer in self.blocked:
+                if any(k in self.uses or k in self.blocked for k in members):
                     continue
                 w_contract = contract_r if w_pos == 1 else contract_l
                 x_contract = contract_l if w_pos == 1 else contract_r
                 original = tuple(int(a if perm is None else perm[a]) for a in w_contract)
-                self.uses[layer] = _Use(eqn_id, 1 - w_pos, tuple(int(a) for a in x_contract), original)
+                use = _Use(eqn_id, 1 - w_pos, tuple(int(a) for a in x_contract), original)
+                self.uses.update(dict.fromkeys(members, use))
             else:
-                use = record.get(layer)
+                use = record.get(members[0])
                 if use is not None and use.eqn_id == eqn_id and use.input_position == 1 - w_pos:
                     self.captured[layer] = invals[1 - w_pos]
+
+
+def _leaf_note(layers: Any) -> Any:
+    """The note of a parameter leaf: ``None``, ``(layer, None)``, or ``("stack", layers)``."""
+    if layers is None:
+        return None
+    return ("stack", layers) if isinstance(layers, tuple) else (layers, None)
+
+
+def _members(note: Any) -> tuple[int, ...]:
+    """The layer indices a weight note stands for."""
+    layer, rest = note
+    if layer == "stack":
+        return tuple(rest)
+    return tuple(layer) if isinstance(layer, tuple) else (layer,)
 
 
 def _as_rows(x: jax.Array, contract: tuple[int, ...]) -> jax.Array:
@@ -132,7 +192,8 @@ class LayerInputs:
         self.spec = spec
         self.apply_fn = apply_fn
         leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-        weight_index = {leaf_key(layer.weight_path): i for i, layer in enumerate(spec.layers)}
+        index = spec.leaf_layer_index()
+        weight_index = {leaf_key(layer.weight_path): index[leaf_key(layer.weight_path)] for layer in spec.layers}
         self._weight_positions = {
             pos: weight_index[leaf_key(path_string(p))]
             for pos, (p, _) in enumerate(leaves)
@@ -156,6 +217,7 @@ class LayerInputs:
                 raise MaxPError(
                     f"{layer.weight_path}: cannot find the input that multiplies this weight ({reason}); "
                     "dynamic alignment needs each hidden and readout weight to enter a matrix product"
+                    + unentered_advice(first or "")
                 )
 
     def __call__(self, params: Any, x: Any) -> tuple[Any, dict[int, jax.Array]]:
@@ -171,7 +233,8 @@ class LayerInputs:
     def weight_matrices(self, params: Any) -> dict[int, jax.Array]:
         """Each measured layer's weight as ``(out, fan_in)`` (the contracted axes last)."""
         by_key = {leaf_key(path_string(p)): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+        layers = self.spec.layers
         return {
-            i: _as_rows(by_key[leaf_key(self.spec.layers[i].weight_path)], self.uses[i].weight_contract)
+            i: _as_rows(layers[i].weight_of(by_key[leaf_key(layers[i].weight_path)]), self.uses[i].weight_contract)
             for i in self.measured
         }

@@ -260,7 +260,7 @@ class AlignmentResolver:
         leaves = {leaf_key(path_string(p)): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
         flags = []
         for i, layer in enumerate(self.spec.layers):
-            finite = _all_finite(leaves[leaf_key(layer.weight_path)])
+            finite = _all_finite(layer.weight_of(leaves[leaf_key(layer.weight_path)]))
             if i in finite_inputs:
                 finite = finite & finite_inputs[i]
             flags.append(~finite)

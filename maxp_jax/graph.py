@@ -43,7 +43,7 @@ import numpy as np
 
 from maxp_core import MaxPError, OpGraph
 from maxp_core.tracing import GraphRecorder
-from maxp_jax.jaxpr_tools import Interpreter
+from maxp_jax.jaxpr_tools import Interpreter, unentered_advice
 
 if TYPE_CHECKING:
     from maxp_jax.spec import MaxPSpec
@@ -97,6 +97,12 @@ class _Walk(Interpreter):
     def enters(self, eqn: Any) -> bool:
         return super().enters(eqn) and _marked(eqn) is None
 
+    def slice_note(self, note: Any, step: int) -> Any:
+        # Iteration ``step`` of a scan sees slice ``step`` of a stacked weight: that layer's weight.
+        if isinstance(note, tuple) and note[0] == "stacked":
+            return ("weight", note[1][step])
+        return note
+
     def zero(self, values: list[Any], ins: list[Any]) -> list[str]:
         """The provenances in ``ins`` of values that come from a zero-initialized layer and
         are exactly zero here."""
@@ -116,6 +122,14 @@ class _Walk(Interpreter):
             node = self.rec.layer(label, activations, a=_ACTIVATION_A[label], has_weight=False, zero=zero)
             return [node] * n_out
         weights = [p for p in ins if isinstance(p, tuple)]
+        stacks = [p for p in weights if p[0] == "stacked"]
+        if stacks and name not in _VIEWS:
+            path = self.spec.layers[stacks[0][1][0]].weight_path
+            raise MaxPError(
+                f"{path}: the stacked weight meets {name!r} before a scan slices it; the graph places "
+                "the slices of a stacked weight inside lax.scan (nn.scan, nnx.scan) only"
+                + unentered_advice(name)
+            )
         if weights:
             k = weights[0][1]
             if name in _VIEWS:
@@ -129,7 +143,7 @@ class _Walk(Interpreter):
                 return [node] * n_out
             raise MaxPError(
                 f"{self.spec.layers[k].weight_path}: the weight first meets {name!r}, not a matrix product, "
-                "convolution or lookup; the graph cannot place this layer"
+                "convolution or lookup; the graph cannot place this layer" + unentered_advice(name)
             )
         if name in _PRODUCTS:
             # A quotient multiplies by its numerator only: a zero denominator is no zero factor.
@@ -175,18 +189,29 @@ def _evaluation_inputs(spec: MaxPSpec, leaves: list[tuple[Any, Any]], x: Any) ->
     return values + [concrete(leaf) for leaf in jax.tree_util.tree_leaves(x)]
 
 
-def discover_graph(spec: MaxPSpec, apply_fn: Callable[[Any, Any], Any], params: Any, x: Any) -> OpGraph:
-    """The graph between the spec's layers in ``apply_fn(params, x)``."""
+def discover_graph(
+    spec: MaxPSpec, apply_fn: Callable[[Any, Any], Any], params: Any, x: Any, closed: Any = None
+) -> OpGraph:
+    """The graph between the spec's layers in ``apply_fn(params, x)`` (``closed``: its
+    ClosedJaxpr, if already traced).
+
+    A scan is walked once per iteration, so scan-stacked layers give the graph of the
+    unrolled model, slice ``t`` of a stacked weight being the layer ``<name>[t]``.
+    """
     from maxp_jax.spec import leaf_key, path_string
 
-    closed = jax.make_jaxpr(apply_fn)(params, x)
-    weight_index = {leaf_key(layer.weight_path): k for k, layer in enumerate(spec.layers)}
+    if closed is None:
+        closed = jax.make_jaxpr(apply_fn)(params, x)
+    slices: dict[str, list[int]] = {}
+    for k, layer in enumerate(spec.layers):
+        slices.setdefault(leaf_key(layer.weight_path), []).append(k)
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     provenance: list[Any] = [None] * len(closed.jaxpr.invars)
     for pos, (path, _) in enumerate(leaves):
-        k = weight_index.get(leaf_key(path_string(path)))
-        if k is not None:
-            provenance[pos] = ("weight", k)
+        found = slices.get(leaf_key(path_string(path)))
+        if found is not None:
+            stacked = spec.layers[found[0]].stack_index is not None
+            provenance[pos] = ("stacked", tuple(found)) if stacked else ("weight", found[0])
     recorder = GraphRecorder()
     walk = _Walk(spec, recorder)
     if any(layer.b == math.inf for layer in spec.layers):

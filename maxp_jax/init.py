@@ -20,7 +20,9 @@ def abc_init(spec: MaxPSpec, params: Any, key: jax.Array, std_prefactor: float =
     Args:
       spec: the :class:`~maxp_jax.MaxPSpec`.
       params: the params pytree to re-initialise (same structure as the spec's).
-      key: a PRNG key; each layer draws from ``jax.random.fold_in(key, layer_index)``.
+      key: a PRNG key; each layer draws from ``jax.random.fold_in(key, layer_index)``
+        (each slice of a stacked leaf too, so a scan-stacked model starts from the
+        weights of its unrolled twin).
       std_prefactor: a constant factor on every standard deviation.
 
     Returns:
@@ -37,14 +39,19 @@ def abc_init(spec: MaxPSpec, params: Any, key: jax.Array, std_prefactor: float =
     """
     stds = spec.init_std(std_prefactor)
     index = spec.leaf_layer_index()
-    weights = {leaf_key(layer.weight_path): i for i, layer in enumerate(spec.layers)}
+    weights = {leaf_key(layer.weight_path) for layer in spec.layers}
+
+    def draw(i: int, shape: tuple[int, ...]) -> jax.Array:
+        return jax.random.normal(jax.random.fold_in(key, i), shape, dtype=jnp.float32) * stds[i]
 
     def init_leaf(path: Any, leaf: Any) -> Any:
         name = leaf_key(path_string(path))
         if name in weights:
-            i = weights[name]
-            noise = jax.random.normal(jax.random.fold_in(key, i), jnp.shape(leaf), dtype=jnp.float32)
-            return (noise * stds[i]).astype(jnp.asarray(leaf).dtype)
+            i = index[name]
+            shape = jnp.shape(leaf)
+            # A stacked leaf draws each slice as its own layer would: the unrolled twin's weights.
+            noise = draw(i, shape) if isinstance(i, int) else jnp.stack([draw(k, shape[1:]) for k in i])
+            return noise.astype(jnp.asarray(leaf).dtype)
         if name in index:
             return jnp.zeros_like(leaf)
         return leaf

@@ -4,11 +4,37 @@ from __future__ import annotations
 
 from typing import Any
 
-#: Primitives whose body is another jaxpr that is walked in place.
+import jax.numpy as jnp
+
+#: Primitives whose body is another jaxpr that is walked in place: ``jit`` (``pjit`` in
+#: older JAX), ``remat2`` (``jax.checkpoint``, ``nn.remat``), ``custom_jvp_call``,
+#: ``custom_vjp_call`` and ``closed_call``.
 CALL_PRIMITIVES = frozenset(
-    {"jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "remat", "checkpoint"}
+    {
+        "jit",
+        "pjit",
+        "closed_call",
+        "core_call",
+        "custom_jvp_call",
+        "custom_vjp_call",
+        "custom_vjp_call_jaxpr",
+        "remat",
+        "remat2",
+        "checkpoint",
+    }
 )
+#: Primitives with a body the walk does not enter, and what to do about a weight inside one.
+UNENTERED = {
+    "cond": "a weight used inside lax.cond (or lax.switch) cannot be placed; apply the layer outside the "
+    "branch, or give a sample_input forward that takes one fixed branch",
+    "while": "a weight used inside lax.while_loop (or fori_loop with traced bounds) cannot be placed; "
+    "stack the layers and use lax.scan (or nn.scan / nnx.scan), or give a fori_loop static bounds",
+    "shard_map": "a weight used inside shard_map cannot be followed, since the body sees shards; "
+    "give maxP the forward of the unsharded model (sharding with jit and NamedSharding is fine)",
+}
 _CALL_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+#: Primitives that pass their first operand's values through unchanged (up to dtype).
+VALUE_VIEWS = frozenset({"convert_element_type", "copy", "copy_p", "reduce_precision", "optimization_barrier"})
 
 
 def sub_jaxpr(eqn: Any) -> Any | None:
@@ -32,6 +58,12 @@ def is_literal(var: Any) -> bool:
     return not hasattr(var, "aval") or type(var).__name__ == "Literal"
 
 
+def unentered_advice(primitive: str) -> str:
+    """What to do about a weight that flows into ``primitive``, if the walk cannot enter it."""
+    advice = UNENTERED.get(primitive)
+    return f"; {advice}" if advice else ""
+
+
 class Interpreter:
     """Evaluates a jaxpr equation by equation, carrying a note beside every value.
 
@@ -39,8 +71,10 @@ class Interpreter:
     ``jax.eval_shape``. A note is what a walk keeps about a value (a weight's tag, a graph
     provenance); literals and constants carry ``None``. The body of a call primitive
     (:data:`CALL_PRIMITIVES`) is entered, so its equations are seen one at a time, unless
-    :meth:`enters` says otherwise; every other equation is bound on its operands' values
-    once :meth:`notes_of` has given the notes of its results.
+    :meth:`enters` says otherwise; a ``scan`` is walked by :meth:`run_scan` (by default
+    its body once per iteration, each seeing its slice of the scanned operands); every
+    other equation is bound on its operands' values once :meth:`notes_of` has given the
+    notes of its results.
     """
 
     #: Bind each equation on its operands' values; ``False`` walks the notes alone (every
@@ -49,11 +83,45 @@ class Interpreter:
 
     def enters(self, eqn: Any) -> bool:
         """Whether to walk the body of ``eqn`` instead of binding it as one operation."""
+        if eqn.primitive.name == "scan":
+            return True
         return eqn.primitive.name in CALL_PRIMITIVES and sub_jaxpr(eqn) is not None
 
     def notes_of(self, eqn: Any, values: list[Any], notes: list[Any]) -> list[Any]:
         """The notes of the results of ``eqn``, from its operands' values and notes."""
         return [None] * len(eqn.outvars)
+
+    def slice_note(self, note: Any, step: int) -> Any:
+        """The note of iteration ``step``'s slice of a scanned operand whose note is ``note``."""
+        return note
+
+    def stack_notes(self, notes: list[Any]) -> Any:
+        """The note of a scan's stacked output, from its per-iteration notes (the last one)."""
+        return notes[-1] if notes else None
+
+    def run_scan(self, eqn: Any, values: list[Any], notes: list[Any]) -> tuple[list[Any], list[Any]]:
+        """``(values, notes)`` of a ``scan``'s outputs, its body walked once per iteration."""
+        body, consts = open_jaxpr(eqn.params["jaxpr"])
+        n_consts, n_carry = eqn.params["num_consts"], eqn.params["num_carry"]
+        length, reverse = int(eqn.params["length"]), bool(eqn.params["reverse"])
+        fixed_v, fixed_n = values[:n_consts], notes[:n_consts]
+        carry_v, carry_n = values[n_consts : n_consts + n_carry], notes[n_consts : n_consts + n_carry]
+        xs_v, xs_n = values[n_consts + n_carry :], notes[n_consts + n_carry :]
+        per_step: dict[int, tuple[list[Any], list[Any]]] = {}
+        for t in reversed(range(length)) if reverse else range(length):
+            x_v = [None if v is None else v[t] for v in xs_v]
+            x_n = [self.slice_note(n, t) for n in xs_n]
+            out_v, out_n = self.run(body, consts, fixed_v + carry_v + x_v, fixed_n + carry_n + x_n)
+            carry_v, carry_n = out_v[:n_carry], out_n[:n_carry]
+            per_step[t] = (out_v[n_carry:], out_n[n_carry:])
+        n_ys = len(eqn.outvars) - n_carry
+        order = [per_step[t] for t in range(length)]
+        ys_v = [
+            None if not order or order[0][0][j] is None else jnp.stack([v[j] for v, _ in order])
+            for j in range(n_ys)
+        ]
+        ys_n = [self.stack_notes([n[j] for _, n in order]) for j in range(n_ys)]
+        return carry_v + ys_v, carry_n + ys_n
 
     def run(
         self, jaxpr: Any, consts: list[Any], args: list[Any], notes: list[Any]
@@ -76,7 +144,9 @@ class Interpreter:
         for eqn in jaxpr.eqns:
             invals = [value(v) for v in eqn.invars]
             innotes = [note(v) for v in eqn.invars]
-            if self.enters(eqn):
+            if self.enters(eqn) and eqn.primitive.name == "scan":
+                outvals, outnotes = self.run_scan(eqn, invals, innotes)
+            elif self.enters(eqn):
                 inner, inner_consts = open_jaxpr(sub_jaxpr(eqn))
                 offset = len(invals) - len(inner.invars)
                 outvals, outnotes = self.run(inner, inner_consts, invals[offset:], innotes[offset:])

@@ -35,6 +35,7 @@ from maxp_core import (
     check_init_stability,
     default_ab,
     validate,
+    warn_user,
 )
 from maxp_core.formulation import parse_optimizer
 from maxp_core.graph import graph_by_roles
@@ -64,6 +65,12 @@ class Rule:
         graph drops the terms of the initial weight).
       c: pin the learning-rate exponent (the LP solves the others around it).
       alignment: ``(alpha, omega, u)`` for these layers instead of the preset.
+      stacked: the leading axis of each matched leaf indexes layers (``nn.scan``,
+        ``nnx.scan``, ``lax.scan`` over stacked blocks): a ``(L, d_in, d_out)`` kernel is
+        ``L`` layers named ``<name>[0]`` ... ``<name>[L-1]``, each with its own graph node,
+        alignment and factor, and a ``(L, d)`` bias joins them slice by slice. ``None``
+        (the default) decides from the graph: a leaf that a ``scan`` slices is stacked.
+        Without ``apply_fn`` nothing is stacked unless the rule says so.
 
     Raises:
       MaxPError: an argument has the wrong type or lies out of range; the message names
@@ -86,6 +93,7 @@ class Rule:
     b: float | None = None
     c: float | None = None
     alignment: tuple[float, float, float] | None = None
+    stacked: bool | None = None
 
     def __post_init__(self) -> None:
         pattern = validate.text(self.pattern, "rule pattern")
@@ -102,13 +110,16 @@ class Rule:
             checked[name] = None if value is None else check(value, f"{where}: {name}")
         if self.alignment is not None:
             checked["alignment"] = validate.alignment_triple(self.alignment, f"{where}: alignment")
+        if self.stacked is not None:
+            checked["stacked"] = validate.boolean(self.stacked, f"{where}: stacked")
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True)
 class Layer:
-    """One maxP layer: a weight leaf and the leaves that share its learning rate."""
+    """One maxP layer: a weight leaf (or one slice of a stacked leaf, ``stack_index``)
+    and the leaves that share its learning rate."""
 
     name: str
     role: Role
@@ -122,10 +133,15 @@ class Layer:
     extra_paths: tuple[str, ...] = ()
     c_fixed: float | None = None
     alignment: tuple[float, float, float] | None = None
+    stack_index: int | None = None
 
     @property
     def paths(self) -> tuple[str, ...]:
         return (self.weight_path, *self.extra_paths)
+
+    def weight_of(self, leaf: Any) -> Any:
+        """This layer's weight in the array of its weight leaf (its slice, if stacked)."""
+        return leaf if self.stack_index is None else leaf[self.stack_index]
 
 
 def path_string(path: Sequence[Any]) -> str:
@@ -214,6 +230,7 @@ class MaxPSpec:
     c: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
+        self._jaxpr: Any = None
         self._check_arguments()
         self.layers = self._find_layers()
         self.graph = self._build_graph()
@@ -251,6 +268,40 @@ class MaxPSpec:
             (path_string(p), jax.tree_util.keystr(tuple(p)), tuple(int(d) for d in np.shape(x)))
             for p, x in leaves
         ]
+        owner = self._rule_of_leaf(entries)
+        shapes = {slash: shape for slash, _, shape in entries}
+        scanned = self._scanned_leaves([slash for slash, _, _ in entries])
+        stacked = {p: _is_stacked(self.rules[k], p, shapes[p], scanned) for p, k in owner.items()}
+        layers: list[Layer] = []
+        extras: dict[str, list[str]] = {}
+        for k, rule in enumerate(self.rules):
+            role = Role.parse(rule.role, layer=rule.pattern)
+            paths = sorted((p for p, owner_k in owner.items() if owner_k == k), key=_natural_key)
+            core = {p: shapes[p][1:] if stacked[p] else shapes[p] for p in paths}
+            weights = [p for p in paths if len(core[p]) >= 2]
+            for path in weights:
+                if stacked[path]:
+                    layers += [
+                        self._make_layer(rule, role, path, core[path], t) for t in range(shapes[path][0])
+                    ]
+                else:
+                    if rule.stacked is None and self.apply_fn is None and rule.layout == "dense":
+                        _warn_if_ambiguous(path, shapes[path])
+                    layers.append(self._make_layer(rule, role, path, core[path]))
+            for path in (p for p in paths if len(core[p]) < 2):
+                home = _home_weight(path, shapes, stacked, {layer.weight_path for layer in layers}, rule)
+                extras.setdefault(home, []).append(path)
+        if len(layers) < 2:
+            raise MaxPError(
+                f"maxP needs at least two layers (embedding and readout); the rules found {len(layers)}"
+            )
+        return tuple(
+            Layer(**{**layer.__dict__, "extra_paths": tuple(extras.get(layer.weight_path, ()))})
+            for layer in layers
+        )
+
+    def _rule_of_leaf(self, entries: list[tuple[str, str, tuple[int, ...]]]) -> dict[str, int]:
+        """The index of the rule that matches each matched leaf (by ``/`` path)."""
         compiled = []
         for rule in self.rules:
             try:
@@ -272,35 +323,21 @@ class MaxPSpec:
                         f"and {self.rules[k].pattern!r}"
                     )
                 owner[slash] = k
-        shapes = {slash: shape for slash, _, shape in entries}
-        layers: list[Layer] = []
-        extras: dict[int, list[str]] = {}
-        for k, rule in enumerate(self.rules):
-            role = Role.parse(rule.role, layer=rule.pattern)
-            paths = sorted((p for p, owner_k in owner.items() if owner_k == k), key=_natural_key)
-            weights = [p for p in paths if len(shapes[p]) >= 2]
-            for path in weights:
-                layers.append(self._make_layer(rule, role, path, shapes[path]))
-            for path in (p for p in paths if len(shapes[p]) < 2):
-                parent = _parent(path)
-                homes = [i for i, layer in enumerate(layers) if _parent(layer.weight_path) == parent]
-                if len(homes) != 1:
-                    raise MaxPError(
-                        f"{path} (shape {shapes[path]}) is matched by rule {rule.pattern!r} but no single "
-                        f"weight sits beside it under {parent or 'the root'!r}; match it with its own rule "
-                        "or leave it out of the pattern"
-                    )
-                extras.setdefault(homes[0], []).append(path)
-        if len(layers) < 2:
-            raise MaxPError(
-                f"maxP needs at least two layers (embedding and readout); the rules found {len(layers)}"
-            )
-        return tuple(
-            Layer(**{**layer.__dict__, "extra_paths": tuple(extras.get(i, ()))})
-            for i, layer in enumerate(layers)
-        )
+        return owner
 
-    def _make_layer(self, rule: Rule, role: Role, path: str, shape: tuple[int, ...]) -> Layer:
+    def _scanned_leaves(self, paths: list[str]) -> dict[str, int]:
+        """The leaves a ``scan`` of ``apply_fn`` slices (none without ``apply_fn``)."""
+        if self.apply_fn is None or self.sample_input is None:
+            return {}
+        from maxp_jax.stacking import scanned_leaves
+
+        self._jaxpr = jax.make_jaxpr(self.apply_fn)(self.params, self.sample_input)
+        lengths = scanned_leaves(self._jaxpr, [leaf_key(p) for p in paths])
+        return {p: lengths[leaf_key(p)] for p in paths if leaf_key(p) in lengths}
+
+    def _make_layer(
+        self, rule: Rule, role: Role, path: str, shape: tuple[int, ...], stack_index: int | None = None
+    ) -> Layer:
         in_dim, fan_in, out_dim = _dims(path, shape, rule.layout)
         width = rule.width if rule.width is not None else (out_dim if role is Role.EMBEDDING else in_dim)
         if not isinstance(width, int) or width < 1:
@@ -311,9 +348,9 @@ class MaxPSpec:
         if b != math.inf:  # a zero initial weight is stable whatever its multiplier
             check_init_stability(path, role, a, b)
         leaf_name = leaf_key(path).rsplit("/", 1)[-1]
-        name = _parent(path) if leaf_name in ("kernel", "embedding", "weight", "w") else path
+        name = (_parent(path) if leaf_name in ("kernel", "embedding", "weight", "w") else path) or path
         return Layer(
-            name=name or path,
+            name=name if stack_index is None else f"{name}[{stack_index}]",
             role=role,
             weight_path=path,
             shape=shape,
@@ -324,6 +361,7 @@ class MaxPSpec:
             layout=rule.layout,
             c_fixed=None if rule.c is None else float(rule.c),
             alignment=None if rule.alignment is None else tuple(float(v) for v in rule.alignment),  # type: ignore[arg-type]
+            stack_index=stack_index,
         )
 
     def _build_graph(self) -> OpGraph:
@@ -333,7 +371,7 @@ class MaxPSpec:
         if self.apply_fn is not None:
             from maxp_jax.graph import discover_graph
 
-            graph = discover_graph(self, self.apply_fn, self.params, self.sample_input)
+            graph = discover_graph(self, self.apply_fn, self.params, self.sample_input, self._jaxpr)
         else:
             graph = graph_by_roles(
                 [layer.name for layer in self.layers],
@@ -399,9 +437,17 @@ class MaxPSpec:
                 return float(layer.width**-layer.a)
         raise MaxPError(f"no maxP layer named {name!r}; layers: {[layer.name for layer in self.layers]}")
 
-    def leaf_layer_index(self) -> dict[str, int]:
-        """Layer index of every parametrized leaf, keyed by :func:`leaf_key`."""
-        return {leaf_key(path): i for i, layer in enumerate(self.layers) for path in layer.paths}
+    def leaf_layer_index(self) -> dict[str, int | tuple[int, ...]]:
+        """Layer index of every parametrized leaf, keyed by :func:`leaf_key`; for a stacked
+        leaf, the indices of the layers of its slices, in slice order."""
+        slices: dict[str, list[int]] = {}
+        for i, layer in enumerate(self.layers):
+            for path in layer.paths:
+                slices.setdefault(leaf_key(path), []).append(i)
+        return {
+            key: tuple(found) if self.layers[found[0]].stack_index is not None else found[0]
+            for key, found in slices.items()
+        }
 
     def describe(self) -> str:
         """A table of the layers: role, width, a, b, c and the learning-rate factor."""
@@ -412,6 +458,48 @@ class MaxPSpec:
             for layer, c, f in zip(self.layers, self.c, self.factors(), strict=True)
         ]
         return format_table(rows, ("layer", "role", "width", "a", "b", "c", "lr factor"))
+
+
+def _is_stacked(rule: Rule, path: str, shape: tuple[int, ...], scanned: dict[str, int]) -> bool:
+    """Whether the leading axis of the leaf at ``path`` indexes layers."""
+    stacked = rule.stacked if rule.stacked is not None else path in scanned
+    if stacked and len(shape) < 2:
+        raise MaxPError(
+            f"{path} (shape {shape}) is stacked by rule {rule.pattern!r} but has no axis beside the "
+            "leading (layers) one; match it without stacked=True"
+        )
+    return stacked
+
+
+def _warn_if_ambiguous(path: str, shape: tuple[int, ...]) -> None:
+    """A dense kernel of three or more axes may be a convolution or stacked layers."""
+    if len(shape) >= 3:
+        warn_user(
+            f"{path}: a kernel of shape {shape} is read as one layer with fan-in "
+            f"{math.prod(shape[:-1])} (a convolution); if its leading axis stacks layers, give "
+            "Rule(..., stacked=True) or apply_fn and sample_input; stacked=False silences this"
+        )
+
+
+def _home_weight(
+    path: str, shapes: dict[str, tuple[int, ...]], stacked: dict[str, bool], weights: set[str], rule: Rule
+) -> str:
+    """The weight leaf beside a bias-like leaf, whose layers it joins (slice by slice when stacked)."""
+    parent = _parent(path)
+    homes = [w for w in weights if _parent(w) == parent]
+    if len(homes) != 1:
+        raise MaxPError(
+            f"{path} (shape {shapes[path]}) is matched by rule {rule.pattern!r} but no single "
+            f"weight sits beside it under {parent or 'the root'!r}; match it with its own rule "
+            "or leave it out of the pattern"
+        )
+    home = homes[0]
+    if stacked[path] != stacked[home] or (stacked[path] and shapes[path][0] != shapes[home][0]):
+        raise MaxPError(
+            f"{path} (shape {shapes[path]}) and its weight {home} (shape {shapes[home]}) must both be "
+            "stacked over the same leading axis, or neither"
+        )
+    return home
 
 
 def _parent(path: str) -> str:

@@ -150,12 +150,20 @@ def scale_by_maxp(
             i = index.get(leaf_key(path_string(path)))
             if i is None or update is None or not hasattr(update, "dtype"):
                 return update
-            return update * state.factors[i].astype(update.dtype)
+            return update * per_slice(state.factors, i, update.ndim).astype(update.dtype)
 
         updates = jax.tree_util.tree_map_with_path(scale, updates)
         return updates, state._replace(count=optax.safe_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def per_slice(values: jax.Array, index: int | tuple[int, ...], ndim: int) -> jax.Array:
+    """``values[index]`` shaped to multiply a leaf of ``ndim`` axes: a scalar for one layer,
+    ``(L, 1, ..., 1)`` for the ``L`` slices of a stacked leaf (one gather, no loop)."""
+    if isinstance(index, int):
+        return values[index]
+    return values[np.asarray(index)].reshape((len(index),) + (1,) * (ndim - 1))
 
 
 def find_maxp_state(opt_state: Any) -> ScaleByMaxPState:
