@@ -90,7 +90,9 @@ class _Walker(Interpreter):
             self.counter = start
             before = set(self.captured)
             outs, out_notes = self.run(body, consts, [*fixed, *carry, *x], body_notes)
-            trace.update(keys=[k for k in self.captured if k not in before], notes=out_notes, end=self.counter)
+            trace.update(
+                keys=[k for k in self.captured if k not in before], notes=out_notes, end=self.counter
+            )
             return outs[:n_carry], (outs[n_carry:], [self.captured.pop(k) for k in trace["keys"]])
 
         carry_out, (ys, inputs) = jax.lax.scan(
@@ -193,7 +195,9 @@ class LayerInputs:
         self.apply_fn = apply_fn
         leaves = jax.tree_util.tree_flatten_with_path(params)[0]
         index = spec.leaf_layer_index()
-        weight_index = {leaf_key(layer.weight_path): index[leaf_key(layer.weight_path)] for layer in spec.layers}
+        weight_index = {
+            leaf_key(layer.weight_path): index[leaf_key(layer.weight_path)] for layer in spec.layers
+        }
         self._weight_positions = {
             pos: weight_index[leaf_key(path_string(p))]
             for pos, (p, _) in enumerate(leaves)
@@ -235,6 +239,8 @@ class LayerInputs:
         by_key = {leaf_key(path_string(p)): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
         layers = self.spec.layers
         return {
-            i: _as_rows(layers[i].weight_of(by_key[leaf_key(layers[i].weight_path)]), self.uses[i].weight_contract)
+            i: _as_rows(
+                layers[i].weight_of(by_key[leaf_key(layers[i].weight_path)]), self.uses[i].weight_contract
+            )
             for i in self.measured
         }

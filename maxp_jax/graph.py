@@ -68,7 +68,8 @@ def activation(name: str, fn: Callable[..., Any], *, a: float = 1.0) -> Callable
     """Mark a parameter-free op (``q @ k^T``) as an activation-only node with exponent ``a``.
 
     The op is computed unchanged (the model applies its own scaling, e.g. ``1/d``); the
-    graph gets a node ``name`` whose inputs multiply. Names must be unique per call site.
+    graph gets a node ``name`` whose inputs multiply. Names must be unique per call site;
+    inside a scan, iteration ``t`` gets the node ``name[t]``.
 
     Example:
       >>> scores = activation("block0.scores", lambda q, k: q @ k.T / q.shape[-1], a=1.0)
@@ -119,7 +120,9 @@ class _Walk(Interpreter):
         label = _marked(eqn)
         if label is not None:
             zero = self.zero(values, ins)
-            node = self.rec.layer(label, activations, a=_ACTIVATION_A[label], has_weight=False, zero=zero)
+            # Inside a scan, iteration t is the node ``<name>[t]``, as a stacked weight's slice is.
+            node_name = label + "".join(f"[{t}]" for t in self.steps)
+            node = self.rec.layer(node_name, activations, a=_ACTIVATION_A[label], has_weight=False, zero=zero)
             return [node] * n_out
         weights = [p for p in ins if isinstance(p, tuple)]
         stacks = [p for p in weights if p[0] == "stacked"]

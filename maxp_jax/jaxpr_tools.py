@@ -34,7 +34,9 @@ UNENTERED = {
 }
 _CALL_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 #: Primitives that pass their first operand's values through unchanged (up to dtype).
-VALUE_VIEWS = frozenset({"convert_element_type", "copy", "copy_p", "reduce_precision", "optimization_barrier"})
+VALUE_VIEWS = frozenset(
+    {"convert_element_type", "copy", "copy_p", "reduce_precision", "optimization_barrier"}
+)
 
 
 def sub_jaxpr(eqn: Any) -> Any | None:
@@ -80,6 +82,8 @@ class Interpreter:
     #: Bind each equation on its operands' values; ``False`` walks the notes alone (every
     #: value ``None``), for walks whose notes never look at a value.
     evaluates: bool = True
+    #: The iteration of each ``scan`` the walk is inside, outermost first.
+    steps: tuple[int, ...] = ()
 
     def enters(self, eqn: Any) -> bool:
         """Whether to walk the body of ``eqn`` instead of binding it as one operation."""
@@ -111,7 +115,11 @@ class Interpreter:
         for t in reversed(range(length)) if reverse else range(length):
             x_v = [None if v is None else v[t] for v in xs_v]
             x_n = [self.slice_note(n, t) for n in xs_n]
-            out_v, out_n = self.run(body, consts, fixed_v + carry_v + x_v, fixed_n + carry_n + x_n)
+            self.steps = (*self.steps, t)
+            try:
+                out_v, out_n = self.run(body, consts, fixed_v + carry_v + x_v, fixed_n + carry_n + x_n)
+            finally:
+                self.steps = self.steps[:-1]
             carry_v, carry_n = out_v[:n_carry], out_n[:n_carry]
             per_step[t] = (out_v[n_carry:], out_n[n_carry:])
         n_ys = len(eqn.outvars) - n_carry

@@ -56,4 +56,3 @@ def scanned_leaves(closed: Any, paths: list[str]) -> dict[str, int]:
     walk = _ScanOperands()
     walk.run(closed.jaxpr, list(closed.consts), [None] * len(notes), notes)
     return walk.lengths
-
