@@ -161,7 +161,9 @@ class Interpreter:
             else:
                 outnotes = self.notes_of(eqn, invals, innotes)
                 if self.evaluates:
-                    outvals = eqn.primitive.bind(*invals, **eqn.params)
+                    # As JAX's own evaluator binds: higher-order primitives (shard_map) rebuild
+                    # their bind parameters from the equation's.
+                    outvals = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
                     if not eqn.primitive.multiple_results:
                         outvals = [outvals]
                 else:

@@ -115,6 +115,7 @@ def scale_by_maxp(
         w0: tuple[jax.Array, ...] = ()
         params0: Any = ()
         if resolver is not None:
+            _refuse_masked(params)
             z0, w0, params0 = resolver.capture_initial(params)
         return ScaleByMaxPState(
             count=jnp.zeros([], jnp.int32),
@@ -156,6 +157,18 @@ def scale_by_maxp(
         return updates, state._replace(count=optax.safe_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _refuse_masked(params: Any) -> None:
+    """Dynamic maxP runs the model, so it needs every parameter, not one branch's share."""
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+    if any(masked(leaf) for leaf in jax.tree_util.tree_leaves(params, is_leaf=masked)):
+        raise MaxPError(
+            "scale_by_maxp with dynamic alignment sees masked parameters (it sits inside optax.partition "
+            "or optax.masked) and cannot run the model on them; chain it after the partition instead: "
+            "optax.chain(optax.partition(...), scale_by_maxp(spec, dynamic), ...) (leaves outside every "
+            "maxP layer pass through it unchanged)"
+        )
 
 
 def per_slice(values: jax.Array, index: int | tuple[int, ...], ndim: int) -> jax.Array:
@@ -267,12 +280,15 @@ def adamw(
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     mask: Any = None,
+    dynamic: DynamicAlignment | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """AdamW with maxP: ``chain(scale_by_adam, add_decayed_weights, scale_by_maxp, -lr)``.
 
     Weight decay comes before the maxP factor, so each layer's decay is multiplied by
     its own learning rate, as in ``torch.optim.AdamW`` with one group per layer.
     ``mask`` defaults to every leaf (as ``torch.optim.AdamW``'s single group does).
+    ``dynamic`` re-solves during training (:func:`scale_by_maxp`); ``update`` then
+    needs ``params``.
 
     Raises:
       MaxPError: a hyperparameter is out of range (a schedule is passed through as is).
@@ -285,7 +301,7 @@ def adamw(
     return optax.chain(
         optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
         optax.add_decayed_weights(weight_decay, mask),
-        scale_by_maxp(spec),
+        scale_by_maxp(spec, dynamic),
         optax.scale_by_learning_rate(learning_rate),
     )
 
@@ -296,8 +312,11 @@ def sgd(
     momentum: float = 0.0,
     nesterov: bool = False,
     weight_decay: float = 0.0,
+    dynamic: DynamicAlignment | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """SGD with maxP, in ``torch.optim.SGD``'s order: coupled decay, momentum, factor, -lr.
+
+    ``dynamic`` re-solves during training (:func:`scale_by_maxp`).
 
     Raises:
       MaxPError: a hyperparameter is out of range (a schedule is passed through as is).
@@ -311,7 +330,7 @@ def sgd(
         parts.append(optax.add_decayed_weights(weight_decay))
     if momentum:
         parts.append(optax.trace(decay=momentum, nesterov=nesterov))
-    parts += [scale_by_maxp(spec), optax.scale_by_learning_rate(learning_rate)]
+    parts += [scale_by_maxp(spec, dynamic), optax.scale_by_learning_rate(learning_rate)]
     return optax.chain(*parts)
 
 

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import maxp_jax
-from maxp_core import MaxPError, WSDSchedule
+from maxp_core import MaxPError, SolveSchedule, WSDSchedule
 from maxp_jax import FACTOR_DTYPE, MaxPSpec, Rule, abc_init, find_maxp_state, scale_by_maxp, set_factors
 from tests.jax.models import MLP, mlp_and_spec
 
@@ -250,3 +250,54 @@ def test_state_round_trips_through_flax_serialization() -> None:
     straight, _ = run(p1, s1, 3, 3)
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+SOLVES_IN_6 = sum(bool(SolveSchedule(1, 2).due(k)) for k in range(6))  # warm-up 1, every 2 steps
+
+
+def _steps(tx, model, params, n=6):
+    x, y = batch(1)
+
+    @jax.jit
+    def step(params, state):
+        grads = jax.grad(lambda p: loss_fn(model, p, x, y))(params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    state = tx.init(params)
+    for _ in range(n):
+        params, state = step(params, state)
+    return params, find_maxp_state(state)
+
+
+def test_adamw_and_sgd_take_dynamic_as_their_chain_does() -> None:
+    model, params, spec = mlp_and_spec(width=32, depth=3)
+    dyn = maxp_jax.DynamicAlignment(model.apply, batch(2)[0], warmup_steps=1, solve_interval=2)
+    built = maxp_jax.adamw(spec, 1e-2, weight_decay=0.1, dynamic=dyn)
+    by_hand = optax.chain(
+        optax.scale_by_adam(),
+        optax.add_decayed_weights(0.1),
+        scale_by_maxp(spec, dyn),
+        optax.scale_by_learning_rate(1e-2),
+    )
+    (p1, s1), (p2, s2) = _steps(built, model, params), _steps(by_hand, model, params)
+    assert int(s1.solves) == SOLVES_IN_6 > 0 and np.array_equal(s1.factors, s2.factors)
+    assert not np.allclose(s1.factors, spec.factors())  # the re-solves moved the rates
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2), strict=True))
+    sgd = maxp_jax.sgd(spec, 1e-2, momentum=0.9, dynamic=dyn)
+    assert int(_steps(sgd, model, params)[1].solves) == SOLVES_IN_6
+
+
+def test_dynamic_maxp_inside_a_partition_is_refused_and_after_it_works() -> None:
+    model, params, spec = mlp_and_spec(width=32, depth=3)
+    dyn = maxp_jax.DynamicAlignment(model.apply, batch(2)[0], warmup_steps=1, solve_interval=2)
+    labels = jax.tree_util.tree_map_with_path(lambda path, _: "bias" if "bias" in str(path) else "w", params)
+    inside = optax.partition({"w": scale_by_maxp(spec, dyn), "bias": optax.identity()}, labels)
+    with pytest.raises(MaxPError, match=r"inside optax.partition .* chain it after the partition"):
+        inside.init(params)
+    after = optax.chain(
+        optax.partition({"w": optax.scale_by_adam(), "bias": optax.scale_by_adam(b1=0.5)}, labels),
+        scale_by_maxp(spec, dyn),
+        optax.scale_by_learning_rate(1e-2),
+    )
+    assert int(_steps(after, model, params)[1].solves) == SOLVES_IN_6
