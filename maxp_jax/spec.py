@@ -378,6 +378,8 @@ class MaxPSpec:
                 [layer.role for layer in self.layers],
                 [(layer.a, layer.b) for layer in self.layers],
             )
+        if self.apply_fn is not None:
+            _warn_on_flattened_inputs(graph, self.layers)
         numbers = {layer.name: layer.alignment or preset for layer in self.layers}
         return graph.with_numbers(
             alpha={n: t[0] for n, t in numbers.items()},
@@ -500,6 +502,44 @@ def _home_weight(
             "stacked over the same leading axis, or neither"
         )
     return home
+
+
+def _warn_on_flattened_inputs(graph: OpGraph, layers: Sequence[Layer]) -> None:
+    """Warn where a layer's input size is a multiple of the outputs of the layers feeding it.
+
+    A ``Dense`` after flattening a ``(H, W, C)`` feature map contracts ``H * W * C``
+    inputs, but only ``C`` grows with the width: taking ``n = H * W * C`` would scale its
+    learning rate by a constant ``(H * W)^-c`` nobody asked for.
+    """
+    by_name = {layer.name: layer for layer in layers}
+    for layer in layers:
+        in_dim = _dims(layer.weight_path, layer.shape, layer.layout)[0]
+        if layer.role is Role.EMBEDDING or layer.width != in_dim:
+            continue  # an embedding reads tokens; a rule's own width is the user's choice
+        feeding = _feeding_layers(graph, layer.name, by_name)
+        outs = {_dims(p.weight_path, p.shape, p.layout)[2] for p in feeding}
+        if len(outs) == 1 and (out := outs.pop()) < in_dim and in_dim % out == 0:
+            names = ", ".join(sorted(p.name for p in feeding))
+            warn_user(
+                f"{layer.weight_path}: fan-in {in_dim} = {in_dim // out} x the {out} outputs of {names} "
+                f"(a flatten?); its width is taken as {in_dim}. If the {in_dim // out} is a fixed "
+                f"spatial size, give its rule width={out}"
+            )
+
+
+def _feeding_layers(graph: OpGraph, name: str, layers: dict[str, Layer]) -> list[Layer]:
+    """The weighted layers whose outputs reach ``name`` through merges alone."""
+    found: list[Layer] = []
+    stack = list(graph.node(name).preds)
+    while stack:
+        node = graph.node(stack.pop())
+        if node.name in layers:
+            found.append(layers[node.name])
+        elif node.has_weight or node.contraction:
+            return []  # an activation node of its own shape: nothing to compare
+        else:
+            stack += node.preds
+    return found
 
 
 def _parent(path: str) -> str:
