@@ -30,7 +30,8 @@ import numpy as np
 
 from maxp_core import MaxPError, Role
 from maxp_jax.jaxpr_tools import Interpreter, open_jaxpr, unentered_advice
-from maxp_jax.spec import MaxPSpec, leaf_key, path_string
+from maxp_jax.spec import MaxPSpec, TiedUses, leaf_key, path_string
+from maxp_jax.stacking import LOOKUPS
 
 _VIEW_PRIMITIVES = {"convert_element_type", "copy", "copy_p", "reduce_precision", "optimization_barrier"}
 
@@ -58,6 +59,8 @@ class _Walker(Interpreter):
 
     def __init__(self, weight_vars: dict[int, Any]) -> None:
         self.weight_of_input = weight_vars  # position in the flat inputs -> layer(s)
+        # A tied table is followed as its readout; its lookup does not end the search.
+        self.tied_readouts = {v.readout for v in weight_vars.values() if isinstance(v, TiedUses)}
         self.uses: dict[int, _Use] = {}
         self.blocked: dict[int, str] = {}
         self.captured: dict[Any, Any] = {}
@@ -116,7 +119,8 @@ class _Walker(Interpreter):
             for t in notes:
                 if t is not None:
                     for layer in _members(t):
-                        self.blocked.setdefault(layer, name)
+                        if not (name in LOOKUPS and layer in self.tied_readouts):
+                            self.blocked.setdefault(layer, name)
         out: list[Any] = [None] * len(eqn.outvars)
         if name in _VIEW_PRIMITIVES and notes and notes[0] is not None:
             out[0] = notes[0]
@@ -155,9 +159,12 @@ class _Walker(Interpreter):
 
 
 def _leaf_note(layers: Any) -> Any:
-    """The note of a parameter leaf: ``None``, ``(layer, None)``, or ``("stack", layers)``."""
+    """The note of a parameter leaf: ``None``, ``(layer, None)`` (a tied table's readout
+    layer), or ``("stack", layers)``."""
     if layers is None:
         return None
+    if isinstance(layers, TiedUses):
+        return (layers.readout, None)
     return ("stack", layers) if isinstance(layers, tuple) else (layers, None)
 
 

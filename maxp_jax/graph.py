@@ -44,6 +44,7 @@ import numpy as np
 from maxp_core import MaxPError, OpGraph
 from maxp_core.tracing import GraphRecorder
 from maxp_jax.jaxpr_tools import Interpreter, unentered_advice
+from maxp_jax.stacking import LOOKUPS, PRODUCTS
 
 if TYPE_CHECKING:
     from maxp_jax.spec import MaxPSpec
@@ -60,7 +61,7 @@ _VIEWS = {
     "expand_dims",
     "reduce_precision",
 }
-_LAYER_USES = {"dot_general", "conv_general_dilated", "gather", "dynamic_slice"}
+_LAYER_USES = LOOKUPS | PRODUCTS
 _PRODUCTS = {"mul", "div", "dot_general", "conv_general_dilated"}
 
 
@@ -134,7 +135,9 @@ class _Walk(Interpreter):
                 + unentered_advice(name)
             )
         if weights:
-            k = weights[0][1]
+            note = weights[0]
+            # A tied table is its embedding where it is looked up and its readout where multiplied.
+            k = (note[1] if name in LOOKUPS else note[2]) if note[0] == "tied" else note[1]
             if name in _VIEWS:
                 return [weights[0]] * n_out
             if name in _LAYER_USES:
@@ -213,8 +216,12 @@ def discover_graph(
     for pos, (path, _) in enumerate(leaves):
         found = slices.get(leaf_key(path_string(path)))
         if found is not None:
-            stacked = spec.layers[found[0]].stack_index is not None
-            provenance[pos] = ("stacked", tuple(found)) if stacked else ("weight", found[0])
+            if spec.layers[found[0]].stack_index is not None:
+                provenance[pos] = ("stacked", tuple(found))
+            elif len(found) == 2:
+                provenance[pos] = ("tied", *found)
+            else:
+                provenance[pos] = ("weight", found[0])
     recorder = GraphRecorder()
     walk = _Walk(spec, recorder)
     if any(layer.b == math.inf for layer in spec.layers):

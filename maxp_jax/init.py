@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from maxp_jax.spec import MaxPSpec, leaf_key, path_string
+from maxp_jax.spec import MaxPSpec, TiedUses, leaf_key, path_string
 
 
 def abc_init(spec: MaxPSpec, params: Any, key: jax.Array, std_prefactor: float = 1.0) -> Any:
@@ -49,8 +49,12 @@ def abc_init(spec: MaxPSpec, params: Any, key: jax.Array, std_prefactor: float =
         if name in weights:
             i = index[name]
             shape = jnp.shape(leaf)
-            # A stacked leaf draws each slice as its own layer would: the unrolled twin's weights.
-            noise = draw(i, shape) if isinstance(i, int) else jnp.stack([draw(k, shape[1:]) for k in i])
+            if isinstance(i, TiedUses):  # one table, two uses: the smaller of their two stds
+                noise = draw(min(i, key=lambda k: stds[k]), shape)
+            elif isinstance(i, int):
+                noise = draw(i, shape)
+            else:  # each slice as its own layer would draw it: the unrolled twin's weights
+                noise = jnp.stack([draw(k, shape[1:]) for k in i])
             return noise.astype(jnp.asarray(leaf).dtype)
         if name in index:
             return jnp.zeros_like(leaf)

@@ -20,7 +20,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
 import numpy as np
@@ -41,6 +41,7 @@ from maxp_core.formulation import parse_optimizer
 from maxp_core.graph import graph_by_roles
 from maxp_core.parametrizations import parse_parametrization
 from maxp_core.symmetry import fold_multiplier
+from maxp_jax.stacking import LeafUses, leaf_uses
 
 Layout = Literal["dense", "embedding", "torch"]
 LAYOUTS: tuple[str, ...] = ("dense", "embedding", "torch")
@@ -114,6 +115,17 @@ class Rule:
             checked["stacked"] = validate.boolean(self.stacked, f"{where}: stacked")
         for name, value in checked.items():
             object.__setattr__(self, name, value)
+
+
+class TiedUses(NamedTuple):
+    """The two layers of a tied table: its lookup (embedding) and its product (readout).
+
+    The table has one initial standard deviation and one learning rate: the smaller of
+    the two layers' (after folding), which keeps both uses stable.
+    """
+
+    lookup: int
+    readout: int
 
 
 @dataclass(frozen=True)
@@ -244,6 +256,25 @@ class MaxPSpec:
         )
         solution = self.lp.solve()
         self.c = np.array([solution.c[layer.name] for layer in self.layers])
+        self._warn_on_tied_disagreement()
+
+    def _warn_on_tied_disagreement(self) -> None:
+        """A tied table takes the smaller std and rate of its two uses: say so where they differ."""
+        stds, factors = self.init_std(), self.factors()
+        for key, uses in self.leaf_layer_index().items():
+            if not isinstance(uses, TiedUses):
+                continue
+            pair = (uses.lookup, uses.readout)
+            if np.isclose(stds[pair[0]], stds[pair[1]]) and np.isclose(factors[pair[0]], factors[pair[1]]):
+                continue
+            warn_user(
+                f"{key} is tied (looked up as an embedding, multiplied as a readout); its uses want "
+                f"init std {stds[pair[0]]:.3g} and {stds[pair[1]]:.3g}, learning-rate factor "
+                f"{factors[pair[0]]:.3g} and {factors[pair[1]]:.3g} at width {self.layers[pair[0]].width}, "
+                "and it takes the smaller of each. That keeps the logits bounded but shrinks the "
+                "embedding as the width grows; with multipliers='explicit' (the model multiplies the "
+                "lookup and the logits by spec.multiplier of each) muP's two uses agree"
+            )
 
     def _check_arguments(self) -> None:
         self.parametrization = parse_parametrization(validate.text(self.parametrization, "parametrization"))
@@ -270,8 +301,8 @@ class MaxPSpec:
         ]
         owner = self._rule_of_leaf(entries)
         shapes = {slash: shape for slash, _, shape in entries}
-        scanned = self._scanned_leaves([slash for slash, _, _ in entries])
-        stacked = {p: _is_stacked(self.rules[k], p, shapes[p], scanned) for p, k in owner.items()}
+        uses = self._leaf_uses([slash for slash, _, _ in entries])
+        stacked = {p: _is_stacked(self.rules[k], p, shapes[p], uses.scanned) for p, k in owner.items()}
         layers: list[Layer] = []
         extras: dict[str, list[str]] = {}
         for k, rule in enumerate(self.rules):
@@ -284,6 +315,8 @@ class MaxPSpec:
                     layers += [
                         self._make_layer(rule, role, path, core[path], t) for t in range(shapes[path][0])
                     ]
+                elif leaf_key(path) in uses.tied:
+                    layers += self._tied_layers(rule, role, path, core[path])
                 else:
                     if rule.stacked is None and self.apply_fn is None and rule.layout == "dense":
                         _warn_if_ambiguous(path, shapes[path])
@@ -325,15 +358,37 @@ class MaxPSpec:
                 owner[slash] = k
         return owner
 
-    def _scanned_leaves(self, paths: list[str]) -> dict[str, int]:
-        """The leaves a ``scan`` of ``apply_fn`` slices (none without ``apply_fn``)."""
+    def _leaf_uses(self, paths: list[str]) -> LeafUses:
+        """How ``apply_fn`` uses the leaves: stacked, tied (nothing known without it)."""
         if self.apply_fn is None or self.sample_input is None:
-            return {}
-        from maxp_jax.stacking import scanned_leaves
-
+            return LeafUses()
         self._jaxpr = jax.make_jaxpr(self.apply_fn)(self.params, self.sample_input)
-        lengths = scanned_leaves(self._jaxpr, [leaf_key(p) for p in paths])
-        return {p: lengths[leaf_key(p)] for p in paths if leaf_key(p) in lengths}
+        found = leaf_uses(self._jaxpr, [leaf_key(p) for p in paths])
+        by_key = {leaf_key(p): p for p in paths}
+        return LeafUses(
+            scanned={by_key[k]: n for k, n in found.scanned.items()},
+            looked_up=found.looked_up,
+            multiplied=found.multiplied,
+        )
+
+    def _tied_layers(self, rule: Rule, role: Role, path: str, shape: tuple[int, ...]) -> list[Layer]:
+        """The two layers of a table that is looked up and multiplied: its embedding (named
+        as the table) and its readout (``<name>.readout``); the rule's own role takes the
+        rule's exponents, the other use the parametrization's."""
+        if rule.layout != "embedding" or len(shape) != 2 or role is Role.HIDDEN:
+            raise MaxPError(
+                f"{path} (shape {shape}) is both looked up and multiplied (a tied embedding and readout); "
+                f"match it with an embedding or readout rule with layout='embedding', "
+                f"not role {role.value!r} and layout {rule.layout!r}"
+            )
+        plain = Rule(rule.pattern, "embedding", layout="embedding")
+        as_table = rule if role is Role.EMBEDDING else plain
+        as_readout = Rule(
+            rule.pattern, "readout", layout="torch", **({} if role is Role.EMBEDDING else _overrides(rule))
+        )
+        lookup = self._make_layer(as_table, Role.EMBEDDING, path, shape)
+        readout = self._make_layer(as_readout, Role.READOUT, path, shape)
+        return [lookup, Layer(**{**readout.__dict__, "name": f"{lookup.name}.readout"})]
 
     def _make_layer(
         self, rule: Rule, role: Role, path: str, shape: tuple[int, ...], stack_index: int | None = None
@@ -439,17 +494,15 @@ class MaxPSpec:
                 return float(layer.width**-layer.a)
         raise MaxPError(f"no maxP layer named {name!r}; layers: {[layer.name for layer in self.layers]}")
 
-    def leaf_layer_index(self) -> dict[str, int | tuple[int, ...]]:
+    def leaf_layer_index(self) -> dict[str, int | tuple[int, ...] | TiedUses]:
         """Layer index of every parametrized leaf, keyed by :func:`leaf_key`; for a stacked
-        leaf, the indices of the layers of its slices, in slice order."""
+        leaf, the indices of the layers of its slices, in slice order; for a tied table,
+        its :class:`TiedUses`."""
         slices: dict[str, list[int]] = {}
         for i, layer in enumerate(self.layers):
             for path in layer.paths:
                 slices.setdefault(leaf_key(path), []).append(i)
-        return {
-            key: tuple(found) if self.layers[found[0]].stack_index is not None else found[0]
-            for key, found in slices.items()
-        }
+        return {key: _leaf_index(found, self.layers) for key, found in slices.items()}
 
     def describe(self) -> str:
         """A table of the layers: role, width, a, b, c and the learning-rate factor."""
@@ -460,6 +513,18 @@ class MaxPSpec:
             for layer, c, f in zip(self.layers, self.c, self.factors(), strict=True)
         ]
         return format_table(rows, ("layer", "role", "width", "a", "b", "c", "lr factor"))
+
+
+def _leaf_index(found: list[int], layers: Sequence[Layer]) -> int | tuple[int, ...] | TiedUses:
+    if layers[found[0]].stack_index is not None:
+        return tuple(found)
+    return TiedUses(*found) if len(found) == 2 else found[0]
+
+
+def _overrides(rule: Rule) -> dict[str, Any]:
+    """The exponents and numbers a rule sets for its layers."""
+    keys = ("width", "a", "b", "c", "alignment")
+    return {key: getattr(rule, key) for key in keys if getattr(rule, key) is not None}
 
 
 def _is_stacked(rule: Rule, path: str, shape: tuple[int, ...], scanned: dict[str, int]) -> bool:

@@ -1,42 +1,69 @@
-"""Layers stacked over a leading axis: which parameter leaves a ``scan`` slices.
+"""How a model uses its parameter leaves: stacked over a leading axis, or tied.
 
 Large JAX models stack their blocks: ``nn.scan``, ``nnx.scan`` and ``jax.lax.scan`` over
 parameters with a leading "layers" axis, ``(L, d_in, d_out)`` for ``L`` dense kernels.
 Each slice along that axis is its own maxP layer (its own role, graph node, alignment and
-learning-rate factor); :func:`scanned_leaves` finds the stacked leaves from the jaxpr, as
-the scanned-over operands of a ``scan``.
+learning-rate factor). Language models often tie their embedding table to the readout
+(``embed.attend(h)``): one leaf, looked up once and multiplied once, is two maxP layers.
+:func:`leaf_uses` finds both from the jaxpr of ``apply_fn(params, x)``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from maxp_jax.jaxpr_tools import VALUE_VIEWS, Interpreter
 
+#: Primitives that read rows of a table (an embedding lookup).
+LOOKUPS = frozenset({"gather", "dynamic_slice", "take"})
+#: Primitives that multiply a weight with an input.
+PRODUCTS = frozenset({"dot_general", "conv_general_dilated"})
 
-class _ScanOperands(Interpreter):
-    """Follows each parameter leaf (its note is its path) to the ``scan`` that slices it."""
+
+@dataclass
+class LeafUses:
+    """What :func:`leaf_uses` found: the leaves a ``scan`` slices (with its length) and the
+    leaves both looked up and multiplied (tied tables)."""
+
+    scanned: dict[str, int] = field(default_factory=dict)
+    looked_up: set[str] = field(default_factory=set)
+    multiplied: set[str] = field(default_factory=set)
+
+    @property
+    def tied(self) -> set[str]:
+        return self.looked_up & self.multiplied
+
+
+class _Follow(Interpreter):
+    """Follows each parameter leaf (its note is its path) through views to its uses."""
 
     evaluates = False
 
     def __init__(self) -> None:
-        self.lengths: dict[str, int] = {}
+        self.found = LeafUses()
 
     def run_scan(self, eqn: Any, values: list[Any], notes: list[Any]) -> tuple[list[Any], list[Any]]:
         scanned = notes[eqn.params["num_consts"] + eqn.params["num_carry"] :]
         for path in scanned:
             if path is not None:
-                self.lengths.setdefault(path, int(eqn.params["length"]))
+                self.found.scanned.setdefault(path, int(eqn.params["length"]))
         return [None] * len(eqn.outvars), [None] * len(eqn.outvars)
 
     def notes_of(self, eqn: Any, values: list[Any], notes: list[Any]) -> list[Any]:
-        if eqn.primitive.name in VALUE_VIEWS:
+        name = eqn.primitive.name
+        if name in VALUE_VIEWS or name == "transpose":
             return [notes[0]] + [None] * (len(eqn.outvars) - 1)
+        uses = (
+            self.found.looked_up if name in LOOKUPS else self.found.multiplied if name in PRODUCTS else None
+        )
+        if uses is not None:
+            uses.update(path for path in notes if path is not None)
         return [None] * len(eqn.outvars)
 
 
-def scanned_leaves(closed: Any, paths: list[str]) -> dict[str, int]:
-    """The parameter leaves a ``scan`` slices, with the scan's length.
+def leaf_uses(closed: Any, paths: list[str]) -> LeafUses:
+    """How the jaxpr ``closed`` uses each parameter leaf.
 
     Args:
       closed: the ClosedJaxpr of ``apply_fn(params, x)``.
@@ -45,14 +72,15 @@ def scanned_leaves(closed: Any, paths: list[str]) -> dict[str, int]:
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> params = {"blocks": jnp.zeros((3, 8, 8)), "w_in": jnp.zeros((4, 8))}
-      >>> def apply(p, x):
-      ...     h, _ = jax.lax.scan(lambda h, w: (jnp.tanh(h @ w), None), x @ p["w_in"], p["blocks"])
-      ...     return h
-      >>> scanned_leaves(jax.make_jaxpr(apply)(params, jnp.ones((2, 4))), ["blocks", "w_in"])
-      {'blocks': 3}
+      >>> params = {"blocks": jnp.zeros((3, 8, 8)), "table": jnp.zeros((10, 8))}
+      >>> def apply(p, ids):
+      ...     h, _ = jax.lax.scan(lambda h, w: (jnp.tanh(h @ w), None), p["table"][ids], p["blocks"])
+      ...     return h @ p["table"].T
+      >>> uses = leaf_uses(jax.make_jaxpr(apply)(params, jnp.zeros(2, int)), ["blocks", "table"])
+      >>> uses.scanned, uses.tied
+      ({'blocks': 3}, {'table'})
     """
     notes: list[Any] = list(paths) + [None] * (len(closed.jaxpr.invars) - len(paths))
-    walk = _ScanOperands()
+    walk = _Follow()
     walk.run(closed.jaxpr, list(closed.consts), [None] * len(notes), notes)
-    return walk.lengths
+    return walk.found

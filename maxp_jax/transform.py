@@ -12,7 +12,7 @@ import optax
 
 from maxp_core import MaxPError, WSDSchedule, validate
 from maxp_jax.dynamic import FACTOR_DTYPE, AlignmentResolver, DynamicAlignment
-from maxp_jax.spec import MaxPSpec, leaf_key, path_string
+from maxp_jax.spec import MaxPSpec, TiedUses, leaf_key, path_string
 
 
 class ScaleByMaxPState(NamedTuple):
@@ -171,9 +171,12 @@ def _refuse_masked(params: Any) -> None:
         )
 
 
-def per_slice(values: jax.Array, index: int | tuple[int, ...], ndim: int) -> jax.Array:
+def per_slice(values: Any, index: int | tuple[int, ...] | TiedUses, ndim: int) -> Any:
     """``values[index]`` shaped to multiply a leaf of ``ndim`` axes: a scalar for one layer,
-    ``(L, 1, ..., 1)`` for the ``L`` slices of a stacked leaf (one gather, no loop)."""
+    the smaller of two for a tied table, ``(L, 1, ..., 1)`` for the ``L`` slices of a
+    stacked leaf (one gather, no loop)."""
+    if isinstance(index, TiedUses):
+        return jnp.minimum(values[index.lookup], values[index.readout])
     if isinstance(index, int):
         return values[index]
     return values[np.asarray(index)].reshape((len(index),) + (1,) * (ndim - 1))
