@@ -21,12 +21,13 @@ from maxp_jax.diagnose import coord_check
 from maxp_jax.dynamic import DynamicAlignment
 from maxp_jax.graph import activation, discover_graph
 from maxp_jax.init import abc_init
-from maxp_jax.spec import LAYOUTS, Layer, MaxPSpec, Rule, path_string
+from maxp_jax.spec import LAYOUTS, Layer, MaxPSpec, Rule, TiedUses, path_string
 from maxp_jax.transform import (
     FACTOR_DTYPE,
     ScaleByMaxPState,
     adamw,
     find_maxp_state,
+    metrics,
     scale_by_maxp,
     set_factors,
     sgd,
@@ -42,12 +43,14 @@ __all__ = [
     "MaxPSpec",
     "Rule",
     "ScaleByMaxPState",
+    "TiedUses",
     "abc_init",
     "activation",
     "adamw",
     "coord_check",
     "discover_graph",
     "find_maxp_state",
+    "metrics",
     "path_string",
     "scale_by_maxp",
     "set_factors",

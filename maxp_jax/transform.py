@@ -190,6 +190,35 @@ def find_maxp_state(opt_state: Any) -> ScaleByMaxPState:
     return found[0]
 
 
+def metrics(opt_state: Any, spec: MaxPSpec) -> dict[str, jax.Array]:
+    """A flat dict of what maxP holds in ``opt_state``, for any logger; pure, so it runs
+    inside ``jit`` as well as outside.
+
+    Keys: ``maxp/lr_factor/<layer>``, ``maxp/c/<layer>``, ``maxp/alpha/<layer>``,
+    ``maxp/omega/<layer>``, ``maxp/u/<layer>`` (one per layer of ``spec``, in its order;
+    an alignment the LP never measured stays at its preset) and the counters
+    ``maxp/solves``, ``maxp/failures``, ``maxp/missing`` (see :func:`scale_by_maxp`).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from maxp_jax import MaxPSpec, Rule
+      >>> params = {"w_in": jnp.ones((8, 64)), "w_out": jnp.ones((64, 4))}
+      >>> spec = MaxPSpec(params, [Rule("w_in", "embedding"), Rule("w_out", "readout")])
+      >>> logged = metrics(scale_by_maxp(spec).init(params), spec)
+      >>> round(float(logged["maxp/lr_factor/w_out"]), 6), int(logged["maxp/solves"])
+      (0.015625, 0)
+    """
+    state = find_maxp_state(opt_state)
+    out: dict[str, jax.Array] = {}
+    columns = {"lr_factor": state.factors, "c": state.c}
+    columns.update({name: state.alignment[:, j] for j, name in enumerate(("alpha", "omega", "u"))})
+    for column, values in columns.items():
+        for i, layer in enumerate(spec.layers):
+            out[f"maxp/{column}/{layer.name}"] = values[i]
+    out.update({f"maxp/{name}": getattr(state, name) for name in ("solves", "failures", "missing")})
+    return out
+
+
 def set_factors(opt_state: Any, spec: MaxPSpec, c: np.ndarray) -> Any:
     """A copy of ``opt_state`` whose maxP factors come from the exponents ``c``.
 

@@ -301,3 +301,33 @@ def test_dynamic_maxp_inside_a_partition_is_refused_and_after_it_works() -> None
         optax.scale_by_learning_rate(1e-2),
     )
     assert int(_steps(after, model, params)[1].solves) == SOLVES_IN_6
+
+
+def test_metrics_flatten_the_state_inside_jit_as_outside() -> None:
+    model, params, spec = mlp_and_spec(width=32, depth=3)
+    dyn = maxp_jax.DynamicAlignment(model.apply, batch(2)[0], warmup_steps=1, solve_interval=2)
+    tx = maxp_jax.adamw(spec, 1e-2, dynamic=dyn)
+    x, y = batch(1)
+
+    @jax.jit
+    def step(params, state):
+        grads = jax.grad(lambda p: loss_fn(model, p, x, y))(params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, maxp_jax.metrics(state, spec)
+
+    state = tx.init(params)
+    for _ in range(4):
+        params, state, logged = step(params, state)
+    maxp = find_maxp_state(state)
+    names = [layer.name for layer in spec.layers]
+    assert set(logged) == {
+        f"maxp/{k}/{n}" for k in ("lr_factor", "c", "alpha", "omega", "u") for n in names
+    } | {
+        "maxp/solves",
+        "maxp/failures",
+        "maxp/missing",
+    }
+    assert [float(logged[f"maxp/lr_factor/{n}"]) for n in names] == [float(v) for v in maxp.factors]
+    assert [float(logged[f"maxp/omega/{n}"]) for n in names] == [float(v) for v in maxp.alignment[:, 1]]
+    assert int(logged["maxp/solves"]) == int(maxp.solves) > 0
+    assert maxp_jax.metrics(state, spec).keys() == logged.keys()
