@@ -169,7 +169,10 @@ def leaf_key(path: str) -> str:
 
 
 def _matches(pattern: re.Pattern[str], slash_path: str, key_path: str) -> bool:
-    return pattern.fullmatch(slash_path) is not None or pattern.fullmatch(key_path) is not None
+    """Whether ``pattern`` matches a leaf's path, in full, as written either way (and, for a
+    flax nnx variable, with or without its ``/value``)."""
+    candidates = (slash_path, leaf_key(slash_path), key_path)
+    return any(pattern.fullmatch(candidate) is not None for candidate in candidates)
 
 
 def _natural_key(text: str) -> list[Any]:

@@ -52,3 +52,19 @@ def test_nnx_spec_multipliers_and_optimizer_step() -> None:
         module = layer.name
         delta = after[module]["kernel"][...] - before[module]["kernel"][...]
         np.testing.assert_allclose(delta, -0.1 * factor * grads[module]["kernel"][...], rtol=1e-5, atol=1e-7)
+
+
+def test_nnx_rules_match_paths_with_or_without_value() -> None:
+    state = nnx.state(Net(16, (1.0, 1.0, 1.0), nnx.Rngs(0)), nnx.Param)
+    exact = [
+        Rule("inp/kernel", "embedding"),
+        Rule("hid/kernel", "hidden"),
+        Rule("out/kernel/value", "readout"),
+    ]
+    spec = MaxPSpec(state, exact)
+    assert [layer.weight_path for layer in spec.layers] == [
+        "inp/kernel/value",
+        "hid/kernel/value",
+        "out/kernel/value",
+    ]
+    assert all(layer.extra_paths == () for layer in spec.layers)  # the biases were not matched
