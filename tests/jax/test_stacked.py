@@ -18,9 +18,9 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
+from examples.flax_llama import Llama, llama_rules, unrolled_name
 from maxp_core import MaxPError, MaxPWarning
 from maxp_jax import DynamicAlignment, MaxPSpec, Rule, abc_init, find_maxp_state, scale_by_maxp
-from tests.jax.llama import Llama, llama_rules, unrolled_name
 
 IDS = jax.random.randint(jax.random.key(3), (4, 8), 0, 32)
 

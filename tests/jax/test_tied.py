@@ -10,10 +10,10 @@ import numpy as np
 import optax
 import pytest
 
+from examples.flax_llama import Llama, llama_rules
 from maxp_core import MaxPError, MaxPWarning, Role
 from maxp_jax import DynamicAlignment, LayerInputs, MaxPSpec, Rule, abc_init, find_maxp_state, scale_by_maxp
 from maxp_jax.spec import TiedUses
-from tests.jax.llama import Llama, llama_rules
 
 IDS = jax.random.randint(jax.random.key(3), (4, 8), 0, 32)
 TIED_RULES = llama_rules()[:2]  # no head: the table is the readout

@@ -1,5 +1,7 @@
 """A LLaMA-style decoder in flax linen (RMSNorm, RoPE, SwiGLU, tied or untied embeddings),
-its blocks stacked with ``nn.scan(nn.remat(Block))`` or unrolled, for the stacked-layer tests.
+its blocks stacked with ``nn.scan(nn.remat(Block))`` as large JAX models write them, or
+unrolled. The stacked-layer tests and ``python -m benchmarks.overhead --model scan-gpt``
+use it.
 
 Layer ``t`` of the stacked model is ``params/blocks/<w>[t]`` in the spec and
 ``params/blocks_<t>/<w>`` in its unrolled twin (:func:`unrolled_name` maps one to the other).
@@ -60,7 +62,19 @@ class LlamaBlock(nn.Module):
 
 class Llama(nn.Module):
     """Embedding, ``layers`` blocks (``scan``: stacked by ``nn.scan(nn.remat(...))``), a
-    final RMSNorm and a readout (``tied``: ``embed.attend``)."""
+    final RMSNorm and a readout (``tied``: ``embed.attend``).
+
+    Example:
+      >>> from maxp_jax import MaxPSpec
+      >>> ids = jnp.zeros((2, 8), jnp.int32)
+      >>> model = Llama(d=16, layers=2)
+      >>> params = model.init(jax.random.key(0), ids)
+      >>> params["params"]["blocks"]["q"]["kernel"].shape
+      (2, 16, 16)
+      >>> spec = MaxPSpec(params, llama_rules(), apply_fn=model.apply, sample_input=ids)
+      >>> [layer.name for layer in spec.layers if layer.weight_path.endswith("q/kernel")]
+      ['params/blocks/q[0]', 'params/blocks/q[1]']
+    """
 
     vocab: int = 32
     d: int = 32
