@@ -13,6 +13,10 @@ The slices of a stacked leaf (:mod:`maxp_jax.stacking`) are followed into the
 ``scan`` that slices them, which stays a ``scan``: its body returns each slice's input
 as one more stacked output.
 
+A convolution's kernel (``conv_general_dilated``, ungrouped) is measured as the
+matrix ``(out, in * window)`` it is, on its input's patches: one row per output
+position, the same definition as a dense layer's.
+
 A weight used first by something other than a product (a gather, as an embedding
 lookup does) has no input to measure; that is fine for an embedding, whose
 alignment the LP does not use, and an error for any other role.
@@ -44,6 +48,37 @@ class _Use:
     input_position: int  # 0 or 1: which operand of the dot_general is the input
     input_contract: tuple[int, ...]
     weight_contract: tuple[int, ...]  # axes of the original weight leaf
+    conv: _Conv | None = None  # set where the weight is a convolution's kernel
+
+
+@dataclass(frozen=True)
+class _Conv:
+    """What a ``conv_general_dilated`` needs to give its input as patches (one row per
+    output position, ``in_channels x window`` columns) and its kernel as a matrix."""
+
+    window_strides: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]
+    lhs_dilation: tuple[int, ...]
+    rhs_dilation: tuple[int, ...]
+    lhs_spec: tuple[int, ...]  # (batch, feature, spatial...) axes of the input
+    rhs_spec: tuple[int, ...]  # (out, in, spatial...) axes of the kernel
+
+    def rows(self, x: jax.Array, kernel_shape: tuple[int, ...]) -> jax.Array:
+        """``(rows, in * window)``: the patches of ``x`` that the kernel multiplies."""
+        x = jnp.transpose(x, self.lhs_spec)  # (batch, in, spatial...)
+        patches = jax.lax.conv_general_dilated_patches(
+            x,
+            [kernel_shape[a] for a in self.rhs_spec[2:]],
+            self.window_strides,
+            self.padding,
+            self.lhs_dilation,
+            self.rhs_dilation,
+        )  # (batch, in * window, out spatial...), columns ordered (in, window)
+        return jnp.moveaxis(patches, 1, -1).reshape(-1, patches.shape[1])
+
+    def matrix(self, kernel: jax.Array) -> jax.Array:
+        """``(out, in * window)``: the kernel in the patches' column order."""
+        return jnp.transpose(kernel, self.rhs_spec).reshape(kernel.shape[self.rhs_spec[0]], -1)
 
 
 class _Walker(Interpreter):
@@ -115,6 +150,8 @@ class _Walker(Interpreter):
         name = eqn.primitive.name
         if name == "dot_general":
             self._dot(eqn, eqn_id, values, notes, self.record)
+        elif name == "conv_general_dilated" and notes[1] is not None and _plain_conv(eqn, notes):
+            self._conv(eqn, eqn_id, values, notes, self.record)
         elif any(t is not None for t in notes) and name not in _VIEW_PRIMITIVES and name != "transpose":
             for t in notes:
                 if t is not None:
@@ -157,6 +194,33 @@ class _Walker(Interpreter):
                 if use is not None and use.eqn_id == eqn_id and use.input_position == 1 - w_pos:
                     self.captured[layer] = invals[1 - w_pos]
 
+    def _conv(
+        self, eqn: Any, eqn_id: int, invals: list[Any], in_tags: list[Any], record: dict[int, _Use] | None
+    ) -> None:
+        """A convolution's kernel meets its input: the layer's input is its patches."""
+        layer = in_tags[1][0]
+        members = _members(in_tags[1])
+        if record is None:
+            if not any(k in self.uses or k in self.blocked for k in members):
+                self.uses.update(dict.fromkeys(members, _Use(eqn_id, 0, (), (), _conv_of(eqn))))
+        else:
+            use = record.get(members[0])
+            if use is not None and use.eqn_id == eqn_id and use.conv is not None:
+                self.captured[layer] = invals[0]
+
+
+def _plain_conv(eqn: Any, notes: list[Any]) -> bool:
+    """A convolution whose kernel is a weight as stored (not transposed, not grouped) and
+    whose input is not one."""
+    params = eqn.params
+    return (
+        notes[0] is None
+        and notes[1][0] != "stack"
+        and notes[1][1] is None
+        and params["feature_group_count"] == 1
+        and params["batch_group_count"] == 1
+    )
+
 
 def _leaf_note(layers: Any) -> Any:
     """The note of a parameter leaf: ``None``, ``(layer, None)`` (a tied table's readout
@@ -166,6 +230,19 @@ def _leaf_note(layers: Any) -> Any:
     if isinstance(layers, TiedUses):
         return (layers.readout, None)
     return ("stack", layers) if isinstance(layers, tuple) else (layers, None)
+
+
+def _conv_of(eqn: Any) -> _Conv:
+    params = eqn.params
+    numbers = params["dimension_numbers"]
+    return _Conv(
+        window_strides=tuple(int(v) for v in params["window_strides"]),
+        padding=tuple((int(lo), int(hi)) for lo, hi in params["padding"]),
+        lhs_dilation=tuple(int(v) for v in params["lhs_dilation"]),
+        rhs_dilation=tuple(int(v) for v in params["rhs_dilation"]),
+        lhs_spec=tuple(int(v) for v in numbers.lhs_spec),
+        rhs_spec=tuple(int(v) for v in numbers.rhs_spec),
+    )
 
 
 def _members(note: Any) -> tuple[int, ...]:
@@ -238,16 +315,24 @@ class LayerInputs:
         walker = _Walker(self._weight_positions)
         outs = walker.walk(closed, flat, self.uses)
         out_tree = jax.tree_util.tree_structure(jax.eval_shape(self.apply_fn, params, x))
-        inputs = {i: _as_rows(walker.captured[i], self.uses[i].input_contract) for i in self.measured}
+        inputs = {i: self._rows(i, walker.captured[i]) for i in self.measured}
         return jax.tree_util.tree_unflatten(out_tree, outs), inputs
+
+    def _rows(self, i: int, x: jax.Array) -> jax.Array:
+        """Layer ``i``'s input as ``(rows, fan_in)``: patches for a convolution."""
+        use = self.uses[i]
+        if use.conv is not None:
+            return use.conv.rows(x, self.spec.layers[i].shape)
+        return _as_rows(x, use.input_contract)
 
     def weight_matrices(self, params: Any) -> dict[int, jax.Array]:
         """Each measured layer's weight as ``(out, fan_in)`` (the contracted axes last)."""
         by_key = {leaf_key(path_string(p)): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
         layers = self.spec.layers
+        weights = {i: layers[i].weight_of(by_key[leaf_key(layers[i].weight_path)]) for i in self.measured}
         return {
-            i: _as_rows(
-                layers[i].weight_of(by_key[leaf_key(layers[i].weight_path)]), self.uses[i].weight_contract
-            )
-            for i in self.measured
+            i: _as_rows(w, self.uses[i].weight_contract)
+            if self.uses[i].conv is None
+            else self.uses[i].conv.matrix(w)
+            for i, w in weights.items()
         }
