@@ -110,6 +110,11 @@ class _Walker(Interpreter):
         notes = [_leaf_note(self.weight_of_input.get(pos)) for pos in range(len(jaxpr.invars))]
         return self.run(jaxpr, consts, flat_args, notes)[0]
 
+    def enters(self, eqn: Any, notes: list[Any]) -> bool:
+        # A body no weight flows into is bound whole, so a custom_vjp or checkpoint there keeps
+        # its own gradient rule when the training forward runs through LayerInputs.
+        return super().enters(eqn, notes) and any(n is not None for n in notes)
+
     def slice_note(self, note: Any, step: int) -> Any:
         if note is not None and note[0] == "stack":
             return (note[1], None)

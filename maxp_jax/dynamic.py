@@ -57,7 +57,10 @@ class DynamicAlignment:
         ``sample_input`` then only serves to find the layers' inputs once. An empty
         ``maxp_batch`` leaves nothing to measure (the measurements are missing), and
         NaN or inf in ``maxp_inputs`` or in the initial model's inputs on
-        ``maxp_batch`` skips the re-solve.
+        ``maxp_batch`` skips the re-solve. The training forward then runs through
+        :class:`~maxp_jax.LayerInputs`, which walks into the ``jax.checkpoint`` and
+        custom-derivative bodies that hold a weight: their gradients are the plain
+        ones of the body (no rematerialisation there, no custom rule).
 
     Raises:
       MaxPError: an argument has the wrong type or lies out of range (numpy integers and

@@ -96,8 +96,35 @@ class _Walk(Interpreter):
         self.spec = spec
         self.rec = recorder
 
-    def enters(self, eqn: Any) -> bool:
-        return super().enters(eqn) and _marked(eqn) is None
+    def enters(self, eqn: Any, notes: list[Any]) -> bool:
+        return super().enters(eqn, notes) and _marked(eqn) is None
+
+    def run_scan(self, eqn: Any, values: list[Any], notes: list[Any]) -> tuple[list[Any], list[Any]]:
+        head = eqn.params["num_consts"] + eqn.params["num_carry"]
+        length = int(eqn.params["length"])
+        for note in notes[:head]:
+            if isinstance(note, tuple):  # a weight every iteration uses: one layer run L times
+                k = note[1][0] if note[0] == "stacked" else note[1]
+                raise MaxPError(
+                    f"{self.spec.layers[k].weight_path}: the weight is used by every iteration of a scan "
+                    "(one layer run several times, or a stacked weight indexed inside the loop); scan over "
+                    "the stacked weights instead, passing them as the scanned operand"
+                )
+        for note in notes[head:]:
+            if isinstance(note, tuple) and note[0] != "stacked":
+                k = note[1]
+                raise MaxPError(
+                    f"{self.spec.layers[k].weight_path}: a scan slices this weight, but it is not read as "
+                    "stacked layers (its rule says stacked=False, or the layers axis is not its leading "
+                    "one); stack the layers on axis 0 (variable_axes 0) and leave the rule's stacked unset"
+                )
+            if isinstance(note, tuple) and note[0] == "stacked" and len(note[1]) != length:
+                path = self.spec.layers[note[1][0]].weight_path
+                raise MaxPError(
+                    f"{path}: {len(note[1])} stacked layers but the scan that slices it runs {length} "
+                    "times; stack the layers on the leading axis (variable_axes 0)"
+                )
+        return super().run_scan(eqn, values, notes)
 
     def slice_note(self, note: Any, step: int) -> Any:
         # Iteration ``step`` of a scan sees slice ``step`` of a stacked weight: that layer's weight.

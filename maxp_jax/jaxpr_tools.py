@@ -27,8 +27,8 @@ CALL_PRIMITIVES = frozenset(
 UNENTERED = {
     "cond": "a weight used inside lax.cond (or lax.switch) cannot be placed; apply the layer outside the "
     "branch, or give a sample_input forward that takes one fixed branch",
-    "while": "a weight used inside lax.while_loop (or fori_loop with traced bounds) cannot be placed; "
-    "stack the layers and use lax.scan (or nn.scan / nnx.scan), or give a fori_loop static bounds",
+    "while": "a weight used inside lax.while_loop or fori_loop cannot be placed; stack the layers and "
+    "scan over them (lax.scan, nn.scan, nnx.scan), passing the stacked weights as the scanned operand",
     "shard_map": "a weight used inside shard_map cannot be followed, since the body sees shards; "
     "give maxP the forward of the unsharded model (sharding with jit and NamedSharding is fine)",
 }
@@ -85,8 +85,9 @@ class Interpreter:
     #: The iteration of each ``scan`` the walk is inside, outermost first.
     steps: tuple[int, ...] = ()
 
-    def enters(self, eqn: Any) -> bool:
-        """Whether to walk the body of ``eqn`` instead of binding it as one operation."""
+    def enters(self, eqn: Any, notes: list[Any]) -> bool:
+        """Whether to walk the body of ``eqn`` (its operands' notes ``notes``) instead of
+        binding it as one operation."""
         if eqn.primitive.name == "scan":
             return True
         return eqn.primitive.name in CALL_PRIMITIVES and sub_jaxpr(eqn) is not None
@@ -152,9 +153,10 @@ class Interpreter:
         for eqn in jaxpr.eqns:
             invals = [value(v) for v in eqn.invars]
             innotes = [note(v) for v in eqn.invars]
-            if self.enters(eqn) and eqn.primitive.name == "scan":
+            enters = self.enters(eqn, innotes)
+            if enters and eqn.primitive.name == "scan":
                 outvals, outnotes = self.run_scan(eqn, invals, innotes)
-            elif self.enters(eqn):
+            elif enters:
                 inner, inner_consts = open_jaxpr(sub_jaxpr(eqn))
                 offset = len(invals) - len(inner.invars)
                 outvals, outnotes = self.run(inner, inner_consts, invals[offset:], innotes[offset:])

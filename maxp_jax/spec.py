@@ -533,10 +533,10 @@ def _overrides(rule: Rule) -> dict[str, Any]:
 def _is_stacked(rule: Rule, path: str, shape: tuple[int, ...], scanned: dict[str, int]) -> bool:
     """Whether the leading axis of the leaf at ``path`` indexes layers."""
     stacked = rule.stacked if rule.stacked is not None else path in scanned
-    if stacked and len(shape) < 2:
+    if stacked and len(shape) < 1:
         raise MaxPError(
-            f"{path} (shape {shape}) is stacked by rule {rule.pattern!r} but has no axis beside the "
-            "leading (layers) one; match it without stacked=True"
+            f"{path} (shape {shape}) is stacked by rule {rule.pattern!r} but has no leading (layers) "
+            "axis; match it without stacked=True"
         )
     return stacked
 
@@ -586,7 +586,8 @@ def _warn_on_flattened_inputs(graph: OpGraph, layers: Sequence[Layer]) -> None:
             continue  # an embedding reads tokens; a rule's own width is the user's choice
         feeding = _feeding_layers(graph, layer.name, by_name)
         outs = {_dims(p.weight_path, p.shape, p.layout)[2] for p in feeding}
-        if len(outs) == 1 and (out := outs.pop()) < in_dim and in_dim % out == 0:
+        concatenated = len(feeding) * (next(iter(outs)) if outs else 0) == in_dim
+        if len(outs) == 1 and not concatenated and (out := outs.pop()) < in_dim and in_dim % out == 0:
             names = ", ".join(sorted(p.name for p in feeding))
             warn_user(
                 f"{layer.weight_path}: fan-in {in_dim} = {in_dim // out} x the {out} outputs of {names} "

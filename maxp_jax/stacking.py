@@ -36,7 +36,8 @@ class LeafUses:
 
 
 class _Follow(Interpreter):
-    """Follows each parameter leaf (its note is its path) through views to its uses."""
+    """Follows each parameter leaf (its note is its path, or ``("moved", path)`` once a
+    transpose has moved its leading axis) through views to its uses."""
 
     evaluates = False
 
@@ -46,20 +47,27 @@ class _Follow(Interpreter):
     def run_scan(self, eqn: Any, values: list[Any], notes: list[Any]) -> tuple[list[Any], list[Any]]:
         scanned = notes[eqn.params["num_consts"] + eqn.params["num_carry"] :]
         for path in scanned:
-            if path is not None:
+            if isinstance(path, str):
                 self.found.scanned.setdefault(path, int(eqn.params["length"]))
         return [None] * len(eqn.outvars), [None] * len(eqn.outvars)
 
     def notes_of(self, eqn: Any, values: list[Any], notes: list[Any]) -> list[Any]:
         name = eqn.primitive.name
-        if name in VALUE_VIEWS or name == "transpose":
-            return [notes[0]] + [None] * (len(eqn.outvars) - 1)
-        uses = (
-            self.found.looked_up if name in LOOKUPS else self.found.multiplied if name in PRODUCTS else None
-        )
+        rest = [None] * (len(eqn.outvars) - 1)
+        if name in VALUE_VIEWS or (name == "transpose" and eqn.params["permutation"][0] == 0):
+            return [notes[0], *rest]
+        if name == "transpose" and notes[0] is not None:
+            # The leading axis has moved: no scan over it slices layers, but it is still the leaf.
+            return [("moved", _path(notes[0])), *rest]
+        uses = self.found.looked_up if name in LOOKUPS else None
+        uses = self.found.multiplied if name in PRODUCTS else uses
         if uses is not None:
-            uses.update(path for path in notes if path is not None)
+            uses.update(_path(note) for note in notes if note is not None)
         return [None] * len(eqn.outvars)
+
+
+def _path(note: Any) -> str:
+    return note[1] if isinstance(note, tuple) else note
 
 
 def leaf_uses(closed: Any, paths: list[str]) -> LeafUses:

@@ -198,6 +198,8 @@ def metrics(opt_state: Any, spec: MaxPSpec) -> dict[str, jax.Array]:
     ``maxp/omega/<layer>``, ``maxp/u/<layer>`` (one per layer of ``spec``, in its order;
     an alignment the LP never measured stays at its preset) and the counters
     ``maxp/solves``, ``maxp/failures``, ``maxp/missing`` (see :func:`scale_by_maxp`).
+    A tied table's two layers are logged each with its own factor; the table's update
+    takes the smaller of the two.
 
     Examples:
       >>> import jax.numpy as jnp

@@ -120,3 +120,22 @@ def test_dynamic_mode_measures_a_convolution_on_its_input_patches() -> None:
     assert np.all(np.isfinite(maxp.factors)) and not np.allclose(
         maxp.alignment[1], spec.layer_alignment_presets()[1]
     )
+
+
+def test_a_concatenation_of_the_feeding_layers_is_no_flatten() -> None:
+    params = {
+        "e": jnp.ones((4, 16)),
+        "a": jnp.ones((16, 16)),
+        "b": jnp.ones((16, 16)),
+        "o": jnp.ones((32, 2)),
+    }
+
+    def apply(p, x):
+        h = x @ p["e"]
+        return jnp.concatenate([jnp.tanh(h @ p["a"]), jnp.tanh(h @ p["b"])], -1) @ p["o"]
+
+    rules = [Rule("e", "embedding"), Rule("a|b", "hidden"), Rule("o", "readout")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spec = MaxPSpec(params, rules, apply_fn=apply, sample_input=jnp.ones((2, 4)))
+    assert spec.layers[-1].width == 32

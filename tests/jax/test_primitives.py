@@ -112,7 +112,7 @@ def shard_map_model(p, x):
     ("apply", "primitive", "advice"),
     [
         (cond_model, "cond", "apply the layer outside the branch"),
-        (while_model, "while", "use lax.scan"),
+        (while_model, "while", "scan over them"),
         (shard_map_model, "shard_map", "the forward of the unsharded model"),
     ],
 )

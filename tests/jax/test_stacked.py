@@ -56,7 +56,7 @@ def c_by_name(spec: MaxPSpec, c, rename=lambda name: name) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def llama_pair():
-    stacked, twin = Llama(scan=True), Llama(scan=False)
+    stacked, twin = Llama(scan=True, d=16, layers=2), Llama(scan=False, d=16, layers=2)
     params = stacked.init(jax.random.key(0), IDS)
     spec = MaxPSpec(params, llama_rules(), apply_fn=stacked.apply, sample_input=IDS)
     params = abc_init(spec, params, jax.random.key(1))
@@ -68,9 +68,9 @@ def llama_pair():
 def test_a_stacked_kernel_is_one_layer_per_slice(llama_pair) -> None:
     _, spec, _, _, twin_spec, _ = llama_pair
     q = [layer for layer in spec.layers if layer.weight_path == "params/blocks/q/kernel"]
-    assert [layer.name for layer in q] == [f"params/blocks/q[{t}]" for t in range(3)]
-    assert {(layer.fan_in, layer.width, layer.shape) for layer in q} == {(32, 32, (32, 32))}
-    assert len(spec.layers) == len(twin_spec.layers) == 2 + 3 * 7
+    assert [layer.name for layer in q] == [f"params/blocks/q[{t}]" for t in range(2)]
+    assert {(layer.fan_in, layer.width, layer.shape) for layer in q} == {(16, 16, (16, 16))}
+    assert len(spec.layers) == len(twin_spec.layers) == 2 + 2 * 7
     index = spec.leaf_layer_index()
     assert index["params/blocks/q/kernel"] == tuple(spec.layers.index(layer) for layer in q)
     assert "params/blocks/attn_norm/scale" not in index  # unmatched: the base rate
@@ -171,8 +171,8 @@ def test_twenty_dynamic_steps_match_the_unrolled_twin(llama_pair, trained) -> No
     a2 = dict(zip([layer.name for layer in twin_spec.layers], np.asarray(m2.alignment), strict=True))
     assert all(np.allclose(a1[k], a2[k], rtol=1e-4, atol=1e-5) for k in a2)
     np.testing.assert_allclose(
-        unstack(p1, 3)["params"]["blocks_2"]["q"]["kernel"],
-        p2["params"]["blocks_2"]["q"]["kernel"],
+        unstack(p1, 2)["params"]["blocks_1"]["q"]["kernel"],
+        p2["params"]["blocks_1"]["q"]["kernel"],
         rtol=1e-4,
         atol=1e-5,
     )
@@ -285,3 +285,57 @@ def test_a_stacked_weight_used_outside_a_scan_is_refused_by_name() -> None:
 
     with pytest.raises(MaxPError, match=r"k: the stacked weight meets 'slice' before a scan slices it"):
         MaxPSpec(params, rules, apply_fn=indexed, sample_input=jnp.ones((2, 4)))
+
+
+def scan_model(body, xs_of):
+    def apply(p, x):
+        h, _ = jax.lax.scan(body, x @ p["e"], xs_of(p))
+        return h @ p["o"]
+
+    return apply
+
+
+SCAN_RULES = [Rule("e", "embedding"), Rule("blocks.*", "hidden"), Rule("o", "readout")]
+
+
+def test_a_scan_over_a_moved_layers_axis_or_a_shared_weight_is_refused_by_name() -> None:
+    x = jnp.ones((2, 4))
+    moved = {"e": jnp.ones((4, 6)), "blocks": jnp.ones((6, 3, 6)), "o": jnp.ones((6, 2))}
+    body = lambda h, w: (jnp.tanh(h @ w), None)  # noqa: E731
+    apply = scan_model(body, lambda p: jnp.moveaxis(p["blocks"], 1, 0))
+    with pytest.raises(MaxPError, match=r"blocks: a scan slices this weight, but it is not read as stacked"):
+        MaxPSpec(moved, SCAN_RULES, apply_fn=apply, sample_input=x)
+    shared = {"e": jnp.ones((4, 6)), "blocks": jnp.ones((6, 6)), "o": jnp.ones((6, 2))}
+
+    def loop(p, x):
+        h, _ = jax.lax.scan(lambda h, _: (jnp.tanh(h @ p["blocks"]), None), x @ p["e"], None, length=3)
+        return h @ p["o"]
+
+    with pytest.raises(MaxPError, match=r"blocks: the weight is used by every iteration of a scan"):
+        MaxPSpec(shared, SCAN_RULES, apply_fn=loop, sample_input=x)
+
+
+def test_per_layer_scalars_and_reverse_scans_stack_like_kernels() -> None:
+    x = jax.random.normal(jax.random.key(0), (2, 4))
+    params = {
+        "e": jnp.ones((4, 6)) / 2,
+        "blocks": {"kernel": jax.random.normal(jax.random.key(1), (3, 6, 6)) / 3, "gain": jnp.ones((3,))},
+        "o": jnp.ones((6, 2)),
+    }
+    body = lambda h, w: (h + jnp.tanh(h @ w["kernel"]) * w["gain"], None)  # noqa: E731
+
+    def reverse(p, x):
+        h, _ = jax.lax.scan(body, x @ p["e"], p["blocks"], reverse=True)
+        return h @ p["o"]
+
+    spec = MaxPSpec(params, SCAN_RULES, apply_fn=reverse, sample_input=x)
+    assert [layer.extra_paths for layer in spec.layers[1:4]] == [("blocks/gain",)] * 3
+    order = [n.name for n in spec.graph.nodes if n.name.startswith("blocks")]
+    assert order == ["blocks[2]", "blocks[1]", "blocks[0]"]  # the last slice runs first
+    from maxp_jax import LayerInputs
+
+    _, inputs = LayerInputs(spec, reverse, params, x)(params, x)
+    h = x @ params["e"]
+    for t in (2, 1, 0):  # each slice's captured input is the hidden state it saw
+        np.testing.assert_allclose(inputs[1 + t], h, rtol=1e-5, atol=1e-6)
+        h = h + jnp.tanh(h @ params["blocks"]["kernel"][t]) * params["blocks"]["gain"][t]
