@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -443,3 +443,53 @@ def graph_by_roles(
         if role is Role.HIDDEN:
             last_hidden = name
     return OpGraph(nodes)
+
+
+def flattened_inputs(
+    graph: OpGraph, sizes: Mapping[str, tuple[int, int]]
+) -> list[tuple[str, int, int, list[str]]]:
+    """Layers whose input size is a multiple ``k > 1`` of the outputs of the layers feeding them.
+
+    A dense layer after flattening an ``(H, W, C)`` feature map contracts ``H * W * C``
+    inputs, but only ``C`` grows with the width: taking ``n = H * W * C`` would scale its
+    learning rate by a constant ``(H * W)^-c`` nobody asked for. A concatenation of the
+    feeding layers (``k`` equal to their number) is not a flatten.
+
+    Args:
+      graph: the op graph.
+      sizes: ``(input size, output size)`` of each weighted layer to consider, by node name.
+
+    Returns:
+      ``(layer, input size, feeding output size, feeding layers)`` for each such layer.
+
+    Examples:
+      >>> g = OpGraph([Node("conv", a=-0.5, b=0.5, role="embedding"),
+      ...              Node("head", a=0.5, b=0.5, preds=("conv",), role="readout")])
+      >>> flattened_inputs(g, {"conv": (27, 8), "head": (512, 10)})
+      [('head', 512, 8, ['conv'])]
+    """
+    found = []
+    for name, (in_dim, _) in sizes.items():
+        feeding = _feeding_layers(graph, name, sizes)
+        outs = {sizes[f][1] for f in feeding}
+        if len(outs) != 1:
+            continue
+        out = outs.pop()
+        if out < in_dim and in_dim % out == 0 and in_dim != len(feeding) * out:
+            found.append((name, in_dim, out, sorted(feeding)))
+    return found
+
+
+def _feeding_layers(graph: OpGraph, name: str, layers: Mapping[str, object]) -> list[str]:
+    """The layers (of ``layers``) whose outputs reach ``name`` through parameter-free merges."""
+    found: list[str] = []
+    stack = list(graph.node(name).preds)
+    while stack:
+        node = graph.node(stack.pop())
+        if node.name in layers:
+            found.append(node.name)
+        elif node.has_weight or node.contraction:
+            return []  # an op of its own output shape: nothing to compare
+        else:
+            stack += node.preds
+    return found

@@ -33,11 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from maxp_core import MaxPError, Role
-from maxp_jax.jaxpr_tools import Interpreter, open_jaxpr, unentered_advice
+from maxp_jax.jaxpr_tools import VALUE_VIEWS, Interpreter, open_jaxpr, unentered_advice
 from maxp_jax.spec import MaxPSpec, TiedUses, leaf_key, path_string
 from maxp_jax.stacking import LOOKUPS
-
-_VIEW_PRIMITIVES = {"convert_element_type", "copy", "copy_p", "reduce_precision", "optimization_barrier"}
 
 
 @dataclass(frozen=True)
@@ -157,14 +155,14 @@ class _Walker(Interpreter):
             self._dot(eqn, eqn_id, values, notes, self.record)
         elif name == "conv_general_dilated" and notes[1] is not None and _plain_conv(eqn, notes):
             self._conv(eqn, eqn_id, values, notes, self.record)
-        elif any(t is not None for t in notes) and name not in _VIEW_PRIMITIVES and name != "transpose":
+        elif any(t is not None for t in notes) and name not in VALUE_VIEWS and name != "transpose":
             for t in notes:
                 if t is not None:
                     for layer in _members(t):
                         if not (name in LOOKUPS and layer in self.tied_readouts):
                             self.blocked.setdefault(layer, name)
         out: list[Any] = [None] * len(eqn.outvars)
-        if name in _VIEW_PRIMITIVES and notes and notes[0] is not None:
+        if name in VALUE_VIEWS and notes and notes[0] is not None:
             out[0] = notes[0]
         elif name == "transpose" and notes[0] is not None and notes[0][0] != "stack":
             layer, perm = notes[0]

@@ -43,7 +43,7 @@ import numpy as np
 
 from maxp_core import MaxPError, OpGraph
 from maxp_core.tracing import GraphRecorder
-from maxp_jax.jaxpr_tools import Interpreter, unentered_advice
+from maxp_jax.jaxpr_tools import VALUE_VIEWS, Interpreter, unentered_advice
 from maxp_jax.stacking import LOOKUPS, PRODUCTS
 
 if TYPE_CHECKING:
@@ -51,18 +51,10 @@ if TYPE_CHECKING:
 
 _PREFIX = "maxp_op__"
 _ACTIVATION_A: dict[str, float] = {}
-_VIEWS = {
-    "convert_element_type",
-    "copy",
-    "copy_p",
-    "transpose",
-    "reshape",
-    "squeeze",
-    "expand_dims",
-    "reduce_precision",
-}
+# Ops that keep which value a weight or activation is (a layout change, a cast).
+_VIEWS = VALUE_VIEWS | {"transpose", "reshape", "squeeze", "expand_dims"}
 _LAYER_USES = LOOKUPS | PRODUCTS
-_PRODUCTS = {"mul", "div", "dot_general", "conv_general_dilated"}
+_PRODUCTS = PRODUCTS | {"mul", "div"}
 
 
 def activation(name: str, fn: Callable[..., Any], *, a: float = 1.0) -> Callable[..., Any]:

@@ -16,6 +16,7 @@ readout. The LP of :mod:`maxp_core` then gives each layer its ``c``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ from maxp_core import (
     warn_user,
 )
 from maxp_core.formulation import parse_optimizer
-from maxp_core.graph import graph_by_roles
+from maxp_core.graph import flattened_inputs, graph_by_roles
 from maxp_core.parametrizations import parse_parametrization
 from maxp_core.symmetry import fold_multiplier
 from maxp_jax.stacking import LeafUses, leaf_uses
@@ -391,7 +392,7 @@ class MaxPSpec:
         )
         lookup = self._make_layer(as_table, Role.EMBEDDING, path, shape)
         readout = self._make_layer(as_readout, Role.READOUT, path, shape)
-        return [lookup, Layer(**{**readout.__dict__, "name": f"{lookup.name}.readout"})]
+        return [lookup, dataclasses.replace(readout, name=f"{lookup.name}.readout")]
 
     def _make_layer(
         self, rule: Rule, role: Role, path: str, shape: tuple[int, ...], stack_index: int | None = None
@@ -573,42 +574,24 @@ def _home_weight(
 
 
 def _warn_on_flattened_inputs(graph: OpGraph, layers: Sequence[Layer]) -> None:
-    """Warn where a layer's input size is a multiple of the outputs of the layers feeding it.
-
-    A ``Dense`` after flattening a ``(H, W, C)`` feature map contracts ``H * W * C``
-    inputs, but only ``C`` grows with the width: taking ``n = H * W * C`` would scale its
-    learning rate by a constant ``(H * W)^-c`` nobody asked for.
-    """
-    by_name = {layer.name: layer for layer in layers}
-    for layer in layers:
-        in_dim = _dims(layer.weight_path, layer.shape, layer.layout)[0]
-        if layer.role is Role.EMBEDDING or layer.width != in_dim:
-            continue  # an embedding reads tokens; a rule's own width is the user's choice
-        feeding = _feeding_layers(graph, layer.name, by_name)
-        outs = {_dims(p.weight_path, p.shape, p.layout)[2] for p in feeding}
-        concatenated = len(feeding) * (next(iter(outs)) if outs else 0) == in_dim
-        if len(outs) == 1 and not concatenated and (out := outs.pop()) < in_dim and in_dim % out == 0:
-            names = ", ".join(sorted(p.name for p in feeding))
-            warn_user(
-                f"{layer.weight_path}: fan-in {in_dim} = {in_dim // out} x the {out} outputs of {names} "
-                f"(a flatten?); its width is taken as {in_dim}. If the {in_dim // out} is a fixed "
-                f"spatial size, give its rule width={out}"
-            )
-
-
-def _feeding_layers(graph: OpGraph, name: str, layers: dict[str, Layer]) -> list[Layer]:
-    """The weighted layers whose outputs reach ``name`` through merges alone."""
-    found: list[Layer] = []
-    stack = list(graph.node(name).preds)
-    while stack:
-        node = graph.node(stack.pop())
-        if node.name in layers:
-            found.append(layers[node.name])
-        elif node.has_weight or node.contraction:
-            return []  # an activation node of its own shape: nothing to compare
-        else:
-            stack += node.preds
-    return found
+    """Warn where a layer's input looks flattened (:func:`maxp_core.graph.flattened_inputs`);
+    embeddings and layers whose rule sets the width are the user's choice."""
+    dims = {layer.name: _dims(layer.weight_path, layer.shape, layer.layout) for layer in layers}
+    paths = {layer.name: layer.weight_path for layer in layers}
+    sizes = {name: (d[0], d[2]) for name, d in dims.items()}
+    considered = {
+        layer.name
+        for layer in layers
+        if layer.role is not Role.EMBEDDING and layer.width == dims[layer.name][0]
+    }
+    for name, in_dim, out, feeding in flattened_inputs(graph, sizes):
+        if name not in considered:
+            continue
+        warn_user(
+            f"{paths[name]}: fan-in {in_dim} = {in_dim // out} x the {out} outputs of {', '.join(feeding)} "
+            f"(a flatten?); its width is taken as {in_dim}. If the {in_dim // out} is a fixed "
+            f"spatial size, give its rule width={out} (its init std then scales with {out} too)"
+        )
 
 
 def _parent(path: str) -> str:

@@ -210,7 +210,14 @@ def metrics(opt_state: Any, spec: MaxPSpec) -> dict[str, jax.Array]:
       >>> round(float(logged["maxp/lr_factor/w_out"]), 6), int(logged["maxp/solves"])
       (0.015625, 0)
     """
+    if not isinstance(spec, MaxPSpec):
+        raise MaxPError(f"metrics: spec must be a MaxPSpec, got {type(spec).__name__}")
     state = find_maxp_state(opt_state)
+    if state.factors.shape != (len(spec.layers),):
+        raise MaxPError(
+            f"metrics: the optimizer state holds {state.factors.shape[0]} layers' factors but the spec "
+            f"has {len(spec.layers)} layers; pass the spec the optimizer was built with"
+        )
     out: dict[str, jax.Array] = {}
     columns = {"lr_factor": state.factors, "c": state.c}
     columns.update({name: state.alignment[:, j] for j, name in enumerate(("alpha", "omega", "u"))})
