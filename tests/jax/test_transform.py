@@ -331,3 +331,15 @@ def test_metrics_flatten_the_state_inside_jit_as_outside() -> None:
     assert [float(logged[f"maxp/omega/{n}"]) for n in names] == [float(v) for v in maxp.alignment[:, 1]]
     assert int(logged["maxp/solves"]) == int(maxp.solves) > 0
     assert maxp_jax.metrics(state, spec).keys() == logged.keys()
+
+
+def test_metrics_refuse_a_spec_the_state_was_not_built_with() -> None:
+    _, params, spec = mlp_and_spec(width=32, depth=3)
+    _, _, other = mlp_and_spec(width=32, depth=4)
+    state = scale_by_maxp(spec).init(params)
+    with pytest.raises(
+        MaxPError, match=r"metrics: the optimizer state holds 3 layers' factors but the spec has 4"
+    ):
+        maxp_jax.metrics(state, other)
+    with pytest.raises(MaxPError, match=r"metrics: spec must be a MaxPSpec, got dict"):
+        maxp_jax.metrics(state, {})
