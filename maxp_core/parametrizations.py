@@ -86,6 +86,18 @@ def default_ab(parametrization: str, role: Role | str) -> tuple[float, float]:
     return AB_TABLE[parse_parametrization(parametrization)][Role.parse(role)]
 
 
+def attention_exponent(parametrization: str) -> float:
+    """``a`` of the attention scores' scale ``d^-a`` (``d`` the head dimension) under a named
+    parametrization: 1 for muP (``1/d``: queries and keys grow aligned during training),
+    0.5 (the standard ``1/sqrt(d)``) for the others.
+
+    Examples:
+      >>> attention_exponent("mup"), attention_exponent("sp")
+      (1.0, 0.5)
+    """
+    return 1.0 if parse_parametrization(parametrization) == "mup" else 0.5
+
+
 def chain_roles(num_layers: int) -> list[Role]:
     """Roles of a chain: embedding, ``num_layers - 2`` hidden, readout."""
     num_layers = layer_count(num_layers)

@@ -41,6 +41,7 @@ from maxp_core import (
 from maxp_core.formulation import parse_optimizer
 from maxp_core.graph import flattened_inputs, graph_by_roles
 from maxp_core.parametrizations import parse_parametrization
+from maxp_core.rules import assign_rules, rule_numbers, tied_disagreement
 from maxp_core.symmetry import fold_multiplier
 from maxp_jax.stacking import LeafUses, leaf_uses
 
@@ -104,14 +105,8 @@ class Rule:
         checked: dict[str, Any] = {
             "role": validate.choice(role, f"{where}: role", ROLES),
             "layout": validate.choice(self.layout, f"{where}: layout", LAYOUTS),
-            "width": None if self.width is None else validate.integer(self.width, f"{where}: width", 1),
+            **rule_numbers(where, self.width, self.a, self.b, self.c, self.alignment),
         }
-        for name in ("a", "b", "c"):
-            value = getattr(self, name)
-            check = validate.init_exponent if name == "b" else validate.exponent
-            checked[name] = None if value is None else check(value, f"{where}: {name}")
-        if self.alignment is not None:
-            checked["alignment"] = validate.alignment_triple(self.alignment, f"{where}: alignment")
         if self.stacked is not None:
             checked["stacked"] = validate.boolean(self.stacked, f"{where}: stacked")
         for name, value in checked.items():
@@ -265,20 +260,18 @@ class MaxPSpec:
     def _warn_on_tied_disagreement(self) -> None:
         """A tied table takes the smaller std and rate of its two uses: say so where they differ."""
         stds, factors = self.init_std(), self.factors()
-        for key, uses in self.leaf_layer_index().items():
+        for uses in self.leaf_layer_index().values():
             if not isinstance(uses, TiedUses):
                 continue
             pair = (uses.lookup, uses.readout)
-            if np.isclose(stds[pair[0]], stds[pair[1]]) and np.isclose(factors[pair[0]], factors[pair[1]]):
-                continue
-            warn_user(
-                f"{key} is tied (looked up as an embedding, multiplied as a readout); its uses want "
-                f"init std {stds[pair[0]]:.3g} and {stds[pair[1]]:.3g}, learning-rate factor "
-                f"{factors[pair[0]]:.3g} and {factors[pair[1]]:.3g} at width {self.layers[pair[0]].width}, "
-                "and it takes the smaller of each. That keeps the logits bounded but shrinks the "
-                "embedding as the width grows; with multipliers='explicit' (the model multiplies the "
-                "lookup and the logits by spec.multiplier of each) muP's two uses agree"
+            message = tied_disagreement(
+                [self.layers[i].name for i in pair], [stds[i] for i in pair], [factors[i] for i in pair]
             )
+            if message:
+                warn_user(
+                    f"{message} (with multipliers='explicit', the model multiplies the lookup and the "
+                    "logits by spec.multiplier of each)"
+                )
 
     def _check_arguments(self) -> None:
         self.parametrization = parse_parametrization(validate.text(self.parametrization, "parametrization"))
@@ -339,28 +332,12 @@ class MaxPSpec:
 
     def _rule_of_leaf(self, entries: list[tuple[str, str, tuple[int, ...]]]) -> dict[str, int]:
         """The index of the rule that matches each matched leaf (by ``/`` path)."""
-        compiled = []
-        for rule in self.rules:
-            try:
-                compiled.append(re.compile(rule.pattern))
-            except re.error as err:
-                raise MaxPError(f"rule pattern {rule.pattern!r} is not a regular expression: {err}") from None
-        owner: dict[str, int] = {}
-        for k, pattern in enumerate(compiled):
-            hits = [slash for slash, key, _ in entries if _matches(pattern, slash, key)]
-            if not hits:
-                sample = ", ".join(slash for slash, _, _ in entries[:6])
-                raise MaxPError(
-                    f"rule {self.rules[k].pattern!r} matches no parameter; paths look like: {sample}"
-                )
-            for slash in hits:
-                if slash in owner:
-                    raise MaxPError(
-                        f"{slash} is matched by two rules: {self.rules[owner[slash]].pattern!r} "
-                        f"and {self.rules[k].pattern!r}"
-                    )
-                owner[slash] = k
-        return owner
+        keys = {slash: key for slash, key, _ in entries}
+        return assign_rules(
+            [rule.pattern for rule in self.rules],
+            list(keys),
+            lambda pattern, slash: _matches(pattern, slash, keys[slash]),
+        )
 
     def _leaf_uses(self, paths: list[str]) -> LeafUses:
         """How ``apply_fn`` uses the leaves: stacked, tied (nothing known without it)."""

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from maxp_core import MaxPError, Role, validate
+from maxp_torch.layers import LINEAR, LayerKind, kind_of
 
 LAYER_TYPES: tuple[str, ...] = tuple(role.value for role in Role)
 
@@ -72,6 +73,13 @@ class ParametrizedModule(nn.Module):
         self.scale = 1.0
         self._recorder: Callable[[ParametrizedModule, tuple[Any, ...]], None] | None = None
         self._tracer: Callable[..., Any] | None = None
+
+    folded = False  # the output is multiplied by ``scale``; nothing is folded into init or rate
+
+    @property
+    def kind(self) -> LayerKind:
+        """How the wrapped module's weight reads (:mod:`maxp_torch.layers`); linear by default."""
+        return (kind_of(self.inner) if self.inner is not None else None) or LINEAR
 
     @property
     def role(self) -> Role:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,12 +27,18 @@ from maxp_core import (
     groups_of_equal_shape,
     unused_alignments,
     validate,
+    warn_user,
 )
 from maxp_core.alignment import MODES
 from maxp_core.formulation import parse_optimizer
 from maxp_core.graph import graph_by_roles
-from maxp_core.parametrizations import parse_parametrization
+from maxp_core.parametrizations import attention_exponent, parse_parametrization
+from maxp_core.rules import tied_disagreement
+from maxp_core.symmetry import fold_multiplier
+from maxp_torch.layers import LINEAR, kind_of
 from maxp_torch.module import ParametrizedModule
+from maxp_torch.rules import Rule, RuledLayers, apply_rules
+from maxp_torch.trace import call_model, trace_graph
 
 Triple = tuple[float, float, float]
 
@@ -44,11 +50,6 @@ def synthetic_graph(
     return graph_by_roles(
         names, [m.role for m in modules], exponents, [m.weight is not None for m in modules]
     )
-
-
-def _as_matrix(weight: torch.Tensor) -> torch.Tensor:
-    """A weight as ``(out, fan_in)``: every axis after the first is contracted."""
-    return weight.reshape(weight.shape[0], -1)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -195,6 +196,8 @@ class Parametrization:
         feature_learning: bool = False,
         seed: int = 0,
         *,
+        rules: Sequence[Rule] | None = None,
+        strict: bool = False,
         layers: list[tuple[str, Any]] | None = None,
         reinit: bool = True,
     ) -> None:
@@ -205,7 +208,6 @@ class Parametrization:
         # then refused at the first step instead of being taken for Adam.
         self._declared_optimizer = optimizer_type is not None
         self.optimizer_type = parse_optimizer("adam" if optimizer_type is None else optimizer_type)
-        parse_parametrization(parametrization)
         self.lr_prefactor = validate.positive_number(lr_prefactor, "lr_prefactor")
         self.std_prefactor = validate.positive_number(std_prefactor, "std_prefactor")
         self.schedule = SolveSchedule(warmup_steps, solve_interval)
@@ -227,6 +229,15 @@ class Parametrization:
                 "solves an LP, not the PuLP MILP, so PuLP solver objects do not apply"
             )
 
+        self.parametrization = parse_parametrization(parametrization)
+        self.strict = validate.boolean(strict, "strict")
+        self._ruled: RuledLayers | None = None
+        if rules is not None:
+            if layers is not None:
+                raise MaxPError("give rules or layers, not both")
+            self._ruled = apply_rules(unwrap(model), rules, attention_a=attention_exponent(parametrization))
+            layers = self._ruled.layers
+            alignment_overrides = {**self._ruled.alignment, **(alignment_overrides or {})}
         found = layers or [(n, m) for n, m in model.named_modules() if isinstance(m, ParametrizedModule)]
         if layers is not None and use_training_activations:
             raise MaxPError("use_training_activations needs ParametrizedModule layers")
@@ -246,12 +257,15 @@ class Parametrization:
         self.exponents = exponents
         preset = alignment_preset(alignment)
         self.overrides: dict[int, Triple] = _alignment_overrides(found, alignment_overrides)
+        self.weighted = [k for k, m in enumerate(self.modules) if m.weight is not None]
+        self.groups = _tied_groups([self.modules[k].weight for k in self.weighted])
+        self._check_coverage()
         # Initialise before tracing: the tracer reads which factors are zero at initialization.
         self._reinit_and_scale(reinit)
         if sample_input is not None:
-            from maxp_torch.trace import trace_graph
-
-            graph = trace_graph(unwrap(model), found, exponents, sample_input)
+            attention: list[tuple[str, int, float, float]] = []
+            graph = trace_graph(unwrap(model), found, exponents, sample_input, attention)
+            self._check_attention(attention)
         else:
             graph = synthetic_graph(self.names, self.modules, exponents)
         numbers = {self.names[k]: self.overrides.get(k, preset) for k in range(len(self.modules))}
@@ -274,11 +288,11 @@ class Parametrization:
             solver=solver or "highs",
             reference_alignment=preset,
         )
-        self.weighted = [k for k, m in enumerate(self.modules) if m.weight is not None]
         self.alignment = np.array([[n.alpha, n.omega, n.u] for n in self.graph.nodes])
         solution = self.lp.solve()
         self.c = np.array([solution.c[self.names[k]] for k in self.weighted])
         self.param_groups = self._build_param_groups()
+        self._warn_on_tied_disagreement()
         self.step_count = 0
         self.solves = 0
         self.failures = 0
@@ -299,86 +313,241 @@ class Parametrization:
 
     # --- setup ------------------------------------------------------------------------
 
+    def _check_coverage(self) -> None:
+        """Weights no layer covers train at ``lr_prefactor``: list them (an error with ``strict``)."""
+        covered = {id(p) for m in self.modules for p in m.parameters()}
+        inner = {id(m.inner) for m in self.modules if m.inner is not None}
+        weights = {id(self.modules[k].weight): self.names[k] for k in self.weighted}
+        model = unwrap(self.model)
+        problems = [
+            f"{n} {tuple(p.shape)} would train at lr_prefactor"
+            for n, p in model.named_parameters()
+            if p.ndim >= 2 and id(p) not in covered
+        ]
+        problems += [
+            f"{n} uses the weight of {weights[id(m.weight)]} (tied) but its own use is no maxP layer"
+            for n, m in model.named_modules()
+            if kind_of(m) is not None and id(m) not in inner and id(getattr(m, "weight", None)) in weights
+        ]
+        if not problems:
+            return
+        message = f"no maxP layer covers: {'; '.join(problems)}. Give them a Rule (or a ParametrizedModule)"
+        if self.strict:
+            raise MaxPError(message)
+        warn_user(message + " (strict=True makes this an error)")
+
+    def _check_attention(self, attention: list[tuple[str, int, float, float]]) -> None:
+        """Warn where ``scaled_dot_product_attention`` runs at a scale the parametrization does not expect."""
+        expected = attention_exponent(self.parametrization)
+        scoped = [name for name, _ in self._ruled.attention] if self._ruled else []
+        for node, head, scale, a in attention:
+            module = node.rsplit(".scores", 1)[0]
+            if any(module == s or module.startswith(s + ".") for s in scoped) or abs(a - expected) < 1e-6:
+                continue
+            warn_user(
+                f"{node}: scaled_dot_product_attention runs at scale {scale:.4g} = {head}^-{a:.3g} (head "
+                f"dimension {head}), but {self.parametrization} scales attention by d^-{expected:g}; give "
+                f"Rule({module!r}, 'attention') to set it (or Rule(..., 'attention', a={a:.3g}) to keep it)"
+            )
+
     def _width(self, k: int) -> int:
         return self.modules[k].width_dim
 
-    def _init_std(self, k: int) -> float:
-        return self.std_prefactor * self._width(k) ** -self.exponents[k][1]
+    def _abc(self, j: int, c: float | None = None) -> tuple[float, float, float]:
+        """``(a, b, c)`` of weighted layer ``j`` as applied (``c``: the latest solution unless
+        given); a bare parameter's multiplier is folded into its ``b`` and ``c``."""
+        k = self.weighted[j]
+        a, b = self.exponents[k]
+        c = float(self.c[j]) if c is None else c
+        return fold_multiplier(a, b, c, self.optimizer_type) if self.modules[k].folded else (a, b, c)
 
-    def _generator(self, k: int, device: torch.device) -> torch.Generator:
+    def _applied_b(self, j: int) -> float:
+        return self._abc(j, c=0.0)[1]
+
+    def _init_std(self, g: int) -> float:
+        """Initial standard deviation of group ``g``'s weight: the smallest its layers ask for."""
+        return min(
+            self.std_prefactor * self._width(self.weighted[j]) ** -self._applied_b(j) for j in self.groups[g]
+        )
+
+    def _group_of(self, k: int) -> int:
+        j = self.weighted.index(k)
+        return next(g for g, members in enumerate(self.groups) if j in members)
+
+    def _generator(self, g: int, device: torch.device) -> torch.Generator:
         gen = torch.Generator(device=device)
-        gen.manual_seed(self.seed * 1_000_003 + k)
+        gen.manual_seed(self.seed * 1_000_003 + self.weighted[self.groups[g][0]])
         return gen
 
-    def _draw_initial_weight(self, k: int, like: torch.Tensor) -> torch.Tensor:
-        """The layer's initial weight, drawn again from its own seeded generator."""
+    def _draw_initial_weight(self, g: int, like: torch.Tensor) -> torch.Tensor:
+        """Group ``g``'s initial weight, drawn again from its own seeded generator."""
         noise = torch.randn(
-            like.shape, generator=self._generator(k, like.device), device=like.device, dtype=like.dtype
+            like.shape, generator=self._generator(g, like.device), device=like.device, dtype=like.dtype
         )
-        return noise * self._init_std(k)
+        return noise * self._init_std(g)
 
     @torch.no_grad()
     def _reinit_and_scale(self, reinit: bool) -> None:
         for k, module in enumerate(self.modules):
-            module.scale = float(self._width(k) ** -self.exponents[k][0])
-            weight = module.weight
-            if weight is None:
-                continue
+            module.scale = 1.0 if module.folded else float(self._width(k) ** -self.exponents[k][0])
+        for g, members in enumerate(self.groups):
+            first = self.weighted[members[0]]
+            weight = self.modules[first].weight
+            assert weight is not None
             if not reinit:
-                if self.exponents[k][1] == math.inf and bool(weight.any()):
+                if math.isinf(self._init_std_exponent(g)) and bool(weight.any()):
                     raise MaxPError(
-                        f"layer {self.names[k]!r} is declared zero-initialised (b = inf) but keeps its "
+                        f"layer {self.names[first]!r} is declared zero-initialised (b = inf) but keeps its "
                         "current weights (reinit=False), which are not zero; zero them or give a finite b"
                     )
                 continue
-            weight.copy_(self._draw_initial_weight(k, weight))
-            bias = getattr(module.inner, "bias", None)
-            if isinstance(bias, torch.Tensor):
-                bias.zero_()
+            weight.copy_(self._draw_initial_weight(g, weight))
+            for j in members:
+                bias = getattr(self.modules[self.weighted[j]].inner, "bias", None)
+                if isinstance(bias, torch.Tensor):
+                    bias.zero_()
+
+    def _init_std_exponent(self, g: int) -> float:
+        return min(self._applied_b(j) for j in self.groups[g])
 
     def _build_param_groups(self) -> list[dict[str, Any]]:
         groups = []
         taken: set[int] = set()
-        for j, k in enumerate(self.weighted):
-            params = [p for p in self.modules[k].parameters() if id(p) not in taken]
-            taken.update(id(p) for p in params)
-            groups.append({"params": params, "lr": self._lr(j), "name": self.names[k]})
+        for g, members in enumerate(self.groups):
+            layers = [self.weighted[j] for j in members]
+            params = []
+            for p in (p for k in layers for p in self.modules[k].parameters()):
+                if id(p) not in taken:
+                    taken.add(id(p))
+                    params.append(p)
+            group = {"params": params, "lr": self._lr(g), "name": self.names[layers[0]]}
+            if len(layers) > 1:
+                group["tied"] = [self.names[k] for k in layers]
+            groups.append(group)
         rest = [p for p in self.model.parameters() if id(p) not in taken]
         if rest:
             groups.append({"params": rest, "lr": self.lr_prefactor, "name": "other"})
         return groups
 
-    def _lr(self, j: int) -> float:
-        return self.lr_prefactor * float(self._width(self.weighted[j]) ** -self.c[j])
+    def _layer_lr(self, j: int) -> float:
+        """The rate weighted layer ``j`` asks for: ``lr_prefactor * width^-c`` (c folded if bare)."""
+        return self.lr_prefactor * float(self._width(self.weighted[j]) ** -self._abc(j)[2])
+
+    def _lr(self, g: int) -> float:
+        """Group ``g``'s rate: the smallest its layers ask for (a tied weight keeps both uses stable)."""
+        return min(self._layer_lr(j) for j in self.groups[g])
+
+    def _warn_on_tied_disagreement(self) -> None:
+        for members in self.groups:
+            if len(members) < 2:
+                continue
+            names = [self.names[self.weighted[j]] for j in members]
+            stds = [
+                self.std_prefactor * self._width(self.weighted[j]) ** -self._applied_b(j) for j in members
+            ]
+            lrs = [self._layer_lr(j) for j in members]
+            message = tied_disagreement(names, stds, lrs)
+            if message:
+                warn_user(message)
 
     # --- public -----------------------------------------------------------------------
 
     def get_layer_names(self) -> list[str]:
-        """Names of the parametrized layers with weights, in param-group order."""
-        return [self.names[k] for k in self.weighted]
+        """Names of the parameter groups maxP sets (one per weight; a tied weight's first layer)."""
+        return [self.names[self.weighted[members[0]]] for members in self.groups]
 
     def get_last_lr(self) -> list[float]:
-        """Current learning rate of each parametrized layer."""
-        return [self._lr(j) for j in range(len(self.weighted))]
+        """Current learning rate of each group of :meth:`get_layer_names`."""
+        return [self._lr(g) for g in range(len(self.groups))]
 
     def get_alignment(self) -> tuple[list[float], list[float], list[float]]:
-        """``(alpha, omega, u)`` lists, one entry per layer of :meth:`get_layer_names`."""
-        rows = self.alignment[[self._row[k] for k in self.weighted]]
+        """``(alpha, omega, u)`` lists, one entry per group of :meth:`get_layer_names` (for a tied
+        weight, the layer whose rate it takes)."""
+        binding = [min(members, key=self._layer_lr) for members in self.groups]
+        rows = self.alignment[[self._row[self.weighted[j]] for j in binding]]
         return rows[:, 0].tolist(), rows[:, 1].tolist(), rows[:, 2].tolist()
+
+    def metrics(self) -> dict[str, float]:
+        """A flat dict for any logger, one entry per layer and counter.
+
+        Keys: ``maxp/lr/<layer>`` (the rate its group runs at), ``maxp/lr_factor/<layer>``
+        (``width^-c``, what the layer alone asks for), ``maxp/c/<layer>``,
+        ``maxp/alpha/<layer>``, ``maxp/omega/<layer>``, ``maxp/u/<layer>``, and
+        ``maxp/step``, ``maxp/solves``, ``maxp/failures``, ``maxp/missing``. The layer
+        keys are those of ``maxp_jax.metrics``.
+
+        Example:
+          >>> param = Parametrization(nn.Sequential(
+          ...     ParametrizedModule(nn.Linear(4, 16), width_dim=16, layer_type="embedding"),
+          ...     ParametrizedModule(nn.Linear(16, 2), width_dim=16, layer_type="readout")), lr_prefactor=1.0)
+          >>> param.metrics()["maxp/lr/1"], param.metrics()["maxp/solves"]
+          (0.25, 0.0)
+        """
+        out: dict[str, float] = {}
+        group_of = {j: g for g, members in enumerate(self.groups) for j in members}
+        for j, k in enumerate(self.weighted):
+            name = self.names[k]
+            row = self.alignment[self._row[k]]
+            out[f"maxp/lr/{name}"] = self._lr(group_of[j])
+            out[f"maxp/lr_factor/{name}"] = float(self._width(k) ** -self._abc(j)[2])
+            out[f"maxp/c/{name}"] = float(self.c[j])
+            out.update(
+                {f"maxp/{field}/{name}": float(row[i]) for i, field in enumerate(("alpha", "omega", "u"))}
+            )
+        for counter in ("step_count", "solves", "failures", "missing"):
+            out[f"maxp/{counter.removesuffix('_count')}"] = float(getattr(self, counter))
+        return out
+
+    def describe(self) -> str:
+        """The per-layer table: role, kind, width, a, b, c, alignments and learning rate.
+
+        ``c`` and the alignments are the latest solution (the preset's before the first
+        re-solve); a bare parameter shows its folded exponents.
+        """
+        from maxp_core.cli import format_table
+
+        group_of = {j: g for g, members in enumerate(self.groups) for j in members}
+        rows = []
+        for j, k in enumerate(self.weighted):
+            a, b, c = self._abc(j)
+            alpha, omega, u = self.alignment[self._row[k]]
+            kind = getattr(self.modules[k], "kind", None)
+            rows.append(
+                (self.names[k], self.modules[k].layer_type, kind.name if kind else "-", self._width(k),
+                 a, b, c, float(alpha), float(omega), float(u), self._lr(group_of[j]))
+            )  # fmt: skip
+        header = ("layer", "role", "kind", "width", "a", "b", "c", "alpha", "omega", "u", "lr")
+        return format_table(rows, header)
+
+    def __repr__(self) -> str:
+        return (
+            f"Parametrization({type(self.model).__name__}, {len(self.weighted)} layers, "
+            f"optimizer_type={self.optimizer_type!r}, parametrization={self.parametrization!r}, "
+            f"lr_prefactor={self.lr_prefactor:g}, step={self.step_count}, solves={self.solves})"
+        )
+
+    def remove(self) -> None:
+        """Take off the hooks that rules installed (the model is then as it was, weights aside)."""
+        if self._ruled is not None:
+            self._ruled.remove()
+            self._ruled = None
 
     def _measured(self) -> list[int]:
         return [
-            k for k in self.weighted if self.modules[k].role is not Role.EMBEDDING and k not in self.overrides
+            k
+            for k in self.weighted
+            if self.modules[k].role is not Role.EMBEDDING
+            and k not in self.overrides
+            and getattr(self.modules[k], "kind", LINEAR).measurable
         ]
 
     def _record(self, keep: dict[int, torch.Tensor]) -> None:
         index = {id(m): k for k, m in enumerate(self.modules)}
 
-        def recorder(module: ParametrizedModule, args: tuple[Any, ...]) -> None:
+        def recorder(module: Any, args: tuple[Any, ...]) -> None:
             k = index[id(module)]
             if args and isinstance(args[0], torch.Tensor):
-                x = args[0].detach()
-                keep[k] = x.reshape(-1, x.shape[-1])[: self.sample_size]
+                keep[k] = module.kind.rows(module.inner, args[0].detach())[: self.sample_size]
 
         for module in self.modules:
             module._recorder = recorder
@@ -396,12 +565,12 @@ class Parametrization:
         self._record(keep)
         try:
             with measurement_mode(unwrap(model), self._devices()):
-                unwrap(model)(x[: self.sample_size])
+                call_model(unwrap(model), first_rows(x, self.sample_size))
         finally:
             self._stop_recording()
         return keep
 
-    def capture_initial(self, x: torch.Tensor) -> None:
+    def capture_initial(self, x: Any) -> None:
         """Record the inputs and weights of the measured layers before training.
 
         maxP's forward pass runs in eval mode and leaves the global random state untouched
@@ -414,11 +583,7 @@ class Parametrization:
                 "the initial state is already recorded, and capturing again would measure against the "
                 "current weights instead of the initial ones; a resumed run only needs load_state_dict"
             )
-        if not isinstance(x, torch.Tensor):
-            raise MaxPError(f"capture_initial(x): x must be a tensor batch, got {type(x).__name__}")
-        if x.shape[0] == 0:
-            raise MaxPError("capture_initial(x): x is empty; give a batch of at least one sample")
-        self._sample = x[: self.sample_size].detach().clone()
+        self._sample = first_rows(x, self.sample_size, clone=True)
         if self.use_training_activations:
             self._initial_model = copy.deepcopy(unwrap(self.model))
             self._record(self._recorded)
@@ -460,9 +625,9 @@ class Parametrization:
                 "build the optimizer from param.param_groups"
             )
         self._check_optimizer(optimizer)
-        for j, group in enumerate(groups[: len(self.weighted)]):
-            group["lr"] = self._lr(j)
-        if len(groups) > len(self.weighted):
+        for g, group in enumerate(groups[: len(self.groups)]):
+            group["lr"] = self._lr(g)
+        if len(groups) > len(self.groups):
             groups[-1]["lr"] = self.lr_prefactor
 
     def _check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
@@ -489,19 +654,19 @@ class Parametrization:
                 "use_training_activations=True: step(x) needs the training batch x after a training forward"
             )
         assert self._initial_model is not None
-        rows = x[: self.sample_size]
+        rows = first_rows(x, self.sample_size)
         initial_modules = [m for m in self._initial_model.modules() if isinstance(m, ParametrizedModule)]
         keep: dict[int, torch.Tensor] = {}
         index = {id(m): k for k, m in enumerate(initial_modules)}
 
         def recorder(module: ParametrizedModule, args: tuple[Any, ...]) -> None:
-            keep[index[id(module)]] = args[0].detach().reshape(-1, args[0].shape[-1])[: self.sample_size]
+            keep[index[id(module)]] = module.kind.rows(module.inner, args[0].detach())[: self.sample_size]
 
         for m in initial_modules:
             m._recorder = recorder
         try:
             with measurement_mode(self._initial_model, self._devices()):
-                self._initial_model(rows)
+                call_model(self._initial_model, rows)
         finally:
             for m in initial_modules:
                 m._recorder = None
@@ -518,14 +683,14 @@ class Parametrization:
             assert w0 is not None
             return w0.detach()
         if self.resample_w0:
-            return self._draw_initial_weight(k, weight.detach())
+            return self._draw_initial_weight(self._group_of(k), weight.detach())
         return self._w0[k]
 
-    def _weight_matrix(self, k: int) -> torch.Tensor:
-        """Layer ``k``'s weight as ``(out, fan_in)``, detached."""
-        weight = self.modules[k].weight
+    def _weight_matrix(self, k: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Layer ``k``'s weight (or ``weight``, laid out as it) as ``(out, fan_in)``, detached."""
+        weight = self.modules[k].weight if weight is None else weight
         assert weight is not None
-        return _as_matrix(weight.detach())
+        return self.modules[k].kind.matrix(weight.detach())
 
     @torch.no_grad()
     def _measure(self, x: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
@@ -540,24 +705,28 @@ class Parametrization:
         for k in measured:
             if now[k].shape[-1] != weights[k].shape[1]:
                 raise MaxPError(
-                    f"layer {self.names[k]!r}: its input rows have {now[k].shape[-1]} features but its "
-                    f"weight contracts {weights[k].shape[1]}; dynamic alignment measures Linear-like layers "
-                    "(inputs (..., fan_in)); pin this layer with alignment_overrides"
+                    f"layer {self.names[k]!r} ({self.modules[k].kind.name}): its input rows have "
+                    f"{now[k].shape[-1]} features but its weight contracts {weights[k].shape[1]}; dynamic "
+                    "alignment measures layers whose input multiplies the weight (Linear, Conv, Conv1D); "
+                    "pin this layer with alignment_overrides"
                 )
             if now[k].is_complex() or weights[k].is_complex():
                 raise MaxPError(f"layer {self.names[k]!r}: complex weights or inputs cannot be measured")
 
         def shape_of(k: int) -> tuple[Any, ...]:
             w = weights[k]
-            return (tuple(now[k].shape), tuple(w.shape), self._width(k), w.dtype, w.device)
+            return (tuple(now[k].shape), tuple(w.shape), w.dtype, w.device)
 
         order: list[int] = []
         pieces: list[torch.Tensor] = []
         for layers in groups_of_equal_shape(measured, shape_of):
             al = alignment_of_layers(
-                [(initial[k], now[k], _as_matrix(self._initial_weight(k)), weights[k]) for k in layers],
+                [
+                    (initial[k], now[k], self._weight_matrix(k, self._initial_weight(k)), weights[k])
+                    for k in layers
+                ],
                 self.norm_mode,
-                self._width(layers[0]),
+                weights[layers[0]].shape[1],
                 xp=torch,
             )
             finite = torch.stack(
@@ -654,6 +823,41 @@ class Parametrization:
             self._initial_model = copy.deepcopy(unwrap(self.model))
             self._initial_model.load_state_dict(state["initial_model"])
             self._record(self._recorded)
+
+
+def _tied_groups(weights: Sequence[Any]) -> list[list[int]]:
+    """Positions of the weights, grouped by identity (a tied weight's uses share a group), in
+    order of first appearance."""
+    groups: dict[int, list[int]] = {}
+    for j, weight in enumerate(weights):
+        groups.setdefault(id(weight), []).append(j)
+    return list(groups.values())
+
+
+def first_rows(x: Any, n: int, clone: bool = False) -> Any:
+    """The first ``n`` samples of a batch: a tensor, a tuple of tensors (positional arguments)
+    or a mapping of keyword arguments (``{"input_ids": ..., "attention_mask": ...}``)."""
+    tensors = [v for v in (x.values() if isinstance(x, Mapping) else x if isinstance(x, tuple) else [x])]
+    batched = [v for v in tensors if isinstance(v, torch.Tensor) and v.ndim > 0]
+    if not batched:
+        raise MaxPError(
+            f"the model's input must be a tensor batch, a tuple of them or a dict of keyword arguments "
+            f"holding one, got {type(x).__name__}"
+        )
+    if any(v.shape[0] == 0 for v in batched):
+        raise MaxPError("the input batch is empty; give a batch of at least one sample")
+
+    def take(v: Any) -> Any:
+        if not isinstance(v, torch.Tensor) or v.ndim == 0:
+            return v
+        v = v[:n].detach()
+        return v.clone() if clone else v
+
+    if isinstance(x, Mapping):
+        return {key: take(v) for key, v in x.items()}
+    if isinstance(x, tuple):
+        return tuple(take(v) for v in x)
+    return take(x)
 
 
 def optimizer_kind(optimizer: torch.optim.Optimizer) -> str:

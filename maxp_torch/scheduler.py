@@ -23,64 +23,20 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from maxp_core import MaxPError, Role, WSDSchedule, validate
+from maxp_core import MaxPError, WSDSchedule, validate
+from maxp_torch.layers import HookedLayer, kind_of
 from maxp_torch.parametrization import Parametrization, optimizer_kind
 
 _LAYERS_ATTRIBUTE = "_maxp_layers"
 
 
-class LinearLayer:
-    """A plain ``nn.Linear``/``nn.Embedding`` seen as a maxP layer, through forward hooks.
-
-    Offers what :class:`~maxp_torch.Parametrization` reads of a ``ParametrizedModule``:
-    the output is multiplied by :attr:`scale`, and a recorder sees each input.
-    """
-
-    def __init__(self, module: nn.Module, layer_type: str) -> None:
-        self.inner = module
-        self.layer_type = layer_type
-        if isinstance(module, nn.Embedding):
-            self.width_dim = module.embedding_dim
-        elif layer_type == "embedding":
-            self.width_dim = module.out_features  # type: ignore[assignment]
-        else:
-            self.width_dim = module.in_features  # type: ignore[assignment]
-        self.a: float | None = None
-        self.b: float | None = None
-        self.c: float | None = None
-        self.scale = 1.0
-        self._recorder: Callable[[Any, tuple[Any, ...]], None] | None = None
-        module.register_forward_pre_hook(self._pre_hook)
-        module.register_forward_hook(self._post_hook)
-
-    def _pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        if self._recorder is not None:
-            self._recorder(self, args)
-
-    def _post_hook(
-        self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor
-    ) -> torch.Tensor | None:
-        return None if self.scale == 1.0 else output * self.scale
-
-    @property
-    def role(self) -> Role:
-        return Role(self.layer_type)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.inner.weight  # type: ignore[return-value]
-
-    def parameters(self) -> Iterator[nn.Parameter]:
-        return self.inner.parameters()
-
-
-def linear_layers(model: nn.Module) -> list[tuple[str, LinearLayer]]:
+def linear_layers(model: nn.Module) -> list[tuple[str, HookedLayer]]:
     """The model's embeddings and linear layers with their roles (hooks installed once)."""
     cached = getattr(model, _LAYERS_ATTRIBUTE, None)
     if cached is not None:
@@ -101,12 +57,14 @@ def linear_layers(model: nn.Module) -> list[tuple[str, LinearLayer]]:
             layer_type = "readout"
         else:
             layer_type = "hidden"
-        layers.append((name, LinearLayer(module, layer_type)))
+        in_dim, _, out_dim = kind_of(module).dims(tuple(module.weight.shape))  # type: ignore[union-attr]
+        width = out_dim if layer_type == "embedding" else in_dim
+        layers.append((name, HookedLayer(module, layer_type, width)))
     object.__setattr__(model, _LAYERS_ATTRIBUTE, layers)
     return layers
 
 
-def _set_exponents(layers: list[tuple[str, LinearLayer]], **per_layer: Sequence[float] | None) -> None:
+def _set_exponents(layers: list[tuple[str, HookedLayer]], **per_layer: Sequence[float] | None) -> None:
     for key, values in per_layer.items():
         if values is None:
             continue
@@ -266,7 +224,7 @@ class MaxPScheduler:
 
     def get_last_lr(self) -> list[float]:
         """The learning rate of each layer's group."""
-        return [g["lr"] for g in self.optimizer.param_groups[: len(self.param.weighted)]]
+        return [g["lr"] for g in self.optimizer.param_groups[: len(self.param.groups)]]
 
     def get_alignment(self) -> tuple[list[float], list[float], list[float]]:
         """``(alpha, omega, u)``, one entry per layer."""

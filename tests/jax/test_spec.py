@@ -86,7 +86,7 @@ def test_keystr_patterns_match_too() -> None:
 @pytest.mark.parametrize(
     ("rules", "message"),
     [
-        ([Rule("e", "embedding"), Rule("nothing", "readout")], r"rule 'nothing' matches no parameter"),
+        ([Rule("e", "embedding"), Rule("nothing", "readout")], r"rule 'nothing' matches nothing"),
         ([Rule("e|h", "embedding"), Rule("h|o", "readout")], r"h is matched by two rules: 'e\|h' and 'h\|o'"),
         (lambda: [Rule("e", "embedding"), Rule("o", "output")], r"rule 'o': role must be one of .* 'output'"),
         ([Rule("e", "embedding"), Rule("h", "hidden", b=1.0), Rule("o", "readout")], r"layer 'h' \(hidden\)"),

@@ -155,7 +155,7 @@ def test_capture_initial_twice_or_after_resume_is_refused() -> None:
     x, y = data()
     model = MLP()
     param = Parametrization(model)
-    with pytest.raises(MaxPError, match="x is empty"):
+    with pytest.raises(MaxPError, match="input batch is empty"):
         param.capture_initial(x[:0])
     param.capture_initial(x)
     with pytest.raises(MaxPError, match="capture_initial after an earlier capture"):

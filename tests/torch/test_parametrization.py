@@ -350,24 +350,3 @@ def test_feature_learning_pins_the_last_hidden_residual() -> None:
     param = Parametrization(model, feature_learning=True, alignment="no")
     r = param.lp.solve().r
     assert r["layers.2"] == pytest.approx(0.0, abs=1e-9)
-
-
-def test_conv_layer_in_dynamic_mode_asks_for_an_override() -> None:
-    model = nn.Sequential(
-        ParametrizedModule(nn.Conv2d(3, 16, 3), width_dim=16, layer_type="embedding"),
-        nn.ReLU(),
-        ParametrizedModule(nn.Conv2d(16, 16, 3), width_dim=16, layer_type="hidden"),
-        nn.Flatten(),
-        ParametrizedModule(nn.Linear(16 * 4 * 4, 10), width_dim=16 * 16, layer_type="readout"),
-    )
-    x = torch.randn(2, 3, 8, 8)
-    param = Parametrization(model, warmup_steps=0)
-    param.capture_initial(x)
-    with pytest.raises(
-        MaxPError, match=r"layer '2': its input rows have 6 features but its weight contracts 144"
-    ):
-        param.step(x)
-    pinned = Parametrization(model, warmup_steps=0, alignment_overrides={"2": (0.8, 0.5, 0.8)})
-    pinned.capture_initial(x)
-    pinned.step(x)
-    assert pinned.solves == 1
