@@ -35,6 +35,7 @@ from maxp_core.graph import graph_by_roles
 from maxp_core.parametrizations import attention_exponent, parse_parametrization
 from maxp_core.rules import tied_disagreement
 from maxp_core.symmetry import fold_multiplier
+from maxp_torch import sharding
 from maxp_torch.layers import LINEAR, kind_of
 from maxp_torch.module import ParametrizedModule
 from maxp_torch.rules import Rule, RuledLayers, apply_rules
@@ -265,6 +266,7 @@ class Parametrization:
         if sample_input is not None:
             attention: list[tuple[str, int, float, float]] = []
             graph = trace_graph(unwrap(model), found, exponents, sample_input, attention)
+            sharding.reshard(unwrap(model))
             self._check_attention(attention)
         else:
             graph = synthetic_graph(self.names, self.modules, exponents)
@@ -395,13 +397,13 @@ class Parametrization:
             weight = self.modules[first].weight
             assert weight is not None
             if not reinit:
-                if math.isinf(self._init_std_exponent(g)) and bool(weight.any()):
+                if math.isinf(self._init_std_exponent(g)) and bool(sharding.full(weight).any()):
                     raise MaxPError(
                         f"layer {self.names[first]!r} is declared zero-initialised (b = inf) but keeps its "
                         "current weights (reinit=False), which are not zero; zero them or give a finite b"
                     )
                 continue
-            weight.copy_(self._draw_initial_weight(g, weight))
+            sharding.assign(weight, self._draw_initial_weight(g, weight))
             for j in members:
                 bias = getattr(self.modules[self.weighted[j]].inner, "bias", None)
                 if isinstance(bias, torch.Tensor):
@@ -568,6 +570,7 @@ class Parametrization:
                 call_model(unwrap(model), first_rows(x, self.sample_size))
         finally:
             self._stop_recording()
+            sharding.reshard(unwrap(model))
         return keep
 
     def capture_initial(self, x: Any) -> None:
@@ -583,6 +586,7 @@ class Parametrization:
                 "the initial state is already recorded, and capturing again would measure against the "
                 "current weights instead of the initial ones; a resumed run only needs load_state_dict"
             )
+        sharding.check_live(unwrap(self.model), self.param_groups, "capture_initial")
         self._sample = first_rows(x, self.sample_size, clone=True)
         if self.use_training_activations:
             self._initial_model = copy.deepcopy(unwrap(self.model))
@@ -634,6 +638,7 @@ class Parametrization:
         """The optimizer must be of the kind the LP was solved for (once per optimizer)."""
         if getattr(self, "_checked_optimizer", None) is optimizer:
             return
+        sharding.check_live(unwrap(self.model), optimizer.param_groups, "step(x, optimizer)")
         known = any(cls in OPTIMIZER_KINDS for cls in type(optimizer).__mro__)
         kind = optimizer_kind(optimizer) if known or not self._declared_optimizer else self.optimizer_type
         if kind != self.optimizer_type:
@@ -690,7 +695,7 @@ class Parametrization:
         """Layer ``k``'s weight (or ``weight``, laid out as it) as ``(out, fan_in)``, detached."""
         weight = self.modules[k].weight if weight is None else weight
         assert weight is not None
-        return self.modules[k].kind.matrix(weight.detach())
+        return self.modules[k].kind.matrix(sharding.full(weight.detach()))
 
     @torch.no_grad()
     def _measure(self, x: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:

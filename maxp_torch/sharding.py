@@ -1,0 +1,74 @@
+"""Parameters sharded by FSDP2 (``torch.distributed.fsdp.fully_shard``): DTensors, read and written whole.
+
+Under ``fully_shard`` each parameter is a ``DTensor`` holding a slice of rows on each
+rank. maxP re-initialises a sharded weight by drawing the full weight from its seeded
+generator on every rank (the same numbers everywhere) and keeping each rank's slice,
+and measures a sharded weight on its full value (``full_tensor()``, an all-gather every
+rank takes part in, at each re-solve only). Forward hooks see the gathered weights and
+each rank's own inputs, and the measured alignments are averaged over ranks, so every
+rank gets the same learning rates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from maxp_core import MaxPError
+
+try:
+    from torch.distributed.tensor import DTensor, distribute_tensor
+except ImportError:  # a torch built without distributed support
+    DTensor = None
+    distribute_tensor = None
+
+
+def is_sharded(tensor: Any) -> bool:
+    """Whether ``tensor`` is a ``DTensor`` (a parameter of an FSDP2 model)."""
+    return DTensor is not None and isinstance(tensor, DTensor)
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole value of a possibly sharded tensor, as a plain tensor (a collective if sharded)."""
+    return tensor.full_tensor() if is_sharded(tensor) else tensor
+
+
+def assign(parameter: torch.Tensor, value: torch.Tensor) -> None:
+    """Write the full ``value`` into ``parameter``, keeping only this rank's slice if it is sharded.
+
+    ``value`` must be the same on every rank; nothing is communicated.
+    """
+    if is_sharded(parameter):
+        value = distribute_tensor(value, parameter.device_mesh, parameter.placements, src_data_rank=None)
+    parameter.copy_(value)
+
+
+def reshard(model: nn.Module) -> None:
+    """Return an FSDP2 model's parameters to their shards after a forward pass with no backward.
+
+    A no-grad pass leaves the parameters of the root group gathered (plain tensors, other
+    objects than the optimizer holds) until something reshards them.
+    """
+    for module in model.modules():
+        if callable(getattr(module, "reshard", None)) and hasattr(module, "unshard"):
+            module.reshard()
+
+
+def check_live(model: nn.Module, groups: Iterable[dict[str, Any]], where: str) -> None:
+    """Refuse parameter groups that hold tensors the model no longer has.
+
+    ``fully_shard`` replaces every parameter with a new ``DTensor``: groups built before it
+    would make the optimizer update tensors the model no longer uses.
+    """
+    live = {id(p) for p in model.parameters()}
+    stale = [g.get("name", "?") for g in groups if any(id(p) not in live for p in g["params"])]
+    if stale:
+        raise MaxPError(
+            f"{where}: the param groups {stale[:5]}{' ...' if len(stale) > 5 else ''} hold parameters the "
+            "model no longer has; was it sharded (fully_shard) or were its parameters replaced after the "
+            "Parametrization was built? Build the Parametrization after fully_shard and the optimizer "
+            "from its param_groups"
+        )

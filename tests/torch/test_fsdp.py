@@ -1,0 +1,45 @@
+"""Parametrization on an FSDP2 (fully_shard) model: 2 gloo ranks agree with each other and one process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def results(world: int, out_dir: Path, order: str) -> list[dict]:
+    out_dir.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.torch.fsdp_run", str(world), str(out_dir), order],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def test_sharded_ranks_match_each_other_and_one_process(tmp_path: Path) -> None:
+    two = results(2, tmp_path / "two", "shard-first")
+    one = results(1, tmp_path / "one", "shard-first")[0]
+    assert [r["sharded"] for r in two] == ["DTensor", "DTensor"] and one["sharded"] == "Parameter"
+    assert two[0]["lr"] == two[1]["lr"]
+    assert two[0]["solves"] == one["solves"] == 2  # after steps 3 and 5
+    assert two[0]["lr"] == pytest.approx(one["lr"], rel=1e-6)
+    for ours, single in zip(two[0]["alignment"], one["alignment"], strict=True):
+        assert ours == pytest.approx(single, rel=1e-6)
+    # The same initial draw and the same training: the full weights agree with one process.
+    assert two[0]["weight_norms"] == pytest.approx(one["weight_norms"], rel=1e-9)
+
+
+def test_sharding_after_the_parametrization_is_refused_by_name(tmp_path: Path) -> None:
+    for rank in results(2, tmp_path / "two", "parametrize-first"):
+        assert "no longer has" in rank["error"] and "after fully_shard" in rank["error"]
