@@ -36,7 +36,7 @@ from maxp_core.parametrizations import attention_exponent, parse_parametrization
 from maxp_core.rules import tied_disagreement
 from maxp_core.symmetry import fold_multiplier
 from maxp_torch import sharding
-from maxp_torch.layers import LINEAR, kind_of
+from maxp_torch.layers import LINEAR, TRANSPOSED, kind_of
 from maxp_torch.module import ParametrizedModule
 from maxp_torch.rules import Rule, RuledLayers, apply_rules
 from maxp_torch.trace import call_model, trace_graph
@@ -378,15 +378,21 @@ class Parametrization:
 
     def _generator(self, g: int, device: torch.device) -> torch.Generator:
         gen = torch.Generator(device=device)
-        gen.manual_seed(self.seed * 1_000_003 + self.weighted[self.groups[g][0]])
+        gen.manual_seed(self.seed * 1_000_003 + g)  # by weight, so parameter-free layers shift nothing
         return gen
 
     def _draw_initial_weight(self, g: int, like: torch.Tensor) -> torch.Tensor:
-        """Group ``g``'s initial weight, drawn again from its own seeded generator."""
+        """Group ``g``'s initial weight, drawn again from its own seeded generator.
+
+        A transposed layout (``(in, out)``) is drawn as ``(out, in)`` and transposed, so it
+        starts from the same matrix as its ``nn.Linear`` twin.
+        """
+        transposed = self.modules[self.weighted[self.groups[g][0]]].kind is TRANSPOSED
+        shape = like.shape[::-1] if transposed else like.shape
         noise = torch.randn(
-            like.shape, generator=self._generator(g, like.device), device=like.device, dtype=like.dtype
+            shape, generator=self._generator(g, like.device), device=like.device, dtype=like.dtype
         )
-        return noise * self._init_std(g)
+        return (noise.T if transposed else noise) * self._init_std(g)
 
     @torch.no_grad()
     def _reinit_and_scale(self, reinit: bool) -> None:

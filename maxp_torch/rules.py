@@ -115,14 +115,15 @@ class RuledLayers:
 
 
 def layer_candidates(model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, nn.Parameter]]:
-    """The modules of a known kind and the bare parameters (two or more axes, outside such a
-    module), by name, in model order."""
-    modules = {name: m for name, m in model.named_modules() if name and kind_of(m) is not None}
-    owned = {id(m.weight) for m in modules.values()}
+    """The named modules (a rule naming one of a kind maxP does not know is refused by
+    name) and the bare parameters (two or more axes, outside a known layer), in model order."""
+    modules = {name: m for name, m in model.named_modules() if name}
+    known = {name for name, m in modules.items() if kind_of(m) is not None}
+    owned = {id(modules[name].weight) for name in known}
     bare = {
         name: p
         for name, p in model.named_parameters()
-        if p.ndim >= 2 and id(p) not in owned and name.rsplit(".", 1)[0] not in modules
+        if p.ndim >= 2 and id(p) not in owned and name.rsplit(".", 1)[0] not in known
     }
     return modules, bare
 

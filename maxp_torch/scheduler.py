@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from maxp_core import MaxPError, WSDSchedule, validate
 from maxp_torch.layers import HookedLayer, kind_of
@@ -62,6 +63,20 @@ def linear_layers(model: nn.Module) -> list[tuple[str, HookedLayer]]:
         layers.append((name, HookedLayer(module, layer_type, width)))
     object.__setattr__(model, _LAYERS_ATTRIBUTE, layers)
     return layers
+
+
+def _start_like_lr_scheduler(scheduler: LRScheduler, optimizer: torch.optim.Optimizer) -> None:
+    """The attributes ``LRScheduler.__init__`` sets, without its initial ``step()``.
+
+    That first step would count as a training step here (and re-solve on schedule), so the
+    base constructor is not called; the groups' ``initial_lr`` is set as it would set it.
+    """
+    scheduler.optimizer = optimizer
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+    scheduler.last_epoch = 0
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def _set_exponents(layers: list[tuple[str, HookedLayer]], **per_layer: Sequence[float] | None) -> None:
@@ -117,8 +132,13 @@ def create_param_groups(
     ).param_groups
 
 
-class MaxPScheduler:
+class MaxPScheduler(LRScheduler):
     """Re-measure alignments, re-solve the LP and set each layer's learning rate.
+
+    A ``torch.optim.lr_scheduler.LRScheduler``, as frameworks that check for one (Lightning,
+    the Hugging Face Trainer) expect: ``step()`` after each ``optimizer.step()``,
+    ``last_epoch`` counts the steps taken, ``base_lrs`` are the groups' starting rates, and
+    ``get_last_lr()``, ``state_dict()`` and ``load_state_dict()`` behave as theirs do.
 
     Args:
       optimizer: built from :func:`create_param_groups`.
@@ -199,6 +219,7 @@ class MaxPScheduler:
                 solver_warmup_steps, solve_interval, stop_after=max(decay_start - 1, 0)
             )
         self._apply(0)
+        _start_like_lr_scheduler(self, optimizer)
 
     @property
     def lr_prefactor(self) -> float:
@@ -212,6 +233,12 @@ class MaxPScheduler:
         """Write every group's rate: ``factor`` (an outside schedule's) x WSD x maxP's per-layer rate."""
         self.param.lr_prefactor = self.base_lr * factor * float(self.wsd(step))
         self.param._sync(self.optimizer)
+        self.last_epoch = step
+        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    def get_lr(self) -> list[float]:
+        """Every param group's current rate (what ``LRScheduler.get_lr`` gives)."""
+        return [g["lr"] for g in self.optimizer.param_groups]
 
     def capture_initial(self, x: torch.Tensor) -> None:
         """Record the layers' inputs and weights before training."""
@@ -242,7 +269,7 @@ class MaxPScheduler:
         self._apply(self.param.step_count)
 
 
-class ChainedMaxPScheduler:
+class ChainedMaxPScheduler(LRScheduler):
     """A :class:`MaxPScheduler` with standard schedulers moving its base learning rate.
 
     At every step each group's rate is the outside schedule's factor times maxP's rate for
@@ -269,6 +296,10 @@ class ChainedMaxPScheduler:
         if not self._initial[0] > 0:
             raise MaxPError(f"the first param group's initial_lr is {self._initial[0]!r}; it must be > 0")
         maxp_scheduler._apply(maxp_scheduler.param.step_count, self.factor)
+        self.optimizer = maxp_scheduler.optimizer
+        self.base_lrs = maxp_scheduler.base_lrs
+        self.last_epoch = maxp_scheduler.last_epoch
+        self._last_lr = maxp_scheduler._last_lr
 
     @property
     def factor(self) -> float:
@@ -287,6 +318,11 @@ class ChainedMaxPScheduler:
         self._shadow = [g["lr"] for g in groups]
         self.maxp.param.step(x, None)
         self.maxp._apply(self.maxp.param.step_count, self.factor)
+        self.last_epoch = self.maxp.last_epoch
+        self._last_lr = self.maxp._last_lr
+
+    def get_lr(self) -> list[float]:
+        return self.maxp.get_lr()
 
     def get_last_lr(self) -> list[float]:
         return self.maxp.get_last_lr()
@@ -312,3 +348,5 @@ class ChainedMaxPScheduler:
         self._shadow = list(state["shadow"])
         self._initial = list(state.get("initial", self._initial))
         self.maxp._apply(self.maxp.param.step_count, self.factor)
+        self.last_epoch = self.maxp.last_epoch
+        self._last_lr = self.maxp._last_lr
