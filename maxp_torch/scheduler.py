@@ -31,10 +31,11 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from maxp_core import MaxPError, WSDSchedule, validate
-from maxp_torch.layers import HookedLayer, kind_of
+from maxp_torch.layers import CONV, TRANSPOSED, HookedLayer, kind_of
 from maxp_torch.parametrization import Parametrization, optimizer_kind
 
 _LAYERS_ATTRIBUTE = "_maxp_layers"
+UNPLACED = (CONV, TRANSPOSED)  # layer kinds whose role a Linear stack's order cannot tell
 
 
 def linear_layers(model: nn.Module) -> list[tuple[str, HookedLayer]]:
@@ -42,6 +43,14 @@ def linear_layers(model: nn.Module) -> list[tuple[str, HookedLayer]]:
     cached = getattr(model, _LAYERS_ATTRIBUTE, None)
     if cached is not None:
         return cached
+    others = [f"{n} ({type(m).__name__})" for n, m in model.named_modules() if kind_of(m) in UNPLACED]
+    if others:
+        raise MaxPError(
+            f"the first release's API reads plain nn.Linear stacks (first Linear the embedding, last the "
+            f"readout), but {type(model).__name__} also has {others[:4]}{' ...' if len(others) > 4 else ''}, "
+            "whose roles it cannot tell; give every layer its role with "
+            "Parametrization(model, rules=[Rule(pattern, role), ...])"
+        )
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Embedding)]
     linears = [k for k, (_, m) in enumerate(found) if isinstance(m, nn.Linear)]
     if len(found) < 2 or not linears:

@@ -386,3 +386,9 @@ def test_describe_and_metrics_report_each_layer() -> None:
     assert logged["maxp/lr/blocks.1.v"] == pytest.approx(0.1 / D) and logged["maxp/c/blocks.1.v"] == 1.0
     assert logged["maxp/step"] == 0.0 and math.isfinite(logged["maxp/u/head"])
     assert "TinyGPT, 10 layers" in repr(param)
+
+
+def test_first_release_api_refuses_models_with_layers_it_cannot_place() -> None:
+    model = CNN()
+    with pytest.raises(MaxPError, match=r"'stem \(Conv2d\)', 'conv \(Conv2d\)'\], whose roles it cannot"):
+        initialize_abc_weights(model)
