@@ -137,7 +137,29 @@ def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, .
     return args if args else tuple(kwargs.values())
 
 
-class HookedLayer:
+class _Layer:
+    """What a :class:`~maxp_torch.Parametrization` reads of any layer it did not wrap."""
+
+    folded = False
+    inner: Any = None
+    kind: LayerKind = LINEAR
+
+    def __init__(
+        self, layer_type: str, width_dim: int, a: float | None, b: float | None, c: float | None
+    ) -> None:
+        self.layer_type = layer_type
+        self.width_dim = width_dim
+        self.a, self.b, self.c = a, b, c
+        self.scale = 1.0
+        self._recorder: Callable[[Any, tuple[Any, ...]], None] | None = None
+        self._tracer: Any = None
+
+    @property
+    def role(self) -> Role:
+        return Role(self.layer_type)
+
+
+class HookedLayer(_Layer):
     """A module maxP treats as a layer without wrapping it.
 
     A forward hook multiplies the output by :attr:`scale` (``width_dim^-a``, set by the
@@ -145,8 +167,6 @@ class HookedLayer:
     maxP's measurements install. Attributes mirror :class:`~maxp_torch.ParametrizedModule`.
     :meth:`remove` takes the hooks off.
     """
-
-    folded = False
 
     def __init__(
         self,
@@ -158,14 +178,9 @@ class HookedLayer:
         c: float | None = None,
         kind: LayerKind | None = None,
     ) -> None:
+        super().__init__(layer_type, width_dim, a, b, c)
         self.inner = module
-        self.layer_type = layer_type
-        self.width_dim = width_dim
-        self.a, self.b, self.c = a, b, c
         self.kind = kind or kind_of(module) or LINEAR
-        self.scale = 1.0
-        self._recorder: Callable[[Any, tuple[Any, ...]], None] | None = None
-        self._tracer: Any = None
         self._handles = [
             module.register_forward_pre_hook(self._pre_hook, with_kwargs=True),
             module.register_forward_hook(self._post_hook, always_call=True),
@@ -190,18 +205,14 @@ class HookedLayer:
             handle.remove()
 
     @property
-    def role(self) -> Role:
-        return Role(self.layer_type)
-
-    @property
     def weight(self) -> torch.Tensor:
-        return self.inner.weight  # type: ignore[return-value]
+        return self.inner.weight  # type: ignore[no-any-return]
 
     def parameters(self) -> Iterator[nn.Parameter]:
         return self.inner.parameters()
 
 
-class ParameterLayer:
+class ParameterLayer(_Layer):
     """A bare parameter given a role: a class token or position embedding, added to the stream.
 
     It has no module whose output could be multiplied, so its multiplier ``n^-a`` is folded
@@ -210,7 +221,6 @@ class ParameterLayer:
     """
 
     folded = True
-    inner = None
     kind = PARAMETER
 
     def __init__(
@@ -222,20 +232,11 @@ class ParameterLayer:
         b: float | None = None,
         c: float | None = None,
     ) -> None:
+        super().__init__(layer_type, width_dim, a, b, c)
         self.parameter = parameter
-        self.layer_type = layer_type
-        self.width_dim = width_dim
-        self.a, self.b, self.c = a, b, c
-        self.scale = 1.0
-        self._recorder: Callable[[Any, tuple[Any, ...]], None] | None = None
-        self._tracer: Any = None
 
     def remove(self) -> None:
         """Nothing to take off: a bare parameter has no hooks."""
-
-    @property
-    def role(self) -> Role:
-        return Role(self.layer_type)
 
     @property
     def weight(self) -> torch.Tensor:

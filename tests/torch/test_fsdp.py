@@ -1,30 +1,14 @@
 """Parametrization on an FSDP2 (fully_shard) model: 2 gloo ranks agree with each other and one process."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.torch.ranks import run_ranks
 
 
 def results(world: int, out_dir: Path, order: str) -> list[dict]:
-    out_dir.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.torch.fsdp_run", str(world), str(out_dir), order],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(world)]
+    return run_ranks("tests.torch.fsdp_run", world, out_dir, order)
 
 
 def test_sharded_ranks_match_each_other_and_one_process(tmp_path: Path) -> None:
