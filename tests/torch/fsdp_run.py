@@ -1,9 +1,9 @@
 """Train a rules-parametrized MLP sharded with FSDP2 (``fully_shard``, gloo, CPU) and write its rates.
 
-``python -m tests.torch.fsdp_run WORLD_SIZE OUT_DIR ORDER`` writes ``rank<r>.json`` per rank.
-ORDER ``shard-first`` shards, then builds the Parametrization (the supported order);
-``parametrize-first`` builds it first and records the error maxP raises. With a world of
-1 nothing is sharded: one process on the whole batch.
+``python -m tests.torch.fsdp_run WORLD_SIZE OUT_DIR`` writes ``rank<r>.json`` per rank. Each
+rank first builds a Parametrization and then shards (the refused order, whose error is
+recorded), then shards a fresh model and builds the Parametrization (the supported order)
+and trains it. :func:`train` with a world of 1 is the unsharded reference.
 """
 
 import json
@@ -42,34 +42,39 @@ def shard(model: nn.Module) -> None:
     fully_shard(model)
 
 
-def run(rank: int, world: int, init_file: str, out_dir: str, order: str) -> None:
+def run(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    if world > 1:
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        result = train(rank, world, order)
+        result = {"refused": refusal(rank, world), **train(rank, world)}
     finally:
-        if world > 1:
-            dist.barrier()
-            dist.destroy_process_group()
+        dist.barrier()
+        dist.destroy_process_group()
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
         json.dump(result, handle)
 
 
-def train(rank: int, world: int, order: str) -> dict:
-    model = mlp()
+def batch(rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = data(n=32, dtype=torch.float64)
     share = len(x) // world
-    x, y = x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share]
-    if order == "parametrize-first":
-        param = Parametrization(model, rules=RULES, lr_prefactor=0.05, warmup_steps=1, solve_interval=2)
-        if world > 1:
-            shard(model)
-        try:
-            param.capture_initial(x)
-        except MaxPError as err:
-            return {"rank": rank, "error": str(err)}
-        return {"rank": rank, "error": None}
+    return x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share]
+
+
+def refusal(rank: int, world: int) -> str | None:
+    """The error maxP raises when the model is sharded after its Parametrization."""
+    model = mlp()
+    param = Parametrization(model, rules=RULES)
+    shard(model)
+    try:
+        param.capture_initial(batch(rank, world)[0])
+    except MaxPError as err:
+        return str(err)
+    return None
+
+
+def train(rank: int, world: int) -> dict:
+    model = mlp()
+    x, y = batch(rank, world)
     if world > 1:
         shard(model)
     param = Parametrization(model, rules=RULES, lr_prefactor=0.05, warmup_steps=1, solve_interval=2)
@@ -93,12 +98,9 @@ def train(rank: int, world: int, order: str) -> dict:
 
 
 def main() -> None:
-    world, out_dir, order = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-    if world == 1:
-        run(0, 1, "", out_dir, order)
-        return
+    world, out_dir = int(sys.argv[1]), sys.argv[2]
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(run, args=(world, os.path.join(tmp, "init"), out_dir, order), nprocs=world, join=True)
+        mp.spawn(run, args=(world, os.path.join(tmp, "init"), out_dir), nprocs=world, join=True)
 
 
 if __name__ == "__main__":
