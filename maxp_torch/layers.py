@@ -133,6 +133,22 @@ def conv_patches(module: Any, x: torch.Tensor) -> torch.Tensor:
     return x.permute(order).reshape(-1, channels * math.prod(module.kernel_size))
 
 
+def _install_hooks(
+    module: nn.Module, pre: Callable[..., Any], post: Callable[..., Any], with_kwargs: bool = False
+) -> list[Any]:
+    """A forward pre-hook and a forward hook that runs even when the forward raises (so what
+    the pre-hook entered is always left)."""
+    return [
+        module.register_forward_pre_hook(pre, with_kwargs=with_kwargs),
+        module.register_forward_hook(post, always_call=True),
+    ]
+
+
+def _remove_hooks(handles: list[Any]) -> None:
+    for handle in handles:
+        handle.remove()
+
+
 def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
     return args if args else tuple(kwargs.values())
 
@@ -181,10 +197,7 @@ class HookedLayer(_Layer):
         super().__init__(layer_type, width_dim, a, b, c)
         self.inner = module
         self.kind = kind or kind_of(module) or LINEAR
-        self._handles = [
-            module.register_forward_pre_hook(self._pre_hook, with_kwargs=True),
-            module.register_forward_hook(self._post_hook, always_call=True),
-        ]
+        self._handles = _install_hooks(module, self._pre_hook, self._post_hook, with_kwargs=True)
 
     def _pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         inputs = _first_tensor(args, kwargs)
@@ -201,8 +214,7 @@ class HookedLayer(_Layer):
 
     def remove(self) -> None:
         """Take the hooks off the module."""
-        for handle in self._handles:
-            handle.remove()
+        _remove_hooks(self._handles)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -279,10 +291,7 @@ class AttentionScope:
         self.a = a
         self.width = width
         self._active: list[_ScaledAttention] = []
-        self._handles = [
-            module.register_forward_pre_hook(self._enter),
-            module.register_forward_hook(self._leave, always_call=True),
-        ]
+        self._handles = _install_hooks(module, self._enter, self._leave)
 
     def _enter(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         mode = _ScaledAttention(self.a, self.width)
@@ -295,5 +304,4 @@ class AttentionScope:
 
     def remove(self) -> None:
         """Take the hooks off the module."""
-        for handle in self._handles:
-            handle.remove()
+        _remove_hooks(self._handles)

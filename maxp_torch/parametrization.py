@@ -36,7 +36,7 @@ from maxp_core.parametrizations import attention_exponent, parse_parametrization
 from maxp_core.rules import tied_disagreement
 from maxp_core.symmetry import fold_multiplier
 from maxp_torch import sharding
-from maxp_torch.layers import LINEAR, TRANSPOSED, kind_of
+from maxp_torch.layers import TRANSPOSED, kind_of
 from maxp_torch.module import ParametrizedModule
 from maxp_torch.rules import Rule, RuledLayers, apply_rules
 from maxp_torch.trace import call_model, trace_graph
@@ -519,9 +519,9 @@ class Parametrization:
         for j, k in enumerate(self.weighted):
             a, b, c = self._abc(j)
             alpha, omega, u = self.alignment[self._row[k]]
-            kind = getattr(self.modules[k], "kind", None)
+            kind = self.modules[k].kind
             rows.append(
-                (self.names[k], self.modules[k].layer_type, kind.name if kind else "-", self._width(k),
+                (self.names[k], self.modules[k].layer_type, kind.name, self._width(k),
                  a, b, c, float(alpha), float(omega), float(u), self._lr(group_of[j]))
             )  # fmt: skip
         header = ("layer", "role", "kind", "width", "a", "b", "c", "alpha", "omega", "u", "lr")
@@ -546,7 +546,7 @@ class Parametrization:
             for k in self.weighted
             if self.modules[k].role is not Role.EMBEDDING
             and k not in self.overrides
-            and getattr(self.modules[k], "kind", LINEAR).measurable
+            and self.modules[k].kind.measurable
         ]
 
     def _record(self, keep: dict[int, torch.Tensor]) -> None:
@@ -848,8 +848,8 @@ def _tied_groups(weights: Sequence[Any]) -> list[list[int]]:
 def first_rows(x: Any, n: int, clone: bool = False) -> Any:
     """The first ``n`` samples of a batch: a tensor, a tuple of tensors (positional arguments)
     or a mapping of keyword arguments (``{"input_ids": ..., "attention_mask": ...}``)."""
-    tensors = [v for v in (x.values() if isinstance(x, Mapping) else x if isinstance(x, tuple) else [x])]
-    batched = [v for v in tensors if isinstance(v, torch.Tensor) and v.ndim > 0]
+    values = x.values() if isinstance(x, Mapping) else x if isinstance(x, tuple) else [x]
+    batched = [v for v in values if isinstance(v, torch.Tensor) and v.ndim > 0]
     if not batched:
         raise MaxPError(
             f"the model's input must be a tensor batch, a tuple of them or a dict of keyword arguments "
