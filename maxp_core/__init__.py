@@ -23,7 +23,14 @@ from maxp_core.alignment import (
     spectral_alignment,
     why_missing,
 )
-from maxp_core.errors import GraphError, InfeasibleError, MaxPError, SolverError, StabilityError
+from maxp_core.errors import (
+    CallOrderError,
+    GraphError,
+    InfeasibleError,
+    MaxPError,
+    SolverError,
+    StabilityError,
+)
 from maxp_core.graph import ALIGNMENT_PRESETS, Node, OpGraph, alignment_preset, chain
 from maxp_core.lp import SOLVERS, Solution, StabilityLP
 from maxp_core.parametrizations import (
@@ -44,6 +51,7 @@ __all__ = [
     "PARAMETRIZATIONS",
     "SOLVERS",
     "Alignment",
+    "CallOrderError",
     "GraphError",
     "InfeasibleError",
     "LayerExponents",

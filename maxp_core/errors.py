@@ -25,3 +25,11 @@ class InfeasibleError(MaxPError):
 
 class SolverError(MaxPError):
     """The solver failed or returned something other than an optimal solution."""
+
+
+class CallOrderError(MaxPError, RuntimeError):
+    """A method was called before the one it needs (``step`` before ``capture_initial``).
+
+    Also a ``RuntimeError``, which is what PyTorch and the published maxP raise for calls
+    out of order, so either ``except`` clause catches it.
+    """

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from maxp_core import (
+    CallOrderError,
     MaxPError,
     OpGraph,
     Resolver,
@@ -620,7 +621,7 @@ class Parametrization:
         self.step_count += 1
         if self.schedule.should_solve(self.step_count):
             if self._sample is None:
-                raise MaxPError("step() before capture_initial(x): capture the initial state first")
+                raise CallOrderError("step() before capture_initial(x): capture the initial state first")
             self._resolve(x)
         if optimizer is not None:
             self._sync(optimizer)
