@@ -106,8 +106,8 @@ class WSDSchedule:
     Warmup ramps linearly from ``min_factor`` to 1 over ``warmup_steps``; the stable
     phase holds 1 for ``stable_steps``; the decay phase goes from 1 to ``min_factor``
     over ``decay_steps`` (cosine or linear) and stays there. With
-    ``decay_type="none"`` the schedule is off: the multiplier is 1 and no other
-    argument may be set.
+    ``decay_type="none"`` there is no decay: the multiplier ramps over ``warmup_steps``
+    (if any) and then stays 1; ``stable_steps`` and ``decay_steps`` may not be set.
 
     Args:
       warmup_steps: linear warmup length (>= 0).
@@ -131,11 +131,15 @@ class WSDSchedule:
         _check_int("warmup_steps", self.warmup_steps, 0)
         if self.decay_type == "none":
             given = [k for k in ("stable_steps", "decay_steps") if getattr(self, k) is not None]
-            given += [k for k in ("warmup_steps", "min_factor") if getattr(self, k)]
             if given:
                 raise MaxPError(
-                    f"decay_type='none' turns WSD off, but {given} were set; "
+                    f"decay_type='none' has no decay phase, but {given} were set; "
                     "choose decay_type='cosine' or 'linear'"
+                )
+            if self.min_factor and not self.warmup_steps:
+                raise MaxPError(
+                    f"min_factor={self.min_factor!r} sets where warmup starts and decay ends, but "
+                    "decay_type='none' and warmup_steps=0 have neither; set warmup_steps or a decay_type"
                 )
             return
         if self.stable_steps is None or self.decay_steps is None:
@@ -185,11 +189,11 @@ def wsd_multiplier(
     xp: ModuleType = np,
 ) -> Any:
     """The WSD curve; see :class:`WSDSchedule` (which validates its arguments)."""
-    if decay_type == "none":
-        return xp.ones_like(xp.asarray(step, dtype=xp.float32))
     step = xp.asarray(step, dtype=xp.float32)
     span = 1.0 - min_factor
     warm = min_factor + span * step / max(warmup_steps, 1)
+    if decay_type == "none":
+        return xp.where(step < warmup_steps, warm, xp.ones_like(step))
     progress = xp.clip((step - warmup_steps - stable_steps) / decay_steps, 0.0, 1.0)
     if decay_type == "cosine":
         decayed = min_factor + span * 0.5 * (1.0 + xp.cos(math.pi * progress))

@@ -69,6 +69,14 @@ def test_wsd_linear_and_off() -> None:
     assert not off.enabled and float(off(123)) == 1.0 and off.decay_start is None
 
 
+def test_wsd_without_decay_is_a_linear_warmup_then_one() -> None:
+    w = WSDSchedule(warmup_steps=4, decay_type="none", min_factor=0.2)
+    # min + (1 - min) * t / 4 up to step 4, then the base rate for good.
+    expected = [0.2 + 0.8 * t / 4 for t in range(4)] + [1.0] * 4
+    assert [float(w(t)) for t in range(8)] == pytest.approx(expected)
+    assert w.decay_start is None and not w.in_decay(10**6)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -79,9 +87,9 @@ def test_wsd_linear_and_off() -> None:
         ({"stable_steps": 1, "decay_steps": 3, "min_factor": 1.5}, "min_factor must be in \\[0, 1\\]"),
         (
             {"decay_type": "none", "decay_steps": 3},
-            "decay_type='none' turns WSD off, but \\['decay_steps'\\]",
+            "decay_type='none' has no decay phase, but \\['decay_steps'\\]",
         ),
-        ({"decay_type": "none", "warmup_steps": 3}, "but \\['warmup_steps'\\] were set"),
+        ({"decay_type": "none", "min_factor": 0.1}, "set warmup_steps or a decay_type"),
     ],
 )
 def test_wsd_rejects(kwargs, message: str) -> None:
