@@ -108,9 +108,9 @@ def build(
     if rule == "summed":
         solution = StabilityLP(summed(param.graph), "adam").solve()
         for group in param.param_groups:
-            if group["name"] in solution.c:
-                k = param.names.index(group["name"])
-                group["lr"] = lr * param.modules[k].width_dim ** -solution.c[group["name"]]
+            if group["layer_name"] in solution.c:
+                k = param.names.index(group["layer_name"])
+                group["lr"] = lr * param.modules[k].width_dim ** -solution.c[group["layer_name"]]
     return model, param
 
 

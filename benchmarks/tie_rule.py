@@ -222,8 +222,8 @@ def gpt_rates(param: Any, rule: str) -> dict[str, float]:
     param.c = np.array([c[name] for name in param.get_layer_names()])
     widths = {name: module.width_dim for name, module in zip(param.names, param.modules, strict=True)}
     for group in param.param_groups:
-        if group["name"] in c:
-            group["lr"] = param.lr_prefactor * float(widths[group["name"]]) ** -c[group["name"]]
+        if group["layer_name"] in c:
+            group["lr"] = param.lr_prefactor * float(widths[group["layer_name"]]) ** -c[group["layer_name"]]
     return c
 
 

@@ -167,6 +167,9 @@ class _Layer:
         self.width_dim = width_dim
         self.a, self.b, self.c = a, b, c
         self.scale = 1.0
+        self.alpha: float | None = None
+        self.omega: float | None = None
+        self.u: float | None = None
         self._recorder: Callable[[Any, tuple[Any, ...]], None] | None = None
         self._tracer: Any = None
 

@@ -23,7 +23,7 @@ class ParametrizedModule(nn.Module):
         ``lambda q, k: q @ k.transpose(-2, -1)``.
       width_dim: the ``n`` of ``n^-a, n^-b, n^-c``: the contracted dimension that scales
         with width (for an embedding, the embedding size).
-      layer_type: ``"embedding"``, ``"hidden"`` or ``"readout"``.
+      layer_type: ``"embedding"``, ``"hidden"`` (the default) or ``"readout"``.
       a, b, c: override the parametrization's exponents for this layer (``c`` pins the
         learning-rate exponent in the LP).
 
@@ -40,7 +40,8 @@ class ParametrizedModule(nn.Module):
         self,
         module_or_fn: nn.Module | Callable[..., torch.Tensor],
         width_dim: int,
-        layer_type: str,
+        layer_type: str = "hidden",
+        *,
         a: float | None = None,
         b: float | None = None,
         c: float | None = None,
@@ -71,6 +72,10 @@ class ParametrizedModule(nn.Module):
             for key, value in (("a", a), ("b", b), ("c", c))
         )
         self.scale = 1.0
+        # The latest measured (or, before the first re-solve, assumed) alignment, set by Parametrization.
+        self.alpha: float | None = None
+        self.omega: float | None = None
+        self.u: float | None = None
         self._recorder: Callable[[ParametrizedModule, tuple[Any, ...]], None] | None = None
         self._tracer: Callable[..., Any] | None = None
 

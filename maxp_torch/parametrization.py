@@ -226,10 +226,11 @@ class Parametrization:
         reinit = validate.boolean(reinit, "reinit")
         self.seed = validate.integer(seed, "seed", 0)
         if solver is not None and not isinstance(solver, str):
-            raise MaxPError(
-                f"solver must be 'highs' or 'clarabel', got {type(solver).__name__}: this backend "
-                "solves an LP, not the PuLP MILP, so PuLP solver objects do not apply"
+            warn_user(
+                f"solver={type(solver).__name__}(...) is not used: this backend solves an exact LP with "
+                "HiGHS, not the published MILP with PuLP; pass solver='highs' or 'clarabel' to choose"
             )
+            solver = None
 
         self.parametrization = parse_parametrization(parametrization)
         self.strict = validate.boolean(strict, "strict")
@@ -313,6 +314,7 @@ class Parametrization:
         self._sample: torch.Tensor | None = None
         self._initial_model: nn.Module | None = None
         self._recorded: dict[int, torch.Tensor] = {}
+        self._publish_alignments()
 
     # --- setup ------------------------------------------------------------------------
 
@@ -429,14 +431,29 @@ class Parametrization:
                 if id(p) not in taken:
                     taken.add(id(p))
                     params.append(p)
-            group = {"params": params, "lr": self._lr(g), "name": self.names[layers[0]]}
+            group = {
+                "params": params,
+                "lr": self._lr(g),
+                "layer_name": self.names[layers[0]],
+                "c": self._group_c(g),
+                "fan_in": self._width(self.weighted[self._binding(g)]),
+                "maxp_managed": True,
+            }
             if len(layers) > 1:
                 group["tied"] = [self.names[k] for k in layers]
             groups.append(group)
         rest = [p for p in self.model.parameters() if id(p) not in taken]
         if rest:
-            groups.append({"params": rest, "lr": self.lr_prefactor, "name": "other"})
+            other = {"params": rest, "lr": self.lr_prefactor, "layer_name": "_other", "maxp_managed": False}
+            groups.append(other)
         return groups
+
+    def _binding(self, g: int) -> int:
+        """The weighted layer whose rate group ``g`` runs at (the smaller of a tied weight's uses)."""
+        return min(self.groups[g], key=self._layer_lr)
+
+    def _group_c(self, g: int) -> float:
+        return float(self.c[self._binding(g)])
 
     def _layer_lr(self, j: int) -> float:
         """The rate weighted layer ``j`` asks for: ``lr_prefactor * width^-c`` (c folded if bare)."""
@@ -472,7 +489,7 @@ class Parametrization:
     def get_alignment(self) -> tuple[list[float], list[float], list[float]]:
         """``(alpha, omega, u)`` lists, one entry per group of :meth:`get_layer_names` (for a tied
         weight, the layer whose rate it takes)."""
-        binding = [min(members, key=self._layer_lr) for members in self.groups]
+        binding = [self._binding(g) for g in range(len(self.groups))]
         rows = self.alignment[[self._row[self.weighted[j]] for j in binding]]
         return rows[:, 0].tolist(), rows[:, 1].tolist(), rows[:, 2].tolist()
 
@@ -628,18 +645,32 @@ class Parametrization:
 
     def _sync(self, optimizer: torch.optim.Optimizer) -> None:
         groups = optimizer.param_groups
-        expected = [g["name"] for g in self.param_groups]
-        names = [g.get("name") for g in groups]
+        expected = [g["layer_name"] for g in self.param_groups]
+        names = [g.get("layer_name") for g in groups]
         if names != expected:
             raise MaxPError(
                 f"the optimizer's param groups {names} do not match the parametrization's {expected}; "
                 "build the optimizer from param.param_groups"
             )
         self._check_optimizer(optimizer)
-        for g, group in enumerate(groups[: len(self.groups)]):
+        self._refresh_groups()
+        for ours, theirs in zip(self.param_groups, groups, strict=True):
+            theirs["lr"] = ours["lr"]
+            if "c" in ours:
+                theirs["c"] = ours["c"]
+
+    def _refresh_groups(self) -> None:
+        """Write the current rates and exponents into :attr:`param_groups` (as the published maxP does)."""
+        for g, group in enumerate(self.param_groups[: len(self.groups)]):
             group["lr"] = self._lr(g)
-        if len(groups) > len(self.groups):
-            groups[-1]["lr"] = self.lr_prefactor
+            group["c"] = self._group_c(g)
+        if len(self.param_groups) > len(self.groups):
+            self.param_groups[-1]["lr"] = self.lr_prefactor
+
+    def _publish_alignments(self) -> None:
+        """Every layer's ``alpha``, ``omega``, ``u`` attributes: its latest (or assumed) alignment."""
+        for k, module in enumerate(self.modules):
+            module.alpha, module.omega, module.u = (float(v) for v in self.alignment[self._row[k]])
 
     def _check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """The optimizer must be of the kind the LP was solved for (once per optimizer)."""
@@ -778,6 +809,8 @@ class Parametrization:
             self.failures += 1
         else:
             self.solves += 1
+        self._publish_alignments()
+        self._refresh_groups()
 
     # --- checkpoints ------------------------------------------------------------------
 
@@ -835,6 +868,8 @@ class Parametrization:
             self._initial_model = copy.deepcopy(unwrap(self.model))
             self._initial_model.load_state_dict(state["initial_model"])
             self._record(self._recorded)
+        self._publish_alignments()
+        self._refresh_groups()
 
 
 def _tied_groups(weights: Sequence[Any]) -> list[list[int]]:

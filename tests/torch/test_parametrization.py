@@ -55,7 +55,7 @@ def test_static_rates_scales_and_init() -> None:
     expected_c = list(StabilityLP(chain(4), "adam").solve().c.values())  # muP chain, full alignment
     np.testing.assert_allclose(param.c, expected_c, atol=1e-9)
     assert param.get_last_lr() == pytest.approx([0.1 * 128**-c for c in expected_c])
-    assert [g["name"] for g in param.param_groups] == [f"layers.{i}" for i in range(4)]
+    assert [g["layer_name"] for g in param.param_groups] == [f"layers.{i}" for i in range(4)]
     assert param.get_layer_names() == [f"layers.{i}" for i in range(4)]
     for layer, a in zip(model.layers, [-0.5, 0.0, 0.0, 0.5], strict=True):
         assert layer.scale == pytest.approx(128**-a)
@@ -67,7 +67,7 @@ def test_other_parameters_get_the_base_rate() -> None:
     model = MLP(depth=3)
     model.norm = nn.LayerNorm(64)
     param = Parametrization(model, lr_prefactor=0.01)
-    assert param.param_groups[-1]["name"] == "other"
+    assert param.param_groups[-1]["layer_name"] == "_other"
     assert param.param_groups[-1]["lr"] == 0.01
     assert len(param.param_groups[-1]["params"]) == 2
 
