@@ -10,7 +10,7 @@ Plain ``nn.Linear`` stacks can use the first release's API:
 
 from maxp_torch.diagnose import diagnose_axis, plot_axis, print_axis
 from maxp_torch.layers import conv_patches
-from maxp_torch.module import LAYER_TYPES, ParametrizedModule
+from maxp_torch.module import LAYER_TYPES, ParametrizedModule, ScaledLinear
 from maxp_torch.parametrization import (
     Parametrization,
     measurement_mode,
@@ -23,6 +23,7 @@ from maxp_torch.scheduler import (
     ChainedMaxPScheduler,
     MaxPScheduler,
     create_param_groups,
+    get_linear_layers,
     initialize_abc_weights,
     linear_layers,
 )
@@ -34,10 +35,12 @@ __all__ = [
     "Parametrization",
     "ParametrizedModule",
     "Rule",
+    "ScaledLinear",
     "apply_rules",
     "conv_patches",
     "create_param_groups",
     "diagnose_axis",
+    "get_linear_layers",
     "initialize_abc_weights",
     "linear_layers",
     "measurement_mode",

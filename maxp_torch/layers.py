@@ -182,9 +182,10 @@ class HookedLayer(_Layer):
     """A module maxP treats as a layer without wrapping it.
 
     A forward hook multiplies the output by :attr:`scale` (``width_dim^-a``, set by the
-    :class:`~maxp_torch.Parametrization`); a pre-hook hands the input to the recorder
-    maxP's measurements install. Attributes mirror :class:`~maxp_torch.ParametrizedModule`.
-    :meth:`remove` takes the hooks off.
+    :class:`~maxp_torch.Parametrization`) unless ``multiplies=False`` (the first release's
+    API, whose multipliers live in :class:`~maxp_torch.ScaledLinear` wrappers); a pre-hook
+    hands the input to the recorder maxP's measurements install. Attributes mirror
+    :class:`~maxp_torch.ParametrizedModule`. :meth:`remove` takes the hooks off.
     """
 
     def __init__(
@@ -196,10 +197,12 @@ class HookedLayer(_Layer):
         b: float | None = None,
         c: float | None = None,
         kind: LayerKind | None = None,
+        multiplies: bool = True,
     ) -> None:
         super().__init__(layer_type, width_dim, a, b, c)
         self.inner = module
         self.kind = kind or kind_of(module) or LINEAR
+        self.multiplies = multiplies
         self._handles = _install_hooks(module, self._pre_hook, self._post_hook, with_kwargs=True)
 
     def _pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -210,7 +213,7 @@ class HookedLayer(_Layer):
             self._recorder(self, inputs)
 
     def _post_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-        out = output if self.scale == 1.0 else output * self.scale
+        out = output if self.scale == 1.0 or not self.multiplies else output * self.scale
         if self._tracer is not None:
             out = self._tracer.leave(self, out)
         return out

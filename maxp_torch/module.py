@@ -116,3 +116,57 @@ class ParametrizedModule(nn.Module):
         return (
             f"width_dim={self.width_dim}, layer_type={self.layer_type!r}, scale={self.scale:.6g}{overrides}"
         )
+
+
+class ScaledLinear(nn.Module):
+    """A layer whose output is multiplied by a fixed ``scale``: the first release's multiplier.
+
+    :func:`~maxp_torch.initialize_abc_weights` puts every layer with ``a != 0`` in one, with
+    ``scale = n^-a``. ``weight``, ``bias``, ``in_features`` and ``out_features`` are the
+    wrapped layer's; its parameters are registered under ``linear``, so a ``state_dict``
+    has keys ``<name>.linear.weight``. Any layer can be wrapped (an ``nn.Embedding`` too).
+
+    Example:
+      >>> layer = ScaledLinear(nn.Linear(4, 8), scale=0.125)
+      >>> layer
+      ScaledLinear(
+        in_features=4, out_features=8, bias=True, scale=0.125
+        (linear): Linear(in_features=4, out_features=8, bias=True)
+      )
+      >>> x = torch.randn(2, 4)
+      >>> torch.allclose(layer(x), 0.125 * layer.linear(x))
+      True
+    """
+
+    def __init__(self, linear: nn.Module, scale: float) -> None:
+        super().__init__()
+        if not isinstance(linear, nn.Module) or not isinstance(getattr(linear, "weight", None), torch.Tensor):
+            raise MaxPError(f"ScaledLinear wraps a layer with a weight, got {type(linear).__name__}")
+        self.linear = linear
+        self.scale = validate.real_number(scale, "ScaledLinear: scale")
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.linear.weight  # type: ignore[return-value]
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        bias = getattr(self.linear, "bias", None)
+        return bias if isinstance(bias, torch.Tensor) else None
+
+    @property
+    def in_features(self) -> int:
+        return int(getattr(self.linear, "in_features", self.weight.shape[-1]))
+
+    @property
+    def out_features(self) -> int:
+        return int(getattr(self.linear, "out_features", self.weight.shape[0]))
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.linear(*args, **kwargs) * self.scale
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, scale={self.scale:.4g}"
+        )

@@ -1,22 +1,33 @@
 """The first maxP release's API for plain ``nn.Linear`` stacks, on the same machinery.
 
-``initialize_abc_weights`` re-initialises the layers and installs their output
-multipliers, ``create_param_groups`` builds one group per layer, and
-:class:`MaxPScheduler` re-solves the LP during training and writes the learning rates;
-:class:`ChainedMaxPScheduler` lets standard ``torch.optim.lr_scheduler`` schedulers
-move the global rate while maxP keeps the per-layer ratios.
+``initialize_abc_weights`` re-initialises the layers and wraps those with a multiplier in
+:class:`ScaledLinear`, ``create_param_groups`` builds one group per layer weight (biases and
+everything else in an ``"_other"`` group), and :class:`MaxPScheduler` re-solves the LP
+during training and writes the learning rates; :class:`ChainedMaxPScheduler` lets standard
+``torch.optim.lr_scheduler`` schedulers move the global rate while maxP keeps the per-layer
+ratios. Signatures, defaults, group keys and errors follow the published maxP.
 
-Roles: ``nn.Embedding`` layers are embeddings (or, without any, the first
-``nn.Linear``); the last ``nn.Linear`` is the readout; the others are hidden. A
-layer's width is its embedding size for an embedding and its input size otherwise.
+Roles: ``nn.Embedding`` layers are embeddings (or, without any, the first ``nn.Linear``);
+the last ``nn.Linear`` is the readout; the others are hidden. A layer's width ``n`` (the
+``fan_in`` key of its group) is its embedding size for an embedding and its input size
+otherwise (the published first release reads the input size of the first layer too, which
+does not grow with the model).
 
 Example:
   >>> import torch
   >>> from torch import nn
   >>> model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-  >>> initialize_abc_weights(model, parametrization="mup")
-  >>> optimizer = torch.optim.AdamW(create_param_groups(model, lr_prefactor=0.1, parametrization="mup"))
-  >>> scheduler = MaxPScheduler(optimizer, model, parametrization="mup", lr_prefactor=0.1)
+  >>> model = initialize_abc_weights(model, parametrization="mup")
+  >>> model[0]
+  ScaledLinear(
+    in_features=16, out_features=64, bias=True, scale=8
+    (linear): Linear(in_features=16, out_features=64, bias=True)
+  )
+  >>> groups = create_param_groups(model, lr_prefactor=0.1, parametrization="mup")
+  >>> [(g["layer_name"], g.get("c")) for g in groups]
+  [('0', 0.5), ('2', 1.0), ('4', 0.5), ('_other', None)]
+  >>> optimizer = torch.optim.AdamW(groups)
+  >>> scheduler = MaxPScheduler(optimizer, model, 0.1, parametrization="mup")
   >>> [round(lr, 6) for lr in scheduler.get_last_lr()]
   [0.0125, 0.001563, 0.0125]
 """
@@ -30,19 +41,34 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from maxp_core import MaxPError, WSDSchedule, validate
+from maxp_core import MaxPError, WSDSchedule, default_ab, validate, warn_user
+from maxp_core.formulation import parse_optimizer
+from maxp_core.graph import alignment_preset
+from maxp_core.parametrizations import parse_parametrization
 from maxp_torch.layers import CONV, TRANSPOSED, HookedLayer, kind_of
+from maxp_torch.module import ScaledLinear
 from maxp_torch.parametrization import Parametrization, optimizer_kind
 
 _LAYERS_ATTRIBUTE = "_maxp_layers"
+_OWN_MULTIPLIERS = "_maxp_own_multipliers"
 UNPLACED = (CONV, TRANSPOSED)  # layer kinds whose role a Linear stack's order cannot tell
 
 
-def linear_layers(model: nn.Module) -> list[tuple[str, HookedLayer]]:
-    """The model's embeddings and linear layers with their roles (hooks installed once)."""
-    cached = getattr(model, _LAYERS_ATTRIBUTE, None)
-    if cached is not None:
-        return cached
+def get_linear_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The layers the first release's API manages, in the model's registration order.
+
+    ``nn.Linear`` and ``nn.Embedding`` modules; a :class:`ScaledLinear` counts once, under
+    its own name, with the layer it wraps. Unlike the published first release, layers whose
+    name contains ``attn`` are not skipped (they would silently train at the base rate), and
+    embeddings are layers.
+
+    Example:
+      >>> model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), ScaledLinear(nn.Linear(8, 2), 0.5))
+      >>> [(name, type(layer).__name__) for name, layer in get_linear_layers(model)]
+      [('0', 'Linear'), ('2', 'Linear')]
+    """
+    if not isinstance(model, nn.Module):
+        raise MaxPError(f"get_linear_layers needs an nn.Module, got {type(model).__name__}")
     others = [f"{n} ({type(m).__name__})" for n, m in model.named_modules() if kind_of(m) in UNPLACED]
     if others:
         raise MaxPError(
@@ -51,7 +77,18 @@ def linear_layers(model: nn.Module) -> list[tuple[str, HookedLayer]]:
             "whose roles it cannot tell; give every layer its role with "
             "Parametrization(model, rules=[Rule(pattern, role), ...])"
         )
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Embedding)]
+    found: list[tuple[str, nn.Module]] = []
+    wrapped: set[int] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, ScaledLinear):
+            found.append((name, module.linear))
+            wrapped.add(id(module.linear))
+        elif isinstance(module, nn.Linear | nn.Embedding) and id(module) not in wrapped:
+            found.append((name, module))
+    return found
+
+
+def _roles(found: list[tuple[str, nn.Module]], model: nn.Module) -> list[str]:
     linears = [k for k, (_, m) in enumerate(found) if isinstance(m, nn.Linear)]
     if len(found) < 2 or not linears:
         raise MaxPError(
@@ -59,19 +96,41 @@ def linear_layers(model: nn.Module) -> list[tuple[str, HookedLayer]]:
             "parametrizations need an embedding (or first Linear) and a readout (last Linear)"
         )
     has_embedding = any(isinstance(m, nn.Embedding) for _, m in found)
-    layers = []
-    for k, (name, module) in enumerate(found):
+    roles = []
+    for k, (_, module) in enumerate(found):
         if isinstance(module, nn.Embedding) or (not has_embedding and k == linears[0]):
-            layer_type = "embedding"
+            roles.append("embedding")
         elif k == linears[-1]:
-            layer_type = "readout"
+            roles.append("readout")
         else:
-            layer_type = "hidden"
+            roles.append("hidden")
+    return roles
+
+
+def linear_layers(model: nn.Module) -> list[tuple[str, HookedLayer]]:
+    """The model's layers with their roles, as maxP reads them (hooks installed once).
+
+    The hooks record inputs and trace; they never multiply: the first release's multipliers
+    are :class:`ScaledLinear` wrappers (or the model's own, ``apply_multipliers=False``).
+    """
+    cached = getattr(model, _LAYERS_ATTRIBUTE, None)
+    if cached is not None:
+        return cached
+    found = get_linear_layers(model)
+    layers = []
+    for (name, module), role in zip(found, _roles(found, model), strict=True):
         in_dim, _, out_dim = kind_of(module).dims(tuple(module.weight.shape))  # type: ignore[union-attr]
-        width = out_dim if layer_type == "embedding" else in_dim
-        layers.append((name, HookedLayer(module, layer_type, width)))
+        width = out_dim if role == "embedding" else in_dim
+        layers.append((name, HookedLayer(module, role, width, multiplies=False)))
     object.__setattr__(model, _LAYERS_ATTRIBUTE, layers)
     return layers
+
+
+def _forget_layers(model: nn.Module) -> None:
+    for _, layer in getattr(model, _LAYERS_ATTRIBUTE, None) or []:
+        layer.remove()
+    if hasattr(model, _LAYERS_ATTRIBUTE):
+        object.__delattr__(model, _LAYERS_ATTRIBUTE)
 
 
 def _start_like_lr_scheduler(scheduler: LRScheduler, optimizer: torch.optim.Optimizer) -> None:
@@ -88,138 +147,298 @@ def _start_like_lr_scheduler(scheduler: LRScheduler, optimizer: torch.optim.Opti
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
-def _set_exponents(layers: list[tuple[str, HookedLayer]], **per_layer: Sequence[float] | None) -> None:
-    for key, values in per_layer.items():
-        if values is None:
-            continue
-        if isinstance(values, str) or not isinstance(values, Sequence):
-            raise MaxPError(f"{key} must be a sequence of one value per layer, got {values!r}")
-        if len(values) != len(layers):
-            raise MaxPError(f"{key} has {len(values)} values but the model has {len(layers)} layers")
-        for (name, layer), value in zip(layers, values, strict=True):
-            setattr(layer, key[0], validate.exponent(value, f"{key} of layer {name!r}"))
+def _per_layer(values: Any, key: str, layers: list[tuple[str, HookedLayer]]) -> list[float]:
+    if isinstance(values, str) or not isinstance(values, Sequence):
+        raise MaxPError(f"{key} must be a sequence of one value per layer, got {values!r}")
+    if len(values) != len(layers):
+        raise MaxPError(
+            f"Length of {key} ({len(values)}) must match number of Linear layers ({len(layers)}): "
+            f"{[name for name, _ in layers]}"
+        )
+    check = validate.init_exponent if key == "bl" else validate.exponent
+    return [check(v, f"{key} of layer {name!r}") for (name, _), v in zip(layers, values, strict=True)]
 
 
-def _engine(model: nn.Module, reinit: bool, **kwargs: Any) -> Parametrization:
-    return Parametrization(model, layers=linear_layers(model), reinit=reinit, **kwargs)
+def _exponents(
+    layers: list[tuple[str, HookedLayer]],
+    parametrization: str | None,
+    custom: Mapping[str, Sequence[float] | None],
+) -> dict[str, list[float]]:
+    """Per-layer exponents from a named parametrization or from custom lists, not both (as published)."""
+    given = {key: values for key, values in custom.items() if values is not None}
+    keys = "/".join(f"'{k}'" for k in custom)
+    if parametrization is not None and given:
+        raise MaxPError(
+            f"Cannot specify both 'parametrization' and explicit {keys} values: use either a named "
+            "parametrization or custom values, not both"
+        )
+    if parametrization is None:
+        missing = [k for k in custom if k not in given]
+        if missing:
+            raise MaxPError(
+                f"Must provide either 'parametrization' or {keys} (missing {missing}); for the common "
+                "parametrizations use parametrization='mup', 'sp', 'ntk' or 'mfp'"
+            )
+        return {key: _per_layer(values, key, layers) for key, values in given.items()}
+    name = parse_parametrization(parametrization)
+    pairs = [default_ab(name, layer.layer_type) for _, layer in layers]
+    return {"al": [a for a, _ in pairs], "bl": [b for _, b in pairs]}
+
+
+def _set_layer_exponents(layers: list[tuple[str, HookedLayer]], **per_layer: list[float] | None) -> None:
+    for key in ("al", "bl", "cl"):
+        values = per_layer.get(key)
+        for k, (_, layer) in enumerate(layers):
+            setattr(layer, key[0], None if values is None else values[k])
 
 
 def initialize_abc_weights(
     model: nn.Module,
-    parametrization: str = "mup",
     al: Sequence[float] | None = None,
     bl: Sequence[float] | None = None,
+    parametrization: str | None = None,
+    optimizer: str = "adam",
+    alignment: str = "full",
     std_prefactor: float = 1.0,
+    apply_multipliers: bool = True,
+    *,
     seed: int = 0,
-) -> None:
-    """Re-initialise every layer with ``std = std_prefactor * n^-b`` and multiply its output by ``n^-a``.
+) -> nn.Module:
+    """Re-initialise every layer with ``std = std_prefactor * n^-b`` and give it the multiplier ``n^-a``.
 
-    Custom ``al``/``bl`` (one value per layer) must be stable at init for each role.
+    Give a named ``parametrization`` or both ``al`` and ``bl`` (one value per layer of
+    :func:`get_linear_layers`). Layers with ``a != 0`` are replaced in their parent by a
+    :class:`ScaledLinear` with ``scale = n^-a`` (a layer already wrapped gets its scale
+    updated, not a second wrapper); ``apply_multipliers=False`` only re-initialises, for a
+    model that applies its own multipliers. Biases start at zero.
+
+    Unlike the published first release, the weights are drawn from one seeded generator
+    per layer (``seed``), so :class:`MaxPScheduler` can redraw them exactly
+    (``resample_w0=True``), and ``(a, b)`` unstable at initialization for a layer's role is
+    refused here, naming the layer, instead of at the first re-solve.
+
+    Args:
+      model: the network; modified in place and returned.
+      al, bl: custom exponents, one per layer.
+      parametrization: ``"sp"``, ``"mup"``, ``"ntk"`` or ``"mfp"``.
+      optimizer, alignment: the LP the named parametrization's ``c`` comes from (checked here).
+      std_prefactor: the constant in front of ``n^-b``.
+      apply_multipliers: wrap layers with ``a != 0`` in :class:`ScaledLinear`.
+      seed: seeds the per-layer generators.
+
+    Returns:
+      ``model``.
     """
     layers = linear_layers(model)
-    _set_exponents(layers, al=al, bl=bl)
-    _engine(model, True, parametrization=parametrization, std_prefactor=std_prefactor, seed=seed)
+    exponents = _exponents(layers, parametrization, {"al": al, "bl": bl})
+    _set_layer_exponents(layers, **exponents)
+    Parametrization(
+        model,
+        layers=layers,
+        reinit=True,
+        parametrization=parametrization or "mup",
+        optimizer_type=parse_optimizer(optimizer),
+        alignment=alignment,
+        std_prefactor=std_prefactor,
+        seed=seed,
+    )
+    if not validate.boolean(apply_multipliers, "apply_multipliers"):
+        object.__setattr__(model, _OWN_MULTIPLIERS, True)
+        return model
+    _wrap_multiplied(model, layers, exponents["al"])
+    return model
+
+
+def _wrap_multiplied(model: nn.Module, layers: list[tuple[str, HookedLayer]], al: list[float]) -> None:
+    """Put every layer with ``a != 0`` in a :class:`ScaledLinear` (or set the scale of its wrapper)."""
+    owners = {id(m.linear): m for m in model.modules() if isinstance(m, ScaledLinear)}
+    for (name, layer), a in zip(layers, al, strict=True):
+        scale = float(layer.width_dim**-a)
+        wrapper = owners.get(id(layer.inner))
+        if wrapper is not None:
+            wrapper.scale = scale
+        elif a != 0.0:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            if parent is model and not child:
+                raise MaxPError("the model itself is a single layer; wrap it in an nn.Sequential")
+            setattr(parent, child, ScaledLinear(layer.inner, scale))
+    if hasattr(model, _OWN_MULTIPLIERS):
+        object.__delattr__(model, _OWN_MULTIPLIERS)
+    _forget_layers(model)
 
 
 def create_param_groups(
     model: nn.Module,
     lr_prefactor: float,
-    parametrization: str = "mup",
     cl: Sequence[float] | None = None,
-    optimizer_type: str = "adam",
+    parametrization: str | None = None,
+    optimizer: str = "adam",
     alignment: str = "full",
+    other_lr: float | None = None,
+    **kwargs: Any,
 ) -> list[dict[str, Any]]:
-    """One parameter group per layer at ``lr_prefactor * n^-c``, the rest at ``lr_prefactor``."""
-    _set_exponents(linear_layers(model), cl=cl)
-    return _engine(
-        model,
-        False,
-        parametrization=parametrization,
-        lr_prefactor=lr_prefactor,
-        optimizer_type=optimizer_type,
-        alignment=alignment,
-    ).param_groups
+    """One group per layer weight at ``lr_prefactor * n^-c``; everything else in ``"_other"``.
+
+    ``cl`` (one value per layer) or a named ``parametrization`` (its ``c`` solved by the LP
+    for ``optimizer`` and the ``alignment`` preset) gives the *starting* exponents:
+    :class:`MaxPScheduler` keeps these rates through its solver warm-up and re-solves every
+    ``c`` after it. Each layer group has the keys ``params`` (the weight), ``lr``,
+    ``layer_name``, ``fan_in`` (the width ``n``), ``c`` and ``maxp_managed=True``; the
+    ``"_other"`` group (biases, norms, anything else that trains) runs at ``other_lr``
+    (default ``lr_prefactor``) with ``maxp_managed=False``. Extra keyword arguments
+    (``weight_decay=...``, ``betas=...``) are copied into every group.
+    """
+    lr_prefactor = validate.positive_number(lr_prefactor, "lr_prefactor")
+    other_lr = lr_prefactor if other_lr is None else validate.positive_number(other_lr, "other_lr")
+    layers = linear_layers(model)
+    exponents = _exponents(layers, parametrization, {"cl": cl})
+    if parametrization is not None:
+        _set_layer_exponents(layers)
+        c = Parametrization(
+            model,
+            layers=layers,
+            reinit=False,
+            parametrization=parametrization,
+            optimizer_type=parse_optimizer(optimizer),
+            alignment=alignment,
+        ).c.tolist()
+    else:
+        c = exponents["cl"]
+    groups: dict[int, dict[str, Any]] = {}
+    for (name, layer), c_layer in zip(layers, c, strict=True):
+        lr = lr_prefactor * float(layer.width_dim**-c_layer)
+        weight = layer.weight
+        if id(weight) in groups and groups[id(weight)]["lr"] <= lr:
+            continue  # a tied weight runs at the smaller of its uses' rates
+        groups[id(weight)] = {
+            "params": [weight],
+            "lr": lr,
+            "layer_name": name,
+            "fan_in": layer.width_dim,
+            "c": float(c_layer),
+            "maxp_managed": True,
+            **kwargs,
+        }
+    managed = list(groups.values())
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in groups]
+    if rest:
+        managed.append(
+            {"params": rest, "lr": other_lr, "layer_name": "_other", "maxp_managed": False, **kwargs}
+        )
+    return managed
 
 
 class MaxPScheduler(LRScheduler):
     """Re-measure alignments, re-solve the LP and set each layer's learning rate.
 
-    A ``torch.optim.lr_scheduler.LRScheduler``, as frameworks that check for one (Lightning,
-    the Hugging Face Trainer) expect: ``step()`` after each ``optimizer.step()``,
-    ``last_epoch`` counts the steps taken, ``base_lrs`` are the groups' starting rates, and
-    ``get_last_lr()``, ``state_dict()`` and ``load_state_dict()`` behave as theirs do.
+    The published first release's scheduler: the same positional arguments and defaults,
+    the attributes ``al``, ``bl``, ``optimizer_type``, ``lr_prefactor`` and ``n_layers``,
+    and ``get_last_lr``, ``get_alignment`` (``(None, None, None)`` before the first
+    re-solve) and ``get_layer_names``. It is also a ``torch.optim.lr_scheduler.LRScheduler``,
+    as frameworks that check for one (Lightning, the Hugging Face Trainer) expect.
+
+    Until the first re-solve the layers keep the rates the optimizer's groups started with
+    (from :func:`create_param_groups`, times the WSD multiplier); from then on every ``c``
+    is the LP's for the measured alignments. Alignments are measured on the batch given to
+    :meth:`capture_initial` (``step(x)`` accepts a batch for compatibility and does not
+    need one), so the current and initial activations compare the same inputs.
 
     Args:
-      optimizer: built from :func:`create_param_groups`.
+      optimizer: built from :func:`create_param_groups` (groups with ``maxp_managed=True``).
       model: the model given to :func:`initialize_abc_weights`.
-      parametrization: ``"sp"``, ``"mup"``, ``"ntk"`` or ``"mfp"``.
       lr_prefactor: the base learning rate.
-      alignment: the preset used until the first re-solve.
-      solver_warmup_steps, solve_interval: when the LP is re-solved.
-      al, bl, cl: custom exponents per layer (``cl`` pins c).
-      optimizer_type: ``"adam"`` or ``"sgd"``; default: from the optimizer's class.
-      feature_learning: require ``r = 0`` for the layer before the readout.
-      resample_w0: draw the initial weights again instead of storing them (the model
-        must come from :func:`initialize_abc_weights` with the same ``seed``).
-      alignment_norm: ``"rms"`` or ``"spectral"``.
+      al, bl: custom exponents per layer, or
+      parametrization: ``"sp"``, ``"mup"``, ``"ntk"`` or ``"mfp"``.
+      alignment_assumption: ``"full"`` or ``"no"``: the alignment assumed where a layer's
+        measurement carries no information.
+      solver_warmup_steps: steps before the first re-solve (``warmup_steps=`` is accepted too).
       sample_size: rows the alignment is measured on.
+      solve_interval: re-solve every this many steps.
+      solver: ``"highs"`` (default) or ``"clarabel"``; a PuLP solver object is ignored, with a warning.
+      resample_w0: redraw the initial weights exactly instead of storing them (the model
+        must come from :func:`initialize_abc_weights` with the same ``seed`` and ``std_prefactor``).
+      feature_learning: require ``r = 0`` for the layer before the readout.
+      alignment_norm: ``"rms"`` or ``"spectral"``.
       wsd_*: warmup-stable-decay of the base learning rate (:class:`maxp_core.WSDSchedule`);
-        the solver stops where the decay starts.
-      seed: the seed given to :func:`initialize_abc_weights`.
+        the solver stops where the decay starts. ``wsd_decay_type="none"`` with
+        ``wsd_warmup_steps`` is a linear warm-up and then the base rate.
+      optimizer_type: ``"adam"`` or ``"sgd"``; default: from the optimizer's class.
+      c_ema, alignment_ema: smoothing of the solved exponents and measured alignments.
+      std_prefactor, seed: those given to :func:`initialize_abc_weights` (for ``resample_w0``).
     """
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
         model: nn.Module,
-        parametrization: str = "mup",
-        lr_prefactor: float = 1e-3,
-        alignment: str = "full",
-        solver_warmup_steps: int = 0,
-        solve_interval: int = 1,
+        lr_prefactor: float,
         al: Sequence[float] | None = None,
         bl: Sequence[float] | None = None,
-        cl: Sequence[float] | None = None,
-        optimizer_type: str | None = None,
-        feature_learning: bool = False,
-        resample_w0: bool = False,
-        alignment_norm: str = "rms",
+        parametrization: str | None = None,
+        alignment_assumption: str = "full",
+        solver_warmup_steps: int = 100,
         sample_size: int = 32,
-        c_ema: float = 0.0,
-        alignment_ema: float = 0.0,
+        solve_interval: int = 1,
+        solver: Any = None,
+        resample_w0: bool = False,
+        feature_learning: bool = False,
+        alignment_norm: str = "rms",
         wsd_warmup_steps: int = 0,
         wsd_stable_steps: int | None = None,
         wsd_decay_steps: int | None = None,
         wsd_decay_type: str = "none",
         wsd_min_factor: float = 0.0,
+        *,
+        warmup_steps: int | None = None,
+        optimizer_type: str | None = None,
+        c_ema: float = 0.0,
+        alignment_ema: float = 0.0,
+        std_prefactor: float = 1.0,
         seed: int = 0,
     ) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise MaxPError(f"MaxPScheduler needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if warmup_steps is not None:
+            if solver_warmup_steps != 100:
+                raise MaxPError("give solver_warmup_steps or its older name warmup_steps, not both")
+            solver_warmup_steps = warmup_steps
         self.optimizer = optimizer
+        self.model = model
         self.wsd = WSDSchedule(
             wsd_warmup_steps, wsd_stable_steps, wsd_decay_steps, wsd_decay_type, wsd_min_factor
         )
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise MaxPError(f"MaxPScheduler needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if optimizer_type is None:
-            optimizer_type = optimizer_kind(optimizer)
+        self.optimizer_type = parse_optimizer(optimizer_type or optimizer_kind(optimizer))
+        self.alignment_assumption = alignment_assumption
+        alignment_preset(alignment_assumption)
         layers = linear_layers(model)
-        _set_exponents(layers, al=al, bl=bl, cl=cl)
+        exponents = _exponents(layers, parametrization, {"al": al, "bl": bl})
+        self.al, self.bl = exponents["al"], exponents["bl"]
+        self._param_name = (
+            None
+            if parametrization is None
+            else f"{parametrization}-{self.optimizer_type}-{alignment_assumption}"
+        )
+        _set_layer_exponents(layers, **exponents)
         self.base_lr = validate.positive_number(lr_prefactor, "lr_prefactor")
-        self.param = _engine(
+        self.param = Parametrization(
             model,
-            False,
-            parametrization=parametrization,
+            layers=layers,
+            reinit=False,
+            parametrization=parametrization or "mup",
             lr_prefactor=lr_prefactor,
-            alignment=alignment,
-            optimizer_type=optimizer_type,
+            alignment=alignment_assumption,
+            optimizer_type=self.optimizer_type,
             warmup_steps=solver_warmup_steps,
             solve_interval=solve_interval,
+            solver=solver,
             feature_learning=feature_learning,
             resample_w0=resample_w0,
             norm_mode=alignment_norm,
             sample_size=sample_size,
             c_ema=c_ema,
             alignment_ema=alignment_ema,
+            std_prefactor=std_prefactor,
             seed=seed,
         )
         decay_start = self.wsd.decay_start
@@ -227,8 +446,41 @@ class MaxPScheduler(LRScheduler):
             self.param.schedule = type(self.param.schedule)(
                 solver_warmup_steps, solve_interval, stop_after=max(decay_start - 1, 0)
             )
+        self._managed = self._managed_groups()
+        self._starting_factors = [self.optimizer.param_groups[i]["lr"] / self.base_lr for i in self._managed]
+        self._warn_on_missing_multipliers(layers)
         self._apply(0)
         _start_like_lr_scheduler(self, optimizer)
+
+    def _managed_groups(self) -> list[int]:
+        """Indices of the optimizer's maxP groups, checked against the layers, in order."""
+        groups = self.optimizer.param_groups
+        managed = [i for i, g in enumerate(groups) if g.get("maxp_managed", False)]
+        expected = self.param.get_layer_names()
+        names = [groups[i].get("layer_name") for i in managed]
+        if names != expected:
+            raise MaxPError(
+                f"the optimizer's maxp_managed groups are {names}, but the model's layers are {expected}; "
+                "build the optimizer from create_param_groups(model, ...)"
+            )
+        return managed
+
+    def _warn_on_missing_multipliers(self, layers: list[tuple[str, HookedLayer]]) -> None:
+        if getattr(self.model, _OWN_MULTIPLIERS, False):
+            return
+        wrapped = {id(m.linear): m.scale for m in self.model.modules() if isinstance(m, ScaledLinear)}
+        missing = []
+        for (name, layer), a in zip(layers, self.al, strict=True):
+            expected = float(layer.width_dim**-a)
+            scale = wrapped.get(id(layer.inner), 1.0)
+            if abs(scale - expected) > 1e-6 * abs(expected):
+                missing.append(f"{name} (scale {scale:.4g}, a = {a:g} needs {expected:.4g})")
+        if missing:
+            warn_user(
+                f"the layers {missing} lack the output multiplier n^-a the learning rates assume; call "
+                "initialize_abc_weights(model, ...) with the same exponents first (or pass "
+                "apply_multipliers=False there if the model applies its own)"
+            )
 
     @property
     def lr_prefactor(self) -> float:
@@ -238,32 +490,52 @@ class MaxPScheduler(LRScheduler):
     def lr_prefactor(self, value: float) -> None:
         self.base_lr = validate.positive_number(value, "lr_prefactor")
 
+    @property
+    def n_layers(self) -> int:
+        """The number of layer groups maxP sets."""
+        return len(self._managed)
+
     def _apply(self, step: int, factor: float = 1.0) -> None:
-        """Write every group's rate: ``factor`` (an outside schedule's) x WSD x maxP's per-layer rate."""
-        self.param.lr_prefactor = self.base_lr * factor * float(self.wsd(step))
-        self.param._sync(self.optimizer)
+        """Write every layer group's rate: ``factor`` (an outside schedule's) x WSD x the layer's rate."""
+        scale = factor * float(self.wsd(step))
+        self.param.lr_prefactor = self.base_lr
+        solved = self.param.solves > 0
+        rates = self.param.get_last_lr() if solved else [self.base_lr * f for f in self._starting_factors]
+        groups = self.optimizer.param_groups
+        for g, (i, rate) in enumerate(zip(self._managed, rates, strict=True)):
+            groups[i]["lr"] = rate * scale
+            if solved:
+                groups[i]["c"] = self.param._group_c(g)
         self.last_epoch = step
-        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        self._last_lr = [g["lr"] for g in groups]
 
     def get_lr(self) -> list[float]:
         """Every param group's current rate (what ``LRScheduler.get_lr`` gives)."""
         return [g["lr"] for g in self.optimizer.param_groups]
 
-    def capture_initial(self, x: torch.Tensor) -> None:
-        """Record the layers' inputs and weights before training."""
+    def capture_initial(self, x: Any) -> None:
+        """Record the layers' inputs and weights before training (call once, before the first step)."""
         self.param.capture_initial(x)
 
-    def step(self, x: torch.Tensor | None = None) -> None:
-        """After ``optimizer.step()``: re-solve on schedule and set the learning rates."""
+    def step(self, x: Any = None) -> None:
+        """After ``optimizer.step()``: re-solve on schedule and set the learning rates.
+
+        Raises a :class:`~maxp_core.CallOrderError` (a ``RuntimeError``) at the first
+        re-solve if :meth:`capture_initial` was not called.
+        """
         self.param.step(x, None)
         self._apply(self.param.step_count)
 
     def get_last_lr(self) -> list[float]:
-        """The learning rate of each layer's group."""
-        return [g["lr"] for g in self.optimizer.param_groups[: len(self.param.groups)]]
+        """The learning rate of each layer group (the ``"_other"`` group left out)."""
+        return [self.optimizer.param_groups[i]["lr"] for i in self._managed]
 
-    def get_alignment(self) -> tuple[list[float], list[float], list[float]]:
-        """``(alpha, omega, u)``, one entry per layer."""
+    def get_alignment(
+        self,
+    ) -> tuple[list[float], list[float], list[float]] | tuple[None, None, None]:
+        """``(alpha, omega, u)``, one entry per layer; ``(None, None, None)`` before the first re-solve."""
+        if self.param.solves == 0:
+            return None, None, None
         return self.param.get_alignment()
 
     def get_layer_names(self) -> list[str]:
@@ -281,11 +553,12 @@ class MaxPScheduler(LRScheduler):
 class ChainedMaxPScheduler(LRScheduler):
     """A :class:`MaxPScheduler` with standard schedulers moving its base learning rate.
 
-    At every step each group's rate is the outside schedule's factor times maxP's rate for
-    that layer. The factor is what the chained schedulers do to a learning rate: they step on
-    their own view of the groups (restored before each of their steps), and the factor is
-    their first group's rate over its ``initial_lr``. A warm-up that starts at
-    ``LinearLR(start_factor=0.1)`` therefore starts every layer at a tenth of its maxP rate.
+    At every step each layer group's rate is the outside schedule's factor times maxP's rate
+    for that layer (the ``"_other"`` group follows the outside schedulers alone). The factor
+    is what the chained schedulers do to a learning rate: they step on their own view of the
+    groups (restored before each of their steps), and the factor is their first group's rate
+    over its ``initial_lr``. A warm-up that starts at ``LinearLR(start_factor=0.1)`` therefore
+    starts every layer at a tenth of its maxP rate.
     """
 
     def __init__(self, maxp_scheduler: MaxPScheduler, schedulers: Sequence[Any]) -> None:
@@ -295,9 +568,12 @@ class ChainedMaxPScheduler(LRScheduler):
             )
         self.maxp = maxp_scheduler
         self.schedulers = list(schedulers)
-        for s in self.schedulers:
+        for i, s in enumerate(self.schedulers):
             if getattr(s, "optimizer", None) is not maxp_scheduler.optimizer:
-                raise MaxPError("every chained scheduler must drive the MaxPScheduler's optimizer")
+                raise MaxPError(
+                    f"the scheduler at index {i} ({type(s).__name__}) uses a different optimizer; every "
+                    "chained scheduler must drive the MaxPScheduler's optimizer"
+                )
         groups = maxp_scheduler.optimizer.param_groups
         # What the chained schedulers see: their own rates, as their constructors left them.
         self._shadow = [g["lr"] for g in groups]
@@ -309,6 +585,10 @@ class ChainedMaxPScheduler(LRScheduler):
         self.base_lrs = maxp_scheduler.base_lrs
         self.last_epoch = maxp_scheduler.last_epoch
         self._last_lr = maxp_scheduler._last_lr
+
+    @property
+    def n_layers(self) -> int:
+        return self.maxp.n_layers
 
     @property
     def factor(self) -> float:
@@ -336,7 +616,9 @@ class ChainedMaxPScheduler(LRScheduler):
     def get_last_lr(self) -> list[float]:
         return self.maxp.get_last_lr()
 
-    def get_alignment(self) -> tuple[list[float], list[float], list[float]]:
+    def get_alignment(
+        self,
+    ) -> tuple[list[float], list[float], list[float]] | tuple[None, None, None]:
         return self.maxp.get_alignment()
 
     def get_layer_names(self) -> list[str]:

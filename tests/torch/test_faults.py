@@ -119,13 +119,15 @@ def plain_mlp():
 
 def test_unknown_optimizer_class_is_refused_not_treated_as_adam() -> None:
     model = plain_mlp()
-    initialize_abc_weights(model)
-    optimizer = torch.optim.Adagrad(create_param_groups(model, lr_prefactor=0.1))
+    initialize_abc_weights(model, parametrization="mup")
+    optimizer = torch.optim.Adagrad(create_param_groups(model, lr_prefactor=0.1, parametrization="mup"))
     with pytest.raises(MaxPError, match="does not know whether Adagrad behaves like Adam"):
-        MaxPScheduler(optimizer, model, lr_prefactor=0.1)
+        MaxPScheduler(optimizer, model, lr_prefactor=0.1, parametrization="mup")
     # Declaring it explicitly is the way out.
     assert (
-        MaxPScheduler(optimizer, model, lr_prefactor=0.1, optimizer_type="adam").param.optimizer_type
+        MaxPScheduler(
+            optimizer, model, lr_prefactor=0.1, parametrization="mup", optimizer_type="adam"
+        ).param.optimizer_type
         == "adam"
     )
 
@@ -136,9 +138,12 @@ def test_registered_optimizer_class_is_accepted() -> None:
 
     register_optimizer(Lion, "adam")
     model = plain_mlp()
-    initialize_abc_weights(model)
-    optimizer = Lion(create_param_groups(model, lr_prefactor=0.1), lr=0.1)
-    assert MaxPScheduler(optimizer, model, lr_prefactor=0.1).param.optimizer_type == "adam"
+    initialize_abc_weights(model, parametrization="mup")
+    optimizer = Lion(create_param_groups(model, lr_prefactor=0.1, parametrization="mup"), lr=0.1)
+    assert (
+        MaxPScheduler(optimizer, model, lr_prefactor=0.1, parametrization="mup").param.optimizer_type
+        == "adam"
+    )
     with pytest.raises(MaxPError, match=r"register_optimizer takes a torch\.optim\.Optimizer subclass"):
         register_optimizer(dict, "adam")
 
@@ -306,9 +311,11 @@ SCHEDULES = {
 @pytest.mark.parametrize("name", list(SCHEDULES))
 def test_chained_schedulers_multiply_every_layer_rate_by_their_factor(name) -> None:
     model = plain_mlp()
-    initialize_abc_weights(model)
-    optimizer = torch.optim.AdamW(create_param_groups(model, lr_prefactor=0.1))
-    maxp = MaxPScheduler(optimizer, model, lr_prefactor=0.1, solver_warmup_steps=10_000)
+    initialize_abc_weights(model, parametrization="mup")
+    optimizer = torch.optim.AdamW(create_param_groups(model, lr_prefactor=0.1, parametrization="mup"))
+    maxp = MaxPScheduler(
+        optimizer, model, lr_prefactor=0.1, parametrization="mup", solver_warmup_steps=10_000
+    )
     layer_rates = maxp.get_last_lr()
     chained = ChainedMaxPScheduler(maxp, SCHEDULES[name](optimizer))
     x = torch.randn(16, 8)
@@ -406,10 +413,13 @@ def test_warnings_point_at_the_users_line() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"al": [0.0, float("nan"), 0.5]}, "al of layer '2' = nan is not a finite number"),
-        ({"bl": [0.5, "x", 0.5]}, "bl of layer '2' must be a real number"),
-        ({"al": 0.5}, "al must be a sequence of one value per layer"),
-        ({"bl": [0.5, 0.5]}, "bl has 2 values but the model has 3 layers"),
+        ({"al": [0.0, float("nan"), 0.5], "bl": [0.0, 0.5, 0.5]}, "al of layer '2' = nan is not a finite"),
+        ({"al": [0.0, 0.5, 0.5], "bl": [0.5, "x", 0.5]}, "bl of layer '2' must be a real number"),
+        ({"al": 0.5, "bl": [0.0, 0.5, 0.5]}, "al must be a sequence of one value per layer"),
+        (
+            {"al": [0.0, 0.5, 0.5], "bl": [0.5, 0.5]},
+            r"Length of bl \(2\) must match number of Linear layers \(3\)",
+        ),
     ],
 )
 def test_first_release_exponent_lists_are_checked(kwargs, message) -> None:
@@ -421,4 +431,4 @@ def test_first_release_exponent_lists_are_checked(kwargs, message) -> None:
 def test_first_release_learning_rates_are_checked(lr) -> None:
     model = plain_mlp()
     with pytest.raises(MaxPError, match="lr_prefactor"):
-        create_param_groups(model, lr_prefactor=lr)
+        create_param_groups(model, lr_prefactor=lr, parametrization="mup")

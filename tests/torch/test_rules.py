@@ -354,16 +354,18 @@ def test_unscoped_fused_attention_under_mup_is_warned_about() -> None:
 
 def test_schedulers_are_lr_schedulers() -> None:
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
-    initialize_abc_weights(model)
-    optimizer = torch.optim.AdamW(create_param_groups(model, lr_prefactor=0.1))
-    scheduler = MaxPScheduler(optimizer, model, lr_prefactor=0.1, solver_warmup_steps=1)
+    initialize_abc_weights(model, parametrization="mup")
+    optimizer = torch.optim.AdamW(create_param_groups(model, lr_prefactor=0.1, parametrization="mup"))
+    scheduler = MaxPScheduler(
+        optimizer, model, lr_prefactor=0.1, parametrization="mup", solver_warmup_steps=1
+    )
     chained = ChainedMaxPScheduler(
         scheduler, [torch.optim.lr_scheduler.LinearLR(optimizer, 0.5, total_iters=2)]
     )
     for s in (scheduler, chained):
         assert isinstance(s, torch.optim.lr_scheduler.LRScheduler)
     assert scheduler.last_epoch == 0
-    assert scheduler.base_lrs == pytest.approx([0.1 * 32**-0.5, 0.1 / 32, 0.1 * 32**-0.5])
+    assert scheduler.base_lrs == pytest.approx([0.1 * 32**-0.5, 0.1 / 32, 0.1 * 32**-0.5, 0.1])
     x = torch.randn(8, 8)
     chained.capture_initial(x)
     for step in range(1, 4):
@@ -371,7 +373,7 @@ def test_schedulers_are_lr_schedulers() -> None:
         optimizer.step()
         chained.step()
         assert chained.last_epoch == scheduler.last_epoch == step
-    assert chained.get_last_lr() == [g["lr"] for g in optimizer.param_groups]
+    assert chained.get_last_lr() == [g["lr"] for g in optimizer.param_groups[:3]]
     restored = copy.deepcopy(chained.state_dict())
     assert restored["maxp"]["param"]["step_count"] == 3
 
@@ -391,4 +393,4 @@ def test_describe_and_metrics_report_each_layer() -> None:
 def test_first_release_api_refuses_models_with_layers_it_cannot_place() -> None:
     model = CNN()
     with pytest.raises(MaxPError, match=r"'stem \(Conv2d\)', 'conv \(Conv2d\)'\], whose roles it cannot"):
-        initialize_abc_weights(model)
+        initialize_abc_weights(model, parametrization="mup")
