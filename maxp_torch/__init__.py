@@ -6,8 +6,39 @@ hooks only: the model's classes and ``state_dict`` keys stay) or wrap them in
 its ``param_groups`` and call ``param.step(x, optimizer)`` after each ``optimizer.step()``.
 Plain ``nn.Linear`` stacks can use the first release's API:
 :func:`initialize_abc_weights`, :func:`create_param_groups` and :class:`MaxPScheduler`.
+
+Every public name of the published maxP (both releases) is exported here, so switching
+is a change of the import: ``import maxp_torch as maxp``. Where the behaviour differs on
+purpose, the README's "Differences from the published maxP" says how and why.
 """
 
+from maxp_core.compat import (
+    ABCParametrization,
+    DagNode,
+    MergeType,
+    OpGraph,
+    compute_alignments_for_pms,
+    find_c,
+    find_c_adam,
+    find_c_dag,
+    find_c_dag_adam,
+    find_c_dag_sgd,
+    find_c_sgd,
+    get_abc_parametrization,
+)
+from maxp_torch.compat import (
+    ClassifiedOp,
+    LayerSnapshot,
+    StepTrace,
+    TracedOp,
+    Tracer,
+    TraceWindow,
+    classify,
+    compute_alignment,
+    measure_activations,
+    trace_forward,
+    trace_pm_dag,
+)
 from maxp_torch.diagnose import diagnose_axis, plot_axis, print_axis
 from maxp_torch.layers import conv_patches
 from maxp_torch.module import LAYER_TYPES, ParametrizedModule, ScaledLinear
@@ -30,23 +61,46 @@ from maxp_torch.scheduler import (
 
 __all__ = [
     "LAYER_TYPES",
+    "ABCParametrization",
     "ChainedMaxPScheduler",
+    "ClassifiedOp",
+    "DagNode",
+    "LayerSnapshot",
     "MaxPScheduler",
+    "MergeType",
+    "OpGraph",
     "Parametrization",
     "ParametrizedModule",
     "Rule",
     "ScaledLinear",
+    "StepTrace",
+    "TraceWindow",
+    "TracedOp",
+    "Tracer",
     "apply_rules",
+    "classify",
+    "compute_alignment",
+    "compute_alignments_for_pms",
     "conv_patches",
     "create_param_groups",
     "diagnose_axis",
+    "find_c",
+    "find_c_adam",
+    "find_c_dag",
+    "find_c_dag_adam",
+    "find_c_dag_sgd",
+    "find_c_sgd",
+    "get_abc_parametrization",
     "get_linear_layers",
     "initialize_abc_weights",
     "linear_layers",
+    "measure_activations",
     "measurement_mode",
     "optimizer_kind",
     "plot_axis",
     "print_axis",
     "register_optimizer",
     "synthetic_graph",
+    "trace_forward",
+    "trace_pm_dag",
 ]

@@ -447,8 +447,15 @@ class MaxPScheduler(LRScheduler):
                 solver_warmup_steps, solve_interval, stop_after=max(decay_start - 1, 0)
             )
         self._managed = self._managed_groups()
-        self._starting_factors = [self.optimizer.param_groups[i]["lr"] / self.base_lr for i in self._managed]
+        # Where the groups start, before any schedule (as LRScheduler keeps it: initial_lr).
+        groups = self.optimizer.param_groups
+        for group in groups:
+            group.setdefault("initial_lr", group["lr"])
+        self._starting_factors = [
+            groups[i].get("initial_lr", groups[i]["lr"]) / self.base_lr for i in self._managed
+        ]
         self._warn_on_missing_multipliers(layers)
+        self._warn_on_another_prefactor()
         self._apply(0)
         _start_like_lr_scheduler(self, optimizer)
 
@@ -481,6 +488,22 @@ class MaxPScheduler(LRScheduler):
                 "initialize_abc_weights(model, ...) with the same exponents first (or pass "
                 "apply_multipliers=False there if the model applies its own)"
             )
+
+    def _warn_on_another_prefactor(self) -> None:
+        """The groups' starting rates should be ``lr_prefactor * n^-c`` for their own ``c``."""
+        for i, factor in zip(self._managed, self._starting_factors, strict=True):
+            group = self.optimizer.param_groups[i]
+            if "c" not in group or "fan_in" not in group:
+                continue
+            expected = float(group["fan_in"]) ** -float(group["c"])
+            if abs(factor - expected) > 1e-6 * expected:
+                warn_user(
+                    f"the optimizer's group {group.get('layer_name')!r} starts at lr = "
+                    f"{factor * self.base_lr:.4g} but lr_prefactor * n^-c = {self.base_lr * expected:.4g} "
+                    f"(c = {group['c']:g}, n = {group['fan_in']}): the groups were built with another "
+                    "lr_prefactor; the rates jump to this one's at the first re-solve"
+                )
+                return
 
     @property
     def lr_prefactor(self) -> float:

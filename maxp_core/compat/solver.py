@@ -20,7 +20,7 @@ Deliberate differences from the published solvers:
   integer program with PuLP/CBC. Here the same constraints are an exact LP
   (:mod:`maxp_core.lp`): ``M`` is accepted and ignored, there is no limit on ``r``, and
   ``solver`` names a :mod:`maxp_core` solver (``None``/``"highs"``, ``"clarabel"``,
-  ``"cvxpy-highs"``); a PuLP solver object is refused.
+  ``"cvxpy-highs"``); a PuLP solver object is ignored, with a warning.
 * Where several ``c`` are optimal the LP picks one by a fixed rule (the core's tie rule),
   so the answer does not depend on the solver; ``c_prev`` (a warm start) is accepted and
   ignored.
@@ -49,6 +49,7 @@ from maxp_core.compat.dag import OpGraph, to_core
 from maxp_core.errors import InfeasibleError, MaxPError, StabilityError
 from maxp_core.formulation import OPTIMIZERS
 from maxp_core.lp import SOLVERS, StabilityLP
+from maxp_core.resolve import warn_user
 from maxp_core.roles import AB_TOLERANCE, Role, role_from_position
 
 __all__ = [
@@ -356,11 +357,12 @@ def _solver_name(solver: object) -> str:
     if solver is None:
         return "highs"
     if not isinstance(solver, str):
-        raise MaxPError(
-            f"solver={solver!r} is not usable here: this backend solves an exact LP with maxp_core's "
-            f"own solvers, not the published PuLP mixed-integer program, so PuLP solver objects do "
-            f"not apply; pass None or one of {list(SOLVERS)}"
+        warn_user(
+            f"solver={type(solver).__name__}(...) is not used: this backend solves an exact LP with "
+            f"maxp_core's own solvers, not the published PuLP mixed-integer program; pass None or one "
+            f"of {list(SOLVERS)} to choose"
         )
+        return "highs"
     if solver.lower() not in SOLVERS:
         raise MaxPError(f"unknown solver {solver!r}; expected None or one of {list(SOLVERS)}")
     return solver.lower()

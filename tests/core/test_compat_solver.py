@@ -14,7 +14,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from maxp_core import GraphError, InfeasibleError, MaxPError, Node, StabilityError, StabilityLP, chain
+from maxp_core import (
+    GraphError,
+    InfeasibleError,
+    MaxPError,
+    MaxPWarning,
+    Node,
+    StabilityError,
+    StabilityLP,
+    chain,
+)
 from maxp_core import OpGraph as CoreGraph
 from maxp_core.compat.abc import ABCParametrization, get_abc_parametrization
 from maxp_core.compat.dag import DagNode, MergeType, OpGraph, from_core, to_core
@@ -264,12 +273,13 @@ def test_chain_input_errors() -> None:
         find_c_sgd([0, 0.5, 0.5], [0, 0, 0], Z3, Z3, Z3, optimizer_type="adam")
 
 
-def test_a_pulp_solver_object_is_refused() -> None:
+def test_a_pulp_solver_object_is_ignored_with_a_warning() -> None:
     class PULP_CBC_CMD:  # a stand-in: any non-string solver
         msg = False
 
-    with pytest.raises(MaxPError, match="PuLP solver objects do not apply"):
-        find_c_adam([0, 0.5, 0.5], [0, 0, 0], Z3, Z3, Z3, solver=PULP_CBC_CMD())
+    with pytest.warns(MaxPWarning, match="is not used: this backend solves an exact LP"):
+        cl, _ = find_c_adam([0, 0.5, 0.5], [0, 0, 0], Z3, Z3, Z3, solver=PULP_CBC_CMD())
+    assert cl == find_c_adam([0, 0.5, 0.5], [0, 0, 0], Z3, Z3, Z3)[0]
 
 
 def test_infeasible_chain_raises_a_value_error() -> None:
