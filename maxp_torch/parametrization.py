@@ -621,10 +621,24 @@ class Parametrization:
             if k not in inputs:
                 raise MaxPError(f"layer {self.names[k]!r} was not called by the model on the captured input")
             self._z0[k] = inputs[k].clone()
-            if not self.resample_w0:
+            if self.resample_w0:
+                self._check_redraw(k)
+            else:
                 weight = self.modules[k].weight
                 assert weight is not None
                 self._w0[k] = weight.detach().clone()
+
+    def _check_redraw(self, k: int) -> None:
+        """``resample_w0`` redraws the initial weights: they must be what the layer holds now."""
+        weight = self.modules[k].weight
+        assert weight is not None
+        if not torch.equal(self._initial_weight(k), weight.detach()):
+            raise MaxPError(
+                f"resample_w0=True redraws layer {self.names[k]!r}'s initial weight from seed={self.seed} "
+                f"and std_prefactor={self.std_prefactor}, but that is not the weight it holds now: the "
+                "weights were drawn with another seed, std_prefactor, device or dtype (or not by maxP); "
+                "give those of the initialisation, or resample_w0=False to store the weights"
+            )
 
     def step(self, x: torch.Tensor | None = None, optimizer: torch.optim.Optimizer | None = None) -> None:
         """After ``optimizer.step()``: re-solve on schedule and write the learning rates.
@@ -810,7 +824,6 @@ class Parametrization:
         else:
             self.solves += 1
         self._publish_alignments()
-        self._refresh_groups()
 
     # --- checkpoints ------------------------------------------------------------------
 
@@ -869,7 +882,6 @@ class Parametrization:
             self._initial_model.load_state_dict(state["initial_model"])
             self._record(self._recorded)
         self._publish_alignments()
-        self._refresh_groups()
 
 
 def _tied_groups(weights: Sequence[Any]) -> list[list[int]]:

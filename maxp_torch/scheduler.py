@@ -229,6 +229,13 @@ def initialize_abc_weights(
     Returns:
       ``model``.
     """
+    apply_multipliers = validate.boolean(apply_multipliers, "apply_multipliers")
+    wrapped = [n for n, m in model.named_modules() if isinstance(m, ScaledLinear) and m.scale != 1.0]
+    if wrapped and not apply_multipliers:
+        raise MaxPError(
+            f"apply_multipliers=False, but {wrapped} are ScaledLinear wrappers from an earlier call, "
+            "whose multipliers would stay; call with apply_multipliers=True to update them"
+        )
     layers = linear_layers(model)
     exponents = _exponents(layers, parametrization, {"al": al, "bl": bl})
     _set_layer_exponents(layers, **exponents)
@@ -242,7 +249,7 @@ def initialize_abc_weights(
         std_prefactor=std_prefactor,
         seed=seed,
     )
-    if not validate.boolean(apply_multipliers, "apply_multipliers"):
+    if not apply_multipliers:
         object.__setattr__(model, _OWN_MULTIPLIERS, True)
         return model
     _wrap_multiplied(model, layers, exponents["al"])
@@ -305,21 +312,23 @@ def create_param_groups(
         ).c.tolist()
     else:
         c = exponents["cl"]
+    reserved = sorted(set(kwargs) & {"params", "lr", "layer_name", "fan_in", "c", "maxp_managed"})
+    if reserved:
+        raise MaxPError(
+            f"create_param_groups sets {reserved} itself; extra keyword arguments are copied into every "
+            "group (weight_decay=..., betas=...), so these would overwrite maxP's values"
+        )
     groups: dict[int, dict[str, Any]] = {}
     for (name, layer), c_layer in zip(layers, c, strict=True):
         lr = lr_prefactor * float(layer.width_dim**-c_layer)
-        weight = layer.weight
-        if id(weight) in groups and groups[id(weight)]["lr"] <= lr:
-            continue  # a tied weight runs at the smaller of its uses' rates
-        groups[id(weight)] = {
-            "params": [weight],
-            "lr": lr,
-            "layer_name": name,
-            "fan_in": layer.width_dim,
-            "c": float(c_layer),
-            "maxp_managed": True,
-            **kwargs,
-        }
+        numbers = {"lr": lr, "fan_in": layer.width_dim, "c": float(c_layer)}
+        tied = groups.get(id(layer.weight))
+        if tied is not None:  # a tied weight: named by its first use, at the smaller rate
+            if lr < tied["lr"]:
+                tied.update(numbers)
+            continue
+        groups[id(layer.weight)] = {"params": [layer.weight], **numbers, "layer_name": name}
+        groups[id(layer.weight)].update({"maxp_managed": True, **kwargs})
     managed = list(groups.values())
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in groups]
     if rest:
@@ -400,7 +409,7 @@ class MaxPScheduler(LRScheduler):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise MaxPError(f"MaxPScheduler needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if warmup_steps is not None:
-            if solver_warmup_steps != 100:
+            if solver_warmup_steps != 100:  # the default: not given
                 raise MaxPError("give solver_warmup_steps or its older name warmup_steps, not both")
             solver_warmup_steps = warmup_steps
         self.optimizer = optimizer
@@ -446,6 +455,7 @@ class MaxPScheduler(LRScheduler):
             self.param.schedule = type(self.param.schedule)(
                 solver_warmup_steps, solve_interval, stop_after=max(decay_start - 1, 0)
             )
+        self.param._check_optimizer(optimizer)
         self._managed = self._managed_groups()
         # Where the groups start, before any schedule (as LRScheduler keeps it: initial_lr).
         groups = self.optimizer.param_groups
@@ -597,7 +607,21 @@ class ChainedMaxPScheduler(LRScheduler):
                     f"the scheduler at index {i} ({type(s).__name__}) uses a different optimizer; every "
                     "chained scheduler must drive the MaxPScheduler's optimizer"
                 )
+        if float(maxp_scheduler.wsd(0)) != 1.0:
+            raise MaxPError(
+                "the MaxPScheduler's WSD warm-up starts below the base rate, and the chained schedulers "
+                "would take that start as their own base; chain a warm-up scheduler (e.g. LinearLR) "
+                "instead of wsd_warmup_steps, or use wsd_* without chaining"
+            )
         groups = maxp_scheduler.optimizer.param_groups
+        for i, s in enumerate(self.schedulers):
+            last = getattr(s, "_last_lr", None)
+            if last is not None and list(last) != [g["lr"] for g in groups]:
+                raise MaxPError(
+                    f"the scheduler at index {i} ({type(s).__name__}) was built before the MaxPScheduler, "
+                    "which has since set the rates it started from; build the chained schedulers after "
+                    "the MaxPScheduler"
+                )
         # What the chained schedulers see: their own rates, as their constructors left them.
         self._shadow = [g["lr"] for g in groups]
         self._initial = [g.get("initial_lr", g["lr"]) for g in groups]

@@ -538,3 +538,60 @@ def test_current_release_attention_score_module_and_traced_graph() -> None:
     )
     with pytest.raises(CallOrderError):
         param.step()
+
+
+def test_what_the_published_api_let_pass_silently_is_refused() -> None:
+    model, param_groups, optimizer = readme_setup(lr=0.1)
+    # A WSD warm-up under a chain would be taken as the chained schedulers' base rate.
+    warming = maxp_torch.MaxPScheduler(optimizer, model, 0.1, parametrization="mup", wsd_warmup_steps=10)
+    with pytest.raises(ValueError, match="chain a warm-up scheduler"):
+        maxp_torch.ChainedMaxPScheduler(warming, [])
+    # A scheduler built before the MaxPScheduler started from rates it has since overwritten.
+    model, param_groups, optimizer = readme_setup(lr=0.1)
+    early = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=5)
+    late = maxp_torch.MaxPScheduler(optimizer, model, 0.1, parametrization="mup")
+    with pytest.raises(ValueError, match="build the chained schedulers after the MaxPScheduler"):
+        maxp_torch.ChainedMaxPScheduler(late, [early])
+    # An SGD optimizer under Adam's LP.
+    with pytest.raises(ValueError, match="solved for optimizer_type='adam' but the optimizer is SGD"):
+        maxp_torch.MaxPScheduler(
+            torch.optim.SGD(param_groups, lr=0.1), model, 0.1, parametrization="mup", optimizer_type="adam"
+        )
+    # Keyword arguments that would overwrite maxP's own group keys.
+    with pytest.raises(ValueError, match=r"sets \['lr'\] itself"):
+        maxp_torch.create_param_groups(model, 0.1, parametrization="mup", lr=1e-3)
+    # Switching multipliers off would leave the earlier wrappers' scales in place.
+    with pytest.raises(ValueError, match="apply_multipliers=False, but"):
+        maxp_torch.initialize_abc_weights(model, parametrization="ntk", apply_multipliers=False)
+    # resample_w0 redraws the initial weights: with another seed they are not the model's.
+    scheduler = maxp_torch.MaxPScheduler(
+        optimizer, model, 0.1, parametrization="mup", resample_w0=True, seed=1
+    )
+    with pytest.raises(ValueError, match="resample_w0=True redraws layer '2'"):
+        scheduler.capture_initial(torch.randn(8, 32))
+    scheduler = maxp_torch.MaxPScheduler(optimizer, model, 0.1, parametrization="mup", resample_w0=True)
+    scheduler.capture_initial(torch.randn(8, 32))  # the seed of initialize_abc_weights: the same weights
+
+
+def test_a_tied_weight_is_one_group_named_by_its_first_use() -> None:
+    class Tied(nn.Module):
+        def __init__(self, vocab=20, d=32):
+            super().__init__()
+            self.emb = nn.Embedding(vocab, d)
+            self.fc = nn.Linear(d, d)
+            self.head = nn.Linear(d, vocab, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, idx):
+            return self.head(torch.relu(self.fc(self.emb(idx))))
+
+    model = Tied()
+    maxp_torch.initialize_abc_weights(model, parametrization="sp")
+    groups = maxp_torch.create_param_groups(model, 0.1, parametrization="sp")
+    assert [g["layer_name"] for g in groups] == ["emb", "fc", "_other"]
+    # sp/adam/full: embedding c = 0, readout c = 1: the tied weight runs at the readout's smaller rate.
+    assert groups[0]["lr"] == pytest.approx(0.1 / 32) and groups[0]["c"] == pytest.approx(1.0)
+    scheduler = maxp_torch.MaxPScheduler(torch.optim.AdamW(groups), model, 0.1, parametrization="sp")
+    assert scheduler.get_layer_names() == ["emb", "fc"] and scheduler.get_last_lr()[0] == pytest.approx(
+        0.1 / 32
+    )
