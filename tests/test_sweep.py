@@ -50,52 +50,69 @@ def test_char_transformer_learns(framework: str) -> None:
     assert run["final_train_loss"] < 3.5 and run["test_loss"] < 3.6
 
 
-def sweep_args(tmp_path, framework: str, *extra: str) -> list[str]:
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_maxp_digits_mlp_learns_and_records_its_run(framework: str) -> None:
+    # 30 steps: past maxP's warm-up of 20, so the run re-solves once.
+    run = make_trainer(load_task("digits"), framework, "maxp", 64, "cpu")(0.1, 0, 30)
+    assert {"method", "width", "lr", "seed", "losses", "diverged", "test_loss"} <= set(run)
+    assert (run["framework"], run["method"], run["width"], run["steps"]) == (framework, "maxp", 64, 30)
+    assert not run["diverged"] and len(run["losses"]) == 30
+    # Starts near a uniform guess over the ten digits and learns them.
+    assert abs(run["losses"][0] - math.log(10)) < 0.2
+    assert run["final_train_loss"] < 1.2 and run["test_loss"] < 1.0
+
+
+def sweep_args(tmp_path, widths: tuple[str, ...], methods: tuple[str, ...], jobs: str) -> list[str]:
     return [
         "--framework",
-        framework,
+        "torch",
         "--widths",
-        "32",
-        "64",
+        *widths,
         "--lrs",
         "0.01",
         "0.1",
         "--methods",
-        "sp",
-        "maxp",
+        *methods,
         "--steps",
         "25",
         "--device",
         "cpu",
         "--out",
         str(tmp_path),
-        *extra,
+        "--jobs",
+        jobs,
     ]
 
 
-@pytest.mark.parametrize(("framework", "jobs"), [("torch", "1"), ("jax", "1"), ("torch", "2")])
-def test_sweep_writes_runs_and_resumes(tmp_path, framework: str, jobs: str) -> None:
-    args = sweep_args(tmp_path, framework, "--jobs", jobs)
+# The sweep's machinery does not depend on the framework or the method (each framework's trainer
+# is tested above). With two jobs, the two (method, width) groups go one to each worker process;
+# SP's runs are the cheapest.
+@pytest.mark.parametrize(
+    ("jobs", "methods"), [("1", ("sp", "maxp")), ("2", ("sp",))], ids=["one-job", "two-jobs"]
+)
+def test_sweep_writes_runs_and_resumes(tmp_path, jobs: str, methods: tuple[str, ...]) -> None:
+    args = sweep_args(tmp_path, ("32", "64"), methods, jobs)
     assert main(args) == 0
     runs = sorted((tmp_path / "runs").glob("*.json"))
-    assert len(runs) == 8
+    assert len(runs) == len(methods) * 2 * 2  # methods x widths x rates
     stamps = {p: p.stat().st_mtime_ns for p in runs}
     record = json.loads(runs[0].read_text())
     assert {"method", "width", "lr", "losses", "diverged", "test_loss"} <= set(record)
-    assert record["framework"] == framework
+    assert record["framework"] == "torch" and record["steps_requested"] == 25
     assert main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in runs} == stamps  # nothing re-run
     report = (tmp_path / "sweep.md").read_text()
     assert "best lr" in report and (tmp_path / "sweep-transfer.png").exists()
     summary = json.loads((tmp_path / "sweep.json").read_text())["summary"]
     # The reported best rate is the rate with the lowest final loss among the finished runs.
-    for width in (32, 64):
-        finals = {}
-        for path in runs:
-            r = json.loads(path.read_text())
-            if r["method"] == "maxp" and r["width"] == width and not r["diverged"]:
-                finals[r["lr"]] = r["final_train_loss"]
-        assert summary["best"]["maxp"][str(width)]["best_lr"] == min(finals, key=finals.get)
+    for method in methods:
+        for width in (32, 64):
+            finals = {}
+            for path in runs:
+                r = json.loads(path.read_text())
+                if r["method"] == method and r["width"] == width and not r["diverged"]:
+                    finals[r["lr"]] = r["final_train_loss"]
+            assert summary["best"][method][str(width)]["best_lr"] == min(finals, key=finals.get)
 
 
 def fake_run(method: str, seed: int, lr: float, loss: float) -> dict:
