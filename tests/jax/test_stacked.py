@@ -150,7 +150,8 @@ def trained(llama_pair):
     """Both models after 20 dynamic steps, and the stacked one's trainer and 7-step state."""
     stacked, spec, params, twin, twin_spec, twin_params = llama_pair
     tx, step = trainer(spec, stacked.apply)
-    p_mid, s_mid = run(step, params, tx.init(params), 7)
+    # Committed to the device, as orbax restores arrays: the resumed run reuses the compiled step.
+    p_mid, s_mid = run(step, *jax.device_put((params, tx.init(params)), jax.devices()[0]), 7)
     p1, s1 = run(step, p_mid, s_mid, 13)
     twin_tx, twin_step = trainer(twin_spec, twin.apply)
     p2, s2 = run(twin_step, twin_params, twin_tx.init(twin_params), 20)
