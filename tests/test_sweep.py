@@ -55,7 +55,7 @@ def test_char_transformer_learns(framework: str, method: str) -> None:
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_maxp_digits_mlp_learns_and_records_its_run(framework: str) -> None:
-    # 30 steps: past maxP's warm-up of 20, so the run re-solves once.
+    # 30 steps: past maxP's warm-up of 20 steps, so the rates are re-solved during the run.
     run = make_trainer(load_task("digits"), framework, "maxp", 64, "cpu")(0.1, 0, 30)
     assert {"method", "width", "lr", "seed", "losses", "diverged", "test_loss"} <= set(run)
     assert (run["framework"], run["method"], run["width"], run["steps"]) == (framework, "maxp", 64, 30)
