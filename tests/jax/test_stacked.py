@@ -57,7 +57,7 @@ def c_by_name(spec: MaxPSpec, c, rename=lambda name: name) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def llama_pair():
     stacked, twin = Llama(scan=True, d=16, layers=2), Llama(scan=False, d=16, layers=2)
-    params = jax.jit(stacked.init)(jax.random.key(0), IDS)  # one compile, not one per scanned op
+    params = jax.jit(stacked.init)(jax.random.key(0), IDS)  # one compile, not one per eager op
     spec = MaxPSpec(params, llama_rules(), apply_fn=stacked.apply, sample_input=IDS)
     params = abc_init(spec, params, jax.random.key(1))
     twin_params = unstack(params, stacked.layers)
