@@ -1,7 +1,10 @@
-"""Command line: ``python -m maxp_core {solve,table,demo}``.
+"""Command line: ``python -m maxp_core {solve,graph,depth,table,demo}``.
 
 ``graph FILE.json`` lists the graph's nodes with their solved c and r (``--dot``
-prints graphviz DOT). ``solve FILE.json`` (``-`` reads stdin) solves the LP of a graph described in JSON and
+prints graphviz DOT). ``depth FILE.json`` prints the graph's input-to-output path
+statistics and Chen et al.'s learning-rate factor and initial scales
+(:mod:`maxp_core.depth`) against a base chain (``--base``) or graph (``--base-graph``).
+``solve FILE.json`` (``-`` reads stdin) solves the LP of a graph described in JSON and
 prints the :class:`~maxp_core.lp.Solution` as JSON. ``table`` prints the (a, b, c) of a
 named parametrization. ``demo`` prints named parametrizations next to the LP solved
 with measured-looking alignments. Bad input exits with status 2 and one line on stderr.
@@ -221,6 +224,36 @@ def _cmd_graph(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _cmd_depth(args: argparse.Namespace, out: TextIO) -> int:
+    from maxp_core.depth import ChenScaling, path_statistics
+
+    lp, _ = lp_from_json(_read_spec(args.file))
+    graph = lp.graph
+    base = lp_from_json(_read_spec(args.base_graph))[0].graph if args.base_graph else args.base
+    rule = ChenScaling(
+        base=base,
+        offset=args.offset,
+        kernel_size=args.kernel_size,
+        base_kernel_size=args.base_kernel_size,
+        init=None if args.init == "none" else args.init,
+    )
+    stats = path_statistics(graph, args.offset)
+    factors = rule.factors(graph, "adam")
+    base_text = f"a chain of {base} layers" if isinstance(base, int) else args.base_graph
+    out.write(
+        f"{stats.count} input-to-output paths, depth {stats.shortest}..{stats.longest} "
+        f"(mean {stats.mean_depth:.4g}), sum of depth^3 = {stats.cube_sum}\n"
+        f"learning-rate factor against {base_text}: {rule.lr_factor(graph):.6g}\n"
+    )
+    rows = [
+        (name, graph.role(name).value, round(factors.init[name] ** -2), factors.init[name], factors.lr[name])
+        for name in factors.lr
+    ]
+    header = ("layer", "role", f"in-degree ({args.init})", "init std x", "lr x")
+    out.write(format_table(rows, header) + "\n")
+    return 0
+
+
 def _cmd_table(args: argparse.Namespace, out: TextIO) -> int:
     layers = named_parametrization(args.parametrization, args.layers, args.optimizer, args.alignment)
     rows = [(layer.name, layer.role.value, layer.a, layer.b, layer.c) for layer in layers]
@@ -279,6 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     graph = sub.add_parser("graph", help="list a JSON graph's nodes with a, b, c and r (or print DOT)")
     graph.add_argument("file", help="JSON file, or - for stdin")
     graph.add_argument("--dot", action="store_true", help="print graphviz DOT instead of a table")
+    depth = sub.add_parser("depth", help="path statistics and Chen et al.'s depth/topology factors")
+    depth.add_argument("file", help="JSON file, or - for stdin")
+    base = depth.add_mutually_exclusive_group()
+    base.add_argument("--base", type=int, default=3, help="base: a chain of this many layers (default 3)")
+    base.add_argument("--base-graph", help="base: a graph given as JSON")
+    depth.add_argument("--offset", type=int, default=0, help="layers every path passes outside the graph")
+    depth.add_argument("--kernel-size", type=int, default=1)
+    depth.add_argument("--base-kernel-size", type=int, default=1)
+    depth.add_argument("--init", choices=("target", "source", "none"), default="target")
     table = sub.add_parser("table", help="print the a/b/c table of a named parametrization")
     table.add_argument("--parametrization", "-p", choices=PARAMETRIZATIONS, default="mup")
     table.add_argument("--optimizer", "-o", choices=("adam", "sgd"), default="adam")
@@ -292,7 +334,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run the command line; return the exit status."""
     args = build_parser().parse_args(argv)
     out = sys.stdout if out is None else out
-    commands = {"solve": _cmd_solve, "graph": _cmd_graph, "table": _cmd_table, "demo": _cmd_demo}
+    commands = {
+        "solve": _cmd_solve,
+        "graph": _cmd_graph,
+        "depth": _cmd_depth,
+        "table": _cmd_table,
+        "demo": _cmd_demo,
+    }
     try:
         return commands[args.command](args, out)
     except MaxPError as err:

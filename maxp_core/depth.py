@@ -202,10 +202,36 @@ def chen_lr_factor(
     return math.sqrt(float(Fraction(base_cubes, stats.cube_sum))) * q_base / q
 
 
-def _summing(graph: OpGraph, i: int) -> bool:
-    """Whether node ``i`` adds its inputs (rather than multiplying or taking one)."""
+def _is_add(graph: OpGraph, i: int) -> bool:
+    """Whether node ``i`` is a parameter-free addition of two or more inputs (a traced ``+``)."""
     node = graph.nodes[i]
-    return not node.multiplies
+    return not node.has_weight and not node.multiplies and len(node.preds) > 1
+
+
+def _flatten(graph: OpGraph, start: tuple[int, ...], step: str) -> list[int]:
+    """Walk from ``start`` through parameter-free additions (``step``: "preds" or "succs"),
+    returning the nodes beyond them: a sum traced as nested ``+`` is one sum of all its terms."""
+    found, stack = [], list(reversed(start))
+    while stack:
+        i = stack.pop()
+        nxt = graph.pred_indices(i) if step == "preds" else graph.succ_indices(i)
+        if _is_add(graph, i) and nxt:
+            stack.extend(reversed(nxt))
+        else:
+            found.append(i)
+    return found
+
+
+def _sum_terms(graph: OpGraph, i: int) -> int:
+    """How many terms node ``i``'s input adds up (1 where it multiplies its inputs)."""
+    if graph.nodes[i].multiplies:
+        return 1
+    return max(len(_flatten(graph, graph.pred_indices(i), "preds")), 1)
+
+
+def _consumers(graph: OpGraph, i: int) -> list[int]:
+    """The nodes that read node ``i``'s output, past any additions it goes through."""
+    return _flatten(graph, graph.succ_indices(i), "succs")
 
 
 def init_in_degrees(graph: OpGraph, convention: InitConvention = "target") -> dict[str, int]:
@@ -232,7 +258,8 @@ def init_in_degrees(graph: OpGraph, convention: InitConvention = "target") -> di
       width 1024).
 
     A sink (the readout), a layer feeding a product (a gate, attention) and a layer with a
-    single input count as ``1``.
+    single input count as ``1``. Parameter-free additions (a sum traced as nested ``+``)
+    are looked through: ``a + b + c`` is one sum of three terms.
 
     Args:
       graph: the op graph.
@@ -254,13 +281,9 @@ def init_in_degrees(graph: OpGraph, convention: InitConvention = "target") -> di
     for i in graph.weighted:
         node = graph.nodes[i]
         if convention == "source":
-            degrees[node.name] = len(node.preds) if _summing(graph, i) and node.preds else 1
+            degrees[node.name] = _sum_terms(graph, i)
             continue
-        sums = {
-            graph.nodes[s].name: len(graph.nodes[s].preds)
-            for s in graph.succ_indices(i)
-            if _summing(graph, s)
-        }
+        sums = {graph.nodes[s].name: _sum_terms(graph, s) for s in _consumers(graph, i)}
         found = set(sums.values()) or {1}
         if len(found) > 1:
             raise GraphError(
@@ -282,7 +305,7 @@ def residual_branch_outputs(graph: OpGraph) -> tuple[str, ...]:
     for i in graph.weighted:
         if graph.role(graph.nodes[i].name) is not Role.HIDDEN:
             continue
-        if any(_summing(graph, s) and len(graph.nodes[s].preds) > 1 for s in graph.succ_indices(i)):
+        if any(_sum_terms(graph, s) > 1 for s in _consumers(graph, i)):
             found.append(graph.nodes[i].name)
     return tuple(found)
 
@@ -446,8 +469,8 @@ class BranchScaling:
             init=dict.fromkeys(names, 1.0),
             multiplier={n: self.branch_multiplier if n in branches else 1.0 for n in names},
             rule=(
-                f"residual branches x {self.branch_multiplier:.4g} (alpha {self.alpha:g}, "
-                f"{self.depth} / {self.base_depth} blocks) on {len(branches)} layers, hidden lr x {hidden:.4g}"
+                f"residual branches x {self.branch_multiplier:.4g} (alpha {self.alpha:g}, {self.depth} / "
+                f"{self.base_depth} blocks) on {len(branches)} layers, hidden lr x {hidden:.4g}"
             ),
         )
 

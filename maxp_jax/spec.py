@@ -38,6 +38,7 @@ from maxp_core import (
     validate,
     warn_user,
 )
+from maxp_core.depth import DepthFactors, DepthScaling, depth_factors
 from maxp_core.formulation import parse_optimizer
 from maxp_core.graph import flattened_inputs, graph_by_roles
 from maxp_core.parametrizations import parse_parametrization
@@ -211,6 +212,14 @@ class MaxPSpec:
       apply_fn, sample_input: give both to read the graph between the layers from
         ``apply_fn(params, sample_input)`` (:mod:`maxp_jax.graph`: residual adds, gates,
         marked activation ops); without them the layers form a chain in rule order.
+      depth: a depth rule of :mod:`maxp_core.depth` on top of the width exponents:
+        :class:`~maxp_core.ChenScaling` (every rate times the graph's depth/topology factor,
+        initial scales divided by ``sqrt(in-degree)``) or :class:`~maxp_core.BranchScaling`
+        (depth-muP / CompleteP: residual-branch outputs times ``(L/L_base)^-alpha``, hidden
+        rates times ``(L/L_base)^(alpha-1)``). With ``multipliers="folded"`` a branch
+        multiplier is folded into the branch layer's init and rate; with ``"explicit"`` it is
+        part of :meth:`multiplier`. Both rules read the graph, so give ``apply_fn`` and
+        ``sample_input`` unless the layers form a chain.
 
     Raises:
       MaxPError: an argument is not of the documented kind, a rule matches nothing or a
@@ -237,6 +246,7 @@ class MaxPSpec:
     solver: str = "highs"
     apply_fn: Any = None
     sample_input: Any = None
+    depth: DepthScaling | None = None
     layers: tuple[Layer, ...] = field(init=False)
     c: np.ndarray = field(init=False)
 
@@ -245,6 +255,7 @@ class MaxPSpec:
         self._check_arguments()
         self.layers = self._find_layers()
         self.graph = self._build_graph()
+        self.depth_factors: DepthFactors = depth_factors(self.depth, self.graph, self.optimizer)
         self.lp = StabilityLP(
             self.graph,
             self.optimizer,
@@ -454,25 +465,41 @@ class MaxPSpec:
                 out.append((layer.a, layer.b, float(ci)))
         return out
 
-    def factors(self, c: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
-        """Learning-rate factor ``n^-c`` per layer (after folding), float64."""
-        effective = self.effective_abc(c)
-        return np.array([layer.width ** -abc[2] for layer, abc in zip(self.layers, effective, strict=True)])
+    def _depth(self, layer: Layer) -> tuple[float, float]:
+        """``(init, lr)`` multipliers the depth rule gives ``layer`` (its branch multiplier
+        folded in unless the model applies it)."""
+        f = self.depth_factors
+        if self.multipliers == "folded":
+            return f.folded(layer.name, self.optimizer)
+        return f.init[layer.name], f.lr[layer.name]
 
-    def init_std(self, std_prefactor: float = 1.0) -> np.ndarray:
-        """Initial standard deviation ``std_prefactor * n^-b`` per layer (after folding)."""
+    def factors(self, c: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
+        """Learning-rate factor ``n^-c`` per layer (after folding, times the depth rule's), float64."""
+        effective = self.effective_abc(c)
         return np.array(
             [
-                std_prefactor * layer.width ** -abc[1]
+                layer.width ** -abc[2] * self._depth(layer)[1]
+                for layer, abc in zip(self.layers, effective, strict=True)
+            ]
+        )
+
+    def init_std(self, std_prefactor: float = 1.0) -> np.ndarray:
+        """Initial standard deviation ``std_prefactor * n^-b`` per layer (after folding, times
+        the depth rule's)."""
+        return np.array(
+            [
+                std_prefactor * layer.width ** -abc[1] * self._depth(layer)[0]
                 for layer, abc in zip(self.layers, self.effective_abc(), strict=True)
             ]
         )
 
     def multiplier(self, name: str) -> float:
-        """Output multiplier ``n^-a`` of a layer, for ``multipliers="explicit"`` models."""
+        """Output multiplier ``n^-a`` of a layer (times a depth rule's branch multiplier when
+        ``multipliers="explicit"``), for ``multipliers="explicit"`` models."""
         for layer in self.layers:
             if name in (layer.name, layer.weight_path):
-                return float(layer.width**-layer.a)
+                branch = self.depth_factors.multiplier[layer.name] if self.multipliers == "explicit" else 1.0
+                return float(layer.width**-layer.a * branch)
         raise MaxPError(f"no maxP layer named {name!r}; layers: {[layer.name for layer in self.layers]}")
 
     def leaf_layer_index(self) -> dict[str, int | tuple[int, ...] | TiedUses]:
@@ -493,7 +520,8 @@ class MaxPSpec:
             (layer.name, layer.role.value, layer.width, layer.a, layer.b, float(c), float(f))
             for layer, c, f in zip(self.layers, self.c, self.factors(), strict=True)
         ]
-        return format_table(rows, ("layer", "role", "width", "a", "b", "c", "lr factor"))
+        table = format_table(rows, ("layer", "role", "width", "a", "b", "c", "lr factor"))
+        return table if self.depth is None else f"{table}\ndepth: {self.depth_factors.rule}"
 
 
 def _leaf_index(found: list[int], layers: Sequence[Layer]) -> int | tuple[int, ...] | TiedUses:

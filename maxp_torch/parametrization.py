@@ -31,6 +31,7 @@ from maxp_core import (
     warn_user,
 )
 from maxp_core.alignment import MODES
+from maxp_core.depth import DepthFactors, DepthScaling, depth_factors
 from maxp_core.formulation import parse_optimizer
 from maxp_core.graph import graph_by_roles
 from maxp_core.parametrizations import attention_exponent, parse_parametrization
@@ -162,6 +163,12 @@ class Parametrization:
     ``resample_w0`` redraws them exactly instead of storing them. ``layers`` replaces
     the discovery of ``ParametrizedModule``s (``maxp_torch.scheduler`` passes plain
     ``nn.Linear`` layers this way) and ``reinit=False`` keeps the current weights.
+    ``depth`` adds a depth rule of :mod:`maxp_core.depth` on top of the width exponents
+    (:class:`~maxp_core.ChenScaling`: every rate times the graph's depth/topology factor and
+    initial stds divided by ``sqrt(in-degree)``; :class:`~maxp_core.BranchScaling`:
+    depth-muP or CompleteP, residual-branch outputs scaled by ``(L/L_base)^-alpha``, hidden
+    rates by ``(L/L_base)^(alpha-1)``). Both read the traced graph, so pass
+    ``sample_input`` unless the layers form a chain.
 
     Examples:
       >>> model = nn.Sequential(
@@ -202,6 +209,7 @@ class Parametrization:
         strict: bool = False,
         layers: list[tuple[str, Any]] | None = None,
         reinit: bool = True,
+        depth: DepthScaling | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise MaxPError(f"Parametrization needs an nn.Module, got {type(model).__name__}")
@@ -263,6 +271,8 @@ class Parametrization:
         self.weighted = [k for k, m in enumerate(self.modules) if m.weight is not None]
         self.groups = _tied_groups([self.modules[k].weight for k in self.weighted])
         self._check_coverage()
+        self.depth = depth
+        self.depth_factors: DepthFactors | None = None  # set once the graph is known
         # Initialise before tracing: the tracer reads which factors are zero at initialization.
         self._reinit_and_scale(reinit)
         if sample_input is not None:
@@ -279,6 +289,9 @@ class Parametrization:
             u={n: t[2] for n, t in numbers.items()},
         )
         self._row = {k: self.graph.index(name) for k, name in enumerate(self.names)}
+        if depth is not None:
+            self.depth_factors = depth_factors(depth, self.graph, self.optimizer_type)
+            self._reinit_and_scale(reinit)  # the same draws, at the depth rule's scales
         pins = {}
         for name, module in zip(self.names, self.modules, strict=True):
             pin = module.c if module.c is not None else c_overrides.get(module.layer_type)
@@ -358,6 +371,17 @@ class Parametrization:
     def _width(self, k: int) -> int:
         return self.modules[k].width_dim
 
+    def _depth(self, k: int) -> tuple[float, float, float]:
+        """``(init, lr, output multiplier)`` the depth rule gives module ``k`` (ones without a
+        rule); a bare parameter has its branch multiplier folded into init and rate."""
+        f = self.depth_factors
+        name = self.names[k]
+        if f is None or name not in f.lr:
+            return 1.0, 1.0, 1.0
+        if self.modules[k].folded:
+            return (*f.folded(name, self.optimizer_type), 1.0)
+        return f.init[name], f.lr[name], f.multiplier[name]
+
     def _abc(self, j: int, c: float | None = None) -> tuple[float, float, float]:
         """``(a, b, c)`` of weighted layer ``j`` as applied (``c``: the latest solution unless
         given); a bare parameter's multiplier is folded into its ``b`` and ``c``."""
@@ -372,7 +396,10 @@ class Parametrization:
     def _init_std(self, g: int) -> float:
         """Initial standard deviation of group ``g``'s weight: the smallest its layers ask for."""
         return min(
-            self.std_prefactor * self._width(self.weighted[j]) ** -self._applied_b(j) for j in self.groups[g]
+            self.std_prefactor
+            * self._width(self.weighted[j]) ** -self._applied_b(j)
+            * self._depth(self.weighted[j])[0]
+            for j in self.groups[g]
         )
 
     def _group_of(self, k: int) -> int:
@@ -400,7 +427,8 @@ class Parametrization:
     @torch.no_grad()
     def _reinit_and_scale(self, reinit: bool) -> None:
         for k, module in enumerate(self.modules):
-            module.scale = 1.0 if module.folded else float(self._width(k) ** -self.exponents[k][0])
+            multiplier = self._width(k) ** -self.exponents[k][0] * self._depth(k)[2]
+            module.scale = 1.0 if module.folded else float(multiplier)
         for g, members in enumerate(self.groups):
             first = self.weighted[members[0]]
             weight = self.modules[first].weight
@@ -456,8 +484,10 @@ class Parametrization:
         return float(self.c[self._binding(g)])
 
     def _layer_lr(self, j: int) -> float:
-        """The rate weighted layer ``j`` asks for: ``lr_prefactor * width^-c`` (c folded if bare)."""
-        return self.lr_prefactor * float(self._width(self.weighted[j]) ** -self._abc(j)[2])
+        """The rate weighted layer ``j`` asks for: ``lr_prefactor * width^-c`` (c folded if bare),
+        times the depth rule's factor."""
+        k = self.weighted[j]
+        return self.lr_prefactor * float(self._width(k) ** -self._abc(j)[2]) * self._depth(k)[1]
 
     def _lr(self, g: int) -> float:
         """Group ``g``'s rate: the smallest its layers ask for (a tied weight keeps both uses stable)."""
@@ -543,7 +573,8 @@ class Parametrization:
                  a, b, c, float(alpha), float(omega), float(u), self._lr(group_of[j]))
             )  # fmt: skip
         header = ("layer", "role", "kind", "width", "a", "b", "c", "alpha", "omega", "u", "lr")
-        return format_table(rows, header)
+        table = format_table(rows, header)
+        return table if self.depth_factors is None else f"{table}\ndepth: {self.depth_factors.rule}"
 
     def __repr__(self) -> str:
         return (

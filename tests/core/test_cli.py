@@ -195,3 +195,26 @@ def test_solve_reads_products_contractions_and_zero_initial_weights(tmp_path) ->
     path.write_text(json.dumps(bad))
     done = run("solve", str(path))
     assert done.returncode == 2 and "contraction must be true or false" in done.stderr
+
+
+def test_depth_prints_path_statistics_and_chen_factors(tmp_path) -> None:
+    """A skip from h1 to the readout: paths of depth 3 and 4, factor sqrt(27 / (27 + 64))."""
+    skip = {**MLP, "nodes": [*MLP["nodes"][:3], node("out", 0.5, 0.5, ["h1", "h2"])]}
+    path = tmp_path / "skip.json"
+    path.write_text(json.dumps(skip))
+    buffer = io.StringIO()
+    assert main(["depth", str(path), "--init", "source"], out=buffer) == 0
+    text = buffer.getvalue()
+    assert "2 input-to-output paths, depth 3..4" in text and "sum of depth^3 = 91" in text
+    assert f"{math.sqrt(27 / 91):.6g}" in text
+    rows = {line.split()[0]: line.split() for line in text.splitlines()[3:]}
+    assert rows["out"][2:4] == ["2", "0.7071"]  # the readout sums two inputs
+    assert rows["h2"][2:4] == ["1", "1"]
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(MLP))
+    buffer = io.StringIO()
+    assert main(["depth", str(path), "--base-graph", str(base), "--init", "none"], out=buffer) == 0
+    assert run("depth", str(path)).stderr.startswith("error: layer 'h1' feeds sums of different in-degree")
+    assert f"{math.sqrt(64 / 91):.6g}" in buffer.getvalue()
+    done = run("depth", str(path), "--base", "0")
+    assert done.returncode == 2 and "base" in done.stderr and "got 0" in done.stderr

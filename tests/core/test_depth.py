@@ -173,7 +173,8 @@ def test_target_init_keeps_activation_rms_through_a_dense_dag() -> None:
         x = {0: rng.standard_normal((batch, width))}
         for j in range(1, vertices):
             pre = sum(
-                x[i] @ (rng.standard_normal((width, width)) * math.sqrt(2 / width))
+                x[i]
+                @ (rng.standard_normal((width, width)) * math.sqrt(2 / width))
                 * (1 / math.sqrt(degrees[f"e{i}_{j}"]) if scaled else 1.0)
                 for i in range(j)
             )
