@@ -111,11 +111,12 @@ def _finished(path: Path, steps: int) -> dict[str, Any] | None:
 
 
 def summarize(
-    runs: list[dict[str, Any]], widths: list[int], lrs: list[float], methods: list[str]
+    runs: list[dict[str, Any]], widths: list[int], lrs: list[float], methods: list[str], axis: str = "width"
 ) -> tuple[str, dict[str, Any]]:
     """Best rate per width and method, first diverging rate, and how far the best rate moves.
 
-    Returns the Markdown tables and ``{"best": {method: {width: ...}}, "shift": {method: log2}}``.
+    ``axis`` names the run field the sizes ``widths`` are read from (``"depth"`` for a depth
+    sweep). Returns the Markdown tables and ``{"best": {method: {size: ...}}, "shift": {method: log2}}``.
     """
     best_by: dict[str, dict[int, dict[str, Any]]] = {}
     rows = []
@@ -124,7 +125,7 @@ def summarize(
         for width in widths:
             by_lr: dict[float, list[dict[str, Any]]] = {}
             for r in runs:
-                if r["method"] == method and r["width"] == width and r["lr"] in lrs:
+                if r["method"] == method and r[axis] == width and r["lr"] in lrs:
                     by_lr.setdefault(r["lr"], []).append(r)
             stable = {
                 lr: float(np.mean([r["final_train_loss"] for r in mine]))
@@ -169,7 +170,7 @@ def summarize(
         shift_rows.append((method, f"{widths[0]} -> {widths[-1]}", "-" if value is None else f"{value:+.1f}"))
     header = (
         "method",
-        "width",
+        axis,
         "best lr",
         "loss at best",
         "spread",
@@ -178,14 +179,24 @@ def summarize(
         "ratio",
     )
     table = format_table(rows, header)
-    shifts = format_table(shift_rows, ("method", "widths", "best-lr shift (log2)"))
+    shifts = format_table(shift_rows, ("method", f"{axis}s", "best-lr shift (log2)"))
     return (
-        f"```\n{table}\n```\n\nHow far the best rate moves as width grows:\n\n```\n{shifts}\n```\n",
+        f"```\n{table}\n```\n\nHow far the best rate moves as {axis} grows:\n\n```\n{shifts}\n```\n",
         {"best": best_by, "shift": shift},
     )
 
 
-def plot(runs: list[dict[str, Any]], widths: list[int], methods: list[str], out: Path, summary: dict) -> None:
+def plot(
+    runs: list[dict[str, Any]],
+    widths: list[int],
+    methods: list[str],
+    out: Path,
+    summary: dict,
+    axis: str = "width",
+    prefix: str = "sweep",
+) -> None:
+    """``<prefix>-transfer.png`` (loss against rate per size, a panel per method) and
+    ``<prefix>-curves.png`` (training curves at the best rates, a panel per size)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,14 +206,14 @@ def plot(runs: list[dict[str, Any]], widths: list[int], methods: list[str], out:
     for ax, method in zip(axes[0], methods, strict=True):
         for row, width in enumerate(widths):
             mine = sorted(
-                (r for r in runs if r["method"] == method and r["width"] == width), key=lambda r: r["lr"]
+                (r for r in runs if r["method"] == method and r[axis] == width), key=lambda r: r["lr"]
             )
             lrs = sorted({r["lr"] for r in mine})
             losses = [np.mean([r["final_train_loss"] for r in mine if r["lr"] == lr]) for lr in lrs]
             losses = [v if math.isfinite(v) else np.nan for v in losses]
-            (line,) = ax.plot(lrs, losses, marker="o", label=f"width {width}")
+            (line,) = ax.plot(lrs, losses, marker="o", label=f"{axis} {width}")
             diverging = [lr for lr in lrs if any(r["diverged"] for r in mine if r["lr"] == lr)]
-            # Diverging rates as crosses along the top edge, one row per width in its colour.
+            # Diverging rates as crosses along the top edge, one row per size in its colour.
             ax.scatter(
                 diverging,
                 [0.96 - 0.04 * row] * len(diverging),
@@ -220,7 +231,7 @@ def plot(runs: list[dict[str, Any]], widths: list[int], methods: list[str], out:
     axes[0][0].set_ylabel("final train loss (x at the top: diverged)")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "sweep-transfer.png", dpi=110)
+    fig.savefig(out / f"{prefix}-transfer.png", dpi=110)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, len(widths), figsize=(4.2 * len(widths), 3.6), sharey=True, squeeze=False)
@@ -230,17 +241,17 @@ def plot(runs: list[dict[str, Any]], widths: list[int], methods: list[str], out:
             mine = [
                 r
                 for r in runs
-                if r["method"] == method and r["width"] == width and r["lr"] == best and r["seed"] == 0
+                if r["method"] == method and r[axis] == width and r["lr"] == best and r["seed"] == 0
             ]
             if mine:
                 ax.plot(mine[0]["losses"], label=f"{method} (lr {best:.3g})")
         ax.set_yscale("log")
-        ax.set_title(f"width {width}, best rates (seed 0)")
+        ax.set_title(f"{axis} {width}, best rates (seed 0)")
         ax.set_xlabel("step")
         ax.legend(fontsize=7)  # the best rates differ from panel to panel
     axes[0][0].set_ylabel("train loss")
     fig.tight_layout()
-    fig.savefig(out / "sweep-curves.png", dpi=110)
+    fig.savefig(out / f"{prefix}-curves.png", dpi=110)
     plt.close(fig)
 
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from benchmarks.sweep_tasks import Task, diverged, run_record
 from examples.torch_models import GPT
+from maxp_core.depth import DepthScaling
 from maxp_torch import Parametrization, ParametrizedModule
 
 MAXP_WARMUP, MAXP_INTERVAL = 20, 10
@@ -38,9 +39,17 @@ def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def train(
-    task: Task, method: str, width: int, lr: float, seed: int, steps: int, device: str = "cpu"
+    task: Task,
+    method: str,
+    width: int,
+    lr: float,
+    seed: int,
+    steps: int,
+    device: str = "cpu",
+    depth: DepthScaling | None = None,
 ) -> dict[str, object]:
-    """Train one configuration for ``steps`` steps (stopping early on divergence)."""
+    """Train one configuration for ``steps`` steps (stopping early on divergence); ``depth`` is
+    a depth rule for the muP methods (:mod:`maxp_core.depth`)."""
     torch.manual_seed(seed)
     model = build_model(task, method, width).to(device)
     probe = torch.as_tensor(task.probe, device=device)
@@ -57,6 +66,7 @@ def train(
             warmup_steps=MAXP_WARMUP if dynamic else 10**9,
             solve_interval=MAXP_INTERVAL,
             seed=seed,
+            depth=depth,
         )
         optimizer = torch.optim.AdamW(param.param_groups, weight_decay=0.0)
         param.capture_initial(probe)

@@ -253,3 +253,19 @@ def test_rules_refuse_bad_arguments() -> None:
         depth_factors("chen", chain(3), "adam")  # type: ignore[arg-type]
     ones = depth_factors(None, chain(3), "adam")
     assert ones.lr == ones.init == ones.multiplier == dict.fromkeys(chain(3).names, 1.0)
+
+
+def test_nested_additions_are_one_sum() -> None:
+    """A tracer records a + b + c as two binary additions: the in-degree is still 3."""
+    nodes = [
+        Node("stem", a=-0.5),
+        *(Node(f"h{k}", a=0.0, preds=("stem",)) for k in range(3)),
+        Node("add0", a=0.0, has_weight=False, preds=("h0", "h1")),
+        Node("add1", a=0.0, has_weight=False, preds=("add0", "h2")),
+        Node("out", a=0.5, preds=("add1",)),
+    ]
+    graph = OpGraph(nodes)
+    assert init_in_degrees(graph, "target") == {"stem": 1, "h0": 3, "h1": 3, "h2": 3, "out": 1}
+    assert init_in_degrees(graph, "source")["out"] == 3
+    assert path_statistics(graph).count == 3 and path_statistics(graph).cube_sum == 3 * 27
+    assert residual_branch_outputs(graph) == ("h0", "h1", "h2")
