@@ -168,7 +168,8 @@ class Parametrization:
     initial stds divided by ``sqrt(in-degree)``; :class:`~maxp_core.BranchScaling`:
     depth-muP or CompleteP, residual-branch outputs scaled by ``(L/L_base)^-alpha``, hidden
     rates by ``(L/L_base)^(alpha-1)``). Both read the traced graph, so pass
-    ``sample_input`` unless the layers form a chain.
+    ``sample_input`` unless the layers form a chain. With ``reinit=False`` the weights stay
+    as they are: the rule's initial scales are not applied, its multipliers and rates are.
 
     Examples:
       >>> model = nn.Sequential(
