@@ -106,6 +106,9 @@ def run_group(
 
 
 def _group_in_worker(*args: Any) -> list[dict[str, Any]]:
+    import torch
+
+    torch.set_num_threads(1)  # one thread per process: several processes share the cores
     return list(run_group(*args))
 
 
