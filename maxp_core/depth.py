@@ -51,6 +51,7 @@ from maxp_core import validate
 from maxp_core.errors import GraphError, MaxPError
 from maxp_core.formulation import parse_optimizer
 from maxp_core.graph import OpGraph
+from maxp_core.resolve import warn_user
 from maxp_core.roles import Role
 
 InitConvention = Literal["target", "source"]
@@ -455,13 +456,20 @@ class BranchScaling:
 
     def factors(self, graph: OpGraph, optimizer: str) -> DepthFactors:
         """Per-layer factors for ``graph``; refuses a graph without residual branches."""
-        branches = set(residual_branch_outputs(graph))
-        if not branches:
+        found = residual_branch_outputs(graph)
+        if not found:
             raise GraphError(
                 "BranchScaling found no residual branch in the graph (a hidden layer whose output is "
                 "added to the stream); trace the model's graph (sample_input / apply_fn) or use "
                 "ChenScaling for networks without residual branches"
             )
+        if len(found) % self.depth:
+            raise GraphError(
+                f"BranchScaling(depth={self.depth}) does not match the graph: its {len(found)} residual "
+                f"branches {list(found)} do not split evenly into {self.depth} blocks; give the model's "
+                "number of blocks"
+            )
+        branches = set(found)
         names = [graph.nodes[i].name for i in graph.weighted]
         hidden = self.hidden_lr_factor(optimizer)
         return DepthFactors(
@@ -476,6 +484,19 @@ class BranchScaling:
 
 
 DepthScaling = ChenScaling | BranchScaling
+
+
+def warn_if_untraced(rule: DepthScaling | None, traced: bool, how: str) -> None:
+    """Warn that Chen's rule on a graph built from layer order alone assumes a chain.
+
+    Without tracing, the adapters take the layers as a chain in order; a model with skips or
+    parallel branches would get a chain's factor. ``how`` says how to trace.
+    """
+    if isinstance(rule, ChenScaling) and not traced:
+        warn_user(
+            "ChenScaling on an untraced graph: the layers are taken as a chain in their order, so the "
+            f"depth factor is a chain's; if the model has skips or parallel branches, {how}"
+        )
 
 
 def depth_factors(rule: DepthScaling | None, graph: OpGraph, optimizer: str) -> DepthFactors:
@@ -503,4 +524,5 @@ __all__ = [
     "init_in_degrees",
     "path_statistics",
     "residual_branch_outputs",
+    "warn_if_untraced",
 ]

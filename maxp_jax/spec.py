@@ -38,7 +38,7 @@ from maxp_core import (
     validate,
     warn_user,
 )
-from maxp_core.depth import DepthFactors, DepthScaling, depth_factors
+from maxp_core.depth import DepthFactors, DepthScaling, depth_factors, warn_if_untraced
 from maxp_core.formulation import parse_optimizer
 from maxp_core.graph import flattened_inputs, graph_by_roles
 from maxp_core.parametrizations import parse_parametrization
@@ -255,6 +255,7 @@ class MaxPSpec:
         self._check_arguments()
         self.layers = self._find_layers()
         self.graph = self._build_graph()
+        warn_if_untraced(self.depth, self.apply_fn is not None, "give apply_fn and sample_input to trace it")
         self.depth_factors: DepthFactors = depth_factors(self.depth, self.graph, self.optimizer)
         self.lp = StabilityLP(
             self.graph,

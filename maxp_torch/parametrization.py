@@ -31,7 +31,7 @@ from maxp_core import (
     warn_user,
 )
 from maxp_core.alignment import MODES
-from maxp_core.depth import DepthFactors, DepthScaling, depth_factors
+from maxp_core.depth import DepthFactors, DepthScaling, depth_factors, warn_if_untraced
 from maxp_core.formulation import parse_optimizer
 from maxp_core.graph import graph_by_roles
 from maxp_core.parametrizations import attention_exponent, parse_parametrization
@@ -291,6 +291,7 @@ class Parametrization:
         )
         self._row = {k: self.graph.index(name) for k, name in enumerate(self.names)}
         if depth is not None:
+            warn_if_untraced(depth, sample_input is not None, "pass sample_input to trace it")
             self.depth_factors = depth_factors(depth, self.graph, self.optimizer_type)
             self._reinit_and_scale(reinit)  # the same draws, at the depth rule's scales
         pins = {}

@@ -241,6 +241,8 @@ def test_branch_scaling_by_hand(alpha: float, optimizer: str, power: float) -> N
 def test_rules_refuse_bad_arguments() -> None:
     with pytest.raises(GraphError, match="no residual branch"):
         BranchScaling(alpha=1.0, depth=4).factors(chain(5), "adam")
+    with pytest.raises(GraphError, match=r"its 4 residual branches .* do not split evenly into 3 blocks"):
+        BranchScaling(alpha=1.0, depth=3).factors(residual_stream(4), "adam")
     with pytest.raises(MaxPError, match=r"alpha must lie in \[0.5, 1\]"):
         BranchScaling(alpha=2.0, depth=4)
     with pytest.raises(MaxPError, match="depth"):
