@@ -35,7 +35,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from benchmarks.sweep import RESULTS, plot, summarize
+from benchmarks.sweep import RESULTS, finished_run, plot, summarize
 from benchmarks.sweep_tasks import DIVERGED_FACTOR, FINAL_WINDOW, TASKS, Task, load_task
 from maxp_core.depth import BranchScaling, ChenScaling, DepthScaling
 
@@ -112,13 +112,6 @@ def _group_in_worker(*args: Any) -> list[dict[str, Any]]:
     return list(run_group(*args))
 
 
-def _finished(path: Path, steps: int) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    record = json.loads(path.read_text())
-    return record if record.get("steps_requested") == steps else None
-
-
 def run_sweep(args: argparse.Namespace, runs_dir: Path) -> list[dict[str, Any]]:
     """Every run of the grid: finished ones read back, the rest trained (seed 0 first)."""
     runs: list[dict[str, Any]] = []
@@ -129,7 +122,7 @@ def run_sweep(args: argparse.Namespace, runs_dir: Path) -> list[dict[str, Any]]:
             for method in args.methods:
                 left = []
                 for lr in args.lrs:
-                    record = _finished(runs_dir / f"{run_id(method, depth, lr, seed)}.json", args.steps)
+                    record = finished_run(runs_dir / f"{run_id(method, depth, lr, seed)}.json", args.steps)
                     if record is None:
                         left.append((lr, seed))
                     else:
@@ -195,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     if args.report_only:
-        finished = (_finished(path, args.steps) for path in sorted(runs_dir.glob("*.json")))
+        finished = (finished_run(path, args.steps) for path in sorted(runs_dir.glob("*.json")))
         runs = [r for r in finished if r is not None and r["method"] in args.methods]
     else:
         runs = run_sweep(args, runs_dir)

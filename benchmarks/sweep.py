@@ -103,7 +103,8 @@ def _group_in_worker(*args: Any) -> list[dict[str, Any]]:
     return list(run_group(*args))
 
 
-def _finished(path: Path, steps: int) -> dict[str, Any] | None:
+def finished_run(path: Path, steps: int) -> dict[str, Any] | None:
+    """The record of a run of ``steps`` steps saved at ``path``, or None if there is none."""
     if not path.exists():
         return None
     record = json.loads(path.read_text())
@@ -276,7 +277,7 @@ def run_sweep(args: argparse.Namespace, runs_dir: Path) -> list[dict[str, Any]]:
     for (method, width, _), settings in _grid(args).items():
         left = []
         for lr, seed in settings:
-            record = _finished(runs_dir / f"{run_id(method, width, lr, seed)}.json", args.steps)
+            record = finished_run(runs_dir / f"{run_id(method, width, lr, seed)}.json", args.steps)
             if record is None:
                 left.append((lr, seed))
             else:
@@ -477,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     if args.report_only:
-        finished = (_finished(path, args.steps) for path in sorted(runs_dir.glob("*.json")))
+        finished = (finished_run(path, args.steps) for path in sorted(runs_dir.glob("*.json")))
         runs = [r for r in finished if r is not None and r["method"] in args.methods]
     else:
         runs = run_sweep(args, runs_dir)
