@@ -225,8 +225,8 @@ def residual_stream(blocks: int) -> OpGraph:
 @pytest.mark.parametrize(("alpha", "optimizer", "power"), [(0.5, "adam", -0.5), (1.0, "adam", 0.0),
                                                           (0.5, "sgd", 0.0), (1.0, "sgd", 1.0)])  # fmt: skip
 def test_branch_scaling_by_hand(alpha: float, optimizer: str, power: float) -> None:
-    graph = residual_stream(4)
-    assert residual_branch_outputs(graph) == ("down0", "down1", "down2", "down3")
+    graph = residual_stream(8)
+    assert residual_branch_outputs(graph) == tuple(f"down{k}" for k in range(8))
     f = BranchScaling(alpha=alpha, depth=8, base_depth=2).factors(graph, optimizer)
     assert f.multiplier["down2"] == pytest.approx(4**-alpha)
     assert f.multiplier["up2"] == f.multiplier["emb"] == f.multiplier["head"] == 1.0
