@@ -10,10 +10,11 @@ feasible: the relaxation has the same optimal ``sum(c)`` as the exact mixed-inte
 form. Reported ``r`` are recomputed as the exact ``min`` from the chosen ``c``.
 
 Feature learning (``r == 0`` before every sink) keeps the relaxation exact where each
-such node can lower its own ``c`` until a term binds; a parameter-free one has its single
-term made an equality (and so on up to the first node with a ``c``). One case stays out
-of reach: a *pinned* ``c`` on a node before a sink, where the exact problem may need a
-slack the LP does not see (SGD's gradient scale ``g`` below its min). There the chosen
+such node can lower its own ``c`` until a term binds; a parameter-free one, or a source
+whose ``c`` is pinned, has its single term made an equality (and so on up to the first
+node with a free ``c``). One case stays out of reach: a *pinned* ``c`` on an interior node
+before a sink, where the exact problem may need a slack the LP does not see (the node's
+``r``, or SGD's gradient scale ``g``, below its min). There the chosen
 ``c`` is checked exactly and :meth:`StabilityLP.solve` raises :class:`InfeasibleError`
 saying so, rather than return rates whose exact ``r`` breaks feature learning.
 
@@ -29,7 +30,9 @@ different solvers land on different points of it. A second LP over the optimal f
   the graph's own numbers (every alignment set to ``reference_alignment`` when given),
   picked by ``"later"``. The adapters pass their preset as ``reference_alignment``, so
   overrides and re-solves with measured alignments stay as near the preset's ``c`` as
-  the optimum allows.
+  the optimum allows. Where that point breaks feature learning exactly (a pinned ``c``
+  before a sink, above: the face holds points the exact problem does not), the
+  ``"later"`` point is returned instead when it does not.
 * ``"later"``: ``min sum_k w_k c_k``: on a tie, earlier nodes take the larger ``c`` and
   later nodes the larger learning rate.
 
@@ -238,7 +241,7 @@ def _build_structure(
         for s, term in gradient_terms(graph):
             add_row(g_col, expand(term.variables, s), term.params, f"{graph.nodes[s].name}: g <= {term.text}")
     if feature_learning:
-        for i in _exact_under_feature_learning(graph, optimizer):
+        for i in _exact_under_feature_learning(graph, optimizer, pinned):
             (term,) = node_terms(graph, i, optimizer)
             row = {col: coef for col, coef in expand(term.variables, i).items()}
             row[int(r_col[i])] = row.get(int(r_col[i]), 0.0) - 1.0
@@ -286,19 +289,21 @@ def _build_structure(
     )
 
 
-def _exact_under_feature_learning(graph: OpGraph, optimizer: Optimizer) -> list[int]:
-    """Parameter-free nodes whose ``r`` must equal their single term under feature learning.
+def _exact_under_feature_learning(graph: OpGraph, optimizer: Optimizer, pinned: Sequence[int]) -> list[int]:
+    """Nodes without a free ``c`` whose ``r`` must equal their single term under feature learning.
 
-    A node with a ``c`` makes its hypograph row tight by lowering ``c``; a parameter-free
-    predecessor of a sink has none, so the LP could leave slack under its ``r == 0`` and
+    A node with a free ``c`` makes its hypograph row tight by lowering ``c``; a predecessor
+    of a sink that is parameter-free, or whose ``c`` is pinned (a source: its one term is
+    its learning rate), has none, so the LP could leave slack under its ``r == 0`` and
     report a point where the exact ``r`` is positive. Its term is made an equality, and so
-    is that of each parameter-free node it reads alone, up to the first node with a ``c``.
+    is that of each such node it reads alone, up to the first node with a free ``c``.
     Both hold in every exact solution, so the optimum does not change.
     """
+    fixed_c = set(pinned)
     exact: list[int] = []
     for i in graph.feature_learning_nodes:
         node = i
-        while not graph.nodes[node].has_weight and node not in exact:
+        while (not graph.nodes[node].has_weight or node in fixed_c) and node not in exact:
             terms = node_terms(graph, node, optimizer)
             if len(terms) != 1:
                 break
@@ -518,6 +523,26 @@ class StabilityLP:
         upper[self._pin_cols] = pin_values
         backend = self._get_backend()
         anchor = self._anchor(backend, lower, upper) if self.tie_rule == "preset" else None
+        c = self._solve_c(backend, rhs, lower, upper, anchor, pin_values)
+        if anchor is not None and self.feature_learning and self._pinned_idx:
+            # The optimal face of the LP may hold points whose exact r breaks feature learning
+            # (slack the LP does not see under a pinned c); the point nearest the reference may
+            # be one while the "later" rule's is not: it is an optimal answer, so take it.
+            r, _ = exact_residuals(self.graph, self.optimizer, c, numbers, self._get_compiled())
+            if self._off_feature_learning(r):
+                c = self._solve_c(backend, rhs, lower, upper, None, pin_values)
+        return self._finish(c, numbers, backend.name)
+
+    def _solve_c(
+        self,
+        backend: _Backend,
+        rhs: np.ndarray,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        anchor: np.ndarray | None,
+        pin_values: np.ndarray,
+    ) -> np.ndarray:
+        """Both stages; ``c`` indexed by node."""
         status, x = backend.solve(rhs, lower, upper, anchor)
         if status == "infeasible":
             raise InfeasibleError(self._explain_infeasible(rhs, lower, upper))
@@ -526,7 +551,7 @@ class StabilityLP:
         c = np.zeros(len(self.graph))
         c[self._weighted_idx] = x[self._c_cols]
         c[self._pinned_idx] = pin_values
-        return self._finish(c, numbers, backend.name)
+        return c
 
     def _anchor(self, backend: _Backend, lower: np.ndarray, upper: np.ndarray) -> np.ndarray | None:
         """The reference ``c`` in weighted order for the ``"preset"`` rule, taken now if unset.
@@ -584,10 +609,17 @@ class StabilityLP:
                 self._backend = _CvxpyBackend(self._structure, name)
         return self._backend
 
-    def _finish(self, c: np.ndarray, numbers: np.ndarray, solver: str, note: str | None = None) -> Solution:
+    def _get_compiled(self) -> CompiledTerms:
         if self._compiled is None:
             self._compiled = CompiledTerms(self.graph, self.optimizer)
-        r, g = exact_residuals(self.graph, self.optimizer, c, numbers, self._compiled)
+        return self._compiled
+
+    def _off_feature_learning(self, r: np.ndarray) -> list[int]:
+        """The predecessors of a sink whose exact ``r`` is not 0."""
+        return [i for i in self.graph.feature_learning_nodes if abs(r[i]) > FEASIBILITY_TOLERANCE]
+
+    def _finish(self, c: np.ndarray, numbers: np.ndarray, solver: str, note: str | None = None) -> Solution:
+        r, g = exact_residuals(self.graph, self.optimizer, c, numbers, self._get_compiled())
         names = self.graph.names
         if note is None and not (np.all(r >= -FEASIBILITY_TOLERANCE) and np.all(np.isfinite(c))):
             unstable = [(names[i], r[i]) for i in range(len(names)) if not r[i] >= -FEASIBILITY_TOLERANCE]
@@ -597,11 +629,7 @@ class StabilityLP:
                 "the problem is badly conditioned for it, try solver='highs'"
             )
         if self.feature_learning and note is None:
-            off = [
-                (names[i], r[i])
-                for i in self.graph.feature_learning_nodes
-                if abs(r[i]) > FEASIBILITY_TOLERANCE
-            ]
+            off = [(names[i], r[i]) for i in self._off_feature_learning(r)]
             if off:
                 raise InfeasibleError(
                     "feature learning needs r == 0 on every predecessor of a sink, but at the "

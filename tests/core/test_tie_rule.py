@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmarks.tie_rule import attention_graph
-from maxp_core import InfeasibleError, MaxPError, OpGraph, StabilityLP, chain
+from maxp_core import InfeasibleError, MaxPError, Node, OpGraph, StabilityLP, chain
 from tests.core.strategies import Instance, chains, dags, instances
 
 FULL = dict(alpha=1.0, omega=0.5, u=1.0)
@@ -229,3 +229,53 @@ def test_a_default_reference_follows_the_pins() -> None:
     assert again == pytest.approx(fresh, abs=1e-9)
     # The face at c_0 = 1.2 is c_1 + c_2 = 1.2; the reference taken at c_0 = 0.6 lies elsewhere.
     assert again["layer1"] + again["layer2"] == pytest.approx(1.2, abs=1e-9)
+
+
+def pinned_source_before_a_sink() -> Instance:
+    """Found by :func:`test_both_rules_reach_the_same_optimum`: SGD, feature learning, zero
+    embeddings ``n0`` (pinned at 0.25) and ``n1``, an activation-only sink ``n2 = n0 + n1`` and a
+    readout ``n3`` of ``n0``, every alignment 0.
+
+    ``g = min(a + b, 2a + c)`` of ``n3`` ``= min(1, c_3 - 1)``; ``r_0 = g - 1 + c_0 = g - 0.75``
+    and ``r_1 = g - 1 + c_1`` must both be 0, so ``g = 0.75``, ``c_1 = 0.25``, ``c_3 = 1.75``:
+    the one exact optimum, ``sum(c) = 2.25``. The LP relaxes ``r_0 <= g - 0.75``, so its face
+    was ``c_1 = 1 - g, c_3 = 1 + g, g in [0.75, 1]``; the preset's ``c`` (``c_3 = 2``) drew
+    ``"preset"`` to ``g = 1``, where the exact ``r_0 = 0.25`` broke feature learning.
+    """
+    nodes = [
+        Node("n0", a=-0.5, b=math.inf, alpha=0, omega=0, u=0),
+        Node("n1", a=-0.5, b=math.inf, alpha=0, omega=0, u=0),
+        Node("n2", a=0.0, b=0.5, alpha=0, omega=0, u=0, has_weight=False, preds=("n0", "n1")),
+        Node("n3", a=-0.5, b=1.5, alpha=0, omega=0, u=0, preds=("n0",)),
+    ]
+    return Instance(OpGraph(nodes), "sgd", True, {"n0": 0.25})
+
+
+@pytest.mark.parametrize("solver", ["highs", "clarabel"])
+def test_a_pinned_source_before_a_sink_does_not_make_preset_infeasible(solver: str) -> None:
+    inst = pinned_source_before_a_sink()
+    preset, later = solve_measured(inst, "preset", solver), solve_measured(inst, "later", solver)
+    assert preset is not None and later is not None
+    assert preset.objective == pytest.approx(later.objective, abs=1e-7)
+    assert preset.objective == pytest.approx(2.25, abs=1e-7)
+    assert preset.c == pytest.approx({"n0": 0.25, "n1": 0.25, "n3": 1.75}, abs=1e-7)
+    assert max(abs(preset.r[name]) for name in ("n0", "n1")) <= 1e-7
+
+
+def test_preset_falls_back_to_later_where_its_point_breaks_feature_learning() -> None:
+    """A pinned interior node before the sink: its ``r`` is a min of three terms, which the LP
+    cannot make exact. The point nearest the preset's ``c`` (``c_2 = 1``) leaves the exact
+    ``r_1 = 0.48``; the ``"later"`` point is exact, and ``"preset"`` returns it."""
+    graph = OpGraph(
+        [
+            Node("l0", a=0.5, b=-0.5, alpha=0.77, omega=0.9, u=0.14),
+            Node("l1", a=0.5, b=0.0, alpha=0.51, omega=0.02, u=0.13, preds=("l0",)),
+            Node("l2", a=0.0, b=1.0, alpha=0.46, omega=0.77, u=0.0, preds=("l1",)),
+        ]
+    )
+    inst = Instance(graph, "sgd", True, {"l1": -1.0})
+    preset, later = solve_measured(inst, "preset", "highs"), solve_measured(inst, "later", "highs")
+    assert preset is not None and later is not None
+    assert preset.c == pytest.approx(later.c, abs=1e-9)
+    assert preset.objective == pytest.approx(-2.0, abs=1e-7)
+    assert preset.r["l1"] == pytest.approx(0.0, abs=1e-7)
