@@ -35,7 +35,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from benchmarks.sweep import RESULTS, finished_run, plot, summarize
+from benchmarks.sweep import RESULTS, finished_run, finished_runs, plot, summarize
 from benchmarks.sweep_tasks import DIVERGED_FACTOR, FINAL_WINDOW, TASKS, Task, load_task
 from maxp_core.depth import BranchScaling, ChenScaling, DepthScaling
 
@@ -188,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     if args.report_only:
-        finished = (finished_run(path, args.steps) for path in sorted(runs_dir.glob("*.json")))
-        runs = [r for r in finished if r is not None and r["method"] in args.methods]
+        runs = finished_runs(runs_dir, args.steps, args.methods)
     else:
         runs = run_sweep(args, runs_dir)
     if not runs:

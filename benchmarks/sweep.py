@@ -111,6 +111,12 @@ def finished_run(path: Path, steps: int) -> dict[str, Any] | None:
     return record if record.get("steps_requested") == steps else None
 
 
+def finished_runs(runs_dir: Path, steps: int, methods: list[str]) -> list[dict[str, Any]]:
+    """Every finished run of ``steps`` steps under ``runs_dir`` by one of ``methods``."""
+    finished = (finished_run(path, steps) for path in sorted(runs_dir.glob("*.json")))
+    return [r for r in finished if r is not None and r["method"] in methods]
+
+
 def summarize(
     runs: list[dict[str, Any]], widths: list[int], lrs: list[float], methods: list[str], axis: str = "width"
 ) -> tuple[str, dict[str, Any]]:
@@ -478,8 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     if args.report_only:
-        finished = (finished_run(path, args.steps) for path in sorted(runs_dir.glob("*.json")))
-        runs = [r for r in finished if r is not None and r["method"] in args.methods]
+        runs = finished_runs(runs_dir, args.steps, args.methods)
     else:
         runs = run_sweep(args, runs_dir)
     if not runs:
