@@ -9,9 +9,14 @@ from torch import nn
 from benchmarks.sweep_tasks import Task, diverged, run_record
 from examples.torch_models import GPT
 from maxp_core.depth import DepthScaling
+from maxp_core.tables import AlignmentTable
 from maxp_torch import Parametrization, ParametrizedModule
 
 MAXP_WARMUP, MAXP_INTERVAL = 20, 10
+#: Methods whose alignments are measured during training (``mup-no`` without using them).
+MEASURED = ("maxp", "mup-no")
+#: Steps between the per-step metrics records kept in a run's file.
+TRAJECTORY_EVERY = 50
 
 
 def build_model(task: Task, method: str, width: int) -> nn.Module:
@@ -38,6 +43,16 @@ def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
+def warmup_factor(step: int, warmup: int) -> float:
+    """The learning-rate multiplier of optimizer step ``step`` (0-based): linear over ``warmup`` steps.
+
+    Example:
+      >>> [warmup_factor(t, 4) for t in range(5)], warmup_factor(0, 0)
+      ([0.25, 0.5, 0.75, 1.0, 1.0], 1.0)
+    """
+    return 1.0 if warmup <= 0 else min(1.0, (step + 1) / warmup)
+
+
 def train(
     task: Task,
     method: str,
@@ -47,33 +62,45 @@ def train(
     steps: int,
     device: str = "cpu",
     depth: DepthScaling | None = None,
+    table: AlignmentTable | None = None,
+    warmup: int = 0,
 ) -> dict[str, object]:
-    """Train one configuration for ``steps`` steps (stopping early on divergence); ``depth`` is
-    a depth rule for the muP methods (:mod:`maxp_core.depth`)."""
+    """Train one configuration for ``steps`` steps (stopping early on divergence).
+
+    ``depth`` is a depth rule for the muP methods (:mod:`maxp_core.depth`); ``table`` the
+    alignment table ``maxp-meas`` trains with; ``warmup`` ramps the rate linearly over its
+    first steps. ``maxp`` and ``mup-no`` (measured without changing its rates) keep their
+    per-step metrics every :data:`TRAJECTORY_EVERY` steps in the record.
+    """
+    if method == "maxp-meas" and table is None:
+        raise ValueError("maxp-meas trains with a measured alignment table; pass table=")
     torch.manual_seed(seed)
     model = build_model(task, method, width).to(device)
     probe = torch.as_tensor(task.probe, device=device)
     param = None
     if method == "sp":
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr * warmup_factor(0, warmup), weight_decay=0.0)
     else:
-        dynamic = method == "maxp"
+        measured = method in MEASURED
         param = Parametrization(
             model,
-            lr_prefactor=lr,
-            alignment="no" if method == "mup-no" else "full",
+            lr_prefactor=lr * warmup_factor(0, warmup),
+            alignment="no" if method in ("mup-no", "maxp-meas") else "full",
+            alignment_overrides=table if method == "maxp-meas" else None,
             sample_input=probe if task.name == "chars" else None,
-            warmup_steps=MAXP_WARMUP if dynamic else 10**9,
+            warmup_steps=MAXP_WARMUP if measured else 10**9,
             solve_interval=MAXP_INTERVAL,
             seed=seed,
             depth=depth,
+            measure_only=method == "mup-no",
         )
         optimizer = torch.optim.AdamW(param.param_groups, weight_decay=0.0)
         param.capture_initial(probe)
     rng = np.random.default_rng(seed)
     losses: list[float] = []
+    trajectory: list[dict[str, float]] = []
     stopped = False
-    for _ in range(steps):
+    for t in range(steps):
         x, y = (torch.as_tensor(v, device=device) for v in task.sample(rng))
         optimizer.zero_grad()
         loss = _loss(model(x), y)
@@ -83,10 +110,23 @@ def train(
             break
         loss.backward()
         optimizer.step()
-        if param is not None:
-            param.step(x, optimizer)
+        rate = lr * warmup_factor(t + 1, warmup)
+        if param is None:
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+            continue
+        param.lr_prefactor = rate
+        param.step(x, optimizer)
+        if method in MEASURED and ((t + 1) % TRAJECTORY_EVERY == 0 or t + 1 == steps):
+            logged = {k: float(f"{v:.6g}") for k, v in param.metrics().items()}
+            trajectory.append(logged | {"loss": losses[-1]})
     with torch.no_grad():
         x_test, y_test = (torch.as_tensor(v, device=device) for v in task.held_out)
         test_loss = float(_loss(model(x_test), y_test))
     settings = {"framework": "torch", "task": task.name, "method": method, "width": width, "lr": lr}
-    return run_record({**settings, "seed": seed, "device": str(device)}, losses, stopped, test_loss)
+    record = run_record({**settings, "seed": seed, "device": str(device)}, losses, stopped, test_loss)
+    record["warmup"] = warmup
+    if trajectory and param is not None:
+        record["layers"] = {param.names[k]: param.modules[k].layer_type for k in param.weighted}
+        record["metrics"] = trajectory
+    return record

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from maxp_core import validate
 from maxp_core.alignment import fill_missing, why_missing
 from maxp_core.errors import MaxPError
 from maxp_core.graph import OpGraph
@@ -124,6 +125,9 @@ class Resolver:
       overrides: fixed ``(alpha, omega, u)`` by row, used whatever was measured.
       unused: ``(row, column)`` of numbers no LP term uses, such as the ``omega`` (column 1)
         of a weight that starts at zero: always missing, so neither told nor counted.
+      measure_only: keep the alignments (same rules, same smoothing) but never solve: the
+        exponents stay ``c_prev``. A run measured this way trains at its preset's rates and
+        records the alignments a dynamic run would see on the same weights.
     """
 
     def __init__(
@@ -135,8 +139,10 @@ class Resolver:
         c_ema: float = 0.0,
         overrides: Mapping[int, tuple[float, float, float]] | None = None,
         unused: Iterable[tuple[int, int]] = (),
+        measure_only: bool = False,
     ) -> None:
         self.names = list(names)
+        self.measure_only = validate.boolean(measure_only, "measure_only")
         self.solve = solve
         self.alignment_ema = check_ema_decay("alignment_ema", alignment_ema)
         self.c_ema = check_ema_decay("c_ema", c_ema)
@@ -182,6 +188,8 @@ class Resolver:
         smoothed = ema_update(previous, filled, self.alignment_ema)
         for row, triple in self.overrides.items():
             smoothed[row] = triple
+        if self.measure_only:
+            return Outcome(c_prev, smoothed, False, int(missing.sum()))
         try:
             c_new = np.asarray(self.solve(smoothed), dtype=np.float64)
         except MaxPError as err:

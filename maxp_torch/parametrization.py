@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import time
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,9 +36,11 @@ from maxp_core.alignment import MODES
 from maxp_core.depth import DepthFactors, DepthScaling, depth_factors, warn_if_untraced
 from maxp_core.formulation import parse_optimizer
 from maxp_core.graph import graph_by_roles
+from maxp_core.metrics import MetricsLog, metrics_record
 from maxp_core.parametrizations import attention_exponent, parse_parametrization
 from maxp_core.rules import tied_disagreement
 from maxp_core.symmetry import fold_multiplier
+from maxp_core.tables import AlignmentTable, resolve_overrides
 from maxp_torch import sharding
 from maxp_torch.layers import TRANSPOSED, kind_of
 from maxp_torch.module import ParametrizedModule
@@ -66,40 +70,6 @@ def unwrap(model: nn.Module) -> nn.Module:
         if not isinstance(inner, nn.Module):
             return model
         model = inner
-
-
-def _override_key(name: str, module: Any, table: Mapping[str, Any]) -> str | None:
-    """The key of ``table`` that applies to a layer: its exact name, then a name suffix, then its type."""
-    if name in table:
-        return name
-    for key in table:
-        if name.endswith("." + key):
-            return key
-    return module.layer_type if module.layer_type in table else None
-
-
-def _alignment_overrides(
-    found: list[tuple[str, Any]], table: Mapping[str, Any] | None
-) -> dict[int, tuple[float, float, float]]:
-    """Each overridden layer's ``(alpha, omega, u)``; every key must apply to some layer."""
-    if table is None:
-        return {}
-    if not isinstance(table, Mapping):
-        raise MaxPError(
-            f"alignment_overrides must be a mapping {{layer name or type: (alpha, omega, u)}}, got {table!r}"
-        )
-    triples = {
-        key: validate.alignment_triple(value, f"alignment_overrides[{key!r}]") for key, value in table.items()
-    }
-    chosen = {k: _override_key(name, module, triples) for k, (name, module) in enumerate(found)}
-    unused = sorted(set(triples) - set(chosen.values()), key=str)
-    if unused:
-        names = [name for name, _ in found]
-        raise MaxPError(
-            f"alignment_overrides keys {unused} match no layer; a key is a layer's name, a suffix of it "
-            f"after a '.', or a layer type (embedding, hidden, readout); layers: {names}"
-        )
-    return {k: triples[key] for k, key in chosen.items() if key is not None}
 
 
 def _exponent_overrides(table: Mapping[str, Any] | None, what: str, pair: bool) -> dict[str, Any]:
@@ -171,6 +141,13 @@ class Parametrization:
     ``sample_input`` unless the layers form a chain. With ``reinit=False`` the weights stay
     as they are: the rule's initial scales are not applied, its multipliers and rates are.
 
+    ``measure_only=True`` measures the alignments on the usual schedule (same rules and
+    smoothing as a dynamic run, kept in :meth:`metrics`) but never re-solves: the rates
+    stay the preset's. ``alignment_overrides`` takes a mapping ``{layer name, name suffix or
+    layer type: (alpha, omega, u)}`` or a :class:`maxp_core.tables.AlignmentTable` (each
+    layer takes its kind's entry): a table measured that way at one width, applied at
+    every width, is the published authors' "maxP-meas" workflow.
+
     Examples:
       >>> model = nn.Sequential(
       ...     ParametrizedModule(nn.Linear(16, 64), width_dim=64, layer_type="embedding"), nn.ReLU(),
@@ -190,7 +167,7 @@ class Parametrization:
         std_prefactor: float = 1.0,
         ab_overrides: Mapping[str, tuple[float, float]] | None = None,
         c_overrides: Mapping[str, float] | None = None,
-        alignment_overrides: Mapping[str, Triple] | None = None,
+        alignment_overrides: Mapping[str, Triple] | AlignmentTable | None = None,
         sample_input: Any = None,
         warmup_steps: int = 0,
         solve_interval: int = 1,
@@ -211,6 +188,7 @@ class Parametrization:
         layers: list[tuple[str, Any]] | None = None,
         reinit: bool = True,
         depth: DepthScaling | None = None,
+        measure_only: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise MaxPError(f"Parametrization needs an nn.Module, got {type(model).__name__}")
@@ -231,6 +209,7 @@ class Parametrization:
         self.resample_w0 = validate.boolean(resample_w0, "resample_w0")
         self.use_training_activations = validate.boolean(use_training_activations, "use_training_activations")
         self.warm_start = validate.boolean(warm_start, "warm_start")
+        self.measure_only = validate.boolean(measure_only, "measure_only")
         feature_learning = validate.boolean(feature_learning, "feature_learning")
         reinit = validate.boolean(reinit, "reinit")
         self.seed = validate.integer(seed, "seed", 0)
@@ -249,7 +228,6 @@ class Parametrization:
                 raise MaxPError("give rules or layers, not both")
             self._ruled = apply_rules(unwrap(model), rules, attention_a=attention_exponent(parametrization))
             layers = self._ruled.layers
-            alignment_overrides = {**self._ruled.alignment, **(alignment_overrides or {})}
         found = layers or [(n, m) for n, m in model.named_modules() if isinstance(m, ParametrizedModule)]
         if layers is not None and use_training_activations:
             raise MaxPError("use_training_activations needs ParametrizedModule layers")
@@ -268,7 +246,7 @@ class Parametrization:
             exponents.append((a0 if module.a is None else module.a, b0 if module.b is None else module.b))
         self.exponents = exponents
         preset = alignment_preset(alignment)
-        self.overrides: dict[int, Triple] = _alignment_overrides(found, alignment_overrides)
+        self.overrides: dict[int, Triple] = self._alignment_overrides(alignment_overrides)
         self.weighted = [k for k, m in enumerate(self.modules) if m.weight is not None]
         self.groups = _tied_groups([self.modules[k].weight for k in self.weighted])
         self._check_coverage()
@@ -323,7 +301,9 @@ class Parametrization:
             c_ema=self.c_ema,
             overrides={self._row[k]: triple for k, triple in self.overrides.items()},
             unused=unused_alignments(self.graph, self.graph.names),
+            measure_only=self.measure_only,
         )
+        self.solve_seconds = 0.0
         self._z0: dict[int, torch.Tensor] = {}
         self._w0: dict[int, torch.Tensor] = {}
         self._sample: torch.Tensor | None = None
@@ -332,6 +312,22 @@ class Parametrization:
         self._publish_alignments()
 
     # --- setup ------------------------------------------------------------------------
+
+    def _alignment_overrides(self, given: Mapping[str, Triple] | AlignmentTable | None) -> dict[int, Triple]:
+        """Each overridden layer's ``(alpha, omega, u)``: the rules', then the user's mapping or table."""
+        layers = [(name, module.layer_type) for name, module in zip(self.names, self.modules, strict=True)]
+        if isinstance(given, AlignmentTable):  # a table describes weights: weightless products keep theirs
+            weighted = [k for k, module in enumerate(self.modules) if module.weight is not None]
+            found, uncovered = resolve_overrides([layers[k] for k in weighted], given)
+            fixed = {weighted[k]: triple for k, triple in found.items()}
+        else:
+            fixed, uncovered = resolve_overrides(layers, given)
+        if uncovered:
+            warn_user(
+                f"the alignment table has no entry for layers {uncovered}; they keep the preset's alignment"
+            )
+        ruled = resolve_overrides(layers, self._ruled.alignment)[0] if self._ruled else {}
+        return {**ruled, **fixed}
 
     def _check_coverage(self) -> None:
         """Weights no layer covers train at ``lr_prefactor``: list them (an error with ``strict``)."""
@@ -526,13 +522,14 @@ class Parametrization:
         return rows[:, 0].tolist(), rows[:, 1].tolist(), rows[:, 2].tolist()
 
     def metrics(self) -> dict[str, float]:
-        """A flat dict for any logger, one entry per layer and counter.
+        """A flat dict for any logger, one entry per layer and counter (:mod:`maxp_core.metrics`).
 
         Keys: ``maxp/lr/<layer>`` (the rate its group runs at), ``maxp/lr_factor/<layer>``
         (``width^-c``, what the layer alone asks for), ``maxp/c/<layer>``,
         ``maxp/alpha/<layer>``, ``maxp/omega/<layer>``, ``maxp/u/<layer>``, and
-        ``maxp/step``, ``maxp/solves``, ``maxp/failures``, ``maxp/missing``. The layer
-        keys are those of ``maxp_jax.metrics``.
+        ``maxp/step``, ``maxp/solves``, ``maxp/failures``, ``maxp/missing``,
+        ``maxp/solve_seconds`` (the last LP solve's wall time). The keys are those of
+        ``maxp_jax.metrics``; :meth:`metrics_log` writes them to a JSONL file.
 
         Example:
           >>> param = Parametrization(nn.Sequential(
@@ -541,20 +538,37 @@ class Parametrization:
           >>> param.metrics()["maxp/lr/1"], param.metrics()["maxp/solves"]
           (0.25, 0.0)
         """
-        out: dict[str, float] = {}
         group_of = {j: g for g, members in enumerate(self.groups) for j in members}
-        for j, k in enumerate(self.weighted):
-            name = self.names[k]
-            row = self.alignment[self._row[k]]
-            out[f"maxp/lr/{name}"] = self._lr(group_of[j])
-            out[f"maxp/lr_factor/{name}"] = float(self._width(k) ** -self._abc(j)[2])
-            out[f"maxp/c/{name}"] = float(self.c[j])
-            out.update(
-                {f"maxp/{field}/{name}": float(row[i]) for i, field in enumerate(("alpha", "omega", "u"))}
-            )
-        for counter in ("step_count", "solves", "failures", "missing"):
-            out[f"maxp/{counter.removesuffix('_count')}"] = float(getattr(self, counter))
-        return out
+        rows = self.alignment[[self._row[k] for k in self.weighted]]
+        columns = {
+            "lr": [self._lr(group_of[j]) for j in range(len(self.weighted))],
+            "lr_factor": [self._width(k) ** -self._abc(j)[2] for j, k in enumerate(self.weighted)],
+            "c": self.c,
+            **{field: rows[:, i] for i, field in enumerate(("alpha", "omega", "u"))},
+        }
+        counters = {
+            "step": self.step_count,
+            "solves": self.solves,
+            "failures": self.failures,
+            "missing": self.missing,
+            "solve_seconds": self.solve_seconds,
+        }
+        return metrics_record([self.names[k] for k in self.weighted], columns, counters)
+
+    def metrics_log(self, path: str | Path) -> MetricsLog:
+        """A :class:`maxp_core.metrics.MetricsLog` at ``path`` naming this model's layers.
+
+        Example:
+          >>> import tempfile, os
+          >>> param = Parametrization(nn.Sequential(
+          ...     ParametrizedModule(nn.Linear(4, 16), width_dim=16, layer_type="embedding"),
+          ...     ParametrizedModule(nn.Linear(16, 2), width_dim=16, layer_type="readout")))
+          >>> with param.metrics_log(os.path.join(tempfile.mkdtemp(), "run.jsonl")) as log:
+          ...     written = log.write(param.metrics(), loss=2.3)
+          >>> written["maxp/c/1"], written["loss"]
+          (0.5, 2.3)
+        """
+        return MetricsLog(path, {self.names[k]: self.modules[k].layer_type for k in self.weighted})
 
     def describe(self) -> str:
         """The per-layer table: role, kind, width, a, b, c, alignments and learning rate.
@@ -838,7 +852,9 @@ class Parametrization:
         return values, nonfinite
 
     def _solve(self, alignment: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
         solution = self.lp.solve(alpha=alignment[:, 0], omega=alignment[:, 1], u=alignment[:, 2])
+        self.solve_seconds = time.perf_counter() - start
         return np.array([solution.c[self.names[k]] for k in self.weighted])
 
     def _resolve(self, x: torch.Tensor | None) -> None:
