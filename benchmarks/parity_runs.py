@@ -69,6 +69,8 @@ class Trace:
     seconds: float = 0.0
     graph: list[tuple[float, float]] = field(default_factory=list)
     op_graph: OpGraph | None = None
+    layers: list[str] = field(default_factory=list)
+    metrics: list[dict[str, float]] = field(default_factory=list)  # the adapter's metrics() per step
 
 
 def batches(setup: Setup) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -128,6 +130,7 @@ def run_torch(setup: Setup, data: list[tuple[np.ndarray, np.ndarray]]) -> tuple[
     else:
         opt = torch.optim.SGD(param.param_groups, momentum=0.9, weight_decay=setup.weight_decay)
     trace = Trace(graph=[(n.a, n.b) for n in param.graph.nodes], op_graph=param.graph)
+    trace.layers = [param.names[k] for k in param.weighted]
     device = setup.torch_device
     param.capture_initial(torch.from_numpy(data[0][0]).to(device))
     start = time.perf_counter()
@@ -142,6 +145,7 @@ def run_torch(setup: Setup, data: list[tuple[np.ndarray, np.ndarray]]) -> tuple[
         trace.lrs.append(param.get_last_lr())
         trace.c.append(param.c.tolist())
         trace.alignment.append(param.alignment.copy())
+        trace.metrics.append(param.metrics())
     trace.seconds = time.perf_counter() - start
     return trace, initial
 
@@ -203,6 +207,7 @@ def run_jax(setup: Setup, data: list[tuple[np.ndarray, np.ndarray]], initial: li
         return optax.apply_updates(p, updates), s, loss
 
     trace = Trace(graph=[(n.a, n.b) for n in spec.graph.nodes], op_graph=spec.graph)
+    trace.layers = [layer.name for layer in spec.layers]
     start = time.perf_counter()
     for x, y in data:
         params, state, loss = step(params, state, jnp.asarray(x), jnp.asarray(y))
@@ -211,6 +216,8 @@ def run_jax(setup: Setup, data: list[tuple[np.ndarray, np.ndarray]], initial: li
         trace.lrs.append([setup.lr * float(f) for f in ms.factors])
         trace.c.append(np.asarray(ms.c, np.float64).tolist())
         trace.alignment.append(np.asarray(ms.alignment, np.float64))
+        logged = jax.device_get(maxp_jax.metrics(state, spec, learning_rate=setup.lr))
+        trace.metrics.append({k: float(v) for k, v in logged.items()})
     trace.seconds = time.perf_counter() - start
     return trace
 
@@ -279,6 +286,62 @@ def compare(setup: Setup, torch_trace: Trace, jax_trace: Trace) -> list[Gap]:
         1e-5 if setup.multipliers == "explicit" else 1e-4,
         False,
     )
+    return gaps
+
+
+#: Tolerance per metrics field: (value, relative); counters must agree exactly.
+METRICS_TOLERANCE = {
+    "lr": (1e-4, True),
+    "lr_factor": (1e-4, True),
+    "c": (1e-4, False),
+    "alpha": (1e-5, False),
+    "omega": (1e-5, False),
+    "u": (1e-5, False),
+    "step": (0.0, False),
+    "solves": (0.0, False),
+    "failures": (0.0, False),
+    "missing": (0.0, False),
+}
+
+
+def _by_position(record: dict[str, float], layers: list[str]) -> dict[str, float]:
+    """A metrics record with each layer's name replaced by its position."""
+    index = {name: str(k) for k, name in enumerate(layers)}
+    out = {}
+    for key, value in record.items():
+        field, _, layer = key.removeprefix("maxp/").partition("/")
+        out[f"maxp/{field}/{index[layer]}" if layer else key] = value
+    return out
+
+
+def compare_metrics(torch_trace: Trace, jax_trace: Trace) -> list[Gap]:
+    """The two adapters' ``metrics()`` records, key by key (layers matched by position).
+
+    JAX re-solves at the start of the next update, so its record after step ``t + 1`` holds
+    what PyTorch's holds after step ``t`` (as in :func:`compare`); its ``maxp/step`` is then one
+    more, which is checked. ``maxp/solve_seconds`` is a wall time and is left out.
+    """
+    pairs = []
+    for t in range(len(torch_trace.metrics) - 1):
+        ours = _by_position(torch_trace.metrics[t], torch_trace.layers)
+        theirs = _by_position(jax_trace.metrics[t + 1], jax_trace.layers)
+        theirs["maxp/step"] -= 1.0
+        if set(ours) != set(theirs):
+            missing = sorted(set(ours) ^ set(theirs))
+            return [Gap("metrics keys", float(len(missing)), 0.0, f"after step {t + 1}: {missing[:4]}")]
+        pairs.append((f"after step {t + 1}", ours, theirs))
+    gaps = []
+    for quantity, (tol, relative) in METRICS_TOLERANCE.items():
+        largest, first = 0.0, None
+        for where, ours, theirs in pairs:
+            keys = [k for k in ours if k.split("/")[1] == quantity]
+            a, b = np.array([ours[k] for k in keys]), np.array([theirs[k] for k in keys])
+            diff = np.abs(a - b) / (np.maximum(np.abs(b), 1e-30) if relative else 1.0)
+            worst = float(diff.max()) if diff.size else 0.0
+            largest = max(largest, worst)
+            if first is None and worst > tol:
+                first = f"{where}, {keys[int(np.argmax(diff))]}"
+        gaps.append(Gap(f"metrics {quantity}", largest, tol, first))
     return gaps
 
 

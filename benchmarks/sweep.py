@@ -126,6 +126,10 @@ def run_group(
 
 
 def _group_in_worker(*args: Any) -> list[dict[str, Any]]:
+    if args[1] == "torch":
+        import torch
+
+        torch.set_num_threads(1)  # one thread per process: several processes share the cores
     return list(run_group(*args))
 
 

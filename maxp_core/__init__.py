@@ -44,6 +44,7 @@ from maxp_core.errors import (
 )
 from maxp_core.graph import ALIGNMENT_PRESETS, Node, OpGraph, alignment_preset, chain
 from maxp_core.lp import SOLVERS, Solution, StabilityLP
+from maxp_core.metrics import MetricsLog, MetricsRun, metrics_record, plot_metrics, read_metrics
 from maxp_core.parametrizations import (
     PARAMETRIZATIONS,
     LayerExponents,
@@ -54,6 +55,7 @@ from maxp_core.parametrizations import (
 from maxp_core.resolve import MaxPWarning, Outcome, Resolver, unused_alignments, warn_user
 from maxp_core.roles import Role, check_init_stability, role_from_position
 from maxp_core.schedule import SolveSchedule, WSDSchedule, check_ema_decay, ema_update, wsd_multiplier
+from maxp_core.tables import AlignmentTable, layer_kind, measure_table
 
 __version__ = "0.1.0"
 
@@ -62,6 +64,7 @@ __all__ = [
     "PARAMETRIZATIONS",
     "SOLVERS",
     "Alignment",
+    "AlignmentTable",
     "BranchScaling",
     "CallOrderError",
     "ChenScaling",
@@ -71,6 +74,8 @@ __all__ = [
     "LayerExponents",
     "MaxPError",
     "MaxPWarning",
+    "MetricsLog",
+    "MetricsRun",
     "Node",
     "OpGraph",
     "Outcome",
@@ -97,10 +102,15 @@ __all__ = [
     "groups_of_equal_shape",
     "init_in_degrees",
     "layer_alignment",
+    "layer_kind",
     "log_rms_alignment",
+    "measure_table",
+    "metrics_record",
     "named_chain",
     "named_parametrization",
     "path_statistics",
+    "plot_metrics",
+    "read_metrics",
     "residual_branch_outputs",
     "role_from_position",
     "sanitize",

@@ -32,6 +32,7 @@ import numpy as np
 from maxp_core import validate
 from maxp_core.errors import MaxPError
 from maxp_core.metrics import MetricsRun
+from maxp_core.resolve import warn_user
 from maxp_core.roles import Role
 
 Triple = tuple[float, float, float]
@@ -286,32 +287,37 @@ def override_key(name: str, role: str, keys: Sequence[str]) -> str | None:
     then a suffix of the name after a ``.`` or ``/``, then its role (layer type)."""
     if name in keys:
         return name
+    unstacked = _STACK_INDEX.sub("", name)  # a slice of a stacked leaf: "blocks/q[3]"
     for key in keys:
-        if name.endswith("." + key) or name.endswith("/" + key):
+        if any(n.endswith(sep + key) for n in (name, unstacked) for sep in "./"):
             return key
     return role if role in keys else None
 
 
 def resolve_overrides(
     layers: Sequence[tuple[str, str]], overrides: Mapping[str, Any] | AlignmentTable | None
-) -> tuple[dict[int, Triple], list[str]]:
+) -> dict[int, Triple]:
     """Each layer's fixed ``(alpha, omega, u)`` from a mapping or a table, both adapters' rule.
 
     A mapping's keys are layer names, name suffixes or roles, and each must apply to some
-    layer. A table gives each layer its kind's entry.
+    layer. A table gives each layer its kind's entry; non-embedding layers it has no entry
+    for keep the preset, and a :class:`~maxp_core.MaxPWarning` names them.
 
     Args:
       layers: ``(name, role)`` of each layer, in the adapter's order.
 
     Returns:
-      ``({layer index: triple}, uncovered)``: ``uncovered`` lists the non-embedding layers a
-      table has no entry for (they keep the preset; the adapter says so).
+      ``{layer index: (alpha, omega, u)}``.
     """
     if overrides is None:
-        return {}, []
+        return {}
     if isinstance(overrides, AlignmentTable):
         assigned, uncovered = overrides.for_layers(layers)
-        return {k: assigned[name] for k, (name, _) in enumerate(layers) if name in assigned}, uncovered
+        if uncovered:
+            warn_user(
+                f"the alignment table has no entry for layers {uncovered}; they keep the preset's alignment"
+            )
+        return {k: assigned[name] for k, (name, _) in enumerate(layers) if name in assigned}
     if not isinstance(overrides, Mapping):
         raise MaxPError(
             "alignment_overrides must be a mapping {layer name, suffix or type: (alpha, omega, u)} or an "
@@ -326,4 +332,4 @@ def resolve_overrides(
             f"after a '.' or '/', or a layer type (embedding, hidden, readout); layers: "
             f"{[name for name, _ in layers]}"
         )
-    return {k: triples[key] for k, key in chosen.items() if key is not None}, []
+    return {k: triples[key] for k, key in chosen.items() if key is not None}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,9 @@ class DynamicAlignment:
         :class:`~maxp_jax.LayerInputs`, which walks into the ``jax.checkpoint`` and
         custom-derivative bodies that hold a weight: their gradients are the plain
         ones of the body (no rematerialisation there, no custom rule).
+      measure_only: measure the alignments on this schedule (same rules and smoothing,
+        kept in the state's ``alignment`` and in :func:`~maxp_jax.metrics`) but never
+        re-solve: the factors stay the spec's. ``solves`` then counts measurements.
 
     Raises:
       MaxPError: an argument has the wrong type or lies out of range (numpy integers and
@@ -90,6 +94,7 @@ class DynamicAlignment:
     init_key: jax.Array | None = None
     std_prefactor: float = 1.0
     use_training_activations: bool = False
+    measure_only: bool = False
 
     def __post_init__(self) -> None:
         if not callable(self.apply_fn):
@@ -109,6 +114,7 @@ class DynamicAlignment:
             "use_training_activations": validate.boolean(
                 self.use_training_activations, "DynamicAlignment: use_training_activations"
             ),
+            "measure_only": validate.boolean(self.measure_only, "DynamicAlignment: measure_only"),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)
@@ -139,6 +145,7 @@ class AlignmentResolver:
             c_ema=config.c_ema,
             overrides=fixed,
             unused=unused_alignments(spec.graph, [layer.name for layer in spec.layers]),
+            measure_only=config.measure_only,
         )
         self._lock = threading.Lock()
 
@@ -279,8 +286,9 @@ class AlignmentResolver:
             jax.ShapeDtypeStruct((num, 3), FACTOR_DTYPE),
             jax.ShapeDtypeStruct((), jnp.int32),
             jax.ShapeDtypeStruct((), jnp.int32),
+            jax.ShapeDtypeStruct((), FACTOR_DTYPE),
         )
-        c, factors, alignment, failed, missing = jax.pure_callback(
+        c, factors, alignment, failed, missing, seconds = jax.pure_callback(
             self.solve_on_host, shapes, measured, state.alignment, state.c, nonfinite, state.failures
         )
         return state._replace(
@@ -290,6 +298,7 @@ class AlignmentResolver:
             solves=state.solves + (1 - failed),
             failures=state.failures + failed,
             missing=state.missing + missing,
+            solve_seconds=seconds,
         )
 
     # --- host -----------------------------------------------------------------------
@@ -301,14 +310,15 @@ class AlignmentResolver:
         c_prev: np.ndarray,
         nonfinite: np.ndarray,
         failures: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One re-solve by :class:`maxp_core.Resolver`.
 
         Returns:
-          ``(c, factors, alignment, failed, missing)``: float32 exponents, factors and
-          ``(layers, 3)`` alignments, whether the re-solve failed and how many measured
-          numbers were missing (int32).
+          ``(c, factors, alignment, failed, missing, seconds)``: float32 exponents, factors
+          and ``(layers, 3)`` alignments, whether the re-solve failed and how many measured
+          numbers were missing (int32), and the host's wall time (float32).
         """
+        start = time.perf_counter()
         with self._lock:
             outcome = self.resolver(
                 measured=np.asarray(measured, dtype=np.float64),
@@ -323,6 +333,7 @@ class AlignmentResolver:
             outcome.alignment.astype(np.float32),
             np.asarray(int(outcome.failed), dtype=np.int32),
             np.asarray(outcome.missing, dtype=np.int32),
+            np.asarray(time.perf_counter() - start, dtype=np.float32),
         )
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -44,6 +44,7 @@ from maxp_core.graph import flattened_inputs, graph_by_roles
 from maxp_core.parametrizations import parse_parametrization
 from maxp_core.rules import assign_rules, rule_numbers, tied_disagreement
 from maxp_core.symmetry import fold_multiplier
+from maxp_core.tables import AlignmentTable, resolve_overrides
 from maxp_jax.stacking import LeafUses, leaf_uses
 
 Layout = Literal["dense", "embedding", "torch"]
@@ -220,6 +221,10 @@ class MaxPSpec:
         multiplier is folded into the branch layer's init and rate; with ``"explicit"`` it is
         part of :meth:`multiplier`. Both rules read the graph, so give ``apply_fn`` and
         ``sample_input`` unless the layers form a chain.
+      alignment_overrides: fixed ``(alpha, omega, u)`` over the rules' and the preset's:
+        a mapping ``{layer name, name suffix after '/' or role: triple}`` or a
+        :class:`maxp_core.tables.AlignmentTable` (each layer takes its kind's entry, see
+        :func:`maxp_core.tables.layer_kind`), as in ``maxp_torch.Parametrization``.
 
     Raises:
       MaxPError: an argument is not of the documented kind, a rule matches nothing or a
@@ -247,13 +252,14 @@ class MaxPSpec:
     apply_fn: Any = None
     sample_input: Any = None
     depth: DepthScaling | None = None
+    alignment_overrides: Mapping[str, Any] | AlignmentTable | None = None
     layers: tuple[Layer, ...] = field(init=False)
     c: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self._jaxpr: Any = None
         self._check_arguments()
-        self.layers = self._find_layers()
+        self.layers = self._with_overrides(self._find_layers())
         self.graph = self._build_graph()
         warn_if_untraced(self.depth, self.apply_fn is not None, "give apply_fn and sample_input to trace it")
         self.depth_factors: DepthFactors = depth_factors(self.depth, self.graph, self.optimizer)
@@ -284,6 +290,15 @@ class MaxPSpec:
                     f"{message} (with multipliers='explicit', the model multiplies the lookup and the "
                     "logits by spec.multiplier of each)"
                 )
+
+    def _with_overrides(self, layers: tuple[Layer, ...]) -> tuple[Layer, ...]:
+        """The layers with ``alignment_overrides`` applied over their rules' alignments."""
+        layer_roles = [(layer.name, layer.role.value) for layer in layers]
+        fixed = resolve_overrides(layer_roles, self.alignment_overrides)
+        return tuple(
+            dataclasses.replace(layer, alignment=fixed[k]) if k in fixed else layer
+            for k, layer in enumerate(layers)
+        )
 
     def _check_arguments(self) -> None:
         self.parametrization = parse_parametrization(validate.text(self.parametrization, "parametrization"))

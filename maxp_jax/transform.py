@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -11,6 +12,7 @@ import numpy as np
 import optax
 
 from maxp_core import MaxPError, WSDSchedule, validate
+from maxp_core.metrics import COUNTERS, MetricsLog
 from maxp_jax.dynamic import FACTOR_DTYPE, AlignmentResolver, DynamicAlignment
 from maxp_jax.spec import MaxPSpec, TiedUses, leaf_key, path_string
 
@@ -31,6 +33,7 @@ class ScaleByMaxPState(NamedTuple):
       missing: measured numbers (three per layer and re-solve) that carried no information
         and kept their previous alignment: an input that is empty, all zero or unchanged, a
         weight that has not moved from its initial value.
+      solve_seconds: the host's wall time for the last re-solve (rules and LP).
     """
 
     count: jax.Array
@@ -43,6 +46,7 @@ class ScaleByMaxPState(NamedTuple):
     solves: jax.Array
     failures: jax.Array
     missing: jax.Array
+    solve_seconds: jax.Array
 
 
 def scale_by_maxp(
@@ -128,6 +132,7 @@ def scale_by_maxp(
             solves=jnp.zeros([], jnp.int32),
             failures=jnp.zeros([], jnp.int32),
             missing=jnp.zeros([], jnp.int32),
+            solve_seconds=jnp.zeros([], FACTOR_DTYPE),
         )
 
     def update_fn(
@@ -190,25 +195,30 @@ def find_maxp_state(opt_state: Any) -> ScaleByMaxPState:
     return found[0]
 
 
-def metrics(opt_state: Any, spec: MaxPSpec) -> dict[str, jax.Array]:
+def metrics(
+    opt_state: Any, spec: MaxPSpec, learning_rate: float | optax.Schedule | None = None
+) -> dict[str, jax.Array]:
     """A flat dict of what maxP holds in ``opt_state``, for any logger; pure, so it runs
     inside ``jit`` as well as outside.
 
-    Keys: ``maxp/lr_factor/<layer>``, ``maxp/c/<layer>``, ``maxp/alpha/<layer>``,
+    Keys (:mod:`maxp_core.metrics`, the same as ``maxp_torch.Parametrization.metrics``):
+    ``maxp/lr_factor/<layer>``, ``maxp/c/<layer>``, ``maxp/alpha/<layer>``,
     ``maxp/omega/<layer>``, ``maxp/u/<layer>`` (one per layer of ``spec``, in its order;
-    an alignment the LP never measured stays at its preset) and the counters
-    ``maxp/solves``, ``maxp/failures``, ``maxp/missing`` (see :func:`scale_by_maxp`).
-    A tied table's two layers are logged each with its own factor; the table's update
-    takes the smaller of the two.
+    an alignment never measured stays at its preset), ``maxp/lr/<layer>`` when
+    ``learning_rate`` (the base rate, a number or the optax schedule, read at the next
+    step) is given, and the counters ``maxp/step``, ``maxp/solves``, ``maxp/failures``,
+    ``maxp/missing`` and ``maxp/solve_seconds`` (see :func:`scale_by_maxp`). A tied
+    table's two layers are logged each with its own factor; the table's update takes the
+    smaller of the two.
 
     Examples:
       >>> import jax.numpy as jnp
       >>> from maxp_jax import MaxPSpec, Rule
       >>> params = {"w_in": jnp.ones((8, 64)), "w_out": jnp.ones((64, 4))}
       >>> spec = MaxPSpec(params, [Rule("w_in", "embedding"), Rule("w_out", "readout")])
-      >>> logged = metrics(scale_by_maxp(spec).init(params), spec)
-      >>> round(float(logged["maxp/lr_factor/w_out"]), 6), int(logged["maxp/solves"])
-      (0.015625, 0)
+      >>> logged = metrics(scale_by_maxp(spec).init(params), spec, learning_rate=0.5)
+      >>> round(float(logged["maxp/lr/w_out"]), 6), int(logged["maxp/solves"])
+      (0.0078125, 0)
     """
     if not isinstance(spec, MaxPSpec):
         raise MaxPError(f"metrics: spec must be a MaxPSpec, got {type(spec).__name__}")
@@ -218,14 +228,36 @@ def metrics(opt_state: Any, spec: MaxPSpec) -> dict[str, jax.Array]:
             f"metrics: the optimizer state holds {state.factors.shape[0]} layers' factors but the spec "
             f"has {len(spec.layers)} layers; pass the spec the optimizer was built with"
         )
-    out: dict[str, jax.Array] = {}
-    columns = {"lr_factor": state.factors, "c": state.c}
+    columns: dict[str, Any] = {"lr_factor": state.factors, "c": state.c}
+    if learning_rate is not None:
+        base = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        columns = {"lr": base * state.factors, **columns}
     columns.update({name: state.alignment[:, j] for j, name in enumerate(("alpha", "omega", "u"))})
-    for column, values in columns.items():
-        for i, layer in enumerate(spec.layers):
-            out[f"maxp/{column}/{layer.name}"] = values[i]
-    out.update({f"maxp/{name}": getattr(state, name) for name in ("solves", "failures", "missing")})
+    names = [layer.name for layer in spec.layers]
+    out = {
+        f"maxp/{field}/{name}": values[i] for field, values in columns.items() for i, name in enumerate(names)
+    }
+    out["maxp/step"] = state.count
+    out.update({f"maxp/{name}": getattr(state, name) for name in COUNTERS if name != "step"})
     return out
+
+
+def metrics_log(path: str | Path, spec: MaxPSpec) -> MetricsLog:
+    """A :class:`maxp_core.metrics.MetricsLog` at ``path`` naming ``spec``'s layers.
+
+    Example:
+      >>> import os, tempfile, jax.numpy as jnp
+      >>> from maxp_jax import MaxPSpec, Rule
+      >>> params = {"w_in": jnp.ones((8, 64)), "w_out": jnp.ones((64, 4))}
+      >>> spec = MaxPSpec(params, [Rule("w_in", "embedding"), Rule("w_out", "readout")])
+      >>> with metrics_log(os.path.join(tempfile.mkdtemp(), "run.jsonl"), spec) as log:
+      ...     written = log.write(metrics(scale_by_maxp(spec).init(params), spec), loss=1.5)
+      >>> written["maxp/c/w_out"], written["loss"]
+      (1.0, 1.5)
+    """
+    if not isinstance(spec, MaxPSpec):
+        raise MaxPError(f"metrics_log: spec must be a MaxPSpec, got {type(spec).__name__}")
+    return MetricsLog(path, {layer.name: layer.role.value for layer in spec.layers})
 
 
 def set_factors(opt_state: Any, spec: MaxPSpec, c: np.ndarray) -> Any:

@@ -318,15 +318,11 @@ class Parametrization:
         layers = [(name, module.layer_type) for name, module in zip(self.names, self.modules, strict=True)]
         if isinstance(given, AlignmentTable):  # a table describes weights: weightless products keep theirs
             weighted = [k for k, module in enumerate(self.modules) if module.weight is not None]
-            found, uncovered = resolve_overrides([layers[k] for k in weighted], given)
+            found = resolve_overrides([layers[k] for k in weighted], given)
             fixed = {weighted[k]: triple for k, triple in found.items()}
         else:
-            fixed, uncovered = resolve_overrides(layers, given)
-        if uncovered:
-            warn_user(
-                f"the alignment table has no entry for layers {uncovered}; they keep the preset's alignment"
-            )
-        ruled = resolve_overrides(layers, self._ruled.alignment)[0] if self._ruled else {}
+            fixed = resolve_overrides(layers, given)
+        ruled = resolve_overrides(layers, self._ruled.alignment) if self._ruled else {}
         return {**ruled, **fixed}
 
     def _check_coverage(self) -> None:
@@ -528,7 +524,7 @@ class Parametrization:
         (``width^-c``, what the layer alone asks for), ``maxp/c/<layer>``,
         ``maxp/alpha/<layer>``, ``maxp/omega/<layer>``, ``maxp/u/<layer>``, and
         ``maxp/step``, ``maxp/solves``, ``maxp/failures``, ``maxp/missing``,
-        ``maxp/solve_seconds`` (the last LP solve's wall time). The keys are those of
+        ``maxp/solve_seconds`` (the host's time for the last re-solve: rules and LP). The keys are those of
         ``maxp_jax.metrics``; :meth:`metrics_log` writes them to a JSONL file.
 
         Example:
@@ -852,13 +848,12 @@ class Parametrization:
         return values, nonfinite
 
     def _solve(self, alignment: np.ndarray) -> np.ndarray:
-        start = time.perf_counter()
         solution = self.lp.solve(alpha=alignment[:, 0], omega=alignment[:, 1], u=alignment[:, 2])
-        self.solve_seconds = time.perf_counter() - start
         return np.array([solution.c[self.names[k]] for k in self.weighted])
 
     def _resolve(self, x: torch.Tensor | None) -> None:
         measured, nonfinite = self._measure(x)
+        start = time.perf_counter()
         outcome = self._resolver(
             measured=measured,
             previous=self.alignment,
@@ -866,6 +861,7 @@ class Parametrization:
             nonfinite=nonfinite,
             failures=self.failures,
         )
+        self.solve_seconds = time.perf_counter() - start
         self.c, self.alignment = outcome.c, outcome.alignment
         self.missing += outcome.missing
         if outcome.failed:
