@@ -14,9 +14,10 @@ import numpy as np
 import optax
 
 import maxp_jax
-from benchmarks.sweep_tasks import Task, diverged, run_record
+from benchmarks.sweep_tasks import MEASURED, TRAJECTORY_EVERY, Task, diverged, run_record, warmup_factor
 from examples.digits_jax import MLP
 from examples.flax_models import FlaxGPT, gpt_rules
+from maxp_core.tables import AlignmentTable
 
 MAXP_WARMUP, MAXP_INTERVAL = 20, 10
 CHECK_EVERY = 25  # steps between reads of the losses
@@ -35,8 +36,18 @@ class Trainer:
     ``"cpu"`` or ``None`` for JAX's default backend.
     """
 
-    def __init__(self, task: Task, method: str, width: int, device: str | None = None) -> None:
-        self.task, self.method, self.width = task, method, width
+    def __init__(
+        self,
+        task: Task,
+        method: str,
+        width: int,
+        device: str | None = None,
+        table: AlignmentTable | None = None,
+        warmup: int = 0,
+    ) -> None:
+        if method == "maxp-meas" and table is None:
+            raise ValueError("maxp-meas trains with a measured alignment table; pass table=")
+        self.task, self.method, self.width, self.warmup = task, method, width, warmup
         self.device = jax.devices("cpu" if device == "cpu" else None)[0]
         parametrized = method != "sp"
         if task.name == "chars":
@@ -60,7 +71,8 @@ class Trainer:
                     rules,
                     parametrization="mup",
                     optimizer="adam",
-                    alignment="no" if method == "mup-no" else "full",
+                    alignment="no" if method in ("mup-no", "maxp-meas") else "full",
+                    alignment_overrides=table if method == "maxp-meas" else None,
                     apply_fn=self.model.apply if task.name == "chars" else None,
                     sample_input=self.probe if task.name == "chars" else None,
                 )
@@ -71,9 +83,13 @@ class Trainer:
         if self.spec is None:
             return optax.scale_by_adam()
         dynamic = None
-        if self.method == "maxp":
+        if self.method in MEASURED:
             dynamic = maxp_jax.DynamicAlignment(
-                self.model.apply, self.probe, warmup_steps=MAXP_WARMUP, solve_interval=MAXP_INTERVAL
+                self.model.apply,
+                self.probe,
+                warmup_steps=MAXP_WARMUP,
+                solve_interval=MAXP_INTERVAL,
+                measure_only=self.method == "mup-no",
             )
         return optax.chain(optax.scale_by_adam(), maxp_jax.scale_by_maxp(self.spec, dynamic))
 
@@ -96,15 +112,21 @@ class Trainer:
         with jax.default_device(self.device):
             params = self.init(seed)
             state = self.tx.init(params)
-            rate = jnp.float32(lr)
             rng = np.random.default_rng(seed)
             pending: list[jax.Array] = []
             losses: list[float] = []
+            trajectory: list[dict[str, float]] = []
             stopped = False
             for step in range(steps):
                 x, y = (jnp.asarray(v) for v in self.task.sample(rng))
+                rate = jnp.float32(lr * warmup_factor(step, self.warmup))
                 params, state, loss = self.step(params, state, x, y, rate)
                 pending.append(loss)
+                if self.method in MEASURED and ((step + 1) % TRAJECTORY_EVERY == 0 or step + 1 == steps):
+                    assert self.spec is not None
+                    next_rate = lr * warmup_factor(step + 1, self.warmup)
+                    logged = jax.device_get(maxp_jax.metrics(state, self.spec, learning_rate=next_rate))
+                    trajectory.append({k: float(f"{float(v):.6g}") for k, v in logged.items()})
                 # Reading each loss back would wait for every step; read them in blocks instead.
                 if len(pending) == CHECK_EVERY or step == steps - 1:
                     losses.extend(float(v) for v in jax.device_get(pending))
@@ -116,9 +138,15 @@ class Trainer:
             x_test, y_test = (jnp.asarray(v) for v in self.task.held_out)
             test_loss = float(_loss(self.model.apply(params, x_test), y_test))
         settings = {"framework": "jax", "task": self.task.name, "method": self.method, "width": self.width}
-        return run_record(
+        record = run_record(
             {**settings, "lr": lr, "seed": seed, "device": str(self.device.platform)},
             losses,
             stopped,
             test_loss,
         )
+        record["warmup"] = self.warmup
+        if trajectory and self.spec is not None:
+            record["layers"] = {layer.name: layer.role.value for layer in self.spec.layers}
+            kept = [t for t in trajectory if int(t["maxp/step"]) <= len(losses)]
+            record["metrics"] = [t | {"loss": losses[int(t["maxp/step"]) - 1]} for t in kept]
+        return record

@@ -86,6 +86,20 @@ def load_task(name: str) -> Task:
 
 DIVERGED_FACTOR = 3.0
 FINAL_WINDOW = 20
+#: Methods whose alignments are measured during training (``mup-no`` without using them).
+MEASURED = ("maxp", "mup-no")
+#: Steps between the per-step metrics records kept in a run's file.
+TRAJECTORY_EVERY = 50
+
+
+def warmup_factor(step: int, warmup: int) -> float:
+    """The learning-rate multiplier of optimizer step ``step`` (0-based): linear over ``warmup`` steps.
+
+    Example:
+      >>> [warmup_factor(t, 4) for t in range(5)], warmup_factor(0, 0)
+      ([0.25, 0.5, 0.75, 1.0, 1.0], 1.0)
+    """
+    return 1.0 if warmup <= 0 else min(1.0, (step + 1) / warmup)
 
 
 def diverged(loss: float, first: float) -> bool:

@@ -6,17 +6,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.sweep_tasks import Task, diverged, run_record
+from benchmarks.sweep_tasks import MEASURED, TRAJECTORY_EVERY, Task, diverged, run_record, warmup_factor
 from examples.torch_models import GPT
 from maxp_core.depth import DepthScaling
 from maxp_core.tables import AlignmentTable
 from maxp_torch import Parametrization, ParametrizedModule
 
 MAXP_WARMUP, MAXP_INTERVAL = 20, 10
-#: Methods whose alignments are measured during training (``mup-no`` without using them).
-MEASURED = ("maxp", "mup-no")
-#: Steps between the per-step metrics records kept in a run's file.
-TRAJECTORY_EVERY = 50
 
 
 def build_model(task: Task, method: str, width: int) -> nn.Module:
@@ -41,16 +37,6 @@ def build_model(task: Task, method: str, width: int) -> nn.Module:
 
 def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-
-
-def warmup_factor(step: int, warmup: int) -> float:
-    """The learning-rate multiplier of optimizer step ``step`` (0-based): linear over ``warmup`` steps.
-
-    Example:
-      >>> [warmup_factor(t, 4) for t in range(5)], warmup_factor(0, 0)
-      ([0.25, 0.5, 0.75, 1.0, 1.0], 1.0)
-    """
-    return 1.0 if warmup <= 0 else min(1.0, (step + 1) / warmup)
 
 
 def train(

@@ -1,4 +1,4 @@
-"""Command line: ``python -m maxp_core {solve,graph,depth,table,demo}``.
+"""Command line: ``python -m maxp_core {solve,graph,depth,table,alignments,plot,demo}``.
 
 ``graph FILE.json`` lists the graph's nodes with their solved c and r (``--dot``
 prints graphviz DOT). ``depth FILE.json`` prints the graph's input-to-output path
@@ -6,8 +6,13 @@ statistics and Chen et al.'s learning-rate factor and initial scales
 (:mod:`maxp_core.depth`) against a base chain (``--base``) or graph (``--base-graph``).
 ``solve FILE.json`` (``-`` reads stdin) solves the LP of a graph described in JSON and
 prints the :class:`~maxp_core.lp.Solution` as JSON. ``table`` prints the (a, b, c) of a
-named parametrization. ``demo`` prints named parametrizations next to the LP solved
-with measured-looking alignments. Bad input exits with status 2 and one line on stderr.
+named parametrization; with ``--alignments TABLE.json`` it prints the c each layer gets from
+a measured alignment table (:mod:`maxp_core.tables`), on a chain of ``--layers`` layers or on
+the graph of ``--graph FILE.json``, next to the preset's c. ``alignments LOG.jsonl`` builds
+that table from a run's metrics log (:mod:`maxp_core.metrics`) and ``--out`` writes it;
+``plot LOG.jsonl --out FILE.png`` draws the run's per-layer rates and alignments. ``demo``
+prints named parametrizations next to the LP solved with measured-looking alignments.
+Bad input exits with status 2 and one line on stderr.
 
 Input of ``solve``::
 
@@ -38,6 +43,7 @@ from maxp_core.errors import MaxPError
 from maxp_core.graph import MERGES, Node, OpGraph, chain
 from maxp_core.lp import SOLVERS, StabilityLP
 from maxp_core.parametrizations import AB_TABLE, PARAMETRIZATIONS, chain_roles, named_parametrization
+from maxp_core.tables import layer_kind
 
 EXIT_BAD_INPUT = 2
 
@@ -255,10 +261,65 @@ def _cmd_depth(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_table(args: argparse.Namespace, out: TextIO) -> int:
+    if args.alignments:
+        return _table_from_alignments(args, out)
     layers = named_parametrization(args.parametrization, args.layers, args.optimizer, args.alignment)
     rows = [(layer.name, layer.role.value, layer.a, layer.b, layer.c) for layer in layers]
     title = f"{args.parametrization} / {args.optimizer} / {args.alignment} alignment / {args.layers} layers"
     out.write(title + "\n" + format_table(rows, ("layer", "role", "a", "b", "c")) + "\n")
+    return 0
+
+
+def _table_from_alignments(args: argparse.Namespace, out: TextIO) -> int:
+    """The c-table an alignment table implies, next to the preset's c."""
+    from maxp_core.tables import AlignmentTable, resolve_overrides
+
+    table = AlignmentTable.read(args.alignments)
+    if args.graph:
+        graph = lp_from_json(_read_spec(args.graph))[0].graph
+    else:
+        roles = chain_roles(args.layers)
+        ab = [AB_TABLE[args.parametrization][role] for role in roles]
+        names = [f"{role.value}{k}" for k, role in enumerate(roles)]
+        graph = chain(
+            args.layers, a=[x[0] for x in ab], b=[x[1] for x in ab], alignment=args.alignment, names=names
+        )
+    weighted = [n.name for n in graph.nodes if n.has_weight]
+    fixed = resolve_overrides([(name, graph.role(name).value) for name in weighted], table)
+    numbers = {weighted[k]: triple for k, triple in fixed.items()}
+    measured = graph.with_numbers(
+        alpha={n: t[0] for n, t in numbers.items()},
+        omega={n: t[1] for n, t in numbers.items()},
+        u={n: t[2] for n, t in numbers.items()},
+    )
+    preset_c = StabilityLP(graph, args.optimizer).solve().c
+    table_c = StabilityLP(measured, args.optimizer).solve().c
+    rows = []
+    for name in weighted:
+        node = measured.node(name)
+        kind = layer_kind(name, graph.role(name).value)
+        rows.append((name, kind, node.alpha, node.omega, node.u, preset_c[name], table_c[name]))
+    header = ("layer", "kind", "alpha", "omega", "u", f"c ({args.alignment})", "c (table)")
+    out.write(f"{args.alignments} ({args.optimizer}):\n" + format_table(rows, header) + "\n")
+    return 0
+
+
+def _cmd_alignments(args: argparse.Namespace, out: TextIO) -> int:
+    from maxp_core.metrics import read_metrics
+    from maxp_core.tables import measure_table
+
+    table = measure_table(read_metrics(args.file), args.fraction, {"log": args.file})
+    rows = [(kind, *triple, table.layers[kind]) for kind, triple in table.alignments.items()]
+    out.write(format_table(rows, ("kind", "alpha", "omega", "u", "layers")) + "\n")
+    if args.out:
+        out.write(f"written to {table.write(args.out)}\n")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace, out: TextIO) -> int:
+    from maxp_core.metrics import plot_metrics, read_metrics
+
+    out.write(f"written to {plot_metrics(read_metrics(args.file), args.out, args.file)}\n")
     return 0
 
 
@@ -326,6 +387,15 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--optimizer", "-o", choices=("adam", "sgd"), default="adam")
     table.add_argument("--alignment", "-a", choices=("full", "no"), default="full")
     table.add_argument("--layers", "-l", type=int, default=4)
+    table.add_argument("--alignments", help="an alignment table (JSON): print the c it implies")
+    table.add_argument("--graph", help="with --alignments: the graph (JSON) to solve instead of a chain")
+    measured = sub.add_parser("alignments", help="the alignment table of a run's metrics log (JSONL)")
+    measured.add_argument("file", help="a metrics log written by MetricsLog")
+    measured.add_argument("--fraction", type=float, default=0.5, help="share of the run to average over")
+    measured.add_argument("--out", help="write the table (JSON) here")
+    plot = sub.add_parser("plot", help="draw a metrics log's per-layer rates and alignments (PNG)")
+    plot.add_argument("file", help="a metrics log written by MetricsLog")
+    plot.add_argument("--out", required=True, help="the PNG to write")
     sub.add_parser("demo", help="named parametrizations and the LP with measured-looking alignments")
     return parser
 
@@ -339,6 +409,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         "graph": _cmd_graph,
         "depth": _cmd_depth,
         "table": _cmd_table,
+        "alignments": _cmd_alignments,
+        "plot": _cmd_plot,
         "demo": _cmd_demo,
     }
     try:

@@ -8,9 +8,11 @@ import pytest
 
 pytest.importorskip("torch")
 
-from benchmarks.sweep import main, make_trainer, maxp_against_mup, summarize
+from benchmarks.sweep import TABLE_FRACTION, main, make_trainer, maxp_against_mup, summarize
 from benchmarks.sweep_tasks import diverged, load_task
 from examples.common import CHAR_VOCAB, stdlib_text
+from maxp_core.metrics import MetricsRun
+from maxp_core.tables import AlignmentTable, measure_table
 
 
 def test_stdlib_text_is_the_standard_library_sources() -> None:
@@ -149,3 +151,31 @@ def test_paired_verdict_sees_a_consistent_gap_that_seed_noise_hides() -> None:
     _, summary = summarize(runs, [64], [0.1, 1.0], ["mup-full", "maxp"])
     comparison = maxp_against_mup(summary["best"]["maxp"][64], summary["best"]["mup-full"][64])
     assert comparison.winner == "tie" and comparison.maxp_lower == 3 and comparison.seeds == 4
+
+
+def test_maxp_meas_trains_with_the_table_measured_on_mup_no(tmp_path) -> None:
+    # 45 steps: mup-no is measured (without changing its rates) after steps 30 and 40, and its
+    # record at the last step carries them. (JAX's measure-only runs: tests/jax/test_measure_only.)
+    args = sweep_args(tmp_path, ("16", "32"), ("mup-no", "maxp-meas"), "1")
+    args[args.index("--steps") + 1] = "45"
+    assert main([*args, "--warmup", "5"]) == 0
+    runs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")}
+    measured = [r for r in runs.values() if r["method"] == "mup-no" and r["width"] == 16 and r["seed"] == 0]
+    best = min(measured, key=lambda r: r["final_train_loss"])
+    expected = measure_table(MetricsRun(best["layers"], best["metrics"]), TABLE_FRACTION)
+    table = AlignmentTable.read(tmp_path / "table.json")
+    assert table.alignments == expected.alignments and table.source["width"] == 16
+    assert best["metrics"][-1]["maxp/solves"] == 2 and best["warmup"] == 5
+    # mup-no's rates never moved: the logged rate is the prefactor times the preset's factor.
+    first, last = best["metrics"][0], best["metrics"][-1]
+    assert all(first[k] == last[k] for k in first if k.startswith(("maxp/lr/", "maxp/c/")))
+    assert "maxP-meas" in (tmp_path / "sweep.md").read_text()
+    assert (tmp_path / "sweep-trajectory-mup-no.png").exists()
+
+
+def test_basin_counts_the_rates_within_one_and_five_percent_of_the_best() -> None:
+    losses = {0.01: 1.2, 0.03: 1.04, 0.1: 1.0, 0.3: 1.009, 1.0: 1.06}
+    runs = [fake_run("maxp", 0, lr, loss) for lr, loss in losses.items()]
+    _, summary = summarize(runs, [64], list(losses), ["maxp"])
+    entry = summary["best"]["maxp"][64]
+    assert (entry["best_lr"], entry["basin_1"], entry["basin_5"]) == (0.1, 2, 3)
