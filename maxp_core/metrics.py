@@ -167,7 +167,8 @@ def plot_metrics(run: MetricsRun, out: str | Path, title: str | None = None) -> 
     """Draw per-layer learning rates and alignments against the step into a PNG.
 
     Panels: the learning rate of every layer (log scale), then ``alpha``, ``omega`` and
-    ``u`` of every layer, and the record key ``loss`` when the records hold one.
+    ``u`` of every layer but the embeddings (whose alignment is not measured), and the
+    record key ``loss`` when the records hold one.
 
     Raises:
       MaxPError: matplotlib is not installed, or the records hold no per-layer values.
@@ -190,7 +191,9 @@ def plot_metrics(run: MetricsRun, out: str | Path, title: str | None = None) -> 
             ax.plot(*run.series("loss"), color="black")
             ax.set_yscale("log")
         else:
-            for name in run.layers:
+            for name, role in run.layers.items():
+                if panel != "lr" and role == Role.EMBEDDING.value:
+                    continue
                 steps, values = run.series(panel, name)
                 if steps:
                     ax.plot(steps, values, label=name, linewidth=1)
