@@ -243,8 +243,8 @@ def measure_table(
       ...                           "maxp/omega/fc": 0.5, "maxp/u/fc": a}
       >>> run = MetricsRun({"fc": "hidden"}, [rec(1, 0, 1.0), rec(2, 1, 0.9), rec(3, 2, 0.7),
       ...                                     rec(4, 2, 0.7), rec(5, 3, 0.6)])
-      >>> measure_table(run, fraction=0.5).alignments
-      {'hidden': (0.65, 0.5, 0.65)}
+      >>> {k: [round(v, 6) for v in t] for k, t in measure_table(run, fraction=0.5).alignments.items()}
+      {'hidden': [0.65, 0.5, 0.65]}
     """
     fraction = validate.real_number(fraction, "fraction")
     if not 0.0 < fraction <= 1.0:

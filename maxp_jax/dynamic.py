@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -286,9 +285,8 @@ class AlignmentResolver:
             jax.ShapeDtypeStruct((num, 3), FACTOR_DTYPE),
             jax.ShapeDtypeStruct((), jnp.int32),
             jax.ShapeDtypeStruct((), jnp.int32),
-            jax.ShapeDtypeStruct((), FACTOR_DTYPE),
         )
-        c, factors, alignment, failed, missing, seconds = jax.pure_callback(
+        c, factors, alignment, failed, missing = jax.pure_callback(
             self.solve_on_host, shapes, measured, state.alignment, state.c, nonfinite, state.failures
         )
         return state._replace(
@@ -298,7 +296,6 @@ class AlignmentResolver:
             solves=state.solves + (1 - failed),
             failures=state.failures + failed,
             missing=state.missing + missing,
-            solve_seconds=seconds,
         )
 
     # --- host -----------------------------------------------------------------------
@@ -310,15 +307,14 @@ class AlignmentResolver:
         c_prev: np.ndarray,
         nonfinite: np.ndarray,
         failures: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One re-solve by :class:`maxp_core.Resolver`.
 
         Returns:
-          ``(c, factors, alignment, failed, missing, seconds)``: float32 exponents, factors
-          and ``(layers, 3)`` alignments, whether the re-solve failed and how many measured
-          numbers were missing (int32), and the host's wall time (float32).
+          ``(c, factors, alignment, failed, missing)``: float32 exponents, factors and
+          ``(layers, 3)`` alignments, whether the re-solve failed and how many measured
+          numbers were missing (int32).
         """
-        start = time.perf_counter()
         with self._lock:
             outcome = self.resolver(
                 measured=np.asarray(measured, dtype=np.float64),
@@ -333,7 +329,6 @@ class AlignmentResolver:
             outcome.alignment.astype(np.float32),
             np.asarray(int(outcome.failed), dtype=np.int32),
             np.asarray(outcome.missing, dtype=np.int32),
-            np.asarray(time.perf_counter() - start, dtype=np.float32),
         )
 
 

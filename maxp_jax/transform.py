@@ -12,7 +12,7 @@ import numpy as np
 import optax
 
 from maxp_core import MaxPError, WSDSchedule, validate
-from maxp_core.metrics import COUNTERS, MetricsLog
+from maxp_core.metrics import MetricsLog
 from maxp_jax.dynamic import FACTOR_DTYPE, AlignmentResolver, DynamicAlignment
 from maxp_jax.spec import MaxPSpec, TiedUses, leaf_key, path_string
 
@@ -33,7 +33,6 @@ class ScaleByMaxPState(NamedTuple):
       missing: measured numbers (three per layer and re-solve) that carried no information
         and kept their previous alignment: an input that is empty, all zero or unchanged, a
         weight that has not moved from its initial value.
-      solve_seconds: the host's wall time for the last re-solve (rules and LP).
     """
 
     count: jax.Array
@@ -46,7 +45,6 @@ class ScaleByMaxPState(NamedTuple):
     solves: jax.Array
     failures: jax.Array
     missing: jax.Array
-    solve_seconds: jax.Array
 
 
 def scale_by_maxp(
@@ -132,7 +130,6 @@ def scale_by_maxp(
             solves=jnp.zeros([], jnp.int32),
             failures=jnp.zeros([], jnp.int32),
             missing=jnp.zeros([], jnp.int32),
-            solve_seconds=jnp.zeros([], FACTOR_DTYPE),
         )
 
     def update_fn(
@@ -207,7 +204,8 @@ def metrics(
     an alignment never measured stays at its preset), ``maxp/lr/<layer>`` when
     ``learning_rate`` (the base rate, a number or the optax schedule, read at the next
     step) is given, and the counters ``maxp/step``, ``maxp/solves``, ``maxp/failures``,
-    ``maxp/missing`` and ``maxp/solve_seconds`` (see :func:`scale_by_maxp`). A tied
+    ``maxp/missing`` (see :func:`scale_by_maxp`) and ``maxp/solve_seconds``, which is NaN
+    (missing): a wall time in the state would make resumed runs differ from straight ones. A tied
     table's two layers are logged each with its own factor; the table's update takes the
     smaller of the two.
 
@@ -217,7 +215,7 @@ def metrics(
       >>> params = {"w_in": jnp.ones((8, 64)), "w_out": jnp.ones((64, 4))}
       >>> spec = MaxPSpec(params, [Rule("w_in", "embedding"), Rule("w_out", "readout")])
       >>> logged = metrics(scale_by_maxp(spec).init(params), spec, learning_rate=0.5)
-      >>> round(float(logged["maxp/lr/w_out"]), 6), int(logged["maxp/solves"])
+      >>> round(float(logged["maxp/lr/w_out"]), 7), int(logged["maxp/solves"])
       (0.0078125, 0)
     """
     if not isinstance(spec, MaxPSpec):
@@ -238,7 +236,8 @@ def metrics(
         f"maxp/{field}/{name}": values[i] for field, values in columns.items() for i, name in enumerate(names)
     }
     out["maxp/step"] = state.count
-    out.update({f"maxp/{name}": getattr(state, name) for name in COUNTERS if name != "step"})
+    out.update({f"maxp/{name}": getattr(state, name) for name in ("solves", "failures", "missing")})
+    out["maxp/solve_seconds"] = jnp.full([], jnp.nan, FACTOR_DTYPE)
     return out
 
 
@@ -252,8 +251,8 @@ def metrics_log(path: str | Path, spec: MaxPSpec) -> MetricsLog:
       >>> spec = MaxPSpec(params, [Rule("w_in", "embedding"), Rule("w_out", "readout")])
       >>> with metrics_log(os.path.join(tempfile.mkdtemp(), "run.jsonl"), spec) as log:
       ...     written = log.write(metrics(scale_by_maxp(spec).init(params), spec), loss=1.5)
-      >>> written["maxp/c/w_out"], written["loss"]
-      (1.0, 1.5)
+      >>> written["maxp/c/w_out"], written["maxp/solve_seconds"], written["loss"]
+      (0.5, None, 1.5)
     """
     if not isinstance(spec, MaxPSpec):
         raise MaxPError(f"metrics_log: spec must be a MaxPSpec, got {type(spec).__name__}")

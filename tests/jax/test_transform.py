@@ -327,9 +327,11 @@ def test_metrics_flatten_the_state_inside_jit_as_outside() -> None:
     assert set(logged) == {
         f"maxp/{k}/{n}" for k in ("lr_factor", "c", "alpha", "omega", "u") for n in names
     } | {
+        "maxp/step",
         "maxp/solves",
         "maxp/failures",
         "maxp/missing",
+        "maxp/solve_seconds",
     }
     assert [float(logged[f"maxp/lr_factor/{n}"]) for n in names] == [float(v) for v in maxp.factors]
     assert [float(logged[f"maxp/omega/{n}"]) for n in names] == [float(v) for v in maxp.alignment[:, 1]]
