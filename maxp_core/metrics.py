@@ -98,7 +98,9 @@ class MetricsLog:
 
     def __init__(self, path: str | Path, layers: Mapping[str, str]) -> None:
         self.path = Path(path)
-        self.layers = {str(name): Role(role).value for name, role in layers.items()}
+        if not isinstance(layers, Mapping):
+            raise MaxPError(f"MetricsLog: layers must be a mapping {{name: role}}, got {layers!r}")
+        self.layers = {str(name): Role.parse(role, layer=str(name)).value for name, role in layers.items()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: TextIO | None = self.path.open("w", encoding="utf-8")
         self._file.write(json.dumps({HEADER_KEY: FORMAT_VERSION, "layers": self.layers}) + "\n")
@@ -159,8 +161,14 @@ def read_metrics(path: str | Path) -> MetricsRun:
             f"{path} does not start with a maxp metrics header; write it with MetricsLog "
             "(Parametrization.metrics_log or maxp_jax.metrics_log)"
         )
-    records = [{k: (np.nan if v is None else float(v)) for k, v in r.items()} for r in parsed[1:]]
-    return MetricsRun(dict(parsed[0]["layers"]), records)
+    layers = parsed[0].get("layers")
+    if not isinstance(layers, dict):
+        raise MaxPError(f"{path}: the header must name the layers, {{'layers': {{name: role}}}}")
+    try:
+        records = [{k: (np.nan if v is None else float(v)) for k, v in r.items()} for r in parsed[1:]]
+    except (AttributeError, TypeError, ValueError):
+        raise MaxPError(f"{path}: every line after the header must be an object of numbers") from None
+    return MetricsRun(dict(layers), records)
 
 
 def plot_metrics(run: MetricsRun, out: str | Path, title: str | None = None) -> Path:

@@ -228,6 +228,7 @@ def metrics(
         )
     columns: dict[str, Any] = {"lr_factor": state.factors, "c": state.c}
     if learning_rate is not None:
+        _check_learning_rate(learning_rate, "metrics")
         base = learning_rate(state.count) if callable(learning_rate) else learning_rate
         columns = {"lr": base * state.factors, **columns}
     columns.update({name: state.alignment[:, j] for j, name in enumerate(("alpha", "omega", "u"))})

@@ -137,6 +137,14 @@ def test_metrics_log_writes_missing_values_as_null_and_reads_them_back(tmp_path)
     (tmp_path / "plain.jsonl").write_text('{"loss": 1}\n')
     with pytest.raises(mc.MaxPError, match="does not start with a maxp metrics header"):
         read_metrics(tmp_path / "plain.jsonl")
+    (tmp_path / "nolayers.jsonl").write_text('{"maxp_metrics": 1}\n')
+    with pytest.raises(mc.MaxPError, match="the header must name the layers"):
+        read_metrics(tmp_path / "nolayers.jsonl")
+    (tmp_path / "text.jsonl").write_text('{"maxp_metrics": 1, "layers": {}}\n{"loss": "high"}\n')
+    with pytest.raises(mc.MaxPError, match="an object of numbers"):
+        read_metrics(tmp_path / "text.jsonl")
+    with pytest.raises(mc.MaxPError, match="layer 'fc': unknown role 'middle'"):
+        MetricsLog(tmp_path / "bad.jsonl", {"fc": "middle"})
     with pytest.raises(mc.MaxPError, match="unknown per-layer metric 'lrr'"):
         metrics_record(["fc"], {"lrr": [1.0]}, {})
 
