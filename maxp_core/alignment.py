@@ -109,10 +109,13 @@ def _unit_scale(x: Any, xp: ModuleType, axis: Any) -> Any:
     if math.prod(x.shape) == 0:
         return x
     peak = _peak(x, xp, axis)
-    usable = xp.isfinite(peak) & (peak >= _smallest_normal(x, xp))
-    safe = xp.where(usable, peak, xp.ones_like(peak))
-    x = xp.where(xp.isfinite(peak) & ~usable, xp.zeros_like(x), x)
-    return x * xp.exp2(-xp.floor(xp.log2(safe)))
+    finite = xp.isfinite(peak)
+    usable = finite & (peak >= _smallest_normal(x, xp))
+    power = xp.exp2(-xp.floor(xp.log2(xp.where(usable, peak, xp.ones_like(peak)))))
+    # One factor per row or matrix, so the full-size work is a single product: 0 zeroes a
+    # matrix below the smallest normal number, 1 leaves one holding NaN or inf as it is.
+    factor = xp.where(usable, power, xp.where(finite, xp.zeros_like(peak), xp.ones_like(peak)))
+    return x * factor
 
 
 def _smallest_normal(x: Any, xp: ModuleType) -> float:
@@ -310,14 +313,60 @@ def alignment_of_layers(
                 f"but layer 0 has {first[0]} and {first[1]}; measure only equally shaped layers "
                 "together (groups_of_equal_shape)"
             )
-        z0, dz = _scaled_rows(z0, xp), _scaled_rows(z - z0, xp)
-        dw, w0 = _scaled_matrix(w - w0, xp), _scaled_matrix(w0, xp)
-        # One product of the stacked rows with dW serves alpha and u.
-        both = xp.concatenate([z0, dz], axis=0) @ dw.T
-        parts.append((z0, dz, both, dz @ w0.T, _rms(dw, xp), _rms(w0, xp)))
-    z0s, dzs, boths, omega_products, rms_dws, rms_w0s = (
-        xp.stack(list(group)) for group in zip(*parts, strict=True)
-    )
+        parts.append(_products(z0, z, w0, w, xp))
+    return _from_products(tuple(xp.stack(list(group)) for group in zip(*parts, strict=True)), n, xp)
+
+
+def alignment_of_stacks(
+    z0: Any, z: Any, w0: Any, w: Any, fan_in: int | None = None, xp: ModuleType = np
+) -> Alignment:
+    """RMS-mode :func:`alignment_of_layers` of layers given as stacked arrays.
+
+    ``z0`` and ``z`` are ``(layers, rows, fan_in)``, ``w0`` and ``w`` are ``(layers, out, fan_in)``.
+    Every operation, the products included, runs once on the whole stack (a batched matrix
+    product), so the cost in operations does not grow with the number of layers: what an
+    eager framework wants, where each operation is a kernel launch or a host dispatch. The
+    caller chooses how many layers to stack at once (the stacks are copies of its weights).
+
+    Example:
+      >>> import numpy as np
+      >>> rng = np.random.default_rng(0)
+      >>> z0, w0 = rng.standard_normal((2, 8, 256)), rng.standard_normal((2, 16, 256))
+      >>> dw = np.einsum("lo,i->loi", rng.standard_normal((2, 16)), np.ones(256))
+      >>> np.round(alignment_of_stacks(z0, z0 + 1.0, w0, w0 + dw).u, 6)   # dz and dW along ones
+      array([1., 1.])
+    """
+    z0, z, w0, w = (xp.asarray(v) for v in (z0, z, w0, w))
+    if z0.ndim != 3 or w0.ndim != 3 or z0.shape != z.shape or w0.shape != w.shape:
+        raise MaxPError(
+            f"alignment_of_stacks: inputs {tuple(z0.shape)} then {tuple(z.shape)} and weights "
+            f"{tuple(w0.shape)} then {tuple(w.shape)}; give (layers, rows, fan_in) inputs and "
+            "(layers, out, fan_in) weights, the initial and current ones of equal shapes"
+        )
+    _check_contracted(z0, w0, "alignment_of_stacks")
+    n = _check_fan_in(fan_in, z0)
+    if n < 2:
+        nan = xp.full_like(_rms(w0, xp), math.nan)
+        return Alignment(nan, nan, nan)
+    return _from_products(_products(z0, z, w0, w, xp), n, xp)
+
+
+def _products(z0: Any, z: Any, w0: Any, w: Any, xp: ModuleType) -> tuple[Any, ...]:
+    """What the three rms alignments reduce, for one layer or a stack of them.
+
+    ``(z0, dz, [z0; dz] @ dW.T, dz @ W0.T, rms(dW), rms(W0))``, each factor scaled to unit
+    peak first (:func:`_unit_scale`).
+    """
+    z0, dz = _scaled_rows(z0, xp), _scaled_rows(z - z0, xp)
+    dw, w0 = _scaled_matrix(w - w0, xp), _scaled_matrix(w0, xp)
+    # One product of the stacked rows with dW serves alpha and u.
+    both = xp.concatenate([z0, dz], axis=-2) @ xp.swapaxes(dw, -1, -2)
+    return z0, dz, both, dz @ xp.swapaxes(w0, -1, -2), _rms(dw, xp), _rms(w0, xp)
+
+
+def _from_products(products: tuple[Any, ...], n: int, xp: ModuleType) -> Alignment:
+    """The alignments of a stack of layers from their :func:`_products`, each stacked."""
+    z0s, dzs, boths, omega_products, rms_dws, rms_w0s = products
     rows = z0s.shape[-2]
     return Alignment(
         alpha=_log_rms_of_product(z0s, rms_dws, boths[..., :rows, :], n, xp),

@@ -24,6 +24,7 @@ from maxp_core import (
     SolveSchedule,
     StabilityLP,
     alignment_of_layers,
+    alignment_of_stacks,
     alignment_preset,
     check_ema_decay,
     default_ab,
@@ -147,6 +148,11 @@ class Parametrization:
     layer type: (alpha, omega, u)}`` or a :class:`maxp_core.tables.AlignmentTable` (each
     layer takes its kind's entry): a table measured that way at one width, applied at
     every width, is the published authors' "maxP-meas" workflow.
+
+    Each layer's alignment is measured on the first ``sample_size`` rows of its input (rows
+    are the flattened leading axes: tokens of a sequence model) on the first ``sample_size``
+    samples of the batch given to :meth:`capture_initial`; where fewer samples already give
+    those rows (sequences), only those are kept and run.
 
     Examples:
       >>> model = nn.Sequential(
@@ -610,13 +616,18 @@ class Parametrization:
             and self.modules[k].kind.measurable
         ]
 
-    def _record(self, keep: dict[int, torch.Tensor]) -> None:
+    def _record(self, keep: dict[int, torch.Tensor], sizes: dict[int, tuple[int, int]] | None = None) -> None:
+        """Keep each module's first input rows in ``keep`` (and ``(samples, rows)`` of its whole
+        input in ``sizes``) on every forward until :meth:`_stop_recording`."""
         index = {id(m): k for k, m in enumerate(self.modules)}
 
         def recorder(module: Any, args: tuple[Any, ...]) -> None:
             k = index[id(module)]
             if args and isinstance(args[0], torch.Tensor):
-                keep[k] = module.kind.rows(module.inner, args[0].detach())[: self.sample_size]
+                rows = module.kind.rows(module.inner, args[0].detach())
+                keep[k] = rows[: self.sample_size]
+                if sizes is not None:
+                    sizes[k] = (args[0].shape[0] if args[0].ndim else 0, rows.shape[0])
 
         for module in self.modules:
             module._recorder = recorder
@@ -628,10 +639,12 @@ class Parametrization:
     def _devices(self) -> list[torch.device]:
         return list({p.device for m in self.modules for p in m.parameters()})
 
-    def _inputs(self, model: nn.Module, x: torch.Tensor) -> dict[int, torch.Tensor]:
+    def _inputs(
+        self, model: nn.Module, x: torch.Tensor, sizes: dict[int, tuple[int, int]] | None = None
+    ) -> dict[int, torch.Tensor]:
         """Each module's input on the first rows of ``x``, in :func:`measurement_mode`."""
         keep: dict[int, torch.Tensor] = {}
-        self._record(keep)
+        self._record(keep, sizes)
         try:
             with measurement_mode(unwrap(model), self._devices()):
                 call_model(unwrap(model), first_rows(x, self.sample_size))
@@ -659,7 +672,8 @@ class Parametrization:
             self._initial_model = copy.deepcopy(unwrap(self.model))
             self._record(self._recorded)
             return
-        inputs = self._inputs(self.model, self._sample)
+        sizes: dict[int, tuple[int, int]] = {}
+        inputs = self._shrink_sample(self._inputs(self.model, self._sample, sizes), sizes)
         for k in self._measured():
             if k not in inputs:
                 raise MaxPError(f"layer {self.names[k]!r} was not called by the model on the captured input")
@@ -670,6 +684,35 @@ class Parametrization:
                 weight = self.modules[k].weight
                 assert weight is not None
                 self._w0[k] = weight.detach().clone()
+
+    def _shrink_sample(
+        self, inputs: dict[int, torch.Tensor], sizes: dict[int, tuple[int, int]]
+    ) -> dict[int, torch.Tensor]:
+        """Keep only the samples the measured rows come from, and their inputs.
+
+        Each layer measures its first ``sample_size`` input rows; a sequence model gets many
+        rows from each sample, so a forward pass over all ``sample_size`` samples would mostly
+        compute rows nobody reads. The sample shrinks to the fewest leading samples that give
+        every measured layer the same number of rows, found from the sizes seen on the whole
+        sample (batch-first inputs only) and checked on the smaller one; the initial inputs are
+        then those of the smaller sample, so both measurements see the same computation.
+        """
+        batch = leading_size(self._sample)
+        measured = [k for k in self._measured() if k in sizes]
+        needed = 1
+        for k in measured:
+            samples, rows = sizes[k]
+            if samples != batch or rows < batch or rows % batch:
+                return inputs  # not batch-first, or rows not made of whole samples: keep all
+            needed = max(needed, -(-min(self.sample_size, rows) // (rows // batch)))
+        if not measured or needed >= batch:
+            return inputs
+        smaller = first_rows(self._sample, needed, clone=True)
+        trial = self._inputs(self.model, smaller)
+        if any(k not in trial or trial[k].shape != inputs[k].shape for k in measured):
+            return inputs
+        self._sample = smaller
+        return trial
 
     def _check_redraw(self, k: int) -> None:
         """``resample_w0`` redraws the initial weights: they must be what the layer holds now."""
@@ -820,20 +863,18 @@ class Parametrization:
         order: list[int] = []
         pieces: list[torch.Tensor] = []
         for layers in groups_of_equal_shape(measured, shape_of):
-            al = alignment_of_layers(
-                [
-                    (initial[k], now[k], self._weight_matrix(k, self._initial_weight(k)), weights[k])
-                    for k in layers
-                ],
-                self.norm_mode,
-                weights[layers[0]].shape[1],
-                xp=torch,
-            )
-            finite = torch.stack(
-                [torch.isfinite(now[k]).all() & torch.isfinite(weights[k]).all() for k in layers]
-            )
-            order += layers
-            pieces.append(torch.cat([torch.stack(list(al), dim=1), finite[:, None].to(al[0].dtype)], dim=1))
+            for chunk in stack_chunks(layers, weights[layers[0]]):
+                z, w = torch.stack([now[k] for k in chunk]), torch.stack([weights[k] for k in chunk])
+                finite = all_finite(z) & all_finite(w)
+                z0 = torch.stack([initial[k] for k in chunk])
+                w0 = torch.stack([self._weight_matrix(k, self._initial_weight(k)) for k in chunk])
+                if self.norm_mode == "rms":
+                    al = alignment_of_stacks(z0, z, w0, w, w.shape[-1], xp=torch)
+                else:
+                    layers_of_chunk = list(zip(z0, z, w0, w, strict=True))
+                    al = alignment_of_layers(layers_of_chunk, self.norm_mode, w.shape[-1], xp=torch)
+                order += chunk
+                pieces.append(torch.stack([*al, finite.to(al[0].dtype)], dim=1))
         # Reduced on the device the layers live on (NCCL groups take no CPU tensors) and copied to
         # the host once, instead of one float() per value. A NaN on any rank stays NaN in the mean.
         device = pieces[0].device
@@ -929,6 +970,32 @@ class Parametrization:
         self._publish_alignments()
 
 
+def all_finite(stack: torch.Tensor) -> torch.Tensor:
+    """Whether each entry of a stack holds only finite numbers, in one pass.
+
+    A float64 sum is NaN or infinite exactly when an entry is (float32 and smaller
+    values cannot overflow it).
+    """
+    return torch.isfinite(stack.flatten(1).sum(1, dtype=torch.float64))
+
+
+#: The most bytes of weights one stacked measurement copies at once: stacking equally shaped layers
+#: makes their measurement a few batched operations instead of a few per layer, and this bound keeps
+#: the copies (current and initial weights, their difference) small next to the model.
+STACK_BYTES = 8 * 2**20
+
+
+def stack_chunks(layers: list[int], weight: torch.Tensor, limit: int = STACK_BYTES) -> list[list[int]]:
+    """``layers`` (all shaped as ``weight``) in runs of as many as fit ``limit`` bytes, at least one.
+
+    Example:
+      >>> stack_chunks([0, 1, 2, 3, 4], torch.zeros(256, 1024), limit=2**21)   # 1 MiB each
+      [[0, 1], [2, 3], [4]]
+    """
+    size = max(1, limit // max(1, weight.numel() * weight.element_size()))
+    return [layers[i : i + size] for i in range(0, len(layers), size)]
+
+
 def _tied_groups(weights: Sequence[Any]) -> list[list[int]]:
     """Positions of the weights, grouped by identity (a tied weight's uses share a group), in
     order of first appearance."""
@@ -962,6 +1029,12 @@ def first_rows(x: Any, n: int, clone: bool = False) -> Any:
     if isinstance(x, tuple):
         return tuple(take(v) for v in x)
     return take(x)
+
+
+def leading_size(x: Any) -> int:
+    """The number of samples in a batch :func:`first_rows` takes from (its first tensor's first axis)."""
+    values = x.values() if isinstance(x, Mapping) else x if isinstance(x, tuple) else [x]
+    return next(v.shape[0] for v in values if isinstance(v, torch.Tensor) and v.ndim > 0)
 
 
 def optimizer_kind(optimizer: torch.optim.Optimizer) -> str:

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from maxp_core import (
+    Alignment,
     MaxPError,
     alignment,
     alignment_of_layers,
+    alignment_of_stacks,
     layer_alignment,
     log_rms_alignment,
     sanitize,
@@ -123,6 +125,42 @@ def test_stacked_layers_match_the_loops_layer_by_layer() -> None:
         assert got.u[i] == pytest.approx(rms_by_loops(dz[i], dw[i]) if moved else math.nan, nan_ok=True)
     spectral = alignment_of_layers(layers, "spectral")
     assert spectral.omega[2] == pytest.approx(spectral_alignment(dz[2], w0[2]))
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch"])
+def test_stacks_match_the_loops_layer_by_layer(framework: str) -> None:
+    # One batched product for the whole stack; a layer whose weight has not moved is missing
+    # in alpha and u, a layer at 1e30 and one at 1e-30 give the values of their unit-scale twins.
+    z0, w0 = RNG.standard_normal((4, 5, 24)), RNG.standard_normal((4, 7, 24))
+    dz, dw = RNG.standard_normal((4, 5, 24)), RNG.standard_normal((4, 7, 24))
+    dw[0] = np.outer(RNG.standard_normal(7), z0[0, 0])
+    dw[1] = 0.0
+    scale = np.array([1.0, 1.0, 1e30, 1e-30])[:, None, None]
+    z0, z, w0, w = z0, z0 + dz, w0 * scale, (w0 + dw) * scale
+    if framework == "torch":
+        torch = pytest.importorskip("torch")
+        got = alignment_of_stacks(*(torch.from_numpy(v) for v in (z0, z, w0, w)), xp=torch)
+        got = Alignment(*(v.numpy() for v in got))
+    else:
+        got = alignment_of_stacks(z0, z, w0, w)
+    for i in range(4):
+        moved = bool(np.any(dw[i]))
+        unscaled_w0 = w0[i] / scale[i]
+        assert got.alpha[i] == pytest.approx(rms_by_loops(z0[i], dw[i]) if moved else math.nan, nan_ok=True)
+        assert got.omega[i] == pytest.approx(rms_by_loops(dz[i], unscaled_w0))
+        assert got.u[i] == pytest.approx(rms_by_loops(dz[i], dw[i]) if moved else math.nan, nan_ok=True)
+
+
+def test_stacks_of_mismatched_shapes_and_narrow_layers() -> None:
+    z, w = np.ones((2, 3, 8)), np.ones((2, 4, 8))
+    with pytest.raises(MaxPError, match=r"inputs \(2, 3, 8\) then \(2, 3, 8\) and weights \(2, 4, 8\) then"):
+        alignment_of_stacks(z, z, w, w[:, :3])
+    with pytest.raises(MaxPError, match="the input has 8 features but the matrix contracts 6"):
+        alignment_of_stacks(z, z, w[..., :6], w[..., :6])
+    narrow = alignment_of_stacks(
+        np.ones((2, 3, 1)), 2 * np.ones((2, 3, 1)), np.ones((2, 4, 1)), np.ones((2, 4, 1))
+    )
+    assert np.isnan(np.array(narrow)).all()  # fan_in 1: no width to scale with, missing
 
 
 def test_layers_of_different_shapes_are_refused_by_index() -> None:

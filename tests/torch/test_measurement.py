@@ -1,0 +1,84 @@
+"""The batched measurement in PyTorch: stacks of equally shaped layers, the shrunk sample, finiteness."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import maxp_torch.parametrization as parametrization
+from examples.torch_models import GPT
+from maxp_core import layer_alignment
+from maxp_torch import Parametrization, ParametrizedModule
+
+VOCAB, CTX = 50, 16
+
+
+def trained_gpt(steps: int = 3, **kwargs) -> tuple[Parametrization, torch.Tensor, nn.Module]:
+    """A GPT after a few AdamW steps; its Parametrization, batch and a copy of the initial model."""
+    torch.manual_seed(0)
+    model = GPT(d=32, blocks=2, vocab=VOCAB, ctx=CTX)
+    ids = torch.randint(0, VOCAB, (8, CTX))
+    param = Parametrization(model, lr_prefactor=0.02, sample_input=ids[:1], **kwargs)
+    initial = copy.deepcopy(model)
+    opt = torch.optim.AdamW(param.param_groups)
+    param.capture_initial(ids)
+    for _ in range(steps):
+        opt.zero_grad()
+        logits = model(ids)
+        nn.functional.cross_entropy(logits.reshape(-1, VOCAB), ids.reshape(-1)).backward()
+        opt.step()
+    return param, ids, initial
+
+
+def inputs_on(model: nn.Module, ids: torch.Tensor, name: str) -> torch.Tensor:
+    """``name``'s input rows on ``ids``, by a forward hook of its own (eval mode, no grad)."""
+    seen = []
+    handle = model.get_submodule(name).register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    model.eval()
+    with torch.no_grad():
+        model(ids)
+    handle.remove()
+    model.train()
+    return seen[0].reshape(-1, seen[0].shape[-1])
+
+
+def test_a_sequence_sample_shrinks_to_the_sequences_its_rows_come_from() -> None:
+    param, ids, initial = trained_gpt(sample_size=40)
+    assert param._sample.shape == (3, CTX)  # 40 token rows: three sequences of 16, not all eight
+    measured, nonfinite = param._measure(ids)
+    assert not nonfinite.any()
+    # The definition on the full batch: each layer's first 40 input rows, now and at initialization.
+    for name in ("blocks.0.q", "blocks.1.down", "head"):
+        z0 = inputs_on(initial, ids, name)[:40].double().numpy()
+        z = inputs_on(param.model, ids, name)[:40].double().numpy()
+        w0, w = (m.get_submodule(name).inner.weight.detach().double().numpy() for m in (initial, param.model))
+        expected = layer_alignment(z0, z, w0, w)
+        np.testing.assert_allclose(measured[param.graph.index(name)], expected, atol=2e-5)  # float32
+
+
+def test_rows_of_one_per_sample_keep_the_whole_sample() -> None:
+    model = nn.Sequential(
+        ParametrizedModule(nn.Linear(8, 32), width_dim=32, layer_type="embedding"),
+        nn.ReLU(),
+        ParametrizedModule(nn.Linear(32, 4), width_dim=32, layer_type="readout"),
+    )
+    param = Parametrization(model, sample_size=16)
+    param.capture_initial(torch.randn(24, 8))
+    assert param._sample.shape == (16, 8)
+
+
+def test_chunked_stacks_measure_what_one_stack_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    param, ids, _ = trained_gpt()
+    whole = param._measure(ids)[0]
+    monkeypatch.setattr(parametrization, "STACK_BYTES", 1)  # one layer per stack
+    np.testing.assert_allclose(param._measure(ids)[0], whole, atol=1e-6)
+
+
+def test_a_non_finite_weight_marks_its_layer_and_those_it_feeds() -> None:
+    param, ids, _ = trained_gpt()
+    with torch.no_grad():  # blocks.1.down shares a stack with blocks.0.down and feeds the head only
+        param.model.get_submodule("blocks.1.down").inner.weight[3, 5] = float("inf")
+    _, nonfinite = param._measure(ids)
+    assert [param.graph.names[i] for i in np.flatnonzero(nonfinite)] == ["blocks.1.down", "head"]
