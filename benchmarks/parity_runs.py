@@ -9,6 +9,7 @@ explicit (``ScaledDense``) or folded into the weights and learning rates.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import flax.linen as nn_flax
@@ -345,13 +346,220 @@ def compare_metrics(torch_trace: Trace, jax_trace: Trace) -> list[Gap]:
     return gaps
 
 
-def same_core_gap(torch_trace: Trace, graph_torch: OpGraph, graph_jax: OpGraph, optimizer: str) -> float:
-    """Largest c difference when both frameworks' LPs get torch's alignments (same core)."""
+def same_core_gap(
+    torch_trace: Trace,
+    graph_torch: OpGraph,
+    graph_jax: OpGraph,
+    optimizer: str,
+    rename: Callable[[str], str] | None = None,
+) -> float:
+    """Largest c difference when both frameworks' LPs get torch's alignments (same core).
+
+    ``rename`` maps a JAX graph name to the torch one; without it the graphs' nodes are
+    matched by position (the MLP, whose nodes are all layers in the same order).
+    """
     lp_t, lp_j = StabilityLP(graph_torch, optimizer), StabilityLP(graph_jax, optimizer)
     worst = 0.0
+    to_jax = {rename(n): n for n in graph_jax.names} if rename else {}
     for al in torch_trace.alignment[:: max(len(torch_trace.alignment) // 20, 1)]:
-        kw = {"alpha": al[:, 0], "omega": al[:, 1], "u": al[:, 2]}
-        ct = np.array(list(lp_t.solve(**kw).c.values()))
-        cj = np.array(list(lp_j.solve(**kw).c.values()))
+        if rename is None:
+            kw = {"alpha": al[:, 0], "omega": al[:, 1], "u": al[:, 2]}
+            ct = np.array(list(lp_t.solve(**kw).c.values()))
+            cj = np.array(list(lp_j.solve(**kw).c.values()))
+        else:
+            fields = ("alpha", "omega", "u")
+            kw_t = {f: dict(zip(torch_trace.layers, al[:, j], strict=True)) for j, f in enumerate(fields)}
+            kw_j = {f: {to_jax[n]: v for n, v in values.items()} for f, values in kw_t.items()}
+            c_t, c_j = lp_t.solve(**kw_t).c, lp_j.solve(**kw_j).c
+            ct = np.array([c_t[n] for n in torch_trace.layers])
+            cj = np.array([c_j[to_jax[n]] for n in torch_trace.layers])
         worst = max(worst, float(np.abs(ct - cj).max()))
     return worst
+
+
+@dataclass(frozen=True)
+class GptSetup:
+    """One parity run of the 2-block GPT (:mod:`examples.torch_models`, :mod:`examples.flax_models`)."""
+
+    optimizer: str = "adamw"
+    dynamic: bool = True
+    multipliers: str = "explicit"
+    steps: int = 200
+    width: int = 32
+    blocks: int = 2
+    vocab: int = 50
+    ctx: int = 16
+    batch: int = 8
+    lr: float = 0.005
+    weight_decay: float = 0.01
+    warmup_steps: int = 5
+    solve_interval: int = 5
+    sample_size: int = 32  # token rows: the first two sequences of the first batch
+    eps: float = 1e-8
+    seed: int = 0
+    torch_device: str = "cpu"
+
+
+def token_batches(setup: GptSetup) -> list[np.ndarray]:
+    """Sequences from a fixed random bigram model, one ``(batch, ctx)`` array per step."""
+    rng = np.random.default_rng(setup.seed)
+    logits = 2.0 * rng.standard_normal((setup.vocab, setup.vocab))
+    transition = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    cumulative = np.cumsum(transition, axis=1)
+    out = []
+    for _ in range(setup.steps):
+        ids = np.empty((setup.batch, setup.ctx), np.int64)
+        ids[:, 0] = rng.integers(0, setup.vocab, setup.batch)
+        for t in range(1, setup.ctx):
+            draws = rng.random(setup.batch)[:, None]
+            ids[:, t] = np.minimum((cumulative[ids[:, t - 1]] < draws).sum(axis=1), setup.vocab - 1)
+        out.append(ids)
+    return out
+
+
+def _next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+
+
+def run_torch_gpt(setup: GptSetup, data: list[np.ndarray]) -> tuple[Trace, dict[str, np.ndarray]]:
+    """Train the GPT in torch (AdamW); the trace and the initial state dict as numpy arrays."""
+    from examples.torch_models import GPT
+
+    torch.manual_seed(setup.seed)
+    device = setup.torch_device
+    model = GPT(d=setup.width, blocks=setup.blocks, vocab=setup.vocab, ctx=setup.ctx).to(device)
+    first = torch.from_numpy(data[0]).to(device)
+    param = Parametrization(
+        model,
+        optimizer_type="adam",
+        lr_prefactor=setup.lr,
+        warmup_steps=setup.warmup_steps if setup.dynamic else 10**9,
+        solve_interval=setup.solve_interval,
+        sample_size=setup.sample_size,
+        seed=setup.seed,
+        sample_input=first[:1],
+    )
+    initial = {name: t.detach().cpu().numpy().copy() for name, t in model.state_dict().items()}
+    opt = torch.optim.AdamW(param.param_groups, eps=setup.eps, weight_decay=setup.weight_decay)
+    names = param.get_layer_names()
+    trace = Trace(op_graph=param.graph, layers=names)
+    trace.graph = [param.exponents[param.names.index(n)] for n in names]
+    param.capture_initial(first)
+    start = time.perf_counter()
+    for ids_np in data:
+        ids = torch.from_numpy(ids_np).to(device)
+        opt.zero_grad()
+        loss = _next_token_loss(model(ids), ids)
+        loss.backward()
+        opt.step()
+        param.step(ids, opt)
+        trace.losses.append(loss.item())
+        trace.lrs.append(param.get_last_lr())
+        trace.c.append(param.c.tolist())
+        trace.alignment.append(np.array(param.get_alignment()).T)
+        trace.metrics.append(param.metrics())
+    trace.seconds = time.perf_counter() - start
+    return trace, initial
+
+
+def _flax_gpt_params(initial: dict[str, np.ndarray], blocks: int) -> dict[str, object]:
+    """The torch GPT's state dict as the flax twin's params (kernels transposed)."""
+
+    def kernel(name: str) -> jax.Array:
+        return jnp.asarray(initial[f"{name}.inner.weight"].T)
+
+    def norm(name: str) -> dict[str, jax.Array]:
+        return {"scale": jnp.asarray(initial[f"{name}.weight"]), "bias": jnp.asarray(initial[f"{name}.bias"])}
+
+    params: dict[str, object] = {
+        "tok": {"embedding": jnp.asarray(initial["tok.inner.weight"])},
+        "pos": {"embedding": jnp.asarray(initial["pos.inner.weight"])},
+        "LayerNorm_0": norm("ln"),
+        "head": {"kernel": kernel("head")},
+    }
+    for i in range(blocks):
+        layers = ("q", "k", "v", "o", "gate", "up", "down")
+        block = {layer: {"kernel": kernel(f"blocks.{i}.{layer}")} for layer in layers}
+        params[f"blocks_{i}"] = {
+            **block,
+            "LayerNorm_0": norm(f"blocks.{i}.ln1"),
+            "LayerNorm_1": norm(f"blocks.{i}.ln2"),
+        }
+    return {"params": params}
+
+
+def run_jax_gpt(
+    setup: GptSetup, data: list[np.ndarray], initial: dict[str, np.ndarray], layers: list[str]
+) -> Trace:
+    """Train the flax twin from the torch initial weights; the trace in torch's names and order ``layers``.
+
+    The alignment sample is the first batch's first ``ceil(sample_size / ctx)`` sequences: the
+    rows PyTorch measures on.
+    """
+    from examples.flax_models import FlaxGPT, flax_to_torch_name, gpt_rules
+
+    probe = FlaxGPT(d=setup.width, blocks=setup.blocks, vocab=setup.vocab, ctx=setup.ctx)
+    ids0 = jnp.asarray(data[0], jnp.int32)
+    spec = maxp_jax.MaxPSpec(
+        jax.eval_shape(probe.init, jax.random.key(0), ids0[:1]),  # shapes suffice: nothing compiled
+        gpt_rules(),
+        optimizer="adam",
+        multipliers="explicit",
+        apply_fn=probe.apply,
+        sample_input=ids0[:1],
+    )
+    names = [flax_to_torch_name(layer.name) for layer in spec.layers]
+    if any(spec.multiplier(layer.name) != 1.0 for layer in spec.layers if "/blocks_" in layer.name):
+        raise ValueError("the flax GPT applies multipliers to tok, pos and head only")
+    scales = tuple(float(spec.multiplier(f"params/{n}")) for n in ("tok", "pos", "head"))
+    model = FlaxGPT(d=setup.width, blocks=setup.blocks, vocab=setup.vocab, ctx=setup.ctx, scales=scales)
+    params = _flax_gpt_params(initial, setup.blocks)
+    dynamic = None
+    if setup.dynamic:
+        dynamic = maxp_jax.DynamicAlignment(
+            model.apply,
+            ids0[: -(-setup.sample_size // setup.ctx)],
+            warmup_steps=setup.warmup_steps,
+            solve_interval=setup.solve_interval,
+            sample_size=setup.sample_size,
+        )
+    tx = optax.chain(
+        optax.scale_by_adam(eps=setup.eps),
+        optax.add_decayed_weights(setup.weight_decay),
+        maxp_jax.scale_by_maxp(spec, dynamic),
+        optax.scale_by_learning_rate(setup.lr),
+    )
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p, s, ids):
+        def loss_fn(q):
+            logits = model.apply(q, ids)
+            return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], ids[:, 1:]).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(p)
+        updates, s = tx.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, loss
+
+    order = [names.index(n) for n in layers]
+    trace = Trace(op_graph=spec.graph, layers=list(layers))
+    trace.graph = [(spec.layers[j].a, spec.layers[j].b) for j in order]
+    start = time.perf_counter()
+    for ids in data:
+        params, state, loss = step(params, state, jnp.asarray(ids, jnp.int32))
+        ms = maxp_jax.find_maxp_state(state)
+        trace.losses.append(float(loss))
+        logged = jax.device_get(maxp_jax.metrics(state, spec, learning_rate=setup.lr))
+        factors, c, alignment = jax.device_get((ms.factors, ms.c, ms.alignment))
+        trace.lrs.append([setup.lr * float(factors[j]) for j in order])
+        trace.c.append([float(c[j]) for j in order])
+        trace.alignment.append(np.asarray(alignment, np.float64)[order])
+        trace.metrics.append({_renamed(k, flax_to_torch_name): float(v) for k, v in logged.items()})
+    trace.seconds = time.perf_counter() - start
+    return trace
+
+
+def _renamed(key: str, rename: Callable[[str], str]) -> str:
+    """A metrics key with its layer renamed: ``maxp/c/params/head`` to ``maxp/c/head``."""
+    field, _, layer = key.removeprefix("maxp/").partition("/")
+    return f"maxp/{field}/{rename(layer)}" if layer else key

@@ -64,14 +64,18 @@ class FlaxGPT(nn.Module):
     vocab: int = 50
     ctx: int = 16
     parametrized: bool = True
+    #: Output multipliers of ``tok``, ``pos`` and ``head``: a ``MaxPSpec(multipliers="explicit")``'s
+    #: ``spec.multiplier(name)`` (under muP the blocks' are 1).
+    scales: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     @nn.compact
     def __call__(self, ids: jax.Array) -> jax.Array:
-        x = nn.Embed(self.vocab, self.d, name="tok")(ids)
-        x = x + nn.Embed(self.ctx, self.d, name="pos")(jnp.arange(ids.shape[1]))
+        tok, pos, head = self.scales
+        x = tok * nn.Embed(self.vocab, self.d, name="tok")(ids)
+        x = x + pos * nn.Embed(self.ctx, self.d, name="pos")(jnp.arange(ids.shape[1]))
         for i in range(self.blocks):
             x = FlaxBlock(i, self.d, self.parametrized, name=f"blocks_{i}")(x)
-        return nn.Dense(self.vocab, use_bias=False, name="head")(nn.LayerNorm()(x))
+        return head * nn.Dense(self.vocab, use_bias=False, name="head")(nn.LayerNorm()(x))
 
 
 class FlaxViT(nn.Module):

@@ -171,7 +171,8 @@ class AlignmentResolver:
         # params and state would otherwise delete what later steps still read.
         if self.config.use_training_activations:
             return (), (), jax.tree.map(jnp.copy, params)
-        rows = self._sample_rows(params)
+        # Compiled as one program: run eagerly, the forward would compile each operation on its own.
+        rows = jax.jit(self._sample_rows)(params)
         z0 = tuple(jnp.copy(rows[i]) for i in layer_inputs.measured)
         if self.config.resample_w0:
             return z0, (), ()

@@ -233,6 +233,10 @@ def metrics(
         columns = {"lr": base * state.factors, **columns}
     columns.update({name: state.alignment[:, j] for j, name in enumerate(("alpha", "omega", "u"))})
     names = [layer.name for layer in spec.layers]
+    if not any(isinstance(v, jax.core.Tracer) for v in columns.values()):
+        # Outside jit: one copy to the host, then numpy entries; indexing a device array
+        # entry by entry would dispatch (and first compile) one slice per entry.
+        columns = jax.device_get(columns)
     out = {
         f"maxp/{field}/{name}": values[i] for field, values in columns.items() for i, name in enumerate(names)
     }
