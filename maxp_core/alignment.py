@@ -92,19 +92,23 @@ def _rows(x: Any, xp: ModuleType, what: str = "input") -> Any:
     return x.reshape(-1, x.shape[-1])
 
 
+def _is_torch(xp: ModuleType) -> bool:
+    return getattr(xp, "__name__", "") == "torch"
+
+
 def _peak(x: Any, xp: ModuleType, axis: Any) -> Any:
-    """Largest ``|x|`` over ``axis``, keeping the reduced axes."""
-    if getattr(xp, "__name__", "") == "torch":
-        return xp.amax(xp.abs(x), dim=axis, keepdim=True)
+    """Largest ``|x|`` over ``axis``, keeping the reduced axes (NaN if any entry is NaN)."""
+    if _is_torch(xp):  # from the largest and the smallest entry: no array of |x| is allocated
+        return xp.maximum(xp.amax(x, dim=axis, keepdim=True), -xp.amin(x, dim=axis, keepdim=True))
     return xp.max(xp.abs(x), axis=axis, keepdims=True)
 
 
-def _unit_scale(x: Any, xp: ModuleType, axis: Any) -> Any:
+def _unit_scale(x: Any, xp: ModuleType, axis: Any, in_place: bool = False) -> Any:
     """``x`` times a power of two that brings its largest entry over ``axis`` into ``[1, 2)``.
 
     Exact in floating point. Entries whose peak is not finite are left as they are; a
     peak below the dtype's smallest normal number is zero (near-zero: no precision left,
-    so no information).
+    so no information). ``in_place`` (numpy, torch) scales ``x`` itself.
     """
     if math.prod(x.shape) == 0:
         return x
@@ -115,6 +119,9 @@ def _unit_scale(x: Any, xp: ModuleType, axis: Any) -> Any:
     # One factor per row or matrix, so the full-size work is a single product: 0 zeroes a
     # matrix below the smallest normal number, 1 leaves one holding NaN or inf as it is.
     factor = xp.where(usable, power, xp.where(finite, xp.zeros_like(peak), xp.ones_like(peak)))
+    if in_place:
+        x *= factor
+        return x
     return x * factor
 
 
@@ -199,6 +206,8 @@ def _log_rms_of_product(xr: Any, rms_y: Any, product: Any, n: int, xp: ModuleTyp
 
 def _rms(y: Any, xp: ModuleType) -> Any:
     """RMS over the last two axes (each matrix of a stack)."""
+    if _is_torch(xp):  # a norm reduces without an array of squares
+        return xp.linalg.vector_norm(y, dim=(-2, -1)) / math.sqrt(max(1, y.shape[-2] * y.shape[-1]))
     return xp.sqrt(xp.mean(y * y, axis=(-2, -1)))
 
 
@@ -318,7 +327,7 @@ def alignment_of_layers(
 
 
 def alignment_of_stacks(
-    z0: Any, z: Any, w0: Any, w: Any, fan_in: int | None = None, xp: ModuleType = np
+    z0: Any, z: Any, w0: Any, w: Any, fan_in: int | None = None, xp: ModuleType = np, scratch: bool = False
 ) -> Alignment:
     """RMS-mode :func:`alignment_of_layers` of layers given as stacked arrays.
 
@@ -327,6 +336,9 @@ def alignment_of_stacks(
     product), so the cost in operations does not grow with the number of layers: what an
     eager framework wants, where each operation is a kernel launch or a host dispatch. The
     caller chooses how many layers to stack at once (the stacks are copies of its weights).
+    ``scratch=True`` (numpy, torch) says the four stacks are the caller's own copies: the
+    differences and scalings then overwrite them, and nothing of the weights' size is
+    allocated (on a CPU, fresh large arrays cost page faults that dwarf the arithmetic).
 
     Example:
       >>> import numpy as np
@@ -348,17 +360,23 @@ def alignment_of_stacks(
     if n < 2:
         nan = xp.full_like(_rms(w0, xp), math.nan)
         return Alignment(nan, nan, nan)
-    return _from_products(_products(z0, z, w0, w, xp), n, xp)
+    return _from_products(_products(z0, z, w0, w, xp, scratch), n, xp)
 
 
-def _products(z0: Any, z: Any, w0: Any, w: Any, xp: ModuleType) -> tuple[Any, ...]:
+def _products(z0: Any, z: Any, w0: Any, w: Any, xp: ModuleType, scratch: bool = False) -> tuple[Any, ...]:
     """What the three rms alignments reduce, for one layer or a stack of them.
 
     ``(z0, dz, [z0; dz] @ dW.T, dz @ W0.T, rms(dW), rms(W0))``, each factor scaled to unit
-    peak first (:func:`_unit_scale`).
+    peak first (:func:`_unit_scale`); with ``scratch`` the inputs are overwritten.
     """
-    z0, dz = _scaled_rows(z0, xp), _scaled_rows(z - z0, xp)
-    dw, w0 = _scaled_matrix(w - w0, xp), _scaled_matrix(w0, xp)
+    if scratch:
+        z -= z0
+        w -= w0
+        dz, dw = z, w
+    else:
+        dz, dw = z - z0, w - w0
+    z0, dz = _unit_scale(z0, xp, -1, scratch), _unit_scale(dz, xp, -1, scratch)
+    dw, w0 = _unit_scale(dw, xp, (-2, -1), scratch), _unit_scale(w0, xp, (-2, -1), scratch)
     # One product of the stacked rows with dW serves alpha and u.
     both = xp.concatenate([z0, dz], axis=-2) @ xp.swapaxes(dw, -1, -2)
     return z0, dz, both, dz @ xp.swapaxes(w0, -1, -2), _rms(dw, xp), _rms(w0, xp)

@@ -869,7 +869,7 @@ class Parametrization:
                 z0 = torch.stack([initial[k] for k in chunk])
                 w0 = torch.stack([self._weight_matrix(k, self._initial_weight(k)) for k in chunk])
                 if self.norm_mode == "rms":
-                    al = alignment_of_stacks(z0, z, w0, w, w.shape[-1], xp=torch)
+                    al = alignment_of_stacks(z0, z, w0, w, w.shape[-1], xp=torch, scratch=True)
                 else:
                     layers_of_chunk = list(zip(z0, z, w0, w, strict=True))
                     al = alignment_of_layers(layers_of_chunk, self.norm_mode, w.shape[-1], xp=torch)

@@ -127,8 +127,9 @@ def test_stacked_layers_match_the_loops_layer_by_layer() -> None:
     assert spectral.omega[2] == pytest.approx(spectral_alignment(dz[2], w0[2]))
 
 
+@pytest.mark.parametrize("scratch", [False, True])
 @pytest.mark.parametrize("framework", ["numpy", "torch"])
-def test_stacks_match_the_loops_layer_by_layer(framework: str) -> None:
+def test_stacks_match_the_loops_layer_by_layer(framework: str, scratch: bool) -> None:
     # One batched product for the whole stack; a layer whose weight has not moved is missing
     # in alpha and u, a layer at 1e30 and one at 1e-30 give the values of their unit-scale twins.
     z0, w0 = RNG.standard_normal((4, 5, 24)), RNG.standard_normal((4, 7, 24))
@@ -139,10 +140,14 @@ def test_stacks_match_the_loops_layer_by_layer(framework: str) -> None:
     z0, z, w0, w = z0, z0 + dz, w0 * scale, (w0 + dw) * scale
     if framework == "torch":
         torch = pytest.importorskip("torch")
-        got = alignment_of_stacks(*(torch.from_numpy(v) for v in (z0, z, w0, w)), xp=torch)
+        stacks = [torch.from_numpy(v.copy()) for v in (z0, z, w0, w)]
+        got = alignment_of_stacks(*stacks, xp=torch, scratch=scratch)
         got = Alignment(*(v.numpy() for v in got))
     else:
-        got = alignment_of_stacks(z0, z, w0, w)
+        stacks = [v.copy() for v in (z0, z, w0, w)]
+        got = alignment_of_stacks(*stacks, scratch=scratch)
+    # With scratch the stacks are overwritten (dW, scaled), else left as they were.
+    assert np.array_equal(np.asarray(stacks[3]), w) is not scratch
     for i in range(4):
         moved = bool(np.any(dw[i]))
         unscaled_w0 = w0[i] / scale[i]
