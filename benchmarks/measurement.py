@@ -1,0 +1,215 @@
+"""What one alignment measurement costs in PyTorch: time, dispatched operations and host reads.
+
+Run ``python -m benchmarks.measurement`` (``--device gpu``, ``--json``). For an MLP of
+width 128 and depth 64 (batch 64) and the GPT of :mod:`examples.torch_models` (width 128,
+8 blocks, 16 sequences of 64 tokens) with dynamic maxP re-solving every step it reports the
+median time of a training step (AdamW over maxP's groups), of a measurement (the forward
+pass on the sample, the alignments, the one copy to the host) and of a whole
+``Parametrization.step`` (measurement, LP, rates), and, from ``torch.profiler``, the
+operations one measurement dispatches and its host reads (``.item()``-like calls on CPU;
+kernel launches and synchronisations on a GPU).
+
+``--compare-to REV`` runs the same program on another revision of ``maxp_torch`` (a
+``git worktree``) in alternating subprocess rounds and reports the ratio of each figure:
+the before/after table of a change. Results go to ``benchmarks/results/measurement-<device>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+MODELS = ("mlp-64", "gpt-8")
+#: Figures reported per model and version; ``ms`` are medians.
+FIGURES = ("train_ms", "measure_ms", "step_ms", "ops", "host_reads")
+
+
+def _model(name: str, device: str) -> tuple[Any, Any, Any, Any]:
+    """``(model, batch, loss of the batch, sample_input for tracing)``."""
+    import torch
+    from torch import nn
+
+    from maxp_torch import ParametrizedModule
+
+    torch.manual_seed(0)
+    if name == "mlp-64":
+        width, depth = 128, 64
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            role = "embedding" if i == 0 else "readout" if i == depth - 1 else "hidden"
+            out = 10 if i == depth - 1 else width
+            layers.append(ParametrizedModule(nn.Linear(width, out), width_dim=width, layer_type=role))
+            layers.append(nn.ReLU())
+        model = nn.Sequential(*layers[:-1]).to(device)
+        x = torch.randn(64, width, device=device)
+        y = torch.randint(0, 10, (64,), device=device)
+        return model, x, lambda: nn.functional.cross_entropy(model(x), y), None
+    from examples.torch_models import GPT
+
+    vocab = 256
+    model = GPT(d=128, blocks=8, vocab=vocab, ctx=64).to(device)
+    ids = torch.randint(0, vocab, (16, 64), device=device)
+
+    def loss() -> Any:
+        logits = model(ids)
+        return nn.functional.cross_entropy(logits[:, :-1].reshape(-1, vocab), ids[:, 1:].reshape(-1))
+
+    return model, ids, loss, ids[:1]
+
+
+def costs(name: str, device: str, repeats: int) -> dict[str, float]:
+    """The :data:`FIGURES` of one model on the ``maxp_torch`` first on ``sys.path``."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from maxp_torch import Parametrization
+
+    torch.set_num_threads(1) if device == "cpu" else None
+    model, x, loss_of_batch, sample = _model(name, device)
+    param = Parametrization(model, lr_prefactor=1e-3, solve_interval=1, sample_input=sample)
+    optimizer = torch.optim.AdamW(param.param_groups)
+    param.capture_initial(x)
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def train() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_of_batch().backward()
+        optimizer.step()
+
+    def timed(run: Any) -> float:
+        sync()
+        start = time.perf_counter()
+        run()
+        sync()
+        return time.perf_counter() - start
+
+    for _ in range(3):
+        train()
+        param.step(x, optimizer)
+    times: dict[str, list[float]] = {"train_ms": [], "measure_ms": [], "step_ms": []}
+    for _ in range(repeats):
+        times["train_ms"].append(timed(train))
+        times["measure_ms"].append(timed(lambda: param._measure(x)))
+        times["step_ms"].append(timed(lambda: param.step(x, optimizer)))
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        param._measure(x)
+        sync()
+    events = prof.events()
+    if device == "cuda":
+        ops = sum(e.name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC") for e in events)
+        reads = sum(
+            e.name in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpyAsync") for e in events
+        )
+    else:
+        ops = sum(e.name.startswith("aten::") for e in events)
+        reads = sum(e.name == "aten::_local_scalar_dense" for e in events)
+    out = {key: 1e3 * statistics.median(values) for key, values in times.items()}
+    return {**out, "ops": float(ops), "host_reads": float(reads)}
+
+
+def _worker_round(tree: Path, device: str, repeats: int) -> dict[str, dict[str, float]]:
+    """:func:`costs` of every model in a subprocess whose ``maxp_torch`` comes from ``tree``."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(tree), device, str(repeats)]
+    done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
+    result: dict[str, dict[str, float]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _median_of_rounds(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    return {model: {f: statistics.median(r[model][f] for r in rounds) for f in FIGURES} for model in MODELS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.measurement", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--repeats", type=int, default=20, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3, help="subprocess rounds per version")
+    parser.add_argument("--compare-to", metavar="REV", help="a git revision to measure side by side")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    from tqdm import tqdm
+
+    from benchmarks.report import write_results
+    from maxp_core.cli import format_table
+
+    device = "cuda" if args.device == "gpu" else "cpu"
+    versions = {"now": ROOT}
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.compare_to:
+            before = Path(scratch) / "before"
+            subprocess.run(
+                ["git", "worktree", "add", "--detach", str(before), args.compare_to],
+                check=True, cwd=ROOT, capture_output=True,
+            )  # fmt: skip
+            versions = {args.compare_to: before, "now": ROOT}
+        try:
+            rounds: dict[str, list[dict[str, dict[str, float]]]] = {v: [] for v in versions}
+            for _ in tqdm(range(args.rounds), desc="measurement rounds", unit="round"):
+                for version, tree in versions.items():
+                    rounds[version].append(_worker_round(tree, device, args.repeats))
+        finally:
+            if args.compare_to:
+                subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, check=False)
+    medians = {version: _median_of_rounds(r) for version, r in rounds.items()}
+    rows = []
+    for model in MODELS:
+        for version in versions:
+            figures = medians[version][model]
+            rows.append(
+                (model, version, *(f"{figures[f]:.{1 if f.endswith('ms') else 0}f}" for f in FIGURES), "")
+            )
+        if args.compare_to:
+            old, new = medians[args.compare_to][model], medians["now"][model]
+            ratio = [f"{old[f] / new[f]:.1f}x" if new[f] else "-" for f in FIGURES]
+            rows.append((model, "before / now", *ratio, ""))
+    header = ("model", "version", "train ms", "measure ms", "maxp step ms", "ops", "host reads", "")
+    table = format_table([r[:-1] for r in rows], header[:-1])
+    env = {"python": platform.python_version(), "machine": platform.machine(), "device": args.device}
+    ops = "CUDA kernel launches" if device == "cuda" else "aten operations dispatched (nested ones included)"
+    reads = "synchronising CUDA calls" if device == "cuda" else "scalar reads (.item())"
+    markdown = (
+        f"# One alignment measurement in PyTorch ({args.device})\n\n"
+        "`mlp-64`: MLP width 128, depth 64, batch 64. `gpt-8`: the example GPT, width 128, 8 blocks, "
+        "16 sequences of 64 tokens. Dynamic maxP re-solving every step, alignment sample 32 rows. "
+        "`train ms`: a training step (AdamW over maxP's groups); `measure ms`: one measurement (the "
+        "sample's forward pass, the alignments, the copy to the host); `maxp step ms`: "
+        f"`Parametrization.step` (measurement, LP, rates); `ops`: {ops}; `host reads`: {reads}, per "
+        f"measurement. Medians of {args.rounds} rounds of {args.repeats} steps"
+        + (", versions alternating round by round" if args.compare_to else "")
+        + (", one CPU thread" if device == "cpu" else "")
+        + f".\n\n```\n{table}\n```\n\nEnvironment: {json.dumps(env)}\n"
+    )
+    payload = {"medians": medians, "environment": env, "compare_to": args.compare_to}
+    write_results(args.out, f"measurement-{args.device}", payload, markdown, args.json)
+    return 0
+
+
+def _worker(argv: list[str]) -> None:
+    tree, device, repeats = Path(argv[0]), argv[1], int(argv[2])
+    # This tree's maxp_torch first; not the script's own folder, whose modules would shadow others.
+    sys.path[0:1] = [str(tree), str(ROOT)]
+    print(json.dumps({model: costs(model, device, repeats) for model in MODELS}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        _worker(sys.argv[2:])
+    else:
+        raise SystemExit(main())
