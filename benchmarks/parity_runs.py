@@ -142,13 +142,19 @@ def run_torch(setup: Setup, data: list[tuple[np.ndarray, np.ndarray]]) -> tuple[
         loss.backward()
         opt.step()
         param.step(x, opt)
-        trace.losses.append(loss.item())
-        trace.lrs.append(param.get_last_lr())
-        trace.c.append(param.c.tolist())
-        trace.alignment.append(param.alignment.copy())
-        trace.metrics.append(param.metrics())
+        _record_torch_step(trace, param, loss)
     trace.seconds = time.perf_counter() - start
     return trace, initial
+
+
+def _record_torch_step(trace: Trace, param: Parametrization, loss: torch.Tensor) -> None:
+    """What a torch run records after each step: loss, rates, c, alignments (one row per
+    layer of ``param.get_layer_names()``) and the metrics record."""
+    trace.losses.append(loss.item())
+    trace.lrs.append(param.get_last_lr())
+    trace.c.append(param.c.tolist())
+    trace.alignment.append(np.array(param.get_alignment()).T)
+    trace.metrics.append(param.metrics())
 
 
 def run_jax(setup: Setup, data: list[tuple[np.ndarray, np.ndarray]], initial: list[np.ndarray]) -> Trace:
@@ -453,11 +459,7 @@ def run_torch_gpt(setup: GptSetup, data: list[np.ndarray]) -> tuple[Trace, dict[
         loss.backward()
         opt.step()
         param.step(ids, opt)
-        trace.losses.append(loss.item())
-        trace.lrs.append(param.get_last_lr())
-        trace.c.append(param.c.tolist())
-        trace.alignment.append(np.array(param.get_alignment()).T)
-        trace.metrics.append(param.metrics())
+        _record_torch_step(trace, param, loss)
     trace.seconds = time.perf_counter() - start
     return trace, initial
 

@@ -26,6 +26,7 @@ from maxp_core.compat import (
     find_c_sgd,
     get_abc_parametrization,
 )
+from maxp_torch import optim
 from maxp_torch.compat import (
     ClassifiedOp,
     LayerSnapshot,
@@ -96,6 +97,7 @@ __all__ = [
     "linear_layers",
     "measure_activations",
     "measurement_mode",
+    "optim",
     "optimizer_kind",
     "plot_axis",
     "print_axis",
