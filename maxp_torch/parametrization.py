@@ -864,12 +864,16 @@ class Parametrization:
         pieces: list[torch.Tensor] = []
         for layers in groups_of_equal_shape(measured, shape_of):
             for chunk in stack_chunks(layers, weights[layers[0]]):
-                z, w = torch.stack([now[k] for k in chunk]), torch.stack([weights[k] for k in chunk])
+                # One layer is measured on views of its own tensors, several on stacked copies that
+                # the measurement may overwrite.
+                gather = (lambda ts: ts[0][None]) if len(chunk) == 1 else torch.stack
+                z, w = gather([now[k] for k in chunk]), gather([weights[k] for k in chunk])
                 finite = all_finite(z) & all_finite(w)
-                z0 = torch.stack([initial[k] for k in chunk])
-                w0 = torch.stack([self._weight_matrix(k, self._initial_weight(k)) for k in chunk])
+                z0 = gather([initial[k] for k in chunk])
+                w0 = gather([self._weight_matrix(k, self._initial_weight(k)) for k in chunk])
                 if self.norm_mode == "rms":
-                    al = alignment_of_stacks(z0, z, w0, w, w.shape[-1], xp=torch, scratch=True)
+                    scratch = len(chunk) > 1
+                    al = alignment_of_stacks(z0, z, w0, w, w.shape[-1], xp=torch, scratch=scratch)
                 else:
                     layers_of_chunk = list(zip(z0, z, w0, w, strict=True))
                     al = alignment_of_layers(layers_of_chunk, self.norm_mode, w.shape[-1], xp=torch)
@@ -981,19 +985,25 @@ def all_finite(stack: torch.Tensor) -> torch.Tensor:
 
 #: The most bytes of weights one stacked measurement copies at once: stacking equally shaped layers
 #: makes their measurement a few batched operations instead of a few per layer, and this bound keeps
-#: the copies (current and initial weights, their difference) small next to the model.
+#: the copies (current and initial weights) small next to the model.
 STACK_BYTES = 8 * 2**20
+#: On a CPU, where an operation costs little to dispatch but a copy costs its memory traffic, layers
+#: of at least this many bytes are measured one at a time, on the weights themselves.
+CPU_SOLO_BYTES = 2**20
 
 
-def stack_chunks(layers: list[int], weight: torch.Tensor, limit: int = STACK_BYTES) -> list[list[int]]:
+def stack_chunks(layers: list[int], weight: torch.Tensor, limit: int | None = None) -> list[list[int]]:
     """``layers`` (all shaped as ``weight``) in runs of as many as fit ``limit`` bytes, at least one.
 
     Example:
-      >>> stack_chunks([0, 1, 2, 3, 4], torch.zeros(256, 1024), limit=2**21)   # 1 MiB each
+      >>> stack_chunks([0, 1, 2, 3, 4], torch.zeros(128, 1024), limit=2**20)   # 512 KiB each
       [[0, 1], [2, 3], [4]]
     """
-    size = max(1, limit // max(1, weight.numel() * weight.element_size()))
-    return [layers[i : i + size] for i in range(0, len(layers), size)]
+    size = max(1, weight.numel() * weight.element_size())
+    if weight.device.type == "cpu" and size >= CPU_SOLO_BYTES:
+        return [[k] for k in layers]
+    per_chunk = max(1, (STACK_BYTES if limit is None else limit) // size)
+    return [layers[i : i + per_chunk] for i in range(0, len(layers), per_chunk)]
 
 
 def _tied_groups(weights: Sequence[Any]) -> list[list[int]]:
