@@ -1,6 +1,5 @@
 """maxp_torch.optim: one multi-tensor pass over maxP's per-layer groups, torch's numbers."""
 
-
 import pytest
 import torch
 from torch import nn
