@@ -73,40 +73,29 @@ class AdamW(torch.optim.AdamW):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One AdamW update of every parameter with a gradient; ``closure`` re-evaluates the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        buckets: dict[Hashable, list[tuple[torch.Tensor, dict[str, Any], float]]] = {}
-        fallback = []
-        for group in self.param_groups:
-            if not _plain(group, _ADAMW_UNSUPPORTED):
-                fallback.append(group)
-                continue
-            key = (tuple(group["betas"]), group["eps"], group["weight_decay"])
-            for p in _with_grad(group, "maxp_torch.optim.AdamW"):
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                buckets.setdefault((*key, p.device, p.dtype), []).append((p, state, float(group["lr"])))
-        for key, members in buckets.items():
-            (beta1, beta2), eps, weight_decay = key[0], key[1], key[2]  # type: ignore[index]
-            _adamw_bucket(members, beta1, beta2, eps, weight_decay)
-        if fallback:
-            _step_groups(self, fallback, super().step)
-        return loss
+        settings = ("betas", "eps", "weight_decay")
+        return _one_pass(
+            self, closure, _ADAMW_UNSUPPORTED, settings, _adam_state, _adamw_bucket, super().step
+        )
+
+
+def _adam_state(state: dict[str, Any], p: torch.Tensor) -> dict[str, Any]:
+    """A parameter's AdamW state, created as torch creates it on the first step."""
+    if not state:
+        state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return state
 
 
 def _adamw_bucket(
     members: list[tuple[torch.Tensor, dict[str, Any], float]],
-    beta1: float,
-    beta2: float,
+    betas: tuple[float, float],
     eps: float,
     weight_decay: float,
 ) -> None:
     """AdamW's update (torch's arithmetic, operation by operation) on one bucket of tensors."""
+    beta1, beta2 = betas
     params = [p for p, _, _ in members]
     grads = [p.grad for p in params]
     exp_avgs = [s["exp_avg"] for _, s, _ in members]
@@ -140,27 +129,10 @@ class SGD(torch.optim.SGD):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One SGD update of every parameter with a gradient; ``closure`` re-evaluates the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        buckets: dict[Hashable, list[tuple[torch.Tensor, dict[str, Any], float]]] = {}
-        fallback = []
-        for group in self.param_groups:
-            if not _plain(group, _SGD_UNSUPPORTED):
-                fallback.append(group)
-                continue
-            key = (group["momentum"], group["dampening"], group["nesterov"], group["weight_decay"])
-            for p in _with_grad(group, "maxp_torch.optim.SGD"):
-                buckets.setdefault((*key, p.device, p.dtype), []).append(
-                    (p, self.state[p], float(group["lr"]))
-                )
-        for key, members in buckets.items():
-            momentum, dampening, nesterov, weight_decay = key[0], key[1], key[2], key[3]  # type: ignore[index]
-            _sgd_bucket(members, momentum, dampening, bool(nesterov), weight_decay)
-        if fallback:
-            _step_groups(self, fallback, super().step)
-        return loss
+        settings = ("momentum", "dampening", "nesterov", "weight_decay")
+        return _one_pass(
+            self, closure, _SGD_UNSUPPORTED, settings, lambda state, _: state, _sgd_bucket, super().step
+        )
 
 
 def _sgd_bucket(
@@ -191,6 +163,39 @@ def _sgd_bucket(
         by_rate.setdefault(lr, []).append(i)
     for lr, indices in by_rate.items():
         torch._foreach_add_([params[i] for i in indices], [grads[i] for i in indices], alpha=-lr)
+
+
+def _one_pass(
+    optimizer: torch.optim.Optimizer,
+    closure: Callable[[], float] | None,
+    unsupported: tuple[str, ...],
+    settings: tuple[str, ...],
+    prepare: Callable[[dict[str, Any], torch.Tensor], dict[str, Any]],
+    update: Callable[..., None],
+    torch_step: Callable[[], Any],
+) -> float | None:
+    """Bucket the parameters of all plain groups by ``settings``, device and dtype, run
+    ``update(members, *settings)`` once per bucket and torch's own step on the other groups."""
+    loss = None
+    if closure is not None:
+        with torch.enable_grad():
+            loss = closure()
+    buckets: dict[Hashable, list[tuple[torch.Tensor, dict[str, Any], float]]] = {}
+    fallback = []
+    where = f"maxp_torch.optim.{type(optimizer).__name__}"
+    for group in optimizer.param_groups:
+        if not _plain(group, unsupported):
+            fallback.append(group)
+            continue
+        values = tuple(tuple(v) if isinstance(v, list) else v for v in (group[name] for name in settings))
+        for p in _with_grad(group, where):
+            member = (p, prepare(optimizer.state[p], p), float(group["lr"]))
+            buckets.setdefault((values, p.device, p.dtype), []).append(member)
+    for (values, _, _), members in buckets.items():  # type: ignore[misc]
+        update(members, *values)
+    if fallback:
+        _step_groups(optimizer, fallback, torch_step)
+    return loss
 
 
 def _step_groups(
