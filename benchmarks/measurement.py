@@ -74,7 +74,8 @@ def costs(name: str, device: str, repeats: int) -> dict[str, float]:
 
     from maxp_torch import Parametrization
 
-    torch.set_num_threads(1) if device == "cpu" else None
+    if device == "cpu":
+        torch.set_num_threads(1)
     model, x, loss_of_batch, sample = _model(name, device)
     param = Parametrization(model, lr_prefactor=1e-3, solve_interval=1, sample_input=sample)
     optimizer = torch.optim.AdamW(param.param_groups)

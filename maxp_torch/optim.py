@@ -53,7 +53,7 @@ def _plain(group: dict[str, Any], unsupported: tuple[str, ...]) -> bool:
 def _with_grad(group: dict[str, Any], where: str) -> list[torch.Tensor]:
     params = [p for p in group["params"] if p.grad is not None]
     for p in params:
-        if p.grad is not None and (p.grad.is_sparse or torch.is_complex(p)):
+        if p.grad.is_sparse or torch.is_complex(p):  # type: ignore[union-attr]
             raise MaxPError(
                 f"{where}: parameter of shape {tuple(p.shape)} in group {group.get('layer_name', '?')!r} has "
                 "a sparse gradient or complex values; use torch.optim for it"
@@ -191,7 +191,7 @@ def _one_pass(
         for p in _with_grad(group, where):
             member = (p, prepare(optimizer.state[p], p), float(group["lr"]))
             buckets.setdefault((values, p.device, p.dtype), []).append(member)
-    for (values, _, _), members in buckets.items():  # type: ignore[misc]
+    for (values, _, _), members in buckets.items():
         update(members, *values)
     if fallback:
         _step_groups(optimizer, fallback, torch_step)
