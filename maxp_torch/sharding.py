@@ -11,6 +11,7 @@ rank gets the same learning rates.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,16 +20,15 @@ from torch import nn
 
 from maxp_core import MaxPError
 
-try:
-    from torch.distributed.tensor import DTensor, distribute_tensor
-except ImportError:  # a torch built without distributed support
-    DTensor = None
-    distribute_tensor = None
+#: Not imported by ``import maxp_torch``: it takes about a second (sympy and the symbolic-shape
+#: machinery come with it), and no DTensor can exist before it is imported.
+DTENSOR_MODULE = "torch.distributed.tensor"
 
 
 def is_sharded(tensor: Any) -> bool:
     """Whether ``tensor`` is a ``DTensor`` (a parameter of an FSDP2 model)."""
-    return DTensor is not None and isinstance(tensor, DTensor)
+    module = sys.modules.get(DTENSOR_MODULE)
+    return module is not None and isinstance(tensor, module.DTensor)
 
 
 def full(tensor: torch.Tensor) -> torch.Tensor:
@@ -42,6 +42,8 @@ def assign(parameter: torch.Tensor, value: torch.Tensor) -> None:
     ``value`` must be the same on every rank; nothing is communicated.
     """
     if is_sharded(parameter):
+        from torch.distributed.tensor import distribute_tensor
+
         value = distribute_tensor(value, parameter.device_mesh, parameter.placements, src_data_rank=None)
     parameter.copy_(value)
 

@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from examples.torch_models import GPT
 from maxp_core import MaxPError
 from maxp_torch import Parametrization, Rule
 from tests.torch.test_parametrization import data
@@ -46,7 +47,7 @@ def run(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        result = {"refused": refusal(rank, world), **train(rank, world)}
+        result = {"refused": refusal(rank, world), **train(rank, world), **uneven_sequences(rank)}
     finally:
         dist.barrier()
         dist.destroy_process_group()
@@ -58,6 +59,36 @@ def batch(rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = data(n=32, dtype=torch.float64)
     share = len(x) // world
     return x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share]
+
+
+def uneven_sequences(rank: int) -> dict:
+    """A sharded GPT whose ranks hold 4 and 1 sequences: rank 0's sample shrinks, rank 1's cannot.
+
+    Every forward pass gathers weights with all ranks, so both must run as many at capture.
+    """
+    torch.manual_seed(0)
+    vocab, ctx = 20, 8
+    model = GPT(d=16, blocks=1, vocab=vocab, ctx=ctx)
+    ids = torch.randint(0, vocab, (4 if rank == 0 else 1, ctx))
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    param = Parametrization(model, lr_prefactor=0.01, solve_interval=1, sample_size=ctx)
+    optimizer = torch.optim.AdamW(param.param_groups)
+    param.capture_initial(ids)
+    for _ in range(2):
+        optimizer.zero_grad()
+        logits = model(ids)
+        nn.functional.cross_entropy(logits.reshape(-1, vocab), ids.reshape(-1)).backward()
+        optimizer.step()
+        param.step(ids, optimizer)
+    return {
+        "gpt_sample": list(param._sample.shape),
+        "gpt_solves": param.solves,
+        "gpt_lr": param.get_last_lr(),
+    }
 
 
 def refusal(rank: int, world: int) -> str | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_ranks(program: str, world: int, out_dir: Path, *args: str) -> list[dict]:
+def run_ranks(program: str, world: int, out_dir: Path, *args: str, timeout: float = 300) -> list[dict]:
     """``python -m <program> WORLD OUT_DIR *args``; one ``rank<r>.json`` per rank, in rank order."""
     out_dir.mkdir()
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -19,7 +19,7 @@ def run_ranks(program: str, world: int, out_dir: Path, *args: str) -> list[dict]
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]

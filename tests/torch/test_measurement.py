@@ -1,6 +1,8 @@
 """The batched measurement in PyTorch: stacks of equally shaped layers, the shrunk sample, finiteness."""
 
 import copy
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -82,3 +84,20 @@ def test_a_non_finite_weight_marks_its_layer_and_those_it_feeds() -> None:
         param.model.get_submodule("blocks.1.down").inner.weight[3, 5] = float("inf")
     _, nonfinite = param._measure(ids)
     assert [param.graph.names[i] for i in np.flatnonzero(nonfinite)] == ["blocks.1.down", "head"]
+
+
+def test_recorded_inputs_hold_only_the_rows_measured() -> None:
+    param, _, _ = trained_gpt(sample_size=8)  # 8 of each sequence's 16 token rows
+    inputs = param._inputs(param.model, param._sample)
+    for k in param._measured():
+        rows = inputs[k]
+        assert rows.shape[0] == 8, param.names[k]
+        # A view of the whole input would keep all 16 rows (and the tensor they belong to) alive.
+        assert rows.untyped_storage().nbytes() == rows.numel() * rows.element_size(), param.names[k]
+
+
+def test_importing_leaves_the_dtensor_machinery_unloaded() -> None:
+    program = "import sys, maxp_torch; print('torch.distributed.tensor' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "False"
