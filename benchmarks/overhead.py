@@ -1,26 +1,36 @@
-"""Step-time overhead of maxP over plain AdamW, measured side by side in one run.
+"""Step-time and memory overhead of maxP over plain AdamW, measured side by side in one run.
 
 Run ``python -m benchmarks.overhead --framework jax`` or ``--framework torch`` (add
 ``--json`` to print JSON). An MLP of width 1024 and depth 8 at batch 256 is trained with
 plain AdamW (``optax.adamw``, ``torch.optim.AdamW``),
-with AdamW + static maxP, and with dynamic maxP re-solving every 10 and every step.
+with AdamW + static maxP, and with dynamic maxP re-solving every 100, every 10 and every step.
 Configurations are timed round-robin (one step of each in turn) so drifts in machine
 speed hit all alike; the table reports median step times and their ratio to plain.
+Each configuration's peak memory is then measured in a process of its own that trains only
+it (the peak resident set on a CPU, the peak allocated device memory on a GPU); ``extra`` is
+its excess over plain AdamW's (``--no-memory`` skips this).
 Results go to ``benchmarks/results/overhead-<framework>.md`` and ``.json``
-(``overhead-<framework>-gpu`` with ``--device gpu``). ``--framework jax --model scan-gpt``
-times a LLaMA-style decoder whose blocks are stacked by ``nn.scan(nn.remat(...))``
-(``overhead-jax-scan-gpt``), with a re-solve every 100 steps as well.
+(``overhead-<framework>-gpu`` with ``--device gpu``). ``--model gpt`` times the GPT of
+:mod:`examples.torch_models` (its flax twin in JAX: ``--width`` d, ``--depth`` blocks,
+``--seq`` tokens, ``--vocab``; ``overhead-<framework>-gpt``); ``--framework jax --model scan-gpt``
+a LLaMA-style decoder whose blocks are stacked by ``nn.scan(nn.remat(...))``
+(``overhead-jax-scan-gpt``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
+import re
+import resource
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -30,40 +40,84 @@ from benchmarks.report import write_results
 from maxp_core.cli import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS.parent.parent
 TARGETS = {
     "static": 1.01,
     "static, one pass": 1.01,
+    "dynamic/100": 1.01,
     "dynamic/10": 1.05,
     "dynamic/10, one pass": 1.05,
     "dynamic/1": 1.25,
 }
+MODELS = ("mlp", "gpt", "scan-gpt")
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """What is trained: ``model`` (one of :data:`MODELS`) and its sizes.
+
+    ``depth`` counts layers of the MLP and blocks of the GPTs; ``seq`` and ``vocab`` are the
+    GPTs' tokens per sequence and vocabulary; ``sample`` the rows alignments are measured on.
+    """
+
+    model: str = "mlp"
+    width: int = 1024
+    depth: int = 8
+    batch: int = 256
+    seq: int = 64
+    vocab: int = 256
+    sample: int = 32
+
+    def describe(self) -> str:
+        if self.model == "mlp":
+            shape = f"MLP width {self.width}, depth {self.depth}, batch {self.batch}"
+        else:
+            kind = (
+                "scan-stacked LLaMA-style decoder (nn.scan over nn.remat blocks)"
+                if self.model == "scan-gpt"
+                else "GPT (examples.torch_models.GPT, its flax twin in JAX)"
+            )
+            shape = (
+                f"{kind}, d {self.width}, {self.depth} blocks, vocabulary {self.vocab}, "
+                f"batch {self.batch} x {self.seq} tokens"
+            )
+        return f"{shape}, alignment sample {self.sample} rows"
 
 
 def jax_steps(
-    width: int, depth: int, batch: int, sample: int, model_name: str = "mlp", seq: int = 64
+    work: Workload, only: Collection[str] | None = None
 ) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
-    """One zero-argument step function per configuration, each with its own state."""
+    """One zero-argument step function per configuration (those in ``only``), each with its own state."""
     import jax
     import optax
 
     import maxp_jax
 
-    if model_name == "scan-gpt":
+    if work.model == "mlp":
+        model, x, params, spec, loss_fn = _jax_mlp(work.width, work.depth, work.batch)
+        return _jax_configs(model, x, params, spec, loss_fn, work.sample, only)
+    key = jax.random.key(0)
+    x = jax.random.randint(key, (work.batch, work.seq), 0, work.vocab)
+    if work.model == "scan-gpt":
         from examples.flax_llama import Llama, llama_rules
 
-        model: Any = Llama(vocab=256, d=width, layers=depth, scan=True)
-        key = jax.random.key(0)
-        x = jax.random.randint(key, (batch, seq), 0, 256)
-        params = model.init(key, x[:1])
-        spec = maxp_jax.MaxPSpec(params, llama_rules(), apply_fn=model.apply, sample_input=x[:1])
-
-        def loss_fn(p: Any) -> jax.Array:
-            logits = model.apply(p, x)
-            return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], x[:, 1:]).mean()
-
+        model: Any = Llama(vocab=work.vocab, d=work.width, layers=work.depth, scan=True)
+        rules = llama_rules()
     else:
-        model, x, params, spec, loss_fn = _jax_mlp(width, depth, batch)
-    return _jax_configs(model, x, params, spec, loss_fn, sample)
+        from examples.flax_models import FlaxGPT, gpt_rules
+
+        model = FlaxGPT(d=work.width, blocks=work.depth, vocab=work.vocab, ctx=work.seq)
+        rules = gpt_rules()
+    params = model.init(key, x[:1])
+    spec = maxp_jax.MaxPSpec(params, rules, apply_fn=model.apply, sample_input=x[:1])
+
+    def loss_fn(p: Any) -> jax.Array:
+        logits = model.apply(p, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], x[:, 1:]).mean()
+
+    # Whole sequences whose tokens give the sample rows, as PyTorch's shrunk sample.
+    sample = x[: -(-work.sample // work.seq)]
+    return _jax_configs(model, sample, params, spec, loss_fn, work.sample, only)
 
 
 def _jax_mlp(width: int, depth: int, batch: int) -> tuple[Any, Any, Any, Any, Callable[[Any], Any]]:
@@ -97,8 +151,15 @@ def _jax_mlp(width: int, depth: int, batch: int) -> tuple[Any, Any, Any, Any, Ca
 
 
 def _jax_configs(
-    model: Any, x: Any, params: Any, spec: Any, loss_fn: Callable[[Any], Any], sample: int
+    model: Any,
+    x: Any,
+    params: Any,
+    spec: Any,
+    loss_fn: Callable[[Any], Any],
+    sample: int,
+    only: Collection[str] | None,
 ) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
+    """``x`` holds the inputs alignments are measured on (their first ``sample`` rows)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -121,14 +182,14 @@ def _jax_configs(
             model.apply, x[:sample], warmup_steps=warmup, solve_interval=interval, sample_size=sample
         )
 
-    optimizers = {
-        "plain": optax.adamw(1e-3, weight_decay=1e-4),
-        "static": maxp_adamw(None),
+    optimizers: dict[str, Callable[[], optax.GradientTransformation]] = {
+        "plain": lambda: optax.adamw(1e-3, weight_decay=1e-4),
+        "static": lambda: maxp_adamw(None),
         # The dynamic state carried through every step, no re-solve ever due.
-        "dynamic, idle": maxp_adamw(dynamic(10, warmup=10**9)),
-        "dynamic/100": maxp_adamw(dynamic(100)),
-        "dynamic/10": maxp_adamw(dynamic(10)),
-        "dynamic/1": maxp_adamw(dynamic(1)),
+        "dynamic, idle": lambda: maxp_adamw(dynamic(10, warmup=10**9)),
+        "dynamic/100": lambda: maxp_adamw(dynamic(100)),
+        "dynamic/10": lambda: maxp_adamw(dynamic(10)),
+        "dynamic/1": lambda: maxp_adamw(dynamic(1)),
     }
 
     def make(tx: optax.GradientTransformation) -> Callable[[], Any]:
@@ -152,44 +213,66 @@ def _jax_configs(
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
     }
-    return {name: make(tx) for name, tx in optimizers.items()}, info
+    return {name: make(tx()) for name, tx in optimizers.items() if only is None or name in only}, info
 
 
-def torch_steps(
-    width: int, depth: int, batch: int, sample: int, device: str = "cpu"
-) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
-    """One zero-argument step function per configuration, each with its own model."""
+def _torch_model(work: Workload, parametrized: bool, device: str) -> tuple[Any, Any, Callable[[], Any], Any]:
+    """``(model, batch, loss of the batch, sample_input for tracing or None)``."""
     import torch
     from torch import nn
 
-    import maxp_torch.optim
-    from maxp_torch import Parametrization, ParametrizedModule
+    from maxp_torch import ParametrizedModule
 
     torch.manual_seed(0)
-    x = torch.randn(batch, width, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
+    if work.model == "gpt":
+        from examples.torch_models import GPT
 
-    def mlp(parametrized: bool) -> nn.Module:
-        sizes = [width] * depth + [10]
-        types = ["embedding"] + ["hidden"] * (depth - 2) + ["readout"]
-        layers: list[nn.Module] = []
-        for i in range(depth):
-            linear = nn.Linear(sizes[i], sizes[i + 1])
-            layers.append(
-                ParametrizedModule(linear, width_dim=width, layer_type=types[i]) if parametrized else linear
-            )
-            if i < depth - 1:
-                layers.append(nn.ReLU())
-        return nn.Sequential(*layers)
+        gpt = GPT(d=work.width, blocks=work.depth, vocab=work.vocab, ctx=work.seq, parametrized=parametrized)
+        gpt = gpt.to(device)
+        ids = torch.randint(0, work.vocab, (work.batch, work.seq), device=device)
+
+        def next_token_loss() -> Any:
+            logits = gpt(ids)
+            return nn.functional.cross_entropy(logits[:, :-1].reshape(-1, work.vocab), ids[:, 1:].reshape(-1))
+
+        return gpt, ids, next_token_loss, ids[:1]
+    x = torch.randn(work.batch, work.width, device=device)
+    y = torch.randint(0, 10, (work.batch,), device=device)
+    sizes = [work.width] * work.depth + [10]
+    types = ["embedding"] + ["hidden"] * (work.depth - 2) + ["readout"]
+    layers: list[nn.Module] = []
+    for i in range(work.depth):
+        linear = nn.Linear(sizes[i], sizes[i + 1])
+        layers.append(
+            ParametrizedModule(linear, width_dim=work.width, layer_type=types[i]) if parametrized else linear
+        )
+        if i < work.depth - 1:
+            layers.append(nn.ReLU())
+    mlp = nn.Sequential(*layers).to(device)
+    return mlp, x, lambda: nn.functional.cross_entropy(mlp(x), y), None
+
+
+def torch_steps(
+    work: Workload, device: str = "cpu", only: Collection[str] | None = None
+) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
+    """One zero-argument step function per configuration (those in ``only``), each with its own model."""
+    import torch
+
+    import maxp_torch.optim
+    from maxp_torch import Parametrization
 
     def make(interval: int | None, maxp_steps: bool = True, one_pass: bool = False) -> Callable[[], Any]:
-        model = mlp(interval is not None).to(device)
+        model, x, loss_of_batch, sample_input = _torch_model(work, interval is not None, device)
         if interval is None:
             param = None
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
         else:
             param = Parametrization(
-                model, lr_prefactor=1e-3, solve_interval=max(interval, 1), sample_size=sample
+                model,
+                lr_prefactor=1e-3,
+                solve_interval=max(interval, 1),
+                sample_size=work.sample,
+                sample_input=sample_input,
             )
             adamw = maxp_torch.optim.AdamW if one_pass else torch.optim.AdamW
             optimizer = adamw(param.param_groups, weight_decay=1e-4)
@@ -201,7 +284,7 @@ def torch_steps(
 
         def run() -> Any:
             optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(x), y)
+            loss = loss_of_batch()
             loss.backward()
             optimizer.step()
             if param is not None:
@@ -210,20 +293,22 @@ def torch_steps(
 
         return run
 
-    steps = {
-        "plain": make(None),
+    configs: dict[str, Callable[[], Callable[[], Any]]] = {
+        "plain": lambda: make(None),
         # AdamW over maxP's per-layer param groups, maxP never called: what the groups alone cost.
-        "groups only": make(0, maxp_steps=False),
-        "static": make(0),
+        "groups only": lambda: make(0, maxp_steps=False),
+        "static": lambda: make(0),
         # maxp_torch.optim.AdamW: the same groups, updated in one multi-tensor pass.
-        "static, one pass": make(0, one_pass=True),
-        "dynamic/10": make(10),
-        "dynamic/10, one pass": make(10, one_pass=True),
-        "dynamic/1": make(1),
+        "static, one pass": lambda: make(0, one_pass=True),
+        "dynamic/100": lambda: make(100),
+        "dynamic/10": lambda: make(10),
+        "dynamic/10, one pass": lambda: make(10, one_pass=True),
+        "dynamic/1": lambda: make(1),
     }
-    info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(x.device)}
-    if x.device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(x.device)
+    steps = {name: build() for name, build in configs.items() if only is None or name in only}
+    info: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": device}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
     return steps, info
 
 
@@ -243,19 +328,61 @@ def measure(steps: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> d
     return {name: (statistics.median(values), statistics.fmean(values)) for name, values in times.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def peak_memory_mib(framework: str, device: str) -> float:
+    """This process's peak memory so far: resident set on a CPU, allocated device memory on a GPU."""
+    if device == "cpu":
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent process through exec.
+        status = Path("/proc/self/status")
+        if status.exists():
+            found = re.search(r"VmHWM:\s+(\d+) kB", status.read_text())
+            if found:
+                return int(found.group(1)) / 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    if framework == "torch":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    import jax
+
+    return float(jax.devices()[0].memory_stats()["peak_bytes_in_use"]) / 2**20
+
+
+def first_solve(config: str) -> int:
+    """The step of a configuration's first re-solve (0 for those that never re-solve).
+
+    Example:
+      >>> first_solve("dynamic/10, one pass"), first_solve("static")
+      (10, 0)
+    """
+    if not config.startswith("dynamic/"):
+        return 0
+    return int(config.removeprefix("dynamic/").split(",")[0])
+
+
+def memory_of_configs(argv: list[str], names: list[str]) -> dict[str, float]:
+    """Peak memory (MiB) of each configuration, each trained alone in a fresh process."""
+    peaks = {}
+    for name in tqdm(names, desc="peak memory", unit="config"):
+        command = [sys.executable, "-m", "benchmarks.overhead", *argv, "--memory-of", name]
+        done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
+        peaks[name] = float(json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"])
+    return peaks
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--framework", choices=("jax", "torch"), default="jax")
     parser.add_argument(
         "--model",
-        choices=("mlp", "scan-gpt"),
+        choices=MODELS,
         default="mlp",
-        help="scan-gpt (JAX): a LLaMA-style decoder, blocks stacked by nn.scan(nn.remat(...)), "
-        "--width d, --depth blocks, --seq tokens",
+        help="gpt: examples' GPT (both frameworks); scan-gpt (JAX): a LLaMA-style decoder, blocks "
+        "stacked by nn.scan(nn.remat(...)); --width d, --depth blocks, --seq tokens, --vocab",
     )
-    parser.add_argument("--seq", type=int, default=64, help="tokens per sequence (scan-gpt)")
+    parser.add_argument("--seq", type=int, default=64, help="tokens per sequence (GPTs)")
+    parser.add_argument("--vocab", type=int, default=256, help="vocabulary (GPTs)")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--depth", type=int, default=8)
@@ -266,35 +393,36 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=40, help="timed rounds")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    parser.add_argument("--memory-of", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser()
     args = parser.parse_args(argv)
+    work = Workload(args.model, args.width, args.depth, args.batch, args.seq, args.vocab, args.sample)
+    only = None if args.memory_of is None else {args.memory_of}
     if args.framework == "jax":
         if args.device == "cpu":
             os.environ.setdefault("JAX_PLATFORMS", "cpu")
-        steps, info = jax_steps(args.width, args.depth, args.batch, args.sample, args.model, args.seq)
+        steps, info = jax_steps(work, only)
     else:
-        if args.model != "mlp":
-            parser.error(f"--model {args.model} is a JAX model; use --framework jax")
-        device = "cuda" if args.device == "gpu" else "cpu"
-        steps, info = torch_steps(args.width, args.depth, args.batch, args.sample, device)
+        if args.model == "scan-gpt":
+            parser.error("--model scan-gpt is a JAX model; use --framework jax")
+        steps, info = torch_steps(work, "cuda" if args.device == "gpu" else "cpu", only)
+    if args.memory_of is not None:
+        if not steps:
+            parser.error(f"--memory-of {args.memory_of!r}: no such configuration")
+        for _ in range(max(args.warmup, first_solve(args.memory_of))):
+            next(iter(steps.values()))()
+        print(json.dumps({"peak_mib": peak_memory_mib(args.framework, args.device)}))
+        return 0
     medians = measure(steps, args.warmup, args.repeats)
-    plain, plain_mean = medians["plain"]
-    rows = []
-    for name, (seconds, mean) in medians.items():
-        ratio, mean_ratio = seconds / plain, mean / plain_mean
-        target = TARGETS.get(name)
-        verdict = "" if target is None else ("met" if max(ratio, mean_ratio) <= target else "missed")
-        rows.append(
-            {
-                "config": name,
-                "median_ms": 1e3 * seconds,
-                "ratio": ratio,
-                "mean_ms": 1e3 * mean,
-                "mean_ratio": mean_ratio,
-                "target": target,
-                "verdict": verdict,
-            }
-        )
+    peaks = {} if args.no_memory else memory_of_configs(argv, list(steps))
+    rows = _rows(medians, peaks)
     table = format_table(
         [
             (
@@ -303,31 +431,27 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['ratio']:.3f}",
                 f"{r['mean_ms']:.2f}",
                 f"{r['mean_ratio']:.3f}",
+                "" if r["peak_mib"] is None else f"{r['peak_mib']:.1f}",
+                "" if r["extra_mib"] is None else f"{r['extra_mib']:+.1f}",
                 "" if r["target"] is None else f"<= {r['target']}",
                 r["verdict"],
             )
             for r in rows
         ],
-        ("config", "median ms", "ratio", "mean ms", "mean ratio", "target", ""),
+        ("config", "median ms", "ratio", "mean ms", "mean ratio", "peak MiB", "extra", "target", ""),
     )
     env = {"python": platform.python_version(), "machine": platform.machine(), **info}
-    if args.model == "scan-gpt":
-        setup = (
-            f"scan-stacked LLaMA-style decoder (nn.scan over nn.remat blocks), d {args.width}, "
-            f"{args.depth} blocks, batch {args.batch} x {args.seq} tokens, "
-            f"alignment sample {args.sample} rows"
-        )
-    else:
-        setup = (
-            f"MLP width {args.width}, depth {args.depth}, batch {args.batch}, "
-            f"alignment sample {args.sample} rows"
-        )
+    setup = work.describe()
+    peak_kind = "resident set (RSS)" if args.device == "cpu" else "allocated device memory"
     markdown = (
         f"# maxP step overhead ({args.framework}, {args.device})\n\n"
         f"{setup}; AdamW (weight decay 1e-4). Median of "
         f"{args.repeats} steps per configuration, timed round-robin after {args.warmup} untimed rounds. "
         "Ratios are to plain AdamW: of the medians (a typical step) and of the means (re-solves "
         "spread over all steps); a target is met when both are within it. "
+        f"`peak MiB`: the peak {peak_kind} of a process that trains only that configuration for "
+        f"{args.warmup} steps, or until its first re-solve if later (the same imports in every "
+        "process); `extra`: its excess over plain's. "
         "`dynamic/k`: alignments measured and the LP re-solved every k steps; `dynamic, idle` (JAX): "
         "the dynamic state carried through each step with no re-solve ever due (JAX steps donate their "
         "params and state). `groups only` (PyTorch): "
@@ -342,6 +466,31 @@ def main(argv: list[str] | None = None) -> int:
     name = f"overhead-{args.framework}{model}" + ("-gpu" if args.device == "gpu" else "")
     write_results(args.out, name, payload, markdown, args.json)
     return 0
+
+
+def _rows(medians: dict[str, tuple[float, float]], peaks: dict[str, float]) -> list[dict[str, Any]]:
+    """One result row per configuration: times, ratios to plain, peak memory, the target's verdict."""
+    plain, plain_mean = medians["plain"]
+    rows = []
+    for name, (seconds, mean) in medians.items():
+        ratio, mean_ratio = seconds / plain, mean / plain_mean
+        target = TARGETS.get(name)
+        verdict = "" if target is None else ("met" if max(ratio, mean_ratio) <= target else "missed")
+        peak = peaks.get(name)
+        rows.append(
+            {
+                "config": name,
+                "median_ms": 1e3 * seconds,
+                "ratio": ratio,
+                "mean_ms": 1e3 * mean,
+                "mean_ratio": mean_ratio,
+                "peak_mib": peak,
+                "extra_mib": None if peak is None or "plain" not in peaks else peak - peaks["plain"],
+                "target": target,
+                "verdict": verdict,
+            }
+        )
+    return rows
 
 
 if __name__ == "__main__":
