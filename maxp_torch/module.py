@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules import module as module_hooks
 
 from maxp_core import MaxPError, Role, validate
 from maxp_torch.layers import LINEAR, LayerKind, kind_of
@@ -106,8 +107,27 @@ class ParametrizedModule(nn.Module):
     def _forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self._recorder is not None:
             self._recorder(self, args)
+        if self.scale != 1.0 and self._scales_input(args, kwargs):
+            # (s x) W^T = s (x W^T) without a bias: a readout to a large vocabulary then scales its
+            # input, not the logits, the largest activation of a language model (forward and backward).
+            return self.inner(args[0] * self.scale)  # type: ignore[misc]
         out = self.inner(*args, **kwargs) if self.inner is not None else self.fn(*args, **kwargs)  # type: ignore[misc]
-        return out * self.scale
+        # A multiplier of 1 (hidden layers under most parametrizations) costs no pass over the output.
+        return out if self.scale == 1.0 else out * self.scale
+
+    def _scales_input(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        """Whether the multiplier may go on the input: a bias-free ``nn.Linear`` that widens, with
+        no hook that would see its input or output (a tracer's, FSDP's, a user's) and expect them raw."""
+        inner = self.inner
+        return (
+            isinstance(inner, nn.Linear)
+            and inner.bias is None
+            and inner.out_features > inner.in_features
+            and len(args) == 1
+            and not kwargs
+            and not (inner._forward_hooks or inner._forward_pre_hooks)
+            and not (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks)
+        )
 
     def extra_repr(self) -> str:
         overrides = "".join(

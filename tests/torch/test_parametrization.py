@@ -350,3 +350,34 @@ def test_feature_learning_pins_the_last_hidden_residual() -> None:
     param = Parametrization(model, feature_learning=True, alignment="no")
     r = param.lp.solve().r
     assert r["layers.2"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_widening_bias_free_readout_scales_its_input_and_matches_the_output_multiplier() -> None:
+    torch.manual_seed(0)
+    head = ParametrizedModule(nn.Linear(16, 256, bias=False), width_dim=16, layer_type="readout")
+    head.scale = 0.3
+    x = torch.randn(5, 16, requires_grad=True)
+    out = head(x)
+    # What runs: the smaller input scaled; what it equals: the output scaled, as the definition says.
+    assert torch.equal(out, head.inner(x * 0.3))
+    expected = 0.3 * head.inner(x)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-7)
+    grads = torch.autograd.grad(out.square().sum(), (x, head.inner.weight))
+    expected_grads = torch.autograd.grad(expected.square().sum(), (x, head.inner.weight))
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_output_is_scaled_where_the_input_cannot_be_or_a_hook_watches() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(5, 16)
+    with_bias = ParametrizedModule(nn.Linear(16, 256), width_dim=16, layer_type="readout")
+    narrowing = ParametrizedModule(nn.Linear(16, 4, bias=False), width_dim=16, layer_type="readout")
+    watched = ParametrizedModule(nn.Linear(16, 256, bias=False), width_dim=16, layer_type="readout")
+    seen = []
+    watched.inner.register_forward_hook(lambda _, args, out: seen.append((args[0], out)))
+    for layer in (with_bias, narrowing, watched):
+        layer.scale = 0.3
+        assert torch.equal(layer(x), layer.inner(x) * 0.3)
+    # The hook saw the layer's own input and output, not ones carrying the multiplier.
+    assert torch.equal(seen[0][0], x) and torch.equal(seen[0][1], watched.inner(x))
