@@ -50,6 +50,19 @@ TARGETS = {
     "dynamic/1": 1.25,
 }
 MODELS = ("mlp", "gpt", "scan-gpt")
+CONFIGS = {
+    "jax": ("plain", "static", "dynamic, idle", "dynamic/100", "dynamic/10", "dynamic/1"),
+    "torch": (
+        "plain",
+        "groups only",
+        "static",
+        "static, one pass",
+        "dynamic/100",
+        "dynamic/10",
+        "dynamic/10, one pass",
+        "dynamic/1",
+    ),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,9 +375,13 @@ def first_solve(config: str) -> int:
 def memory_of_configs(argv: list[str], names: list[str]) -> dict[str, float]:
     """Peak memory (MiB) of each configuration, each trained alone in a fresh process."""
     peaks = {}
+    # A fixed threshold makes glibc return every large block to the system when it is freed, so the
+    # resident set follows what is allocated instead of how the heap happened to grow (which moved
+    # peaks of the same program by tens of MiB from run to run).
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
     for name in tqdm(names, desc="peak memory", unit="config"):
         command = [sys.executable, "-m", "benchmarks.overhead", *argv, "--memory-of", name]
-        done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
+        done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT, env=env)
         peaks[name] = float(json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"])
     return peaks
 
@@ -393,6 +410,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--repeats", type=int, default=40, help="timed rounds")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument(
+        "--configs",
+        type=lambda text: [name.strip() for name in text.split(";")],
+        help='the configurations to run, separated by ";" (plain always runs): e.g. "static;dynamic/100"',
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--memory-of", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -404,7 +426,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     work = Workload(args.model, args.width, args.depth, args.batch, args.seq, args.vocab, args.sample)
-    only = None if args.memory_of is None else {args.memory_of}
+    only = None if args.configs is None else {"plain", *args.configs}
+    if args.memory_of is not None:
+        only = {args.memory_of}
+    unknown = sorted(set(only or ()) - set(CONFIGS[args.framework]))
+    if unknown:
+        parser.error(
+            f"no {args.framework} configuration named {unknown}; there are {CONFIGS[args.framework]}"
+        )
     if args.framework == "jax":
         if args.device == "cpu":
             os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -414,8 +443,6 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--model scan-gpt is a JAX model; use --framework jax")
         steps, info = torch_steps(work, "cuda" if args.device == "gpu" else "cpu", only)
     if args.memory_of is not None:
-        if not steps:
-            parser.error(f"--memory-of {args.memory_of!r}: no such configuration")
         for _ in range(max(args.warmup, first_solve(args.memory_of))):
             next(iter(steps.values()))()
         print(json.dumps({"peak_mib": peak_memory_mib(args.framework, args.device)}))
@@ -451,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         "spread over all steps); a target is met when both are within it. "
         f"`peak MiB`: the peak {peak_kind} of a process that trains only that configuration for "
         f"{args.warmup} steps, or until its first re-solve if later (the same imports in every "
-        "process); `extra`: its excess over plain's. "
+        "process, glibc's mmap threshold fixed at 128 KiB); `extra`: its excess over plain's. "
         "`dynamic/k`: alignments measured and the LP re-solved every k steps; `dynamic, idle` (JAX): "
         "the dynamic state carried through each step with no re-solve ever due (JAX steps donate their "
         "params and state). `groups only` (PyTorch): "
