@@ -54,17 +54,13 @@ def _model(name: str, device: str) -> tuple[Any, Any, Any, Any]:
         x = torch.randn(64, width, device=device)
         y = torch.randint(0, 10, (64,), device=device)
         return model, x, lambda: nn.functional.cross_entropy(model(x), y), None
-    from examples.torch_models import GPT
+    from examples.torch_models import GPT, next_token_loss
 
     vocab = 256
     model = GPT(d=128, blocks=8, vocab=vocab, ctx=64).to(device)
     ids = torch.randint(0, vocab, (16, 64), device=device)
 
-    def loss() -> Any:
-        logits = model(ids)
-        return nn.functional.cross_entropy(logits[:, :-1].reshape(-1, vocab), ids[:, 1:].reshape(-1))
-
-    return model, ids, loss, ids[:1]
+    return model, ids, lambda: next_token_loss(model(ids), ids), ids[:1]
 
 
 def costs(name: str, device: str, repeats: int) -> dict[str, float]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import re
@@ -238,17 +239,12 @@ def _torch_model(work: Workload, parametrized: bool, device: str) -> tuple[Any, 
 
     torch.manual_seed(0)
     if work.model == "gpt":
-        from examples.torch_models import GPT
+        from examples.torch_models import GPT, next_token_loss
 
         gpt = GPT(d=work.width, blocks=work.depth, vocab=work.vocab, ctx=work.seq, parametrized=parametrized)
         gpt = gpt.to(device)
         ids = torch.randint(0, work.vocab, (work.batch, work.seq), device=device)
-
-        def next_token_loss() -> Any:
-            logits = gpt(ids)
-            return nn.functional.cross_entropy(logits[:, :-1].reshape(-1, work.vocab), ids[:, 1:].reshape(-1))
-
-        return gpt, ids, next_token_loss, ids[:1]
+        return gpt, ids, lambda: next_token_loss(gpt(ids), ids), ids[:1]
     x = torch.randn(work.batch, work.width, device=device)
     y = torch.randint(0, 10, (work.batch,), device=device)
     sizes = [work.width] * work.depth + [10]
@@ -357,7 +353,9 @@ def peak_memory_mib(framework: str, device: str) -> float:
         return torch.cuda.max_memory_allocated() / 2**20
     import jax
 
-    return float(jax.devices()[0].memory_stats()["peak_bytes_in_use"]) / 2**20
+    # Some backends keep no allocator statistics: the peak is then missing, not zero.
+    peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+    return math.nan if peak is None else float(peak) / 2**20
 
 
 def first_solve(config: str) -> int:
@@ -503,7 +501,7 @@ def _rows(medians: dict[str, tuple[float, float]], peaks: dict[str, float]) -> l
         ratio, mean_ratio = seconds / plain, mean / plain_mean
         target = TARGETS.get(name)
         verdict = "" if target is None else ("met" if max(ratio, mean_ratio) <= target else "missed")
-        peak = peaks.get(name)
+        peak, plain_peak = _known(peaks.get(name)), _known(peaks.get("plain"))
         rows.append(
             {
                 "config": name,
@@ -512,12 +510,17 @@ def _rows(medians: dict[str, tuple[float, float]], peaks: dict[str, float]) -> l
                 "mean_ms": 1e3 * mean,
                 "mean_ratio": mean_ratio,
                 "peak_mib": peak,
-                "extra_mib": None if peak is None or "plain" not in peaks else peak - peaks["plain"],
+                "extra_mib": None if peak is None or plain_peak is None else peak - plain_peak,
                 "target": target,
                 "verdict": verdict,
             }
         )
     return rows
+
+
+def _known(value: float | None) -> float | None:
+    """``value``, or None when it is missing (None or NaN)."""
+    return None if value is None or math.isnan(value) else value
 
 
 if __name__ == "__main__":

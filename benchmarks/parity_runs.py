@@ -423,13 +423,9 @@ def token_batches(setup: GptSetup) -> list[np.ndarray]:
     return out
 
 
-def _next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
-
-
 def run_torch_gpt(setup: GptSetup, data: list[np.ndarray]) -> tuple[Trace, dict[str, np.ndarray]]:
     """Train the GPT in torch (AdamW); the trace and the initial state dict as numpy arrays."""
-    from examples.torch_models import GPT
+    from examples.torch_models import GPT, next_token_loss
 
     torch.manual_seed(setup.seed)
     device = setup.torch_device
@@ -455,7 +451,7 @@ def run_torch_gpt(setup: GptSetup, data: list[np.ndarray]) -> tuple[Trace, dict[
     for ids_np in data:
         ids = torch.from_numpy(ids_np).to(device)
         opt.zero_grad()
-        loss = _next_token_loss(model(ids), ids)
+        loss = next_token_loss(model(ids), ids)
         loss.backward()
         opt.step()
         param.step(ids, opt)

@@ -79,6 +79,16 @@ class Block(nn.Module):
         return x + self.down(nn.functional.silu(self.gate(h)) * self.up(h))
 
 
+def next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each position's logits against the next token of ``ids``.
+
+    Example:
+      >>> round(float(next_token_loss(torch.zeros(2, 8, 20), torch.zeros(2, 8, dtype=torch.long))), 4)
+      2.9957
+    """
+    return nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+
+
 class GPT(nn.Module):
     """Token + position embeddings, ``blocks`` blocks, a final LayerNorm and a readout to ``vocab``.
 
