@@ -16,6 +16,7 @@ Example:
   >>> opt_state = tx.init(params)
 """
 
+from maxp_jax.between_steps import SolveBetweenSteps
 from maxp_jax.capture import LayerInputs
 from maxp_jax.diagnose import coord_check
 from maxp_jax.dynamic import DynamicAlignment
@@ -44,6 +45,7 @@ __all__ = [
     "MaxPSpec",
     "Rule",
     "ScaleByMaxPState",
+    "SolveBetweenSteps",
     "TiedUses",
     "abc_init",
     "activation",

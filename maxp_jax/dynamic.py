@@ -64,6 +64,12 @@ class DynamicAlignment:
       measure_only: measure the alignments on this schedule (same rules and smoothing,
         kept in the state's ``alignment`` and in :func:`~maxp_jax.metrics`) but never
         re-solve: the factors stay the spec's. ``solves`` then counts measurements.
+      in_step: re-solve inside the optimizer update (``jax.lax.cond`` and a host callback
+        in the compiled step). ``False`` leaves the step free of both, and
+        :class:`~maxp_jax.SolveBetweenSteps`, called after each step, measures and
+        re-solves instead. A compiled step that holds a host callback loses JAX's fast
+        C++ dispatch on every call, due or not; ``in_step=False`` avoids that cost for
+        steps short enough that dispatch shows. Not with ``use_training_activations``.
 
     Raises:
       MaxPError: an argument has the wrong type or lies out of range (numpy integers and
@@ -94,6 +100,7 @@ class DynamicAlignment:
     std_prefactor: float = 1.0
     use_training_activations: bool = False
     measure_only: bool = False
+    in_step: bool = True
 
     def __post_init__(self) -> None:
         if not callable(self.apply_fn):
@@ -114,9 +121,15 @@ class DynamicAlignment:
                 self.use_training_activations, "DynamicAlignment: use_training_activations"
             ),
             "measure_only": validate.boolean(self.measure_only, "DynamicAlignment: measure_only"),
+            "in_step": validate.boolean(self.in_step, "DynamicAlignment: in_step"),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)
+        if self.use_training_activations and not self.in_step:
+            raise MaxPError(
+                "use_training_activations=True needs in_step=True: the training forward's layer inputs "
+                "reach only the optimizer update, not SolveBetweenSteps"
+            )
         if self.resample_w0 and self.init_key is None:
             raise MaxPError("resample_w0=True needs init_key, the key abc_init drew the initial weights with")
 
@@ -150,13 +163,14 @@ class AlignmentResolver:
 
     # --- traced ---------------------------------------------------------------------
 
-    def _layer_inputs(self, params: Any) -> LayerInputs:
+    def layer_inputs(self, params: Any) -> LayerInputs:
+        """The model's forward that also returns each layer's input (built once)."""
         if self.inputs is None:
             self.inputs = LayerInputs(self.spec, self.config.apply_fn, params, self.config.sample_input)
         return self.inputs
 
     def _sample_rows(self, params: Any) -> dict[int, jax.Array]:
-        _, inputs = self._layer_inputs(params)(params, self.config.sample_input)
+        _, inputs = self.layer_inputs(params)(params, self.config.sample_input)
         return {i: x[: self.config.sample_size] for i, x in inputs.items()}
 
     def capture_initial(self, params: Any) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...], Any]:
@@ -165,7 +179,7 @@ class AlignmentResolver:
         By default each measured layer's input on the sample and (unless resampled) its
         weight; with ``use_training_activations``, the initial params themselves.
         """
-        layer_inputs = self._layer_inputs(params)
+        layer_inputs = self.layer_inputs(params)
         # The state owns copies: the first layer's input is the sample itself and an
         # untransposed weight is the parameter, and a training step that donates its
         # params and state would otherwise delete what later steps still read.
@@ -180,7 +194,7 @@ class AlignmentResolver:
         return z0, tuple(jnp.copy(weights[i]) for i in layer_inputs.measured), ()
 
     def _initial_weights(self, params: Any, state: Any) -> tuple[jax.Array, ...]:
-        layer_inputs = self._layer_inputs(params)
+        layer_inputs = self.layer_inputs(params)
         if self.config.resample_w0:
             from maxp_jax.init import abc_init
 
@@ -198,7 +212,7 @@ class AlignmentResolver:
     ) -> tuple[dict[int, jax.Array], tuple[jax.Array, ...], dict[int, jax.Array]]:
         """The current and the initial inputs of every measured layer, on the same rows,
         and whether each layer's inputs are all finite."""
-        layer_inputs = self._layer_inputs(params)
+        layer_inputs = self.layer_inputs(params)
         size = self.config.sample_size
         if not self.config.use_training_activations:
             rows = self._sample_rows(params)
@@ -240,7 +254,7 @@ class AlignmentResolver:
         rule fixes the alignment) keep ``state.alignment``. A layer is non-finite when its
         current weight or its inputs hold NaN or inf.
         """
-        layer_inputs = self._layer_inputs(params)
+        layer_inputs = self.layer_inputs(params)
         rows, z0, finite_inputs = self._inputs_now_and_then(params, state, extras or {})
         weights = layer_inputs.weight_matrices(params)
         initial = self._initial_weights(params, state)
@@ -287,17 +301,10 @@ class AlignmentResolver:
             jax.ShapeDtypeStruct((), jnp.int32),
             jax.ShapeDtypeStruct((), jnp.int32),
         )
-        c, factors, alignment, failed, missing = jax.pure_callback(
+        outcome = jax.pure_callback(
             self.solve_on_host, shapes, measured, state.alignment, state.c, nonfinite, state.failures
         )
-        return state._replace(
-            c=c,
-            factors=jnp.where(failed > 0, state.factors, factors),  # exactly the last factors
-            alignment=alignment,
-            solves=state.solves + (1 - failed),
-            failures=state.failures + failed,
-            missing=state.missing + missing,
-        )
+        return with_outcome(state, outcome)
 
     # --- host -----------------------------------------------------------------------
 
@@ -331,6 +338,22 @@ class AlignmentResolver:
             np.asarray(int(outcome.failed), dtype=np.int32),
             np.asarray(outcome.missing, dtype=np.int32),
         )
+
+
+def with_outcome(state: Any, outcome: tuple[Any, ...]) -> Any:
+    """``state`` after a re-solve whose :meth:`AlignmentResolver.solve_on_host` gave ``outcome``.
+
+    A failed re-solve keeps exactly the last factors. Traceable, and eager on host arrays.
+    """
+    c, factors, alignment, failed, missing = (jnp.asarray(x) for x in outcome)
+    return state._replace(
+        c=c,
+        factors=jnp.where(failed > 0, state.factors, factors),
+        alignment=alignment,
+        solves=state.solves + (1 - failed),
+        failures=state.failures + failed,
+        missing=state.missing + missing,
+    )
 
 
 def _all_finite(x: jax.Array) -> jax.Array:

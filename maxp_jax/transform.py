@@ -64,7 +64,9 @@ def scale_by_maxp(
     ``dynamic`` (inside ``jit``), re-solves the LP on the host
     (``jax.pure_callback``) and puts the new factors into the state. The update of
     step ``k + 1`` uses the weights after step ``k``, as a PyTorch scheduler that
-    measures after ``optimizer.step()`` does.
+    measures after ``optimizer.step()`` does. With ``dynamic.in_step=False`` the update
+    only applies the factors, and :class:`~maxp_jax.SolveBetweenSteps` re-solves between
+    steps, to the same numbers.
 
     No re-solve gives a wrong learning rate silently: one that meets weights or inputs
     that are not finite, or that the LP cannot answer, keeps the last factors, and a
@@ -135,7 +137,7 @@ def scale_by_maxp(
     def update_fn(
         updates: optax.Updates, state: ScaleByMaxPState, params: optax.Params | None = None, **extra_args: Any
     ) -> tuple[optax.Updates, ScaleByMaxPState]:
-        if resolver is not None:
+        if resolver is not None and resolver.config.in_step:
             if params is None:
                 raise MaxPError(
                     "scale_by_maxp with dynamic alignment needs params: update(updates, state, params)"
@@ -283,13 +285,15 @@ def set_factors(opt_state: Any, spec: MaxPSpec, c: np.ndarray) -> Any:
         )
     factors = jnp.asarray(spec.factors(c), dtype=FACTOR_DTYPE)
     new_c = jnp.asarray(c, dtype=FACTOR_DTYPE)
+    return replace_maxp_state(opt_state, lambda state: state._replace(factors=factors, c=new_c))
 
-    def replace(node: Any) -> Any:
-        if isinstance(node, ScaleByMaxPState):
-            return node._replace(factors=factors, c=new_c)
-        return node
 
-    return jax.tree_util.tree_map(replace, opt_state, is_leaf=is_state)
+def replace_maxp_state(opt_state: Any, change: Callable[[ScaleByMaxPState], ScaleByMaxPState]) -> Any:
+    """A copy of ``opt_state`` in which ``change`` replaced its :class:`ScaleByMaxPState`."""
+    is_state = lambda x: isinstance(x, ScaleByMaxPState)  # noqa: E731
+    return jax.tree_util.tree_map(
+        lambda node: change(node) if is_state(node) else node, opt_state, is_leaf=is_state
+    )
 
 
 def _check_exponents(c: Any, spec: MaxPSpec) -> np.ndarray:

@@ -1,0 +1,107 @@
+"""Re-solving between jitted steps (``in_step=False``) against re-solving inside the update."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import maxp_jax
+from maxp_core import MaxPError, MaxPWarning
+from maxp_jax import DynamicAlignment, SolveBetweenSteps, find_maxp_state, scale_by_maxp
+from tests.jax.models import mlp_and_spec
+from tests.jax.test_transform import batch, loss_fn
+
+
+def _setup(in_step: bool, **dynamic_kwargs):
+    model, params, spec = mlp_and_spec(width=64, depth=4)
+    params = maxp_jax.abc_init(spec, params, jax.random.key(3))
+    x, y = batch(4, n=40)
+    dyn = DynamicAlignment(model.apply, x, sample_size=32, in_step=in_step, **dynamic_kwargs)
+    tx = optax.chain(
+        optax.scale_by_adam(),
+        optax.add_decayed_weights(1e-3),
+        scale_by_maxp(spec, dyn),
+        optax.scale_by_learning_rate(0.05),
+    )
+
+    def step(p, s):
+        grads = jax.grad(loss_fn, argnums=1)(model, p, x, y)
+        updates, s = tx.update(grads, s, p)
+        return optax.apply_updates(p, updates), s
+
+    return spec, dyn, params, tx, step
+
+
+@pytest.mark.parametrize("resample_w0", [False, True])
+def test_between_steps_gives_the_in_step_numbers(resample_w0: bool) -> None:
+    key = {"resample_w0": resample_w0, "init_key": jax.random.key(3)} if resample_w0 else {}
+    settings = dict(warmup_steps=1, solve_interval=2, alignment_ema=0.5, c_ema=0.3, **key)
+    runs = []
+    for in_step in (True, False):
+        spec, dyn, params, tx, step = _setup(in_step, **settings)
+        solve = None if in_step else SolveBetweenSteps(spec, dyn)
+        jitted = jax.jit(step, donate_argnums=(0, 1))
+        p, s = jax.tree.map(jnp.copy, params), tx.init(params)
+        history = []
+        for k in range(8):
+            p, s = jitted(p, s)
+            if solve is not None:
+                s = solve(s, p, updates_done=k + 1)
+            history.append(jax.device_get(find_maxp_state(s)))
+        runs.append((jax.device_get(p), history))
+    (p_in, in_step), (p_between, between) = runs
+    assert [int(h.solves) for h in in_step] == [0, 0, 0, 1, 1, 2, 2, 3]
+    assert [int(h.solves) for h in between] == [0, 0, 1, 1, 2, 2, 3, 3]
+    # In the step, the re-solve due after k updates runs inside update k + 1; between steps it
+    # runs right after update k. Both give that update the same factors.
+    for inside, outside in zip(in_step[1:], between[:-1], strict=True):
+        for field in ("c", "factors", "alignment"):
+            np.testing.assert_allclose(getattr(inside, field), getattr(outside, field), rtol=2e-5, atol=1e-6)
+        assert (int(inside.failures), int(inside.missing)) == (int(outside.failures), int(outside.missing))
+    assert not np.allclose(between[-1].c, spec.c)
+    for a, b in zip(jax.tree.leaves(p_in), jax.tree.leaves(p_between), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_step_without_in_step_solves_holds_no_host_callback() -> None:
+    programs = {}
+    for in_step in (True, False):
+        _, _, params, tx, step = _setup(in_step, solve_interval=10)
+        programs[in_step] = jax.jit(step).lower(params, tx.init(params)).as_text()
+    assert "callback" in programs[True]
+    assert "callback" not in programs[False] and "case" not in programs[False]
+
+
+def test_not_due_returns_the_state_untouched_and_a_failure_keeps_the_factors() -> None:
+    spec, dyn, params, tx, step = _setup(False, warmup_steps=2, solve_interval=3)
+    solve = SolveBetweenSteps(spec, dyn)
+    state = tx.init(params)
+    params, state = jax.jit(step)(params, state)
+    assert [solve.due(k) for k in range(9)] == [False, False, False, False, False, True, False, False, True]
+    assert solve(state, params, updates_done=1) is state
+    broken = jax.tree.map(lambda w: w.at[(0,) * w.ndim].set(jnp.nan) if w.ndim == 2 else w, params)
+    for _ in range(4):
+        broken, state = jax.jit(step)(broken, state)
+    with pytest.warns(MaxPWarning, match="re-solve failed"):
+        after = find_maxp_state(solve(state, broken, updates_done=5))
+    assert (int(after.solves), int(after.failures)) == (0, 1)
+    np.testing.assert_array_equal(after.factors, find_maxp_state(state).factors)
+
+
+def test_between_steps_errors() -> None:
+    spec, dyn, params, tx, step = _setup(False, solve_interval=1)
+    solve = SolveBetweenSteps(spec, dyn)
+    state = tx.init(params)
+    params, state = jax.jit(step)(params, state)
+    with pytest.raises(MaxPError, match=r"updates_done=2 but the optimizer state has applied 1 updates"):
+        solve(state, params, updates_done=2)
+    with pytest.raises(MaxPError, match=r"updates_done must be an integer >= 0, got -1"):
+        solve(state, params, updates_done=-1)
+    static_state = scale_by_maxp(spec).init(params)
+    with pytest.raises(MaxPError, match=r"keeps the initial inputs of 0 layers, this spec measures 4"):
+        solve(static_state._replace(count=jnp.ones([], jnp.int32)), params, updates_done=1)
+    with pytest.raises(MaxPError, match=r"needs DynamicAlignment\(\.\.\., in_step=False\)"):
+        SolveBetweenSteps(spec, DynamicAlignment(dyn.apply_fn, dyn.sample_input))
+    with pytest.raises(MaxPError, match="use_training_activations=True needs in_step=True"):
+        DynamicAlignment(dyn.apply_fn, dyn.sample_input, use_training_activations=True, in_step=False)
