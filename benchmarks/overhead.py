@@ -49,10 +49,24 @@ TARGETS = {
     "dynamic/10": 1.05,
     "dynamic/10, one pass": 1.05,
     "dynamic/1": 1.25,
+    "dynamic/100, between steps": 1.01,
+    "dynamic/10, between steps": 1.05,
+    "dynamic/1, between steps": 1.25,
 }
 MODELS = ("mlp", "gpt", "scan-gpt")
 CONFIGS = {
-    "jax": ("plain", "static", "dynamic, idle", "dynamic/100", "dynamic/10", "dynamic/1"),
+    "jax": (
+        "plain",
+        "static",
+        "dynamic, idle",
+        "dynamic/100",
+        "dynamic/10",
+        "dynamic/1",
+        "dynamic, idle, between steps",
+        "dynamic/100, between steps",
+        "dynamic/10, between steps",
+        "dynamic/1, between steps",
+    ),
     "torch": (
         "plain",
         "groups only",
@@ -191,22 +205,40 @@ def _jax_configs(
             optax.scale_by_learning_rate(1e-3),
         )
 
-    def dynamic(interval: int, warmup: int = 0) -> maxp_jax.DynamicAlignment:
+    def dynamic(interval: int, warmup: int = 0, in_step: bool = True) -> maxp_jax.DynamicAlignment:
         return maxp_jax.DynamicAlignment(
-            model.apply, x[:sample], warmup_steps=warmup, solve_interval=interval, sample_size=sample
+            model.apply,
+            x[:sample],
+            warmup_steps=warmup,
+            solve_interval=interval,
+            sample_size=sample,
+            in_step=in_step,
         )
 
-    optimizers: dict[str, Callable[[], optax.GradientTransformation]] = {
-        "plain": lambda: optax.adamw(1e-3, weight_decay=1e-4),
-        "static": lambda: maxp_adamw(None),
-        # The dynamic state carried through every step, no re-solve ever due.
-        "dynamic, idle": lambda: maxp_adamw(dynamic(10, warmup=10**9)),
-        "dynamic/100": lambda: maxp_adamw(dynamic(100)),
-        "dynamic/10": lambda: maxp_adamw(dynamic(10)),
-        "dynamic/1": lambda: maxp_adamw(dynamic(1)),
-    }
+    def dynamic_config(interval: int, warmup: int, in_step: bool) -> Callable[[], tuple[Any, Any]]:
+        def build() -> tuple[optax.GradientTransformation, Any]:
+            config = dynamic(interval, warmup, in_step)
+            return maxp_adamw(config), None if in_step else maxp_jax.SolveBetweenSteps(spec, config)
 
-    def make(tx: optax.GradientTransformation) -> Callable[[], Any]:
+        return build
+
+    # Each configuration: the optimizer, and what runs after each step (a re-solve, or nothing).
+    optimizers: dict[str, Callable[[], tuple[optax.GradientTransformation, Any]]] = {
+        "plain": lambda: (optax.adamw(1e-3, weight_decay=1e-4), None),
+        "static": lambda: (maxp_adamw(None), None),
+    }
+    # "dynamic, idle": the dynamic state carried through every step, no re-solve ever due.
+    schedules = {
+        "dynamic, idle": (10, 10**9),
+        "dynamic/100": (100, 0),
+        "dynamic/10": (10, 0),
+        "dynamic/1": (1, 0),
+    }
+    for name, (interval, warmup) in schedules.items():
+        optimizers[name] = dynamic_config(interval, warmup, in_step=True)
+        optimizers[f"{name}, between steps"] = dynamic_config(interval, warmup, in_step=False)
+
+    def make(tx: optax.GradientTransformation, solve: Any) -> Callable[[], Any]:
         def step(p: Any, s: Any) -> tuple[Any, Any, jax.Array]:
             loss, grads = jax.value_and_grad(loss_fn)(p)
             updates, s = tx.update(grads, s, p)
@@ -214,10 +246,13 @@ def _jax_configs(
 
         # Params and state are donated, as training loops do: no step copies what it does not change.
         jitted = jax.jit(step, donate_argnums=(0, 1))
-        holder = {"p": jax.tree.map(jnp.copy, params), "s": tx.init(params)}
+        holder = {"p": jax.tree.map(jnp.copy, params), "s": tx.init(params), "updates": 0}
 
         def run() -> Any:
             holder["p"], holder["s"], loss = jitted(holder["p"], holder["s"])
+            holder["updates"] += 1
+            if solve is not None:
+                holder["s"] = solve(holder["s"], holder["p"], holder["updates"])
             return jax.block_until_ready(loss)
 
         return run
@@ -227,7 +262,7 @@ def _jax_configs(
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
     }
-    return {name: make(tx()) for name, tx in optimizers.items() if only is None or name in only}, info
+    return {name: make(*pair()) for name, pair in optimizers.items() if only is None or name in only}, info
 
 
 def _torch_model(work: Workload, parametrized: bool, device: str) -> tuple[Any, Any, Callable[[], Any], Any]:
@@ -324,9 +359,14 @@ def torch_steps(
 def measure(steps: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, tuple[float, float]]:
     """``(median, mean)`` seconds per step of each configuration, timed round-robin.
 
-    The median is a typical step; the mean spreads the steps that re-solve over all."""
+    The median is a typical step; the mean spreads the steps that re-solve over all. Each
+    configuration's untimed steps reach its first re-solve, so what is compiled then (the
+    measurement of ``between steps``) is not timed."""
     for _ in range(warmup):
         for run in steps.values():
+            run()
+    for name, run in steps.items():
+        for _ in range(first_solve(name) - warmup):
             run()
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in tqdm(range(repeats), desc="timing steps", unit="round"):
@@ -471,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     markdown = (
         f"# maxP step overhead ({args.framework}, {args.device})\n\n"
         f"{setup}; AdamW (weight decay 1e-4). Median of "
-        f"{args.repeats} steps per configuration, timed round-robin after {args.warmup} untimed rounds. "
+        f"{args.repeats} steps per configuration, timed round-robin after {args.warmup} untimed rounds "
+        "(and each configuration's untimed steps up to its first re-solve). "
         "Ratios are to plain AdamW: of the medians (a typical step) and of the means (re-solves "
         "spread over all steps); a target is met when both are within it. "
         f"`peak MiB`: the peak {peak_kind} of a process that trains only that configuration for "
@@ -479,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
         "process, glibc's mmap threshold fixed at 128 KiB); `extra`: its excess over plain's. "
         "`dynamic/k`: alignments measured and the LP re-solved every k steps; `dynamic, idle` (JAX): "
         "the dynamic state carried through each step with no re-solve ever due (JAX steps donate their "
-        "params and state). `groups only` (PyTorch): "
+        "params and state). `between steps` (JAX): `DynamicAlignment(in_step=False)`, the step holds no "
+        "re-solve and `maxp_jax.SolveBetweenSteps` re-solves after it when due. `groups only` (PyTorch): "
         "AdamW over the per-layer param groups with maxP's rates, maxP not called: the cost of one "
         "learning rate per layer in PyTorch's optimizer, which any per-layer scheme pays. "
         "`one pass` (PyTorch): the same groups stepped by `maxp_torch.optim.AdamW`, one "
