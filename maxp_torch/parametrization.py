@@ -958,12 +958,52 @@ class Parametrization:
             "initial_model": initial,
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`; the run then continues without :meth:`capture_initial`."""
-        index = {name: k for k, name in enumerate(self.names)}
-        unknown = sorted(set(state["z0"]) - set(index))
+    def _check_state(self, state: Any) -> None:
+        """Refuse, by name, a state that :meth:`load_state_dict` cannot restore onto this model."""
+        required = (
+            "step_count",
+            "lr_prefactor",
+            "c",
+            "alignment",
+            "solves",
+            "failures",
+            "z0",
+            "w0",
+            "sample",
+        )
+        if not isinstance(state, Mapping):
+            raise MaxPError(
+                "load_state_dict: expected the mapping Parametrization.state_dict returns, "
+                f"got {type(state).__name__}"
+            )
+        absent = [key for key in required if key not in state]
+        if absent:
+            raise MaxPError(
+                f"load_state_dict: the state lacks {absent}; it is not a Parametrization.state_dict() "
+                f"(its keys: {sorted(map(str, state))})"
+            )
+        unknown = sorted((set(state["z0"]) | set(state["w0"])) - set(self.names))
         if unknown:
             raise MaxPError(f"the state holds layers {unknown} that this model does not have: {self.names}")
+        layers = len(self.names)
+        for key, shape in (("c", (layers,)), ("alignment", (layers, 3))):
+            found = np.shape(state[key])
+            if found != shape:
+                raise MaxPError(
+                    f"load_state_dict: the state's {key} has shape {found}, this model's {layers} layers "
+                    f"need {shape}; the state was saved for another model"
+                )
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the run then continues without :meth:`capture_initial`.
+
+        Raises:
+          MaxPError: ``state`` is not a :meth:`state_dict` of a parametrization of this
+            model's layers (a key is missing, a layer is unknown, or ``c`` or ``alignment``
+            does not hold one entry per layer).
+        """
+        self._check_state(state)
+        index = {name: k for k, name in enumerate(self.names)}
         if (
             self.use_training_activations
             and state.get("initial_model") is None

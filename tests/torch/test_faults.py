@@ -432,3 +432,22 @@ def test_first_release_learning_rates_are_checked(lr) -> None:
     model = plain_mlp()
     with pytest.raises(MaxPError, match="lr_prefactor"):
         create_param_groups(model, lr_prefactor=lr, parametrization="mup")
+
+
+def test_a_foreign_or_mismatched_state_is_refused_by_name() -> None:
+    x, y = data()
+    model, param, optimizer = dynamic_run()
+    param.capture_initial(x)
+    train(model, param, optimizer, x, y, 2)
+    state = param.state_dict()
+    fresh = Parametrization(MLP())
+    with pytest.raises(MaxPError, match=r"expected the mapping Parametrization.state_dict returns, got list"):
+        fresh.load_state_dict([state])
+    with pytest.raises(MaxPError, match=r"the state lacks \['z0', 'w0'\]; it is not a Parametrization"):
+        fresh.load_state_dict({k: v for k, v in state.items() if k not in ("z0", "w0")})
+    with pytest.raises(MaxPError, match=r"the state's c has shape \(2,\), this model's 4 layers need \(4,\)"):
+        fresh.load_state_dict({**state, "c": state["c"][:2]})
+    with pytest.raises(MaxPError, match=r"holds layers \['nowhere'\] that this model does not have"):
+        fresh.load_state_dict({**state, "w0": {**state["w0"], "nowhere": torch.zeros(2, 2)}})
+    fresh.load_state_dict(state)  # the state itself still loads
+    assert fresh.c.tolist() == param.c.tolist()
