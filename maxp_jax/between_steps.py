@@ -9,7 +9,7 @@ import jax
 from maxp_core import MaxPError, validate
 from maxp_jax.dynamic import AlignmentResolver, DynamicAlignment, with_outcome
 from maxp_jax.spec import MaxPSpec
-from maxp_jax.transform import ScaleByMaxPState, find_maxp_state, replace_maxp_state
+from maxp_jax.transform import ScaleByMaxPState, check_state_of, find_maxp_state, replace_maxp_state
 
 
 class SolveBetweenSteps:
@@ -103,12 +103,7 @@ class SolveBetweenSteps:
         return replace_maxp_state(opt_state, lambda _: resolved)
 
     def _check(self, state: ScaleByMaxPState, params: Any, updates_done: int) -> None:
-        layers = len(self.spec.layers)
-        if state.factors.shape != (layers,):
-            raise MaxPError(
-                f"SolveBetweenSteps: the optimizer state holds {state.factors.shape[0]} layers' factors but "
-                f"the spec has {layers}; pass the spec the optimizer was built with"
-            )
+        check_state_of(state, self.spec, "SolveBetweenSteps")
         measured = len(self._resolver.layer_inputs(params).measured)
         if len(state.z0) != measured:
             raise MaxPError(

@@ -194,6 +194,15 @@ def find_maxp_state(opt_state: Any) -> ScaleByMaxPState:
     return found[0]
 
 
+def check_state_of(state: ScaleByMaxPState, spec: MaxPSpec, where: str) -> None:
+    """Refuse a maxP state that was not built with ``spec`` (its factors count other layers)."""
+    if state.factors.shape != (len(spec.layers),):
+        raise MaxPError(
+            f"{where}: the optimizer state holds {state.factors.shape[0]} layers' factors but the spec "
+            f"has {len(spec.layers)} layers; pass the spec the optimizer was built with"
+        )
+
+
 def metrics(
     opt_state: Any, spec: MaxPSpec, learning_rate: float | optax.Schedule | None = None
 ) -> dict[str, jax.Array]:
@@ -223,11 +232,7 @@ def metrics(
     if not isinstance(spec, MaxPSpec):
         raise MaxPError(f"metrics: spec must be a MaxPSpec, got {type(spec).__name__}")
     state = find_maxp_state(opt_state)
-    if state.factors.shape != (len(spec.layers),):
-        raise MaxPError(
-            f"metrics: the optimizer state holds {state.factors.shape[0]} layers' factors but the spec "
-            f"has {len(spec.layers)} layers; pass the spec the optimizer was built with"
-        )
+    check_state_of(state, spec, "metrics")
     columns: dict[str, Any] = {"lr_factor": state.factors, "c": state.c}
     if learning_rate is not None:
         _check_learning_rate(learning_rate, "metrics")

@@ -101,6 +101,9 @@ def test_between_steps_errors() -> None:
     static_state = scale_by_maxp(spec).init(params)
     with pytest.raises(MaxPError, match=r"keeps the initial inputs of 0 layers, this spec measures 4"):
         solve(static_state._replace(count=jnp.ones([], jnp.int32)), params, updates_done=1)
+    other_spec = find_maxp_state(state)._replace(factors=jnp.ones(3, jnp.float32))
+    with pytest.raises(MaxPError, match=r"SolveBetweenSteps: the optimizer state holds 3 layers' factors"):
+        solve(other_spec, params, updates_done=1)
     with pytest.raises(MaxPError, match=r"needs DynamicAlignment\(\.\.\., in_step=False\)"):
         SolveBetweenSteps(spec, DynamicAlignment(dyn.apply_fn, dyn.sample_input))
     with pytest.raises(MaxPError, match="use_training_activations=True needs in_step=True"):
