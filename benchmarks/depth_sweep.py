@@ -35,6 +35,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from benchmarks.report import code_version
 from benchmarks.sweep import RESULTS, finished_run, finished_runs, plot, summarize
 from benchmarks.sweep_tasks import DIVERGED_FACTOR, FINAL_WINDOW, TASKS, Task, load_task
 from maxp_core.depth import BranchScaling, ChenScaling, DepthScaling
@@ -101,6 +102,7 @@ def run_group(
         record = train(deep, kind, width, lr, seed, steps, "cpu", depth=rule)
         record |= {"method": method, "depth": depth, "seconds": time.perf_counter() - start}
         record["steps_requested"] = steps
+        record["code"] = code_version()
         (runs_dir / f"{run_id(method, depth, lr, seed)}.json").write_text(json.dumps(record))
         yield record
 
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         "![transfer](depth-transfer.png)\n\n![curves](depth-curves.png)\n"
     )
     (out / "depth.md").write_text(markdown)
-    saved = {"summary": summary, "args": vars(args) | {"out": os.path.relpath(out)}}
+    saved = {"summary": summary, "code": code_version(), "args": vars(args) | {"out": os.path.relpath(out)}}
     (out / "depth.json").write_text(json.dumps(saved, indent=2, default=str))
     print(markdown)
     return 0

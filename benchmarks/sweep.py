@@ -11,7 +11,9 @@ Run ``python -m benchmarks.sweep`` (``--task digits|chars``, ``--framework torch
   runs are measured without using the numbers (measure-only), the alignment table of the
   smallest width's best ``mup-no`` run (seed 0) is written to ``table.json`` and transferred
   unchanged to every width (the published maxP authors' workflow);
-* ``maxp``: muP with dynamic alignment (re-solved every 10 steps after 20).
+* ``maxp``: muP with dynamic alignment (re-solved every 10 steps after 20);
+  ``maxp-preset`` / ``maxp-later``: the same with the LP's tie rule named
+  (:mod:`maxp_core.lp`), to compare the rules on paired seeds.
 
 Tasks (:mod:`benchmarks.sweep_tasks`): ``digits``, an MLP of depth 4 on scikit-learn's
 digits, and ``chars``, a 2-block GPT predicting the next character of the Python
@@ -44,13 +46,14 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from benchmarks.sweep_tasks import DIVERGED_FACTOR, FINAL_WINDOW, TASKS, Task, load_task
+from benchmarks.report import code_version
+from benchmarks.sweep_tasks import DIVERGED_FACTOR, FINAL_WINDOW, TASKS, TIE_RULE_METHODS, Task, load_task
 from maxp_core.cli import format_table
 from maxp_core.metrics import MetricsRun, plot_metrics
 from maxp_core.tables import AlignmentTable, measure_table
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sweep"
-METHODS = ("sp", "mup-full", "mup-no", "maxp-meas", "maxp")
+METHODS = ("sp", "mup-full", "mup-no", "maxp-meas", "maxp", *TIE_RULE_METHODS)
 FRAMEWORKS = ("torch", "jax")
 Setting = tuple[float, int]  # (learning rate, seed)
 TABLE_FILE = "table.json"
@@ -121,6 +124,7 @@ def run_group(
         record["seconds"] = time.perf_counter() - start
         record["steps_requested"] = steps
         record["warmup"] = warmup
+        record["code"] = code_version()
         (runs_dir / f"{run_id(method, width, lr, seed)}.json").write_text(json.dumps(record))
         yield record
 
@@ -666,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {
                 "summary": summary,
+                "code": code_version(),
                 "grid": grid_size,
                 "devices": devices,
                 "args": vars(args) | {"out": os.path.relpath(out)},

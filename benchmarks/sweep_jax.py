@@ -14,7 +14,15 @@ import numpy as np
 import optax
 
 import maxp_jax
-from benchmarks.sweep_tasks import MEASURED, TRAJECTORY_EVERY, Task, diverged, run_record, warmup_factor
+from benchmarks.sweep_tasks import (
+    MEASURED,
+    TRAJECTORY_EVERY,
+    Task,
+    diverged,
+    run_record,
+    tie_rule,
+    warmup_factor,
+)
 from examples.digits_jax import MLP
 from examples.flax_models import FlaxGPT, gpt_rules
 from maxp_core.tables import AlignmentTable
@@ -75,6 +83,7 @@ class Trainer:
                     alignment_overrides=table if method == "maxp-meas" else None,
                     apply_fn=self.model.apply if task.name == "chars" else None,
                     sample_input=self.probe if task.name == "chars" else None,
+                    tie_rule=tie_rule(method),
                 )
             self.tx = self._transform()
             self.step = jax.jit(self._step, donate_argnums=(0, 1))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from examples.common import CHAR_VOCAB, char_split, char_windows, digits_split
+from maxp_core.lp import DEFAULT_TIE_RULE
 
 TASKS = ("digits", "chars")
 
@@ -86,8 +87,22 @@ def load_task(name: str) -> Task:
 
 DIVERGED_FACTOR = 3.0
 FINAL_WINDOW = 20
+#: Dynamic maxP with a named tie rule of the LP (:mod:`maxp_core.lp`); ``maxp`` takes the default.
+TIE_RULE_METHODS = {"maxp-preset": "preset", "maxp-later": "later"}
 #: Methods whose alignments are measured during training (``mup-no`` without using them).
-MEASURED = ("maxp", "mup-no")
+MEASURED = ("maxp", "mup-no", *TIE_RULE_METHODS)
+
+
+def tie_rule(method: str) -> str:
+    """The LP's tie rule a method trains with.
+
+    Example:
+      >>> tie_rule("maxp-later"), tie_rule("maxp") == DEFAULT_TIE_RULE
+      ('later', True)
+    """
+    return TIE_RULE_METHODS.get(method, DEFAULT_TIE_RULE)
+
+
 #: Steps between the per-step metrics records kept in a run's file.
 TRAJECTORY_EVERY = 50
 

@@ -6,7 +6,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.sweep_tasks import MEASURED, TRAJECTORY_EVERY, Task, diverged, run_record, warmup_factor
+from benchmarks.sweep_tasks import (
+    MEASURED,
+    TRAJECTORY_EVERY,
+    Task,
+    diverged,
+    run_record,
+    tie_rule,
+    warmup_factor,
+)
 from examples.torch_models import GPT
 from maxp_core.depth import DepthScaling
 from maxp_core.tables import AlignmentTable
@@ -79,6 +87,7 @@ def train(
             seed=seed,
             depth=depth,
             measure_only=method == "mup-no",
+            tie_rule=tie_rule(method),
         )
         optimizer = torch.optim.AdamW(param.param_groups, weight_decay=0.0)
         param.capture_initial(probe)

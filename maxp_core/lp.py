@@ -108,6 +108,8 @@ from maxp_core.roles import check_init_stability
 SOLVERS: tuple[str, ...] = ("highs", "clarabel", "cvxpy-highs")
 #: Rules that pick one point of the optimal face (see the module docstring).
 TIE_RULES: tuple[str, ...] = ("preset", "later")
+#: The rule used when none is given, by :class:`StabilityLP` and both adapters.
+DEFAULT_TIE_RULE = "preset"
 
 #: Slack allowed on ``sum(c) <= optimum`` in the second stage, relative to ``1 + |optimum|``.
 FACE_TOLERANCE = 1e-9
@@ -378,7 +380,7 @@ class StabilityLP:
         pinned: Sequence[str] = (),
         c_fixed: Mapping[str, float] | None = None,
         solver: str = "highs",
-        tie_rule: str = "preset",
+        tie_rule: str = DEFAULT_TIE_RULE,
         reference_c: Mapping[str, float] | None = None,
         reference_alignment: Sequence[float] | None = None,
     ) -> None:

@@ -41,6 +41,7 @@ from maxp_core import (
 from maxp_core.depth import DepthFactors, DepthScaling, depth_factors, warn_if_untraced
 from maxp_core.formulation import parse_optimizer
 from maxp_core.graph import flattened_inputs, graph_by_roles
+from maxp_core.lp import DEFAULT_TIE_RULE
 from maxp_core.parametrizations import parse_parametrization
 from maxp_core.rules import assign_rules, rule_numbers, tied_disagreement
 from maxp_core.symmetry import fold_multiplier
@@ -225,6 +226,8 @@ class MaxPSpec:
         a mapping ``{layer name, name suffix after '/' or role: triple}`` or a
         :class:`maxp_core.tables.AlignmentTable` (each layer takes its kind's entry, see
         :func:`maxp_core.tables.layer_kind`), as in ``maxp_torch.Parametrization``.
+      tie_rule: which optimal ``c`` the LP returns where several are optimal (see
+        :mod:`maxp_core.lp`): ``"preset"`` (nearest the preset's ``c``) or ``"later"``.
 
     Raises:
       MaxPError: an argument is not of the documented kind, a rule matches nothing or a
@@ -253,6 +256,7 @@ class MaxPSpec:
     sample_input: Any = None
     depth: DepthScaling | None = None
     alignment_overrides: Mapping[str, Any] | AlignmentTable | None = None
+    tie_rule: str = DEFAULT_TIE_RULE
     layers: tuple[Layer, ...] = field(init=False)
     c: np.ndarray = field(init=False)
 
@@ -269,6 +273,7 @@ class MaxPSpec:
             feature_learning=self.feature_learning,
             c_fixed={layer.name: layer.c_fixed for layer in self.layers if layer.c_fixed is not None},
             solver=self.solver,
+            tie_rule=self.tie_rule,
             reference_alignment=alignment_preset(self.alignment),
         )
         solution = self.lp.solve()

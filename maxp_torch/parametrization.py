@@ -37,6 +37,7 @@ from maxp_core.alignment import MODES
 from maxp_core.depth import DepthFactors, DepthScaling, depth_factors, warn_if_untraced
 from maxp_core.formulation import parse_optimizer
 from maxp_core.graph import graph_by_roles
+from maxp_core.lp import DEFAULT_TIE_RULE
 from maxp_core.metrics import MetricsLog, metrics_record
 from maxp_core.parametrizations import attention_exponent, parse_parametrization
 from maxp_core.rules import tied_disagreement
@@ -147,7 +148,9 @@ class Parametrization:
     stay the preset's. ``alignment_overrides`` takes a mapping ``{layer name, name suffix or
     layer type: (alpha, omega, u)}`` or a :class:`maxp_core.tables.AlignmentTable` (each
     layer takes its kind's entry): a table measured that way at one width, applied at
-    every width, is the published authors' "maxP-meas" workflow.
+    every width, is the published authors' "maxP-meas" workflow. ``tie_rule`` picks the
+    ``c`` returned where several are optimal (:mod:`maxp_core.lp`): ``"preset"`` (nearest
+    the preset's) or ``"later"``.
 
     Each layer's alignment is measured on the first ``sample_size`` rows of its input (rows
     are the flattened leading axes: tokens of a sequence model) on the first ``sample_size``
@@ -195,6 +198,7 @@ class Parametrization:
         reinit: bool = True,
         depth: DepthScaling | None = None,
         measure_only: bool = False,
+        tie_rule: str = DEFAULT_TIE_RULE,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise MaxPError(f"Parametrization needs an nn.Module, got {type(model).__name__}")
@@ -289,6 +293,7 @@ class Parametrization:
             feature_learning=feature_learning,
             c_fixed=pins,
             solver=solver or "highs",
+            tie_rule=tie_rule,
             reference_alignment=preset,
         )
         self.alignment = np.array([[n.alpha, n.omega, n.u] for n in self.graph.nodes])
