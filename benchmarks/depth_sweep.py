@@ -124,7 +124,9 @@ def run_sweep(args: argparse.Namespace, runs_dir: Path) -> list[dict[str, Any]]:
             for method in args.methods:
                 left = []
                 for lr in args.lrs:
-                    record = finished_run(runs_dir / f"{run_id(method, depth, lr, seed)}.json", args.steps)
+                    path = runs_dir / f"{run_id(method, depth, lr, seed)}.json"
+                    retrain = method in (getattr(args, "retrain", None) or ())
+                    record = None if retrain else finished_run(path, args.steps)
                     if record is None:
                         left.append((lr, seed))
                     else:
@@ -180,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="groups of runs trained in parallel")
     parser.add_argument("--out", type=Path, default=None, help="default: results/depth/<task>")
     parser.add_argument("--report-only", action="store_true", help="write the report; train nothing")
+    parser.add_argument(
+        "--retrain", nargs="+", choices=METHODS, default=[], help="train these methods' finished runs again"
+    )
     args = parser.parse_args(argv)
     args.depths = sorted(args.depths or ([1, 2, 4, 8] if args.task == "chars" else [2, 4, 8, 16]))
     if args.methods is None:

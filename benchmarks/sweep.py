@@ -27,7 +27,9 @@ their ratio, and how far the best rate moves from the smallest to the largest wi
 the per-layer rates and alignments of the measured methods' best runs at the largest width.
 The basin columns count the grid rates whose loss is within 1% and 5% of the best one.
 ``--warmup K`` ramps every rate linearly over the first K steps. ``--jobs N`` trains N
-(method, width) groups in parallel processes.
+(method, width) groups in parallel processes. ``--retrain METHOD ...`` trains those methods'
+finished runs again (to regenerate an arm after the code changed; see
+:mod:`benchmarks.reproduce`). Every run's file records the code version that made it.
 """
 
 from __future__ import annotations
@@ -336,7 +338,8 @@ def _train(
         left = []
         for lr, seed in settings:
             path = runs_dir / f"{run_id(method, width, lr, seed)}.json"
-            record = finished_run(path, args.steps, args.warmup)
+            retrain = method in (getattr(args, "retrain", None) or ())
+            record = None if retrain else finished_run(path, args.steps, args.warmup)
             if record is None:
                 left.append((lr, seed))
             else:
@@ -462,6 +465,9 @@ def maxp_against_mup(maxp: dict[str, Any], mup: dict[str, Any]) -> Comparison:
 PAIRS: tuple[tuple[str, str, tuple[str, str]], ...] = (
     ("maxp-meas", "mup-no", ("maxP-meas", "muP-no")),
     ("maxp", "mup-full", ("maxP", "muP-full")),
+    ("maxp-preset", "maxp-later", ("maxP-preset", "maxP-later")),
+    ("maxp-preset", "mup-full", ("maxP-preset", "muP-full")),
+    ("maxp-later", "mup-full", ("maxP-later", "muP-full")),
 )
 
 
@@ -616,6 +622,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="default: results/sweep/<task>-<framework>")
     parser.add_argument(
         "--report-only", action="store_true", help="write the report from the finished runs; train nothing"
+    )
+    parser.add_argument(
+        "--retrain", nargs="+", choices=METHODS, default=[], help="train these methods' finished runs again"
     )
     parser.add_argument(
         "--overview", action="store_true", help="only write results/sweep/README.md from the finished sweeps"
