@@ -293,7 +293,10 @@ def _table_from_alignments(args: argparse.Namespace, out: TextIO) -> int:
         u={n: t[2] for n, t in numbers.items()},
     )
     preset_c = StabilityLP(graph, args.optimizer).solve().c
-    table_c = StabilityLP(measured, args.optimizer).solve().c
+    table_lp = StabilityLP(measured, args.optimizer)
+    if table_lp.tie_rule == "preset":  # anchored at the preset's c, as the adapters train with
+        table_lp.reference_c = preset_c
+    table_c = table_lp.solve().c
     rows = []
     for name in weighted:
         node = measured.node(name)

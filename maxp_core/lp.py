@@ -369,6 +369,8 @@ class StabilityLP:
       reference_alignment: ``(alpha, omega, u)``, the preset whose solution anchors the
         ``"preset"`` rule when the graph's numbers carry overrides (the adapters pass their
         preset, so an override moves ``c`` from the preset's answer, not from its own).
+        Without it or ``reference_c``, the first solve anchors at its own answer: a graph
+        carrying measured alignments, solved once, gets the ``"later"`` point under either rule.
     """
 
     def __init__(

@@ -21,9 +21,9 @@ Deliberate differences from the published solvers:
   (:mod:`maxp_core.lp`): ``M`` is accepted and ignored, there is no limit on ``r``, and
   ``solver`` names a :mod:`maxp_core` solver (``None``/``"highs"``, ``"clarabel"``,
   ``"cvxpy-highs"``); a PuLP solver object is ignored, with a warning.
-* Where several ``c`` are optimal the LP picks one by a fixed rule (the core's tie rule),
-  so the answer does not depend on the solver; ``c_prev`` (a warm start) is accepted and
-  ignored.
+* Where several ``c`` are optimal the LP picks one by a fixed rule, so the answer does not
+  depend on the solver: a single call has no preset to anchor to, so it is the point of
+  ``tie_rule="later"`` (:mod:`maxp_core.lp`); ``c_prev`` (a warm start) is accepted and ignored.
 * Errors are :class:`~maxp_core.errors.MaxPError` subclasses, all ``ValueError`` (the
   published raised ``ValueError`` and, for unequal lengths, ``AssertionError``).
 * Alignments must lie in [0, 1] (the range measured alignments live in).

@@ -180,7 +180,9 @@ def test_cli_builds_a_table_from_a_log_prints_its_c_and_plots(tmp_path, capsys) 
     assert main(["table", "--alignments", str(tmp_path / "t.json"), "--layers", "3"]) == 0
     printed = capsys.readouterr().out
     expected = mc.StabilityLP(
-        mc.chain(3, alignment=[(1.0, 0.5, 1.0), (0.7, 0.5, 0.6), (0.6, 0.5, 0.55)]), "adam"
+        mc.chain(3, alignment=[(1.0, 0.5, 1.0), (0.7, 0.5, 0.6), (0.6, 0.5, 0.55)]),
+        "adam",
+        reference_alignment=(1.0, 0.5, 1.0),
     ).solve()
     last_columns = [line.split()[-1] for line in printed.splitlines()[3:]]
     assert [float(v) for v in last_columns] == pytest.approx(list(expected.c.values()), abs=5e-5)

@@ -85,3 +85,17 @@ def test_a_table_measured_at_one_width_gives_the_lp_c_at_another(tmp_path) -> No
 def test_a_table_without_an_entry_for_a_layer_says_which() -> None:
     with pytest.warns(mc.MaxPWarning, match=r"no entry for layers \['6 \(readout\)'\]"):
         Parametrization(_mlp(16), alignment_overrides=AlignmentTable({"hidden": (0.7, 0.5, 0.7)}))
+
+
+def test_the_cli_prints_the_c_a_table_trains_with(tmp_path, capsys) -> None:
+    """``python -m maxp_core table --alignments`` and Parametrization agree where the LP has a tie."""
+    from maxp_core.cli import main
+
+    table = AlignmentTable({"hidden": (0.8, 0.515, 0.835), "readout": (0.595, 0.542, 0.706)})
+    table.write(tmp_path / "t.json")
+    assert main(["table", "--alignments", str(tmp_path / "t.json"), "--layers", "4"]) == 0
+    printed = [float(line.split()[-1]) for line in capsys.readouterr().out.splitlines()[3:]]
+    trained = Parametrization(_mlp(64), alignment_overrides=table).c
+    np.testing.assert_allclose(printed, trained, atol=5e-5)
+    later = Parametrization(_mlp(64), alignment_overrides=table, tie_rule="later").c
+    assert np.abs(later - trained).max() > 1e-3  # the tie is real: the rule decides
