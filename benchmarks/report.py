@@ -10,14 +10,16 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-#: Paths whose changes do not make the code "dirty": the results themselves.
+#: What counts as code: a change here (outside the results) makes the version ``-dirty``.
+_CODE = ("maxp_core", "maxp_jax", "maxp_torch", "benchmarks", "examples", "pyproject.toml", "constraints.txt")
 _NOT_CODE = ":(exclude)benchmarks/results"
 
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """The commit the benchmarks run from, with ``-dirty`` when a tracked file outside
-    ``benchmarks/results`` differs from it; ``"unknown"`` outside a git checkout.
+    """The commit the benchmarks run from, with ``-dirty`` when a tracked file of the code
+    (the packages, benchmarks, examples and install files; not the results or the docs)
+    differs from it; ``"unknown"`` outside a git checkout.
 
     Example:
       >>> version = code_version()
@@ -34,7 +36,7 @@ def code_version() -> str:
     head = git("rev-parse", "--short=12", "HEAD")
     if head is None or head.returncode != 0 or not head.stdout.strip():
         return "unknown"
-    changed = git("diff", "--quiet", "HEAD", "--", ".", _NOT_CODE)
+    changed = git("diff", "--quiet", "HEAD", "--", *_CODE, _NOT_CODE)
     dirty = changed is None or changed.returncode != 0
     return head.stdout.strip() + ("-dirty" if dirty else "")
 

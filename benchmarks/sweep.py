@@ -531,6 +531,17 @@ def plot_trajectories(runs: list[dict[str, Any]], width: int, summary: dict, out
     return names
 
 
+def code_versions(runs_dir: Path) -> dict[str, str]:
+    """Per method, the code versions its run files record, with how many runs each."""
+    counts: dict[str, dict[str, int]] = {}
+    for path in sorted(runs_dir.glob("*.json")):
+        record = json.loads(path.read_text())
+        by_code = counts.setdefault(record["method"], {})
+        code = record.get("code", "not recorded")
+        by_code[code] = by_code.get(code, 0) + 1
+    return {m: ", ".join(f"{code} ({n})" for code, n in c.items()) for m, c in counts.items()}
+
+
 def write_overview(results: Path) -> str:
     """Write ``results/README.md``: every finished sweep under ``results`` side by side."""
     rows, verdict_rows = [], []
@@ -572,7 +583,15 @@ def write_overview(results: Path) -> str:
                         winner,
                     )
                 )
-    shift_table = format_table(rows, ("sweep", "widths", "seeds", *(f"{m} shift" for m in METHODS)))
+    shown = [m for m in METHODS if any(row[3 + METHODS.index(m)] != "-" for row in rows)]
+    rows = [row[:3] + tuple(row[3 + METHODS.index(m)] for m in shown) for row in rows]
+    shift_table = format_table(rows, ("sweep", "widths", "seeds", *(f"{m} shift" for m in shown)))
+    code_rows = [
+        (path.parent.name, method, versions)
+        for path in sorted(results.glob("*/sweep.json"))
+        for method, versions in code_versions(path.parent / "runs").items()
+    ]
+    code_table = format_table(code_rows, ("sweep", "method", "code versions (runs)"))
     verdict_table = format_table(
         verdict_rows,
         (
@@ -599,7 +618,10 @@ def write_overview(results: Path) -> str:
         "second method's loss minus the first's with the same seed (positive: the first lower), gap "
         "spread = max - min of those per-seed gaps. A method wins only when it is lower on every seed "
         "(two at least) and the mean gap exceeds the spread; otherwise `tie`:\n\n"
-        f"```\n{verdict_table}\n```\n"
+        f"```\n{verdict_table}\n```\n\n"
+        "The code version each arm's runs were made by (`benchmarks.reproduce` replays CPU runs against "
+        "today's code; `not recorded` marks runs made before versions were recorded):\n\n"
+        f"```\n{code_table}\n```\n"
     )
     (results / "README.md").write_text(text)
     return text
