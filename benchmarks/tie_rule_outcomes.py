@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import binomtest
 
 from benchmarks.report import code_version
 from benchmarks.sweep import RESULTS, compare_paired, finished_runs, summarize
@@ -71,11 +72,13 @@ def at_every_rate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ]
     preset, later = (np.array(v, dtype=np.float64) for v in zip(*finite, strict=True)) if finite else ([], [])
     ratios = np.log(np.asarray(later) / np.asarray(preset)) if finite else np.array([])
+    lower = (int(np.sum(ratios > 0)), int(np.sum(ratios < 0)))
     return {
         "pairs": len(pairs),
+        "sign_test_p": float(binomtest(lower[0], sum(lower)).pvalue) if sum(lower) else math.nan,
         "both_finite": len(finite),
-        "preset_lower": int(np.sum(ratios > 0)),
-        "later_lower": int(np.sum(ratios < 0)),
+        "preset_lower": lower[0],
+        "later_lower": lower[1],
         "median_ratio_later_over_preset": float(np.exp(np.median(ratios))) if finite else math.nan,
         "diverged": {rule: sum(p[rule]["diverged"] for p in pairs) for rule in RULES},
     }
@@ -106,6 +109,7 @@ def to_markdown(outcomes: dict[str, Any]) -> str:
                 every["preset_lower"],
                 every["later_lower"],
                 f"{every['median_ratio_later_over_preset']:.3f}",
+                f"{every['sign_test_p']:.2f}",
                 f"{every['diverged'][RULES[0]]} / {every['diverged'][RULES[1]]}",
             )
         )
@@ -125,7 +129,15 @@ def to_markdown(outcomes: dict[str, Any]) -> str:
     )
     every_table = format_table(
         every_rows,
-        ("sweep", "paired runs", "preset lower", "later lower", "median later/preset", "diverged p / l"),
+        (
+            "sweep",
+            "paired runs",
+            "preset lower",
+            "later lower",
+            "median later/preset",
+            "sign test p",
+            "diverged p / l",
+        ),
     )
     commands = "\n".join(outcomes["commands"])
     return (
@@ -144,7 +156,8 @@ def to_markdown(outcomes: dict[str, Any]) -> str:
         "## Every rate\n\n"
         "The two rules at the same width, rate and seed, over the whole grid (runs where neither "
         "diverged); `median later/preset` is the median ratio of their final losses (above 1: "
-        "preset lower); `diverged` counts the diverged runs of each rule.\n\n"
+        "preset lower); `sign test p` is the two-sided binomial test of the lower counts against a coin "
+        "flip; `diverged` counts the diverged runs of each rule.\n\n"
         f"```\n{every_table}\n```\n"
     )
 
