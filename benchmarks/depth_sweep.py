@@ -38,6 +38,7 @@ from tqdm import tqdm
 from benchmarks.report import code_version
 from benchmarks.sweep import RESULTS, finished_run, finished_runs, plot, summarize
 from benchmarks.sweep_tasks import DIVERGED_FACTOR, FINAL_WINDOW, TASKS, Task, load_task
+from benchmarks.threads import pin_threads
 from maxp_core.depth import BranchScaling, ChenScaling, DepthScaling
 
 METHODS = ("sp", "mup", "mup-chen", "mup-completep")
@@ -108,9 +109,7 @@ def run_group(
 
 
 def _group_in_worker(*args: Any) -> list[dict[str, Any]]:
-    import torch
-
-    torch.set_num_threads(1)  # one thread per process: several processes share the cores
+    pin_threads()
     return list(run_group(*args))
 
 
@@ -186,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "--retrain", nargs="+", choices=METHODS, default=[], help="train these methods' finished runs again"
     )
     args = parser.parse_args(argv)
+    pin_threads()
     args.depths = sorted(args.depths or ([1, 2, 4, 8] if args.task == "chars" else [2, 4, 8, 16]))
     if args.methods is None:
         args.methods = [m for m in METHODS if args.task == "chars" or m != "mup-completep"]

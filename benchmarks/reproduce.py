@@ -5,8 +5,9 @@ deterministic given its settings, so the first steps of a committed run, trained
 with today's code, must give the same losses to float precision. By default one run per
 method of each CPU sweep is replayed (the method's best rate at the smallest size, seed 0:
 the run its evidence leans on); ``--all`` replays every run. Records made on an
-accelerator are not replayed on a CPU (their floats differ by design). A run that no
-longer reproduces names the command that regenerates its arm.
+accelerator are not replayed on a CPU (their floats differ by design). Like the sweeps,
+the replay runs on one CPU thread (:mod:`benchmarks.threads`). A run that no longer
+reproduces names the command that regenerates its arm.
 
 Example:
   >>> [check.label for check in sample_checks(RESULTS_ROOT / "sweep" / "digits-torch")][:1]
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks.threads import pin_threads
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 #: Steps replayed per run: past maxP's first re-solves (after 20 steps, every 10).
@@ -177,18 +180,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--steps", type=int, default=REPLAY_STEPS, help="steps replayed per run")
     parser.add_argument("--all", action="store_true", help="replay every run, not one per method")
+    parser.add_argument("--json", action="store_true", help="end with {run: problem or null} as JSON")
     args = parser.parse_args(argv)
+    pin_threads()
     from tqdm import tqdm
 
-    failures = []
+    problems: dict[str, str | None] = {}
     checks = all_checks(sample=not args.all)
     for check in tqdm(checks, desc="replaying committed runs", unit="run"):
-        problem = mismatch(check, replay(check, args.steps))
-        if problem:
-            failures.append(problem)
-            tqdm.write(problem)
-    print(f"{len(checks) - len(failures)} of {len(checks)} committed runs reproduce")
-    return 1 if failures else 0
+        problems[check.label] = mismatch(check, replay(check, args.steps))
+        if problems[check.label]:
+            tqdm.write(str(problems[check.label]))
+    failed = sum(p is not None for p in problems.values())
+    print(f"{len(checks) - failed} of {len(checks)} committed runs reproduce")
+    if args.json:
+        print(json.dumps(problems))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 from benchmarks.report import code_version
 from benchmarks.sweep_tasks import DIVERGED_FACTOR, FINAL_WINDOW, TASKS, TIE_RULE_METHODS, Task, load_task
+from benchmarks.threads import pin_threads
 from maxp_core.cli import format_table
 from maxp_core.metrics import MetricsRun, plot_metrics
 from maxp_core.tables import AlignmentTable, measure_table
@@ -132,10 +133,7 @@ def run_group(
 
 
 def _group_in_worker(*args: Any) -> list[dict[str, Any]]:
-    if args[1] == "torch":
-        import torch
-
-        torch.set_num_threads(1)  # one thread per process: several processes share the cores
+    pin_threads()
     return list(run_group(*args))
 
 
@@ -652,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
         "--overview", action="store_true", help="only write results/sweep/README.md from the finished sweeps"
     )
     args = parser.parse_args(argv)
+    pin_threads()
     if args.overview:
         print(write_overview(args.out or RESULTS))
         return 0
