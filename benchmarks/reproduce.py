@@ -32,8 +32,10 @@ from benchmarks.threads import pin_threads
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 #: Steps replayed per run: past maxP's first re-solves (after 20 steps, every 10).
 REPLAY_STEPS = 40
-#: Relative tolerance on each replayed loss (float32 kernels may reorder sums across machines).
-RTOL = 1e-5
+#: Relative tolerance on each replayed loss. Float32 kernels sum in another order on another
+#: CPU: runs made in another session agree to 1e-6 over 40 steps; a changed LP answer moves
+#: losses by 1e-2 within 12 steps of the re-solve.
+RTOL = 1e-4
 
 
 @dataclass(frozen=True)
