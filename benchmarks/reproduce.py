@@ -10,8 +10,9 @@ the replay runs on one CPU thread (:mod:`benchmarks.threads`). A run that no lon
 reproduces names the command that regenerates its arm.
 
 Example:
-  >>> [check.label for check in sample_checks(RESULTS_ROOT / "sweep" / "digits-torch")][:1]
-  ['sweep/digits-torch mup-full w64 lr0.1 s0']
+  >>> checks = sample_checks(RESULTS_ROOT / "sweep" / "digits-torch")
+  >>> sorted(check.record["method"] for check in checks), {check.record["width"] for check in checks}
+  (['maxp', 'mup-full', 'mup-no', 'sp'], {64})
 """
 
 from __future__ import annotations
