@@ -990,12 +990,21 @@ class Parametrization:
         unknown = sorted((set(state["z0"]) | set(state["w0"])) - set(self.names))
         if unknown:
             raise MaxPError(f"the state holds layers {unknown} that this model does not have: {self.names}")
-        layers = len(self.names)
-        for key, shape in (("c", (layers,)), ("alignment", (layers, 3))):
-            found = np.shape(state[key])
+        expected = {
+            "c": ((len(self.weighted),), f"{len(self.weighted)} weighted layers"),
+            "alignment": ((len(self.graph.nodes), 3), f"graph of {len(self.graph.nodes)} nodes"),
+        }
+        for key, (shape, what) in expected.items():
+            try:
+                found = np.shape(state[key])
+            except ValueError:
+                raise MaxPError(
+                    f"load_state_dict: the state's {key} is ragged (rows of unequal length); this "
+                    f"model's {what} need {shape}"
+                ) from None
             if found != shape:
                 raise MaxPError(
-                    f"load_state_dict: the state's {key} has shape {found}, this model's {layers} layers "
+                    f"load_state_dict: the state's {key} has shape {found}, this model's {what} "
                     f"need {shape}; the state was saved for another model"
                 )
 
@@ -1004,8 +1013,10 @@ class Parametrization:
 
         Raises:
           MaxPError: ``state`` is not a :meth:`state_dict` of a parametrization of this
-            model's layers (a key is missing, a layer is unknown, or ``c`` or ``alignment``
-            does not hold one entry per layer).
+            model's layers (a key is missing, a layer is unknown, ``c`` does not hold one
+            entry per weighted layer or ``alignment`` one row per graph node), or a number in
+            it is not what a run can hold (the message names the field, the layer and the value;
+            nothing is restored then).
         """
         self._check_state(state)
         index = {name: k for k, name in enumerate(self.names)}
@@ -1018,13 +1029,25 @@ class Parametrization:
                 "use_training_activations=True needs the initial model's weights, which this state lacks "
                 "(it was saved by a run without use_training_activations or by an older version)"
             )
-        self.step_count = int(state["step_count"])
-        self.lr_prefactor = validate.positive_number(state["lr_prefactor"], "state: lr_prefactor")
-        self.c = np.array(state["c"], dtype=np.float64)
-        self.alignment = np.array(state["alignment"], dtype=np.float64)
-        self.solves = int(state["solves"])
-        self.failures = int(state["failures"])
-        self.missing = int(state.get("missing", 0))
+        counts = {
+            key: validate.integer(state.get(key, 0), f"load_state_dict: the state's {key}", 0)
+            for key in ("step_count", "solves", "failures", "missing")
+        }
+        lr_prefactor = validate.positive_number(state["lr_prefactor"], "load_state_dict: lr_prefactor")
+        weighted = [self.names[k] for k in self.weighted]
+        c = [
+            validate.exponent(value, f"load_state_dict: c of layer {name!r}")
+            for name, value in zip(weighted, np.asarray(state["c"]).tolist(), strict=True)
+        ]
+        alignment = [
+            validate.alignment_triple(row, f"load_state_dict: alignment of {name!r}")
+            for name, row in zip(self.graph.names, np.asarray(state["alignment"]).tolist(), strict=True)
+        ]
+        self.lr_prefactor = lr_prefactor
+        self.c = np.array(c, dtype=np.float64)
+        self.alignment = np.array(alignment, dtype=np.float64)
+        self.step_count, self.solves = counts["step_count"], counts["solves"]
+        self.failures, self.missing = counts["failures"], counts["missing"]
         self._z0 = {index[n]: v for n, v in state["z0"].items()}
         self._w0 = {index[n]: v for n, v in state["w0"].items()}
         self._sample = state["sample"]

@@ -343,14 +343,41 @@ MODES = {
 }
 
 
+class ResidualMLP(nn.Module):
+    """A traced graph: residual adds become merge nodes, so the graph has more nodes than layers."""
+
+    def __init__(self, width=32, depth=3, dropout=0.1):
+        super().__init__()
+        self.inp = ParametrizedModule(nn.Linear(8, width), width_dim=width, layer_type="embedding")
+        self.hidden = nn.ModuleList(
+            ParametrizedModule(nn.Linear(width, width), width_dim=width, layer_type="hidden")
+            for _ in range(depth)
+        )
+        self.out = ParametrizedModule(nn.Linear(width, 5), width_dim=width, layer_type="readout")
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        h = self.inp(x)
+        for layer in self.hidden:
+            h = h + self.drop(torch.relu(layer(h)))
+        return self.out(h)
+
+
+RESUMED_MODELS = {
+    "chain": lambda x: (MLP(dropout=0.1), {}),
+    "traced residual": lambda x: (ResidualMLP(), {"sample_input": x}),
+}
+
+
+@pytest.mark.parametrize("kind", list(RESUMED_MODELS))
 @pytest.mark.parametrize("mode", list(MODES))
-def test_resume_is_bit_exact_over_20_steps(mode) -> None:
+def test_resume_is_bit_exact_over_20_steps(mode, kind) -> None:
     x, y = data(seed=3)
 
     def make():
         torch.manual_seed(5)
-        model = MLP(dropout=0.1)
-        param = Parametrization(model, lr_prefactor=1e-2, **MODES[mode])
+        model, traced = RESUMED_MODELS[kind](x)
+        param = Parametrization(model, lr_prefactor=1e-2, **MODES[mode], **traced)
         return model, param, torch.optim.AdamW(param.param_groups)
 
     def run(model, param, optimizer, steps, seed):
@@ -445,9 +472,55 @@ def test_a_foreign_or_mismatched_state_is_refused_by_name() -> None:
         fresh.load_state_dict([state])
     with pytest.raises(MaxPError, match=r"the state lacks \['z0', 'w0'\]; it is not a Parametrization"):
         fresh.load_state_dict({k: v for k, v in state.items() if k not in ("z0", "w0")})
-    with pytest.raises(MaxPError, match=r"the state's c has shape \(2,\), this model's 4 layers need \(4,\)"):
+    with pytest.raises(
+        MaxPError, match=r"the state's c has shape \(2,\), this model's 4 weighted layers need \(4,\)"
+    ):
         fresh.load_state_dict({**state, "c": state["c"][:2]})
     with pytest.raises(MaxPError, match=r"holds layers \['nowhere'\] that this model does not have"):
         fresh.load_state_dict({**state, "w0": {**state["w0"], "nowhere": torch.zeros(2, 2)}})
     fresh.load_state_dict(state)  # the state itself still loads
     assert fresh.c.tolist() == param.c.tolist()
+
+
+CORRUPT_STATES = [
+    (lambda s: {**s, "c": [float("nan"), *s["c"][1:]]}, r"c of layer 'layers.0' = nan is not a finite"),
+    (lambda s: {**s, "c": [*s["c"][:3], 1e6]}, r"c of layer 'layers.3' = 1000000.0 is out of range"),
+    (
+        lambda s: {**s, "alignment": [[5.0, 0.5, 1.0], *s["alignment"][1:]]},
+        r"alignment of 'layers.0': alpha = 5.0 is out of range",
+    ),
+    (
+        lambda s: {**s, "alignment": [*s["alignment"][:2], [0.5, float("inf"), 0.5], *s["alignment"][3:]]},
+        r"alignment of 'layers.2': omega = inf is not a finite",
+    ),
+    (
+        lambda s: {**s, "alignment": [[0.5, 0.5], *s["alignment"][1:]]},
+        r"alignment is ragged \(rows of unequal length\)",
+    ),
+    (lambda s: {**s, "step_count": "abc"}, r"the state's step_count must be an integer >= 0, got str 'abc'"),
+    (lambda s: {**s, "step_count": 2.5}, r"the state's step_count must be an integer >= 0"),
+    (lambda s: {**s, "solves": -1}, r"the state's solves must be an integer >= 0, got -1"),
+    (lambda s: {**s, "failures": None}, r"the state's failures must be an integer >= 0"),
+    (lambda s: {**s, "missing": True}, r"the state's missing must be an integer"),
+    (lambda s: {**s, "lr_prefactor": float("nan")}, r"load_state_dict: lr_prefactor = nan"),
+    (lambda s: {**s, "lr_prefactor": 0.0}, r"load_state_dict: lr_prefactor = 0.0 must be > 0"),
+    (lambda s: {**s, "c": "abc"}, r"the state's c has shape \(\), this model's 4 weighted layers"),
+]
+
+
+@pytest.mark.parametrize(("corrupt", "message"), CORRUPT_STATES)
+def test_a_checkpoint_with_a_bad_number_is_refused_and_nothing_is_restored(corrupt, message) -> None:
+    """Numbers read from a checkpoint are checked as strictly as numbers passed in code."""
+    x, y = data()
+    model, param, optimizer = dynamic_run()
+    param.capture_initial(x)
+    train(model, param, optimizer, x, y, 3)
+    state = param.state_dict()
+    state = {**state, "c": list(state["c"]), "alignment": [list(row) for row in state["alignment"]]}
+    fresh = Parametrization(MLP())
+    before = (fresh.c.copy(), fresh.alignment.copy(), fresh.step_count, fresh.lr_prefactor)
+    with pytest.raises(MaxPError, match=message):
+        fresh.load_state_dict(corrupt(state))
+    np.testing.assert_array_equal(fresh.c, before[0])
+    np.testing.assert_array_equal(fresh.alignment, before[1])
+    assert (fresh.step_count, fresh.lr_prefactor) == before[2:]
