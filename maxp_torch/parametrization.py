@@ -752,7 +752,10 @@ class Parametrization:
           x: the training batch (used with ``use_training_activations``; otherwise the
             alignments are measured on the sample given to :meth:`capture_initial`).
           optimizer: the optimizer built from :attr:`param_groups`; its learning rates
-            are set from ``lr_prefactor * width^-c`` on every call.
+            are set from ``lr_prefactor * width^-c`` on every call. Without it the rates are
+            written into :attr:`param_groups` themselves, which are the optimizer's groups
+            when it was built from them (torch keeps the dicts it is given), so
+            :meth:`get_last_lr` and the optimizer agree either way.
         """
         self.step_count += 1
         if self.schedule.should_solve(self.step_count):
@@ -761,6 +764,8 @@ class Parametrization:
             self._resolve(x)
         if optimizer is not None:
             self._sync(optimizer)
+        else:
+            self._refresh_groups()
 
     def _sync(self, optimizer: torch.optim.Optimizer) -> None:
         groups = optimizer.param_groups

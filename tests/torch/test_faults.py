@@ -524,3 +524,18 @@ def test_a_checkpoint_with_a_bad_number_is_refused_and_nothing_is_restored(corru
     np.testing.assert_array_equal(fresh.c, before[0])
     np.testing.assert_array_equal(fresh.alignment, before[1])
     assert (fresh.step_count, fresh.lr_prefactor) == before[2:]
+
+
+def test_step_without_the_optimizer_still_moves_the_optimizers_rates() -> None:
+    """The Hugging Face Trainer steps a scheduler without arguments: the rates must still reach it."""
+    x, y = data()
+    model, param, optimizer = dynamic_run()
+    param.capture_initial(x)
+    first = [g["lr"] for g in optimizer.param_groups]
+    for _ in range(4):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        param.step(x)  # no optimizer
+        assert [g["lr"] for g in optimizer.param_groups[: len(param.groups)]] == param.get_last_lr()
+    assert param.solves >= 2 and param.get_last_lr() != first[: len(param.groups)]
