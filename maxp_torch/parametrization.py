@@ -131,8 +131,11 @@ class Parametrization:
     optimizer. Arguments follow the published maxP; ``solver`` names a
     :mod:`maxp_core` solver (``"highs"`` or ``"clarabel"``), and ``warm_start`` is
     accepted for compatibility (the HiGHS model always starts from its last basis).
-    Initial weights are drawn from one seeded generator per layer (``seed``), so
-    ``resample_w0`` redraws them exactly instead of storing them. ``layers`` replaces
+    Initial weights are drawn from one seeded generator per layer, so ``resample_w0``
+    redraws them exactly instead of storing them. With ``seed=None`` (the default) the seed is
+    drawn once from torch's global generator, so ``torch.manual_seed`` decides the initial
+    weights as it does for any torch model (same seed, same weights; another seed, other
+    weights); an integer ``seed`` pins them whatever the global state. ``layers`` replaces
     the discovery of ``ParametrizedModule``s (``maxp_torch.scheduler`` passes plain
     ``nn.Linear`` layers this way) and ``reinit=False`` keeps the current weights.
     ``depth`` adds a depth rule of :mod:`maxp_core.depth` on top of the width exponents
@@ -190,7 +193,7 @@ class Parametrization:
         norm_mode: str = "rms",
         parametrization: str = "mup",
         feature_learning: bool = False,
-        seed: int = 0,
+        seed: int | None = None,
         *,
         rules: Sequence[Rule] | None = None,
         strict: bool = False,
@@ -222,7 +225,10 @@ class Parametrization:
         self.measure_only = validate.boolean(measure_only, "measure_only")
         feature_learning = validate.boolean(feature_learning, "feature_learning")
         reinit = validate.boolean(reinit, "reinit")
-        self.seed = validate.integer(seed, "seed", 0)
+        if seed is None:  # a reinitialising run draws it from the global generator, as torch's init does
+            self.seed = draw_seed() if reinit else 0
+        else:
+            self.seed = validate.integer(seed, "seed", 0)
         if solver is not None and not isinstance(solver, str):
             warn_user(
                 f"solver={type(solver).__name__}(...) is not used: this backend solves an exact LP with "
@@ -956,6 +962,7 @@ class Parametrization:
             initial = {k: v.detach().clone() for k, v in self._initial_model.state_dict().items()}
         return {
             "step_count": self.step_count,
+            "seed": self.seed,
             "lr_prefactor": self.lr_prefactor,
             "c": self.c.tolist(),
             "alignment": self.alignment.tolist(),
@@ -1051,6 +1058,8 @@ class Parametrization:
         self.lr_prefactor = lr_prefactor
         self.c = np.array(c, dtype=np.float64)
         self.alignment = np.array(alignment, dtype=np.float64)
+        if state.get("seed") is not None:  # the initial draw resample_w0 repeats
+            self.seed = validate.integer(state["seed"], "load_state_dict: the state's seed", 0)
         self.step_count, self.solves = counts["step_count"], counts["solves"]
         self.failures, self.missing = counts["failures"], counts["missing"]
         self._z0 = {index[n]: v for n, v in state["z0"].items()}
@@ -1061,6 +1070,17 @@ class Parametrization:
             self._initial_model.load_state_dict(state["initial_model"])
             self._record(self._recorded)
         self._publish_alignments()
+
+
+def draw_seed() -> int:
+    """A seed for the per-layer generators, drawn from torch's global generator.
+
+    Example:
+      >>> _ = torch.manual_seed(0); first = draw_seed()
+      >>> _ = torch.manual_seed(0); first == draw_seed()
+      True
+    """
+    return int(torch.randint(0, 2**31 - 1, (1,)).item())
 
 
 def all_finite(stack: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,8 @@ from maxp_torch.parametrization import Parametrization, optimizer_kind
 
 _LAYERS_ATTRIBUTE = "_maxp_layers"
 _OWN_MULTIPLIERS = "_maxp_own_multipliers"
+#: The seed :func:`initialize_abc_weights` drew the model's weights with.
+_INIT_SEED = "_maxp_init_seed"
 UNPLACED = (CONV, TRANSPOSED)  # layer kinds whose role a Linear stack's order cannot tell
 
 
@@ -202,7 +204,7 @@ def initialize_abc_weights(
     std_prefactor: float = 1.0,
     apply_multipliers: bool = True,
     *,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> nn.Module:
     """Re-initialise every layer with ``std = std_prefactor * n^-b`` and give it the multiplier ``n^-a``.
 
@@ -213,7 +215,9 @@ def initialize_abc_weights(
     model that applies its own multipliers. Biases start at zero.
 
     Unlike the published first release, the weights are drawn from one seeded generator
-    per layer (``seed``), so :class:`MaxPScheduler` can redraw them exactly
+    per layer (``seed``; ``None`` draws it from torch's global generator, so
+    ``torch.manual_seed`` decides the weights, and keeps it on the model), so
+    :class:`MaxPScheduler` can redraw them exactly
     (``resample_w0=True``), and ``(a, b)`` unstable at initialization for a layer's role is
     refused here, naming the layer, instead of at the first re-solve.
 
@@ -224,7 +228,7 @@ def initialize_abc_weights(
       optimizer, alignment: the LP the named parametrization's ``c`` comes from (checked here).
       std_prefactor: the constant in front of ``n^-b``.
       apply_multipliers: wrap layers with ``a != 0`` in :class:`ScaledLinear`.
-      seed: seeds the per-layer generators.
+      seed: seeds the per-layer generators (default: drawn from torch's global generator).
 
     Returns:
       ``model``.
@@ -239,7 +243,7 @@ def initialize_abc_weights(
     layers = linear_layers(model)
     exponents = _exponents(layers, parametrization, {"al": al, "bl": bl})
     _set_layer_exponents(layers, **exponents)
-    Parametrization(
+    drawn = Parametrization(
         model,
         layers=layers,
         reinit=True,
@@ -249,6 +253,7 @@ def initialize_abc_weights(
         std_prefactor=std_prefactor,
         seed=seed,
     )
+    object.__setattr__(model, _INIT_SEED, drawn.seed)  # what MaxPScheduler(resample_w0=True) redraws
     if not apply_multipliers:
         object.__setattr__(model, _OWN_MULTIPLIERS, True)
         return model
@@ -374,7 +379,8 @@ class MaxPScheduler(LRScheduler):
         ``wsd_warmup_steps`` is a linear warm-up and then the base rate.
       optimizer_type: ``"adam"`` or ``"sgd"``; default: from the optimizer's class.
       c_ema, alignment_ema: smoothing of the solved exponents and measured alignments.
-      std_prefactor, seed: those given to :func:`initialize_abc_weights` (for ``resample_w0``).
+      std_prefactor, seed: those given to :func:`initialize_abc_weights` (for ``resample_w0``;
+        the default seed is the one it drew, which it keeps on the model).
     """
 
     def __init__(
@@ -404,7 +410,7 @@ class MaxPScheduler(LRScheduler):
         c_ema: float = 0.0,
         alignment_ema: float = 0.0,
         std_prefactor: float = 1.0,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise MaxPError(f"MaxPScheduler needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -448,7 +454,7 @@ class MaxPScheduler(LRScheduler):
             c_ema=c_ema,
             alignment_ema=alignment_ema,
             std_prefactor=std_prefactor,
-            seed=seed,
+            seed=getattr(model, _INIT_SEED, 0) if seed is None else seed,
         )
         decay_start = self.wsd.decay_start
         if decay_start is not None:

@@ -15,6 +15,7 @@ from maxp_torch import (
     Parametrization,
     ParametrizedModule,
     create_param_groups,
+    get_linear_layers,
     initialize_abc_weights,
     register_optimizer,
 )
@@ -539,3 +540,56 @@ def test_step_without_the_optimizer_still_moves_the_optimizers_rates() -> None:
         param.step(x)  # no optimizer
         assert [g["lr"] for g in optimizer.param_groups[: len(param.groups)]] == param.get_last_lr()
     assert param.solves >= 2 and param.get_last_lr() != first[: len(param.groups)]
+
+
+# --- seeds: the initial weights follow torch.manual_seed unless seed= pins them -------------------
+
+
+def _initial_weights(global_seed, **kwargs):
+    torch.manual_seed(global_seed)
+    model = MLP()
+    Parametrization(model, **kwargs)
+    return [m.weight.detach().clone() for m in model.layers]
+
+
+def test_initial_weights_follow_torch_manual_seed() -> None:
+    first, again, other = _initial_weights(0), _initial_weights(0), _initial_weights(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not any(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+    # The two hidden layers have the same shape and still get different draws.
+    assert first[1].shape == first[2].shape and not torch.equal(first[1], first[2])
+    # An explicit seed pins the draw whatever the global state.
+    pinned = _initial_weights(0, seed=7), _initial_weights(1, seed=7)
+    assert all(torch.equal(a, b) for a, b in zip(*pinned, strict=True))
+    assert not torch.equal(pinned[0][1], first[1])
+
+
+def test_resample_w0_redraws_exactly_under_the_default_seed_and_after_a_resume() -> None:
+    x, y = data()
+    torch.manual_seed(11)
+    model = MLP()
+    param = Parametrization(model, lr_prefactor=1e-2, warmup_steps=0, solve_interval=1, resample_w0=True)
+    optimizer = torch.optim.AdamW(param.param_groups)
+    initial = [m.weight.detach().clone() for m in model.layers]
+    param.capture_initial(x)  # refuses weights it could not redraw
+    train(model, param, optimizer, x, y, 3)
+    state = param.state_dict()
+    torch.manual_seed(12)  # a resumed process starts from another global state
+    fresh = Parametrization(MLP(), lr_prefactor=1e-2, warmup_steps=0, solve_interval=1, resample_w0=True)
+    fresh.load_state_dict(state)
+    for k, weight in enumerate(initial):
+        assert torch.equal(fresh._initial_weight(k), weight)
+
+
+def test_first_release_redraws_what_initialize_abc_weights_drew() -> None:
+    x, _ = data()
+    torch.manual_seed(4)
+    model = plain_mlp()
+    initialize_abc_weights(model, parametrization="mup")
+    optimizer = torch.optim.AdamW(create_param_groups(model, lr_prefactor=1e-2, parametrization="mup"))
+    scheduler = MaxPScheduler(optimizer, model, 1e-2, parametrization="mup", resample_w0=True, warmup_steps=0)
+    scheduler.capture_initial(x)  # raises if the redraw differs from the weights
+    other = plain_mlp()
+    torch.manual_seed(5)
+    initialize_abc_weights(other, parametrization="mup")
+    assert not torch.equal(get_linear_layers(model)[0][1].weight, get_linear_layers(other)[0][1].weight)
