@@ -36,7 +36,10 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from maxp_core import validate
 from maxp_core.errors import MaxPError
+from maxp_core.jsonfiles import append_line, open_for_writing, parse_json, read_text
+from maxp_core.resolve import warn_user
 from maxp_core.roles import Role
 
 #: Per-layer fields of a record, each under ``maxp/<field>/<layer>``.
@@ -46,6 +49,7 @@ COUNTERS: tuple[str, ...] = ("step", "solves", "failures", "missing", "solve_sec
 #: First key of a metrics file's header line.
 HEADER_KEY = "maxp_metrics"
 FORMAT_VERSION = 1
+_LOG = "metrics log"
 
 
 def metrics_record(
@@ -74,15 +78,59 @@ def metrics_record(
     return out
 
 
-def _plain(value: Any, key: str) -> float | None:
-    """A record value as a JSON number, ``None`` for NaN (missing, not zero)."""
+def record_value(key: str, value: Any, where: str = "metrics") -> float | None:
+    """A record value as a JSON number, ``None`` for NaN or ``null`` (missing, not zero).
+
+    Anything a run cannot have logged is refused, naming ``where`` and the key: a boolean or
+    text, an infinite number, an alignment outside ``[0, 1]``, a rate or factor that is not
+    positive, an exponent beyond ``validate.EXPONENT_BOUND``, a negative counter.
+
+    Example:
+      >>> record_value("maxp/alpha/fc", 0.7), record_value("maxp/alpha/fc", float("nan"))
+      (0.7, None)
+      >>> record_value("maxp/alpha/fc", 5.0, "run.jsonl line 3")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      maxp_core.errors.MaxPError: run.jsonl line 3: maxp/alpha/fc = 5.0 is out of range; ...
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool | np.bool_ | str | bytes):
+        raise MaxPError(
+            f"{where}: {key} must be a number or null, got {type(value).__name__} {value!r}"[:300]
+        )
     try:
         number = float(value)
+    except OverflowError:
+        raise MaxPError(f"{where}: {key} is an integer too large to be a metric") from None
     except (TypeError, ValueError):
         raise MaxPError(
-            f"metrics value {key!r} must be a number (or a 0-d array), got {type(value).__name__}"
+            f"{where}: {key} must be a number (or a 0-d array), got {type(value).__name__}"
         ) from None
-    return None if math.isnan(number) else number
+    if math.isnan(number):
+        return None
+    if not math.isfinite(number):
+        raise MaxPError(f"{where}: {key} = {number} is not finite; a missing value is NaN (written as null)")
+    _check_range(key, number, where)
+    return number
+
+
+def _check_range(key: str, number: float, where: str) -> None:
+    parts = key.split("/")
+    if parts[0] != "maxp" or len(parts) < 2:
+        return
+    field = parts[1]
+    if len(parts) >= 3 and field in validate.ALIGNMENT_FIELDS and not 0.0 <= number <= 1.0:
+        raise MaxPError(f"{where}: {key} = {number} is out of range; an alignment lies in [0, 1]")
+    if len(parts) >= 3 and field in ("lr", "lr_factor") and number <= 0.0:
+        raise MaxPError(f"{where}: {key} = {number} must be > 0 (a learning rate or its factor)")
+    if len(parts) >= 3 and field == "c" and abs(number) > validate.EXPONENT_BOUND:
+        raise MaxPError(
+            f"{where}: {key} = {number} is out of range; exponents lie in "
+            f"[-{validate.EXPONENT_BOUND:g}, {validate.EXPONENT_BOUND:g}]"
+        )
+    if len(parts) == 2 and field in COUNTERS and number < 0.0:
+        raise MaxPError(f"{where}: {key} = {number} must be >= 0 (a count or a time)")
 
 
 class MetricsLog:
@@ -92,8 +140,10 @@ class MetricsLog:
       path: the file; it is created (its folder too) and overwritten.
       layers: ``{layer name: role}`` of the run, written as the first line.
 
-    The adapters make one for you: ``Parametrization.metrics_log(path)`` and
-    ``maxp_jax.metrics_log(path, spec)``.
+    Every record is checked as :func:`record_value` checks values, flushed as it is
+    written, and a file that cannot be written, or is deleted during the run, raises
+    :class:`MaxPError` instead of losing records. The adapters make one for you:
+    ``Parametrization.metrics_log(path)`` and ``maxp_jax.metrics_log(path, spec)``.
     """
 
     def __init__(self, path: str | Path, layers: Mapping[str, str]) -> None:
@@ -101,17 +151,16 @@ class MetricsLog:
         if not isinstance(layers, Mapping):
             raise MaxPError(f"MetricsLog: layers must be a mapping {{name: role}}, got {layers!r}")
         self.layers = {str(name): Role.parse(role, layer=str(name)).value for name, role in layers.items()}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: TextIO | None = self.path.open("w", encoding="utf-8")
-        self._file.write(json.dumps({HEADER_KEY: FORMAT_VERSION, "layers": self.layers}) + "\n")
+        self._file: TextIO | None = open_for_writing(self.path, _LOG)
+        header = json.dumps({HEADER_KEY: FORMAT_VERSION, "layers": self.layers})
+        append_line(self._file, header, self.path, _LOG)
 
     def write(self, record: Mapping[str, Any], **extra: Any) -> dict[str, float | None]:
         """Write ``record`` plus ``extra`` (``loss=...``) as one line; return what was written."""
         if self._file is None:
             raise MaxPError(f"the metrics log {self.path} is closed")
-        line = {key: _plain(value, key) for key, value in {**record, **extra}.items()}
-        self._file.write(json.dumps(line) + "\n")
-        self._file.flush()
+        line = {str(key): record_value(str(key), value) for key, value in {**record, **extra}.items()}
+        append_line(self._file, json.dumps(line), self.path, _LOG)
         return line
 
     def close(self) -> None:
@@ -144,31 +193,55 @@ class MetricsRun:
 def read_metrics(path: str | Path) -> MetricsRun:
     """Read a file written by :class:`MetricsLog`.
 
+    Every value is checked as :func:`record_value` checks it. A last line cut short (a run
+    stopped while writing it: no newline after it, not JSON) is skipped with a warning
+    naming it; any other broken line raises naming its line number.
+
     Raises:
-      MaxPError: the file cannot be read, or its first line is not a maxp metrics header.
+      MaxPError: the file cannot be read, is not UTF-8, its first line is not a maxp
+        metrics header, or a line holds something a run cannot have logged.
     """
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise MaxPError(f"cannot read the metrics file {path}: {err.strerror}") from None
-    try:
-        parsed = [json.loads(line) for line in lines if line.strip()]
-    except json.JSONDecodeError as err:
-        raise MaxPError(f"{path} is not a JSON-lines metrics file: {err}") from None
-    if not parsed or not isinstance(parsed[0], dict) or HEADER_KEY not in parsed[0]:
+    text = read_text(path, "metrics file")
+    lines = text.split("\n")
+    numbered = [(k + 1, line) for k, line in enumerate(lines) if line.strip()]
+    if not numbered:
+        raise MaxPError(f"{path} is empty; a metrics file starts with a header line from MetricsLog")
+    parsed: list[tuple[int, Any]] = []
+    for number, line in numbered:
+        where = f"{path} line {number}"
+        cut_short = number == len(lines) and not text.endswith("\n") and len(numbered) > 1
+        try:
+            parsed.append((number, parse_json(line, where)))
+        except MaxPError:
+            if not cut_short:
+                raise
+            warn_user(f"{where} is cut short (the run stopped while writing it); it is skipped")
+    header_line, header = parsed[0]
+    if not isinstance(header, dict) or HEADER_KEY not in header:
         raise MaxPError(
             f"{path} does not start with a maxp metrics header; write it with MetricsLog "
             "(Parametrization.metrics_log or maxp_jax.metrics_log)"
         )
-    layers = parsed[0].get("layers")
+    layers = header.get("layers")
     if not isinstance(layers, dict):
-        raise MaxPError(f"{path}: the header must name the layers, {{'layers': {{name: role}}}}")
-    try:
-        records = [{k: (np.nan if v is None else float(v)) for k, v in r.items()} for r in parsed[1:]]
-    except (AttributeError, TypeError, ValueError):
-        raise MaxPError(f"{path}: every line after the header must be an object of numbers") from None
-    return MetricsRun(dict(layers), records)
+        raise MaxPError(
+            f"{path} line {header_line}: the header must name the layers, {{'layers': {{name: role}}}}"
+        )
+    roles = {}
+    for name, role in layers.items():
+        try:
+            roles[str(name)] = Role.parse(role, layer=str(name)).value
+        except MaxPError as err:
+            raise MaxPError(f"{path} line {header_line}: {err}") from None
+    records = []
+    for number, entry in parsed[1:]:
+        where = f"{path} line {number}"
+        if not isinstance(entry, dict):
+            raise MaxPError(f"{where} must be an object {{key: number or null}}, got {type(entry).__name__}")
+        values = {str(k): record_value(str(k), v, where) for k, v in entry.items()}
+        records.append({k: (np.nan if v is None else v) for k, v in values.items()})
+    return MetricsRun(roles, records)
 
 
 def plot_metrics(run: MetricsRun, out: str | Path, title: str | None = None) -> Path:

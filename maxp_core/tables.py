@@ -31,7 +31,8 @@ import numpy as np
 
 from maxp_core import validate
 from maxp_core.errors import MaxPError
-from maxp_core.metrics import MetricsRun
+from maxp_core.jsonfiles import parse_json, read_text, write_text
+from maxp_core.metrics import MetricsRun, record_value
 from maxp_core.resolve import warn_user
 from maxp_core.roles import Role
 
@@ -139,8 +140,15 @@ class AlignmentTable:
             kind: _triple(value, f"alignment table[{kind!r}]")
             for kind, value in sorted(self.alignments.items(), key=lambda item: KINDS.index(item[0]))
         }
+        if not isinstance(self.layers, Mapping):
+            raise MaxPError(f"alignment table: layers must be a mapping {{kind: count}}, got {self.layers!r}")
+        if not isinstance(self.source, Mapping):
+            raise MaxPError(f"alignment table: source must be a mapping of facts, got {self.source!r}"[:300])
+        counts = {
+            k: validate.integer(self.layers.get(k, 0), f"alignment table: layers[{k!r}]", 0) for k in checked
+        }
         object.__setattr__(self, "alignments", checked)
-        object.__setattr__(self, "layers", {k: int(self.layers.get(k, 0)) for k in checked})
+        object.__setattr__(self, "layers", counts)
         object.__setattr__(self, "source", dict(self.source))
 
     def for_layers(self, layers: Sequence[tuple[str, str | Role]]) -> tuple[dict[str, Triple], list[str]]:
@@ -189,28 +197,28 @@ class AlignmentTable:
         for kind, entry in entries.items():
             if not isinstance(entry, dict) or not {"alpha", "omega", "u"} <= set(entry):
                 raise MaxPError(f"{where}: alignments[{kind!r}] must hold alpha, omega and u, got {entry!r}")
-            alignments[kind] = (entry["alpha"], entry["omega"], entry["u"])
+            alignments[kind] = _triple(
+                (entry["alpha"], entry["omega"], entry["u"]), f"{where}: alignments[{kind!r}]"
+            )
             count = entry.get("layers", 0)
             layers[kind] = validate.integer(count, f"{where}: alignments[{kind!r}].layers", 0)
-        return cls(alignments, layers, document.get("source", {}))
+        source = document.get("source", {})
+        if not isinstance(source, dict):
+            raise MaxPError(f"{where}: 'source' must be an object of facts, got {type(source).__name__}")
+        return cls(alignments, layers, source)
 
     def write(self, path: str | Path) -> Path:
         """Write the table as JSON to ``path`` (folders created)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
-        return path
+        try:
+            text = json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n"
+        except (TypeError, ValueError) as err:
+            raise MaxPError(f"the alignment table's source cannot be written as JSON: {err}") from None
+        return write_text(path, text, "alignment table")
 
     @classmethod
     def read(cls, path: str | Path) -> AlignmentTable:
-        """Read a table written by :meth:`write`."""
-        path = Path(path)
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as err:
-            raise MaxPError(f"cannot read the alignment table {path}: {err.strerror}") from None
-        except json.JSONDecodeError as err:
-            raise MaxPError(f"{path} is not JSON: {err}") from None
+        """Read a table written by :meth:`write`; a bad file raises naming it and the fault."""
+        document = parse_json(read_text(path, "alignment table"), str(path))
         return cls.from_json(document, str(path))
 
 
@@ -223,6 +231,13 @@ def _measurements(records: Sequence[Mapping[str, float]]) -> list[Mapping[str, f
             out.append(record)
         seen = count
     return out
+
+
+def _measured(record: Mapping[str, Any], key: str) -> float:
+    """A logged alignment, checked (never clipped into range); NaN when missing."""
+    where = f"the record of step {record.get('maxp/step', '?')}"
+    value = record_value(key, record.get(key), where)
+    return np.nan if value is None else value
 
 
 def measure_table(
@@ -263,15 +278,17 @@ def measure_table(
     for name, role in run.layers.items():
         kind = layer_kind(name, role)
         keys = [f"maxp/{f}/{name}" for f in validate.ALIGNMENT_FIELDS]
-        rows = np.array([[r.get(k, np.nan) for k in keys] for r in taken], dtype=np.float64)
+        rows = np.array(
+            [[_measured(r, k) for k in keys] for r in taken],
+            dtype=np.float64,
+        )
         if kind == "embedding" or np.isnan(rows).all():
             continue
         per_kind.setdefault(kind, []).append(np.nanmean(rows, axis=0))
     if not per_kind:
         raise MaxPError("the metrics records hold no alignments of non-embedding layers")
     alignments = {
-        kind: tuple(float(v) for v in np.clip(np.median(np.stack(means), axis=0), 0.0, 1.0))
-        for kind, means in per_kind.items()
+        kind: tuple(float(v) for v in np.median(np.stack(means), axis=0)) for kind, means in per_kind.items()
     }
     facts = {
         "fraction": fraction,
