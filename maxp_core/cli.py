@@ -41,6 +41,7 @@ from typing import Any, TextIO
 from maxp_core import validate
 from maxp_core.errors import MaxPError
 from maxp_core.graph import MERGES, Node, OpGraph, chain
+from maxp_core.jsonfiles import parse_json, read_text
 from maxp_core.lp import SOLVERS, StabilityLP
 from maxp_core.parametrizations import AB_TABLE, PARAMETRIZATIONS, chain_roles, named_parametrization
 from maxp_core.tables import layer_kind
@@ -193,15 +194,11 @@ def _cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
 
 def _read_spec(path: str) -> Any:
     try:
-        if path == "-":
-            content = sys.stdin.read()
-        else:
-            with open(path, encoding="utf-8") as handle:
-                content = handle.read()
-    except OSError as err:
+        content = sys.stdin.read() if path == "-" else read_text(path, "graph description")
+    except OSError as err:  # stdin itself
         raise InputError(f"cannot read {path}: {err.strerror}") from None
-    except UnicodeDecodeError as err:
-        raise InputError(f"{path} is not UTF-8 text: {err.reason} at byte {err.start}") from None
+    except MaxPError as err:
+        raise InputError(str(err)) from None
     return parse_spec(content, "stdin" if path == "-" else path)
 
 
@@ -212,13 +209,9 @@ def parse_spec(content: str, source: str = "the input") -> Any:
       InputError: not JSON, nested too deeply, or holding an integer too large to read.
     """
     try:
-        return json.loads(content.removeprefix("\ufeff"))
-    except json.JSONDecodeError as err:
-        raise InputError(f"{source} is not valid JSON: {err}") from None
-    except RecursionError:
-        raise InputError(f"{source} is nested too deeply to be a graph description") from None
-    except ValueError as err:  # e.g. an integer with more digits than Python converts
-        raise InputError(f"{source} holds a value that cannot be read: {err}") from None
+        return parse_json(content.removeprefix("\ufeff"), source)
+    except MaxPError as err:
+        raise InputError(str(err)) from None
 
 
 def _cmd_graph(args: argparse.Namespace, out: TextIO) -> int:

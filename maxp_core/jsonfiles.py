@@ -45,22 +45,18 @@ def read_text(path: str | Path, what: str) -> str:
 def parse_json(text: str, where: str) -> Any:
     """``json.loads(text)``; ``where`` names the file (and line) in the message.
 
-    Non-finite numbers (``NaN``, ``Infinity``, which Python's ``json`` accepts but JSON does
-    not) are refused here: maxp writes a missing value as ``null``.
+    ``NaN`` and ``Infinity`` tokens are read as Python's ``json`` reads them, so that the
+    check of the value they land in names its key or node.
     """
-
-    def refuse_constant(name: str) -> Any:
-        raise MaxPError(f"{where} holds {name}, which is not JSON; maxp writes a missing value as null")
-
     try:
-        return json.loads(text, parse_constant=refuse_constant)
+        return json.loads(text)
     except json.JSONDecodeError as err:
-        raise MaxPError(f"{where} is not JSON: {err.msg} (line {err.lineno}, column {err.colno})") from None
+        raise MaxPError(
+            f"{where} is not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})"
+        ) from None
     except RecursionError:
         raise MaxPError(f"{where} is nested too deeply to be a file maxp wrote") from None
     except ValueError as err:  # an integer with more digits than Python converts
-        if isinstance(err, MaxPError):
-            raise
         raise MaxPError(f"{where} holds a value that cannot be read: {err}") from None
 
 

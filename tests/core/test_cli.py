@@ -115,7 +115,10 @@ def test_bad_input_exits_2_with_one_line(spec: str, message: str) -> None:
 
 def test_missing_file_exits_2() -> None:
     done = run("solve", "/nonexistent/graph.json")
-    assert done.returncode == 2 and "cannot read /nonexistent/graph.json" in done.stderr
+    assert (
+        done.returncode == 2
+        and "cannot read the graph description /nonexistent/graph.json: No such file" in done.stderr
+    )
 
 
 def test_table_prints_the_named_parametrization() -> None:

@@ -36,17 +36,29 @@ BAD_LOGS = [
     ("not utf-8", HEADER.encode() + b"\n\xff\xfe{}\n", r"run.jsonl is not UTF-8 text \(byte 6\d:"),
     ("empty", "", r"run.jsonl is empty; a metrics file starts with a header"),
     ("only blank lines", "\n\n  \n", r"run.jsonl is empty"),
-    ("header not json", "{maxp\n" + record(1) + "\n", r"run.jsonl line 1 is not JSON"),
-    ("broken middle line", f"{HEADER}\n{record(1)}\n{{oops\n{record(3)}\n", r"run.jsonl line 3 is not JSON"),
-    ("broken line after blanks", f"{HEADER}\n\n\n{record(1)}\n[1,\n", r"run.jsonl line 5 is not JSON"),
+    ("header not json", "{maxp\n" + record(1) + "\n", r"run.jsonl line 1 is not valid JSON"),
+    (
+        "broken middle line",
+        f"{HEADER}\n{record(1)}\n{{oops\n{record(3)}\n",
+        r"run.jsonl line 3 is not valid JSON",
+    ),
+    ("broken line after blanks", f"{HEADER}\n\n\n{record(1)}\n[1,\n", r"run.jsonl line 5 is not valid JSON"),
     (
         "broken last line with its newline",
         f'{HEADER}\n{record(1)}\n{{"maxp/st\n',
-        r"run.jsonl line 3 is not JSON",
+        r"run.jsonl line 3 is not valid JSON",
     ),
-    ("NaN token", f'{HEADER}\n{{"maxp/alpha/fc": NaN}}\n', r"line 2 holds NaN, which is not JSON"),
-    ("Infinity token", f'{HEADER}\n{{"loss": Infinity}}\n', r"line 2 holds Infinity, which is not JSON"),
-    ("-Infinity token", f'{HEADER}\n{{"loss": -Infinity}}\n', r"line 2 holds -Infinity"),
+    (
+        "Infinity alignment",
+        f'{HEADER}\n{{"maxp/alpha/fc": Infinity}}\n',
+        r"line 2: maxp/alpha/fc = inf is not finite",
+    ),
+    (
+        "Infinity token",
+        f'{HEADER}\n{{"loss": Infinity}}\n',
+        r"line 2: loss = inf is not finite",
+    ),
+    ("-Infinity token", f'{HEADER}\n{{"loss": -Infinity}}\n', r"line 2: loss = -inf is not finite"),
     (
         "1e400 overflows to inf",
         f'{HEADER}\n{{"maxp/u/fc": 1e400}}\n',
@@ -212,8 +224,12 @@ def table_json(**entry) -> str:
 
 BAD_TABLES = [
     ("not utf-8", b'{"format": "\xff"}', r"t.json is not UTF-8 text \(byte 12"),
-    ("not json", "{format", r"t.json is not JSON: .* \(line 1, column 2\)"),
-    ("NaN token", table_json().replace("0.7", "NaN"), r"t.json holds NaN, which is not JSON"),
+    ("not json", "{format", r"t.json is not valid JSON: .* \(line 1, column 2\)"),
+    (
+        "NaN token",
+        table_json().replace("0.7", "NaN"),
+        r"t.json: alignments\['hidden'\]: alpha = nan is not a finite",
+    ),
     (
         "integer of 5000 digits",
         table_json().replace("0.7", "7" * 5000),
@@ -309,3 +325,9 @@ def test_the_cli_names_the_file_of_a_non_utf8_log(tmp_path, capsys) -> None:
         assert main(["alignments", str(path)]) == 2
     err = capsys.readouterr().err
     assert "run.jsonl is not UTF-8 text" in err and "UnicodeDecodeError" not in err
+
+
+def test_a_nan_token_in_a_log_reads_as_missing(tmp_path) -> None:
+    """Python's json writes NaN for a missing float: read back, it is missing, not zero."""
+    path = write(tmp_path, f'{HEADER}\n{{"maxp/step": 1, "maxp/alpha/fc": NaN}}\n')
+    assert np.isnan(read_metrics(path).records[0]["maxp/alpha/fc"])
