@@ -61,6 +61,17 @@ class SolveSchedule:
         """Whether the LP is re-solved after optimizer step ``step``."""
         return bool(self.due(step))
 
+    def solves_through(self, step: int) -> int:
+        """How many re-solves are due after steps ``1 .. step``.
+
+        Example:
+          >>> s = SolveSchedule(warmup_steps=2, solve_interval=3)   # due after 5, 8, 11
+          >>> [s.solves_through(t) for t in (4, 5, 10, 11)]
+          [0, 1, 2, 3]
+        """
+        last = step if self.stop_after is None else min(step, self.stop_after)
+        return max(0, (last - self.warmup_steps) // self.solve_interval)
+
     def due(self, step: Any, xp: ModuleType = np) -> Any:
         """:meth:`should_solve` as an array expression (``xp=jax.numpy`` traces it)."""
         step = xp.asarray(step)

@@ -6,7 +6,7 @@ from typing import Any
 
 import jax
 
-from maxp_core import MaxPError, validate
+from maxp_core import MaxPError, validate, warn_user
 from maxp_jax.dynamic import AlignmentResolver, DynamicAlignment, with_outcome
 from maxp_jax.spec import MaxPSpec
 from maxp_jax.transform import ScaleByMaxPState, check_state_of, find_maxp_state, replace_maxp_state
@@ -84,17 +84,30 @@ class SolveBetweenSteps:
     def __call__(self, opt_state: Any, params: Any, updates_done: int) -> Any:
         """``opt_state``, re-solved if due after ``updates_done`` updates (1 after the first step).
 
-        Returns ``opt_state`` itself when no re-solve is due, else a copy whose maxP state
-        holds the new factors, exponents, alignments and counters.
+        Returns ``opt_state`` itself when no re-solve is due, or when this update's re-solve
+        is already in it (a second call with the same ``updates_done``, as after every
+        micro-step of ``optax.MultiSteps``), else a copy whose maxP state holds the new
+        factors, exponents, alignments and counters. A due re-solve of an earlier update that
+        was never made is reported with a warning.
 
         Raises:
           MaxPError: ``opt_state`` holds no maxP state of this ``spec`` and ``dynamic``, or,
-            on a due call, its update count is not ``updates_done``.
+            on a due call, its update count is not ``updates_done`` or ``params`` is not a
+            params pytree of the spec.
         """
         if not self.due(updates_done):
             return opt_state
         state = find_maxp_state(opt_state)
         self._check(state, params, updates_done)
+        made = int(state.solves) + int(state.failures)
+        earlier = self._resolver.schedule.solves_through(updates_done - 1)
+        if made > earlier:
+            return opt_state
+        if made < earlier:
+            warn_user(
+                f"SolveBetweenSteps: {earlier - made} re-solve(s) due before update {updates_done} were "
+                f"never made; call it after every optimizer update (the rates stayed as they were)"
+            )
         measured, nonfinite = self._measure(params, state)
         outcome = self._resolver.solve_on_host(
             *jax.device_get((measured, state.alignment, state.c, nonfinite, state.failures))
@@ -104,6 +117,13 @@ class SolveBetweenSteps:
 
     def _check(self, state: ScaleByMaxPState, params: Any, updates_done: int) -> None:
         check_state_of(state, self.spec, "SolveBetweenSteps")
+        expected = jax.tree.structure(self.spec.params)
+        if params is None or jax.tree.structure(params) != expected:
+            given = "None" if params is None else f"a pytree with {len(jax.tree.leaves(params))} leaves"
+            raise MaxPError(
+                f"SolveBetweenSteps: params must be the current params pytree of the spec "
+                f"({expected.num_leaves} leaves, after the update), got {given}"
+            )
         measured = len(self._resolver.layer_inputs(params).measured)
         if len(state.z0) != measured:
             raise MaxPError(

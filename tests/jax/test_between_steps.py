@@ -108,3 +108,39 @@ def test_between_steps_errors() -> None:
         SolveBetweenSteps(spec, DynamicAlignment(dyn.apply_fn, dyn.sample_input))
     with pytest.raises(MaxPError, match="use_training_activations=True needs in_step=True"):
         DynamicAlignment(dyn.apply_fn, dyn.sample_input, use_training_activations=True, in_step=False)
+
+
+def test_a_repeated_call_for_the_same_update_does_not_solve_twice() -> None:
+    """After every micro-step of optax.MultiSteps the update count repeats: one re-solve per update."""
+    spec, dyn, params, tx, step = _setup(False, warmup_steps=1, solve_interval=2, alignment_ema=0.5)
+    solve = SolveBetweenSteps(spec, dyn)
+    once, twice = (tx.init(params), params), (tx.init(params), params)
+    for k in range(1, 8):
+        p, s = jax.jit(step)(once[1], once[0])
+        once = (solve(s, p, updates_done=k), p)
+        p, s = jax.jit(step)(twice[1], twice[0])
+        s = solve(s, p, updates_done=k)
+        again = solve(s, p, updates_done=k)
+        assert again is s  # already re-solved for this update: returned untouched
+        twice = (again, p)
+    a, b = find_maxp_state(once[0]), find_maxp_state(twice[0])
+    assert int(a.solves) == int(b.solves) == 3  # after updates 3, 5 and 7
+    np.testing.assert_array_equal(a.alignment, b.alignment)  # the EMA was applied once per update
+    np.testing.assert_array_equal(a.factors, b.factors)
+
+
+def test_a_skipped_due_update_is_reported_and_params_are_checked() -> None:
+    spec, dyn, params, tx, step = _setup(False, warmup_steps=0, solve_interval=1)
+    solve = SolveBetweenSteps(spec, dyn)
+    state = tx.init(params)
+    for _ in range(3):
+        params, state = jax.jit(step)(params, state)  # updates 1 and 2 were due: never solved
+    with pytest.warns(MaxPWarning, match=r"2 re-solve\(s\) due before update 3 were never made"):
+        solved = solve(state, params, updates_done=3)
+    assert int(find_maxp_state(solved).solves) == 1
+    with pytest.raises(MaxPError, match=r"params must be the current params pytree .* got None"):
+        solve(state, None, updates_done=3)
+    with pytest.raises(
+        MaxPError, match=r"params must be the current params pytree .* got a pytree with 1 leaves"
+    ):
+        solve(state, {"w": jnp.ones(3)}, updates_done=3)
