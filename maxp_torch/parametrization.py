@@ -44,7 +44,7 @@ from maxp_core.rules import tied_disagreement
 from maxp_core.symmetry import fold_multiplier
 from maxp_core.tables import AlignmentTable, resolve_overrides
 from maxp_torch import sharding
-from maxp_torch.layers import TRANSPOSED, kind_of
+from maxp_torch.layers import CONV, TRANSPOSED, kind_of
 from maxp_torch.module import ParametrizedModule
 from maxp_torch.rules import Rule, RuledLayers, apply_rules
 from maxp_torch.trace import call_model, trace_graph
@@ -265,6 +265,7 @@ class Parametrization:
         self.overrides: dict[int, Triple] = self._alignment_overrides(alignment_overrides)
         self.weighted = [k for k, m in enumerate(self.modules) if m.weight is not None]
         self.groups = _tied_groups([self.modules[k].weight for k in self.weighted])
+        self._check_widths()
         self._check_coverage()
         self.depth = depth
         self.depth_factors: DepthFactors | None = None  # set once the graph is known
@@ -341,6 +342,21 @@ class Parametrization:
             fixed = resolve_overrides(layers, given)
         ruled = resolve_overrides(layers, self._ruled.alignment) if self._ruled else {}
         return {**ruled, **fixed}
+
+    def _check_widths(self) -> None:
+        """A layer's ``width_dim`` must be one of its weight's axes: another number would scale
+        its rate and initial scale by a width the layer does not have."""
+        for k in self.weighted:
+            module = self.modules[k]
+            shape = tuple(getattr(module.weight, "shape", ()))
+            growing = shape[:2] if module.kind is CONV else shape  # a kernel's window never grows
+            if shape and module.width_dim not in growing:
+                raise MaxPError(
+                    f"layer {self.names[k]!r}: width_dim={module.width_dim} is none of its weight's axes "
+                    f"{shape} that can grow with width {growing}; give the size of the axis that grows "
+                    "with the model's width (for nn.Linear(in, out), usually in_features; for a readout, "
+                    "its input width; for a convolution, its input channels)"
+                )
 
     def _check_coverage(self) -> None:
         """Weights no layer covers train at ``lr_prefactor``: list them (an error with ``strict``)."""

@@ -593,3 +593,23 @@ def test_first_release_redraws_what_initialize_abc_weights_drew() -> None:
     torch.manual_seed(5)
     initialize_abc_weights(other, parametrization="mup")
     assert not torch.equal(get_linear_layers(model)[0][1].weight, get_linear_layers(other)[0][1].weight)
+
+
+@pytest.mark.parametrize(
+    ("layer", "width", "shape"),
+    [
+        (nn.Linear(64, 64), 4096, r"\(64, 64\) that can grow with width \(64, 64\)"),
+        (nn.Linear(16, 64), 32, r"\(64, 16\)"),
+        (nn.Embedding(100, 64), 128, r"\(100, 64\)"),
+        (nn.Conv2d(8, 16, 3), 3, r"\(16, 8, 3, 3\)"),
+    ],
+)
+def test_a_width_dim_that_is_none_of_the_layers_axes_is_refused(layer, width, shape) -> None:
+    model = nn.Sequential(
+        ParametrizedModule(nn.Linear(8, 64), width_dim=64, layer_type="embedding"),
+        ParametrizedModule(layer, width_dim=width, layer_type="hidden"),
+    )
+    with pytest.raises(
+        MaxPError, match=rf"layer '1': width_dim={width} is none of its weight's axes {shape}"
+    ):
+        Parametrization(model)
