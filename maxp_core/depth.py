@@ -200,7 +200,23 @@ def chen_lr_factor(
     base_cubes = _cube_sum(base, validate.integer(offset, "offset", 0))
     q = validate.integer(kernel_size, "kernel_size", 1)
     q_base = validate.integer(base_kernel_size, "base_kernel_size", 1)
-    return math.sqrt(float(Fraction(base_cubes, stats.cube_sum))) * q_base / q
+    for cubes, what in ((stats.cube_sum, "the graph"), (base_cubes, f"the base ({_describe_base(base)})")):
+        if cubes == 0:
+            raise MaxPError(
+                f"Chen's factor is undefined: {what} has no weighted layer on any path (every path "
+                "depth is 0), so the rate would be scaled by 0 or infinity; give a graph with weighted "
+                "layers, or an offset for the layers outside it"
+            )
+    try:
+        factor = math.sqrt(float(Fraction(base_cubes, stats.cube_sum))) * q_base / q
+    except OverflowError:
+        factor = math.inf
+    if not 0.0 < factor < math.inf:
+        raise MaxPError(
+            f"Chen's factor of the graph against {_describe_base(base)} is {factor:g}: out of range of a "
+            "learning-rate multiplier; the base and the graph must be of comparable depth"
+        )
+    return factor
 
 
 def _is_add(graph: OpGraph, i: int) -> bool:
@@ -389,6 +405,8 @@ class ChenScaling:
 
     def factors(self, graph: OpGraph, optimizer: str) -> DepthFactors:
         """Per-layer factors for ``graph`` (the same under Adam and SGD)."""
+        if not isinstance(graph, OpGraph):
+            raise MaxPError(f"ChenScaling.factors needs an OpGraph, got {type(graph).__name__}")
         parse_optimizer(optimizer)
         names = [graph.nodes[i].name for i in graph.weighted]
         lr = self.lr_factor(graph)
@@ -406,7 +424,13 @@ class ChenScaling:
 
 
 def _describe_base(base: int | OpGraph) -> str:
-    return f"a chain of {base} layers" if isinstance(base, int) else f"a base graph of {len(base)} nodes"
+    if not isinstance(base, int):
+        return f"a base graph of {len(base)} nodes"
+    return (
+        f"a chain of {base} layers"
+        if base < 10**12
+        else f"a chain of about 10^{int(math.log10(base))} layers"
+    )
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,14 @@ examples, and activations measured through a dense DAG."""
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 
+import maxp_core as mc
 from maxp_core import MaxPError, Node, OpGraph, chain
 from maxp_core.depth import (
     BranchScaling,
@@ -271,3 +273,53 @@ def test_nested_additions_are_one_sum() -> None:
     assert init_in_degrees(graph, "source")["out"] == 3
     assert path_statistics(graph).count == 3 and path_statistics(graph).cube_sum == 3 * 27
     assert residual_branch_outputs(graph) == ("h0", "h1", "h2")
+
+
+def _weightless() -> mc.OpGraph:
+    return mc.OpGraph(
+        [mc.Node("a", a=0.0, has_weight=False), mc.Node("b", a=0.0, has_weight=False, preds=("a",))]
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda: ChenScaling(base=_weightless()).factors(mc.chain(4), "adam"),
+            r"the base \(a base graph of 2 nodes\) has no weighted layer",
+        ),
+        (lambda: chen_lr_factor(_weightless(), 3), r"the graph has no weighted layer on any path"),
+        (lambda: ChenScaling(base=3).factors(_weightless(), "adam"), r"the graph has no weighted layer"),
+        (
+            lambda: chen_lr_factor(mc.chain(4), 10**400),
+            r"against a chain of about 10\^400 layers is inf: out of range",
+        ),
+        (lambda: chen_lr_factor(mc.chain(4), 10**5000), r"about 10\^5000 layers"),
+        (lambda: ChenScaling().factors("graph", "adam"), r"ChenScaling.factors needs an OpGraph, got str"),
+        (lambda: ChenScaling(base="graph"), r"ChenScaling base .* must be an integer >= 1, got str 'graph'"),
+    ],
+)
+def test_a_depth_rule_that_would_scale_a_rate_by_zero_or_infinity_is_refused(call, message) -> None:
+    with pytest.raises(mc.MaxPError, match=message):
+        call()
+
+
+def test_the_cli_refuses_a_weightless_base_graph(tmp_path, capsys) -> None:
+    from maxp_core.cli import main
+
+    target = {
+        "nodes": [
+            {"name": "x", "a": -0.5, "b": 0.5, "alpha": 1, "omega": 0.5, "u": 1},
+            {"name": "y", "a": 0.5, "b": 0.5, "alpha": 1, "omega": 0.5, "u": 1, "preds": ["x"]},
+        ]
+    }
+    base = {
+        "nodes": [
+            {"name": "p", "a": 0, "has_weight": False},
+            {"name": "q", "a": 0, "has_weight": False, "preds": ["p"]},
+        ]
+    }
+    (tmp_path / "g.json").write_text(json.dumps(target))
+    (tmp_path / "b.json").write_text(json.dumps(base))
+    assert main(["depth", str(tmp_path / "g.json"), "--base-graph", str(tmp_path / "b.json")]) == 2
+    assert "has no weighted layer" in capsys.readouterr().err
