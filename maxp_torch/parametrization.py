@@ -643,13 +643,22 @@ class Parametrization:
             and self.modules[k].kind.measurable
         ]
 
-    def _record(self, keep: dict[int, torch.Tensor], sizes: dict[int, tuple[int, int]] | None = None) -> None:
+    def _record(
+        self,
+        keep: dict[int, torch.Tensor],
+        sizes: dict[int, tuple[int, int]] | None = None,
+        training_only: bool = False,
+    ) -> None:
         """Keep each module's first input rows in ``keep`` (and ``(samples, rows)`` of its whole
-        input in ``sizes``) on every forward until :meth:`_stop_recording`."""
+        input in ``sizes``) on every forward until :meth:`_stop_recording`; with
+        ``training_only``, only on training forwards (train mode, gradients on), so that an
+        evaluation between the training step and :meth:`step` does not replace them."""
         index = {id(m): k for k, m in enumerate(self.modules)}
 
         def recorder(module: Any, args: tuple[Any, ...]) -> None:
             k = index[id(module)]
+            if training_only and not (module.training and torch.is_grad_enabled()):
+                return
             if args and isinstance(args[0], torch.Tensor):
                 rows = module.kind.rows(module.inner, args[0].detach())
                 keep[k] = leading_rows(rows, self.sample_size)
@@ -697,7 +706,7 @@ class Parametrization:
         self._sample = first_rows(x, self.sample_size, clone=True)
         if self.use_training_activations:
             self._initial_model = copy.deepcopy(unwrap(self.model))
-            self._record(self._recorded)
+            self._record(self._recorded, training_only=True)
             return
         sizes: dict[int, tuple[int, int]] = {}
         inputs = self._shrink_sample(self._inputs(self.model, self._sample, sizes), sizes)
@@ -1084,7 +1093,7 @@ class Parametrization:
         if self.use_training_activations and state.get("initial_model") is not None:
             self._initial_model = copy.deepcopy(unwrap(self.model))
             self._initial_model.load_state_dict(state["initial_model"])
-            self._record(self._recorded)
+            self._record(self._recorded, training_only=True)
         self._publish_alignments()
 
 

@@ -613,3 +613,29 @@ def test_a_width_dim_that_is_none_of_the_layers_axes_is_refused(layer, width, sh
         MaxPError, match=rf"layer '1': width_dim={width} is none of its weight's axes {shape}"
     ):
         Parametrization(model)
+
+
+def test_an_evaluation_between_the_step_and_param_step_does_not_change_training_activations() -> None:
+    """Validate-then-step: only training forwards feed use_training_activations."""
+    x, y = data()
+    x_val = torch.randn(32, 8, generator=torch.Generator().manual_seed(9))
+    runs = []
+    for evaluate in (False, True):
+        model, param, optimizer = dynamic_run(use_training_activations=True, dropout=0.1)
+        param.capture_initial(x)
+        for _ in range(4):
+            torch.manual_seed(1)
+            model.train()
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            if evaluate:
+                model.eval()
+                with torch.no_grad():
+                    model(x_val)  # a validation pass
+                model.train()
+                with torch.no_grad():
+                    model(x_val)  # train mode, gradients off: not a training forward either
+            param.step(x, optimizer)
+        runs.append(param.alignment.copy())
+    np.testing.assert_array_equal(runs[0], runs[1])
