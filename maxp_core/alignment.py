@@ -89,7 +89,7 @@ def _rows(x: Any, xp: ModuleType, what: str = "input") -> Any:
         raise MaxPError(f"alignment: the {what} must have at least one axis, got a scalar")
     if x.ndim == 1:
         return x[None, :]
-    return x.reshape(-1, x.shape[-1])
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # also when an axis is empty
 
 
 def _is_torch(xp: ModuleType) -> bool:

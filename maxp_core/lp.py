@@ -523,7 +523,23 @@ class StabilityLP:
 
         ``pin_values`` holds the pinned ``c`` in the order of :attr:`pinned`.
         """
-        pin_values = np.zeros(0) if pin_values is None else np.asarray(pin_values, dtype=np.float64)
+        try:
+            numbers = np.asarray(numbers, dtype=np.float64)
+            pin_values = np.zeros(0) if pin_values is None else np.asarray(pin_values, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise MaxPError(f"solve_packed takes arrays of numbers: {err}") from None
+        expected = len(NUMBER_FIELDS) * len(self.graph)
+        if numbers.shape != (expected,):
+            raise MaxPError(
+                f"solve_packed: the numbers vector has shape {numbers.shape}; this graph of "
+                f"{len(self.graph)} nodes packs {', '.join(NUMBER_FIELDS)} into ({expected},) "
+                "(see maxp_core.formulation.pack_numbers)"
+            )
+        if pin_values.shape != (len(self.pinned),):
+            raise MaxPError(
+                f"solve_packed: pin_values has shape {pin_values.shape}; this LP pins "
+                f"{list(self.pinned)}, one value each"
+            )
         if self._structure is None:
             return self._skipped_solution(numbers, pin_values)
         st = self._structure

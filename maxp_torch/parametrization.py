@@ -254,6 +254,7 @@ class Parametrization:
             )
         self.names = [n for n, _ in found]
         self.modules = [m for _, m in found]
+        _refuse_meta(unwrap(model))
         ab_overrides = _exponent_overrides(ab_overrides, "ab_overrides", pair=True)
         c_overrides = _exponent_overrides(c_overrides, "c_overrides", pair=False)
         exponents = []
@@ -1095,6 +1096,19 @@ class Parametrization:
             self._initial_model.load_state_dict(state["initial_model"])
             self._record(self._recorded, training_only=True)
         self._publish_alignments()
+
+
+def _refuse_meta(model: nn.Module) -> None:
+    """A model on the ``meta`` device has no values to re-initialise, measure or train yet."""
+    on_meta = [name for name, p in model.named_parameters() if p.is_meta]
+    if on_meta:
+        listed = ", ".join(on_meta[:4]) + (f" and {len(on_meta) - 4} more" if len(on_meta) > 4 else "")
+        raise MaxPError(
+            f"{listed} are on the 'meta' device (deferred initialisation); Parametrization draws and "
+            "measures real weights, so materialise the model first, e.g. model.to_empty(device='cpu') "
+            "(or your accelerator), then build the Parametrization: it initialises every maxP layer "
+            "(give the other parameters their own init, e.g. LayerNorm.reset_parameters())"
+        )
 
 
 def draw_seed() -> int:

@@ -279,3 +279,31 @@ def test_resolver_keeps_the_last_rates_when_numbers_are_not_finite() -> None:
     # Every later failure is counted; only the 2nd, 4th, 8th ... are told.
     with pytest.warns(mc.MaxPWarning, match=r"\(2 failed so far\)"):
         resolver(measured=previous, previous=previous, c_prev=c_prev, nonfinite=[True] * 3, failures=1)
+
+
+@pytest.mark.parametrize(
+    ("numbers", "pins", "message"),
+    [
+        (
+            np.zeros(4),
+            None,
+            r"the numbers vector has shape \(4,\); this graph of 3 nodes packs .* into \(15,\)",
+        ),
+        (np.zeros((3, 5)), None, r"has shape \(3, 5\)"),
+        ("abc", None, r"solve_packed takes arrays of numbers"),
+        (None, np.zeros(2), r"pin_values has shape \(2,\); this LP pins \[\], one value each"),
+    ],
+)
+def test_solve_packed_names_a_vector_of_the_wrong_shape(numbers, pins, message) -> None:
+    from maxp_core.formulation import pack_numbers
+
+    lp = mc.StabilityLP(mc.chain(3))
+    with pytest.raises(mc.MaxPError, match=message):
+        lp.solve_packed(pack_numbers(lp.graph) if numbers is None else numbers, pins)
+
+
+@pytest.mark.parametrize("shape", [(4, 0), (0, 0), (2, 0, 3, 0)])
+def test_an_empty_feature_axis_is_a_missing_measurement(shape) -> None:
+    from maxp_core.alignment import log_rms_alignment
+
+    assert np.isnan(log_rms_alignment(np.zeros(shape), np.zeros((3, shape[-1]))))

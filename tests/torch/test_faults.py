@@ -639,3 +639,16 @@ def test_an_evaluation_between_the_step_and_param_step_does_not_change_training_
             param.step(x, optimizer)
         runs.append(param.alignment.copy())
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_a_model_on_the_meta_device_is_refused_with_what_to_do() -> None:
+    with torch.device("meta"):
+        model = MLP()
+    with pytest.raises(
+        MaxPError, match=r"layers.0.inner.weight, .* are on the 'meta' device .* model.to_empty"
+    ):
+        Parametrization(model)
+    model.to_empty(device="cpu")
+    param = Parametrization(model, seed=0)  # materialised: maxP draws the layers' weights
+    assert all(torch.isfinite(m.weight).all() and m.weight.std() > 0 for m in model.layers)
+    assert param.c.shape == (4,)
