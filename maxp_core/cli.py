@@ -256,6 +256,8 @@ def _cmd_depth(args: argparse.Namespace, out: TextIO) -> int:
 def _cmd_table(args: argparse.Namespace, out: TextIO) -> int:
     if args.alignments:
         return _table_from_alignments(args, out)
+    if args.graph:
+        raise InputError("table --graph solves a graph with an alignment table: give --alignments too")
     layers = named_parametrization(args.parametrization, args.layers, args.optimizer, args.alignment)
     rows = [(layer.name, layer.role.value, layer.a, layer.b, layer.c) for layer in layers]
     title = f"{args.parametrization} / {args.optimizer} / {args.alignment} alignment / {args.layers} layers"

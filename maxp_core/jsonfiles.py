@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,6 +31,9 @@ def read_text(path: str | Path, what: str) -> str:
     """The UTF-8 text of the file ``path`` (a ``what``: "metrics file", "alignment table")."""
     path = Path(path)
     try:
+        if not stat.S_ISREG(path.stat().st_mode) and not stat.S_ISFIFO(path.stat().st_mode):
+            kind = "a folder" if path.is_dir() else "a device or special file"
+            raise MaxPError(f"cannot read the {what} {path}: it is {kind}, not a file")
         data = path.read_bytes()
     except OSError as err:
         raise MaxPError(f"cannot read the {what} {path}: {err.strerror or err}") from None

@@ -287,8 +287,23 @@ def plot_metrics(run: MetricsRun, out: str | Path, title: str | None = None) -> 
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    out = _figure_path(Path(out), fig.canvas.get_supported_filetypes())
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=110)
+    except OSError as err:
+        raise MaxPError(f"cannot write the plot {out}: {err.strerror or err}") from None
+    finally:
+        plt.close(fig)
+    return out
+
+
+def _figure_path(out: Path, formats: Mapping[str, str]) -> Path:
+    """Where the figure goes: ``metrics.png`` in a folder, ``.png`` added to a bare name."""
+    if out.is_dir():
+        return out / "metrics.png"
+    if not out.suffix:
+        return out.with_suffix(".png")
+    if out.suffix.lstrip(".").lower() not in formats:
+        raise MaxPError(f"cannot draw {out}: {out.suffix!r} is no image format; use one of {sorted(formats)}")
     return out

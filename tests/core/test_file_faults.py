@@ -149,7 +149,7 @@ def test_a_bad_metrics_file_is_refused_by_line_and_key(tmp_path, content, messag
 
 
 def test_a_metrics_path_that_is_a_folder_is_refused(tmp_path) -> None:
-    with pytest.raises(mc.MaxPError, match=r"cannot read the metrics file .*: Is a directory"):
+    with pytest.raises(mc.MaxPError, match=r"cannot read the metrics file .*: it is a folder, not a file"):
         read_metrics(tmp_path)
 
 
@@ -331,3 +331,41 @@ def test_a_nan_token_in_a_log_reads_as_missing(tmp_path) -> None:
     """Python's json writes NaN for a missing float: read back, it is missing, not zero."""
     path = write(tmp_path, f'{HEADER}\n{{"maxp/step": 1, "maxp/alpha/fc": NaN}}\n')
     assert np.isnan(read_metrics(path).records[0]["maxp/alpha/fc"])
+
+
+@pytest.mark.parametrize("reader", ["log", "table", "graph"])
+def test_a_device_file_is_refused_before_it_is_read(reader) -> None:
+    """/dev/zero never ends: reading it whole would exhaust memory."""
+    with pytest.raises(mc.MaxPError, match=r"/dev/zero: it is a device or special file, not a file"):
+        if reader == "log":
+            read_metrics("/dev/zero")
+        elif reader == "table":
+            AlignmentTable.read("/dev/zero")
+        else:
+            from maxp_core.cli import _read_spec
+
+            _read_spec("/dev/zero")
+
+
+def _log(tmp_path):
+    with MetricsLog(tmp_path / "run.jsonl", {"fc": "hidden"}) as log:
+        for step in range(1, 4):
+            log.write({"maxp/step": step, "maxp/lr/fc": 0.1, "maxp/alpha/fc": 0.7})
+    return tmp_path / "run.jsonl"
+
+
+def test_plot_prints_the_file_it_wrote(tmp_path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    path = _log(tmp_path)
+    (tmp_path / "figs").mkdir()
+    for given, written in (("figs", "figs/metrics.png"), ("bare", "bare.png"), ("run.svg", "run.svg")):
+        assert main(["plot", str(path), "--out", str(tmp_path / given)]) == 0
+        assert capsys.readouterr().out.strip() == f"written to {tmp_path / written}"
+        assert (tmp_path / written).stat().st_size > 1000
+    assert main(["plot", str(path), "--out", str(tmp_path / "run.txt")]) == 2
+    assert "'.txt' is no image format" in capsys.readouterr().err
+
+
+def test_table_with_a_graph_but_no_alignments_is_refused(tmp_path, capsys) -> None:
+    assert main(["table", "--graph", str(tmp_path / "g.json")]) == 2
+    assert "give --alignments too" in capsys.readouterr().err
