@@ -284,6 +284,14 @@ def measure_table(
         )
         if kind == "embedding" or np.isnan(rows).all():
             continue
+        never = [
+            f for f, column in zip(validate.ALIGNMENT_FIELDS, rows.T, strict=True) if np.isnan(column).all()
+        ]
+        if never:
+            raise MaxPError(
+                f"layer {name!r}: {', '.join(never)} never measured after step {start:g}, while the rest "
+                "was; a table needs all three numbers of each layer (log every field of metrics())"
+            )
         per_kind.setdefault(kind, []).append(np.nanmean(rows, axis=0))
     if not per_kind:
         raise MaxPError("the metrics records hold no alignments of non-embedding layers")

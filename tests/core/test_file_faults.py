@@ -369,3 +369,51 @@ def test_plot_prints_the_file_it_wrote(tmp_path, capsys) -> None:
 def test_table_with_a_graph_but_no_alignments_is_refused(tmp_path, capsys) -> None:
     assert main(["table", "--graph", str(tmp_path / "g.json")]) == 2
     assert "give --alignments too" in capsys.readouterr().err
+
+
+def _paths(tmp_path):
+    (tmp_path / "folder").mkdir(exist_ok=True)
+    write(tmp_path, b"\xff\xfe\x00", name="latin.json")
+    write(tmp_path, "x", name="plain")
+    return {
+        "missing": (str(tmp_path / "nowhere.json"), r"No such file"),
+        "folder": (str(tmp_path / "folder"), r"it is a folder, not a file"),
+        "not utf-8": (str(tmp_path / "latin.json"), r"is not UTF-8 text"),
+        "device": ("/dev/zero", r"it is a device or special file"),
+        "under a file": (str(tmp_path / "plain" / "x.json"), r"Not a directory"),
+    }
+
+
+@pytest.mark.parametrize("command", ["solve", "graph", "depth", "alignments", "plot", "table --alignments"])
+@pytest.mark.parametrize("kind", ["missing", "folder", "not utf-8", "device", "under a file"])
+def test_every_command_names_a_bad_input_path_in_one_line(tmp_path, capsys, command, kind) -> None:
+    path, message = _paths(tmp_path)[kind]
+    words = [*command.split(), path]
+    if command == "plot":
+        words += ["--out", str(tmp_path / "p.png")]
+    assert main(words) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and path in err, err
+    assert __import__("re").search(message, err), err
+
+
+@pytest.mark.parametrize("command", ["alignments", "plot"])
+def test_an_output_under_a_file_is_named(tmp_path, capsys, command) -> None:
+    pytest.importorskip("matplotlib")
+    log = tmp_path / "run.jsonl"
+    with MetricsLog(log, {"fc": "hidden", "out": "readout"}) as metrics:
+        for step in range(1, 5):
+            fields = {f"maxp/{f}/fc": 0.6 for f in ("alpha", "omega", "u")}
+            metrics.write({"maxp/step": step, "maxp/solves": step, "maxp/lr/fc": 0.1, **fields})
+    write(tmp_path, "x", name="plain")
+    target = str(tmp_path / "plain" / "out.png")
+    words = [command, str(log), "--out", target]
+    assert main(words) == 2
+    err = capsys.readouterr().err
+    assert target in err and "cannot write" in err
+
+
+def test_a_table_from_a_log_missing_one_field_names_it() -> None:
+    records = [{"maxp/step": float(t), "maxp/solves": float(t), "maxp/alpha/fc": 0.7} for t in (1, 2)]
+    with pytest.raises(mc.MaxPError, match=r"layer 'fc': omega, u never measured after step 0"):
+        measure_table(MetricsRun({"fc": "hidden"}, records), fraction=1.0)
