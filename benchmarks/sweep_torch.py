@@ -68,7 +68,6 @@ def train(
     """
     if method == "maxp-meas" and table is None:
         raise ValueError("maxp-meas trains with a measured alignment table; pass table=")
-    torch.set_num_threads(1)  # a run's numbers must not depend on the core count (benchmarks.threads)
     torch.manual_seed(seed)
     model = build_model(task, method, width).to(device)
     probe = torch.as_tensor(task.probe, device=device)
