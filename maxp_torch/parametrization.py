@@ -225,6 +225,7 @@ class Parametrization:
         self.measure_only = validate.boolean(measure_only, "measure_only")
         feature_learning = validate.boolean(feature_learning, "feature_learning")
         reinit = validate.boolean(reinit, "reinit")
+        self._seed_given = seed is not None
         if seed is None:  # a reinitialising run draws it from the global generator, as torch's init does
             self.seed = draw_seed() if reinit else 0
         else:
@@ -1081,11 +1082,15 @@ class Parametrization:
             validate.alignment_triple(row, f"load_state_dict: alignment of {name!r}")
             for name, row in zip(self.graph.names, np.asarray(state["alignment"]).tolist(), strict=True)
         ]
+        # The seed resample_w0 redraws from; states saved before it was kept used the fixed 0.
+        if state.get("seed") is not None:
+            seed = validate.integer(state["seed"], "load_state_dict: the state's seed", 0)
+        else:
+            seed = self.seed if self._seed_given else 0
+        self.seed = seed
         self.lr_prefactor = lr_prefactor
         self.c = np.array(c, dtype=np.float64)
         self.alignment = np.array(alignment, dtype=np.float64)
-        if state.get("seed") is not None:  # the initial draw resample_w0 repeats
-            self.seed = validate.integer(state["seed"], "load_state_dict: the state's seed", 0)
         self.step_count, self.solves = counts["step_count"], counts["solves"]
         self.failures, self.missing = counts["failures"], counts["missing"]
         self._z0 = {index[n]: v for n, v in state["z0"].items()}
@@ -1112,14 +1117,22 @@ def _refuse_meta(model: nn.Module) -> None:
 
 
 def draw_seed() -> int:
-    """A seed for the per-layer generators, drawn from torch's global generator.
+    """A seed for the per-layer generators, drawn from torch's global generator; under
+    ``torch.distributed``, rank 0's draw, so that every replica starts from the same weights
+    however each rank seeded its own generator.
 
     Example:
       >>> _ = torch.manual_seed(0); first = draw_seed()
       >>> _ = torch.manual_seed(0); first == draw_seed()
       True
     """
-    return int(torch.randint(0, 2**31 - 1, (1,)).item())
+    seed = torch.randint(0, 2**31 - 1, (1,))
+    if dist.is_available() and dist.is_initialized():
+        nccl = dist.get_backend() == "nccl"  # NCCL groups take no CPU tensors
+        shared = seed.to(torch.device("cuda", torch.cuda.current_device()) if nccl else "cpu")
+        dist.broadcast(shared, src=0)
+        seed = shared.cpu()
+    return int(seed.item())
 
 
 def all_finite(stack: torch.Tensor) -> torch.Tensor:

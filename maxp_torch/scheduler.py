@@ -47,7 +47,7 @@ from maxp_core.graph import alignment_preset
 from maxp_core.parametrizations import parse_parametrization
 from maxp_torch.layers import CONV, TRANSPOSED, HookedLayer, kind_of
 from maxp_torch.module import ScaledLinear
-from maxp_torch.parametrization import Parametrization, optimizer_kind
+from maxp_torch.parametrization import Parametrization, optimizer_kind, unwrap
 
 _LAYERS_ATTRIBUTE = "_maxp_layers"
 _OWN_MULTIPLIERS = "_maxp_own_multipliers"
@@ -454,7 +454,7 @@ class MaxPScheduler(LRScheduler):
             c_ema=c_ema,
             alignment_ema=alignment_ema,
             std_prefactor=std_prefactor,
-            seed=getattr(model, _INIT_SEED, 0) if seed is None else seed,
+            seed=getattr(unwrap(model), _INIT_SEED, 0) if seed is None else seed,
         )
         decay_start = self.wsd.decay_start
         if decay_start is not None:

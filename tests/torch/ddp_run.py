@@ -40,7 +40,10 @@ def train(rank: int, world: int, out_dir: str) -> None:
     model: nn.Module = MLP(width=32, depth=4, dtype=torch.float64)
     if world > 1:
         model = DistributedDataParallel(model)
+    # Ranks seeded apart (as device-specific seeding does): maxP's initial draw is rank 0's on all.
+    torch.manual_seed(100 + rank)
     param = Parametrization(model, lr_prefactor=0.05, warmup_steps=1, solve_interval=2)
+    initial = float(sum(p.double().abs().sum() for p in model.parameters()))
     optimizer = torch.optim.AdamW(param.param_groups, weight_decay=0.0)
     x, y = data(n=32, dtype=torch.float64)
     share = len(x) // world
@@ -51,7 +54,13 @@ def train(rank: int, world: int, out_dir: str) -> None:
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
         param.step(x, optimizer)
-    result = {"rank": rank, "lr": param.get_last_lr(), "c": param.c.tolist(), "solves": param.solves}
+    result = {
+        "rank": rank,
+        "lr": param.get_last_lr(),
+        "c": param.c.tolist(),
+        "solves": param.solves,
+        "initial": initial,
+    }
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
         json.dump(result, handle)
 

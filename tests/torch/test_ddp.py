@@ -18,3 +18,5 @@ def test_two_ranks_match_each_other_and_one_process(tmp_path: Path) -> None:
     assert two[0]["lr"] == two[1]["lr"]
     assert two[0]["solves"] == one[0]["solves"] == 2  # after steps 3 and 5
     assert two[0]["lr"] == pytest.approx(one[0]["lr"], rel=1e-9)
+    # Seeded apart, the ranks still start from rank 0's draw (the one process seeds as rank 0).
+    assert two[0]["initial"] == two[1]["initial"] == one[0]["initial"]

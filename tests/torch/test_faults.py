@@ -505,6 +505,7 @@ CORRUPT_STATES = [
     (lambda s: {**s, "missing": True}, r"the state's missing must be an integer"),
     (lambda s: {**s, "lr_prefactor": float("nan")}, r"load_state_dict: lr_prefactor = nan"),
     (lambda s: {**s, "lr_prefactor": 0.0}, r"load_state_dict: lr_prefactor = 0.0 must be > 0"),
+    (lambda s: {**s, "seed": -1}, r"load_state_dict: the state's seed must be an integer >= 0, got -1"),
     (lambda s: {**s, "c": "abc"}, r"the state's c has shape \(\), this model's 4 weighted layers"),
 ]
 
@@ -652,3 +653,22 @@ def test_a_model_on_the_meta_device_is_refused_with_what_to_do() -> None:
     param = Parametrization(model, seed=0)  # materialised: maxP draws the layers' weights
     assert all(torch.isfinite(m.weight).all() and m.weight.std() > 0 for m in model.layers)
     assert param.c.shape == (4,)
+
+
+def test_a_state_saved_before_seeds_were_kept_redraws_from_the_old_fixed_seed() -> None:
+    x, y = data()
+    model = MLP()
+    param = Parametrization(model, warmup_steps=0, solve_interval=1, resample_w0=True, seed=0)
+    optimizer = torch.optim.AdamW(param.param_groups)
+    initial = [m.weight.detach().clone() for m in model.layers]
+    param.capture_initial(x)
+    train(model, param, optimizer, x, y, 2)
+    old_state = {k: v for k, v in param.state_dict().items() if k != "seed"}
+    torch.manual_seed(3)
+    fresh = Parametrization(MLP(), warmup_steps=0, solve_interval=1, resample_w0=True)
+    fresh.load_state_dict(old_state)
+    assert fresh.seed == 0
+    assert all(torch.equal(fresh._initial_weight(k), w) for k, w in enumerate(initial))
+    pinned = Parametrization(MLP(), warmup_steps=0, solve_interval=1, resample_w0=True, seed=5)
+    pinned.load_state_dict(old_state)
+    assert pinned.seed == 5  # a seed the caller gave is theirs to keep
