@@ -81,9 +81,11 @@ def metrics_record(
 def record_value(key: str, value: Any, where: str = "metrics") -> float | None:
     """A record value as a JSON number, ``None`` for NaN or ``null`` (missing, not zero).
 
-    Anything a run cannot have logged is refused, naming ``where`` and the key: a boolean or
-    text, an infinite number, an alignment outside ``[0, 1]``, a rate or factor that is not
-    positive, an exponent beyond ``validate.EXPONENT_BOUND``, a negative counter.
+    Anything maxP cannot have logged is refused, naming ``where`` and the key: a boolean or
+    text, an infinite ``maxp/`` number, an alignment outside ``[0, 1]``, a negative rate or
+    factor (a schedule may bring the rate to 0), an exponent beyond
+    ``validate.EXPONENT_BOUND``, a negative counter. The caller's own keys (``loss``) may be
+    infinite: a diverged loss is written as ``Infinity`` and read back as such.
 
     Example:
       >>> record_value("maxp/alpha/fc", 0.7), record_value("maxp/alpha/fc", float("nan"))
@@ -110,6 +112,8 @@ def record_value(key: str, value: Any, where: str = "metrics") -> float | None:
     if math.isnan(number):
         return None
     if not math.isfinite(number):
+        if not key.startswith("maxp/"):
+            return number  # the caller's own values: a diverged loss is a finding, kept as is
         raise MaxPError(f"{where}: {key} = {number} is not finite; a missing value is NaN (written as null)")
     _check_range(key, number, where)
     return number
@@ -122,8 +126,8 @@ def _check_range(key: str, number: float, where: str) -> None:
     field = parts[1]
     if len(parts) >= 3 and field in validate.ALIGNMENT_FIELDS and not 0.0 <= number <= 1.0:
         raise MaxPError(f"{where}: {key} = {number} is out of range; an alignment lies in [0, 1]")
-    if len(parts) >= 3 and field in ("lr", "lr_factor") and number <= 0.0:
-        raise MaxPError(f"{where}: {key} = {number} must be > 0 (a learning rate or its factor)")
+    if len(parts) >= 3 and field in ("lr", "lr_factor") and number < 0.0:
+        raise MaxPError(f"{where}: {key} = {number} must be >= 0 (a learning rate or its factor)")
     if len(parts) >= 3 and field == "c" and abs(number) > validate.EXPONENT_BOUND:
         raise MaxPError(
             f"{where}: {key} = {number} is out of range; exponents lie in "

@@ -55,10 +55,10 @@ BAD_LOGS = [
     ),
     (
         "Infinity token",
-        f'{HEADER}\n{{"loss": Infinity}}\n',
-        r"line 2: loss = inf is not finite",
+        f'{HEADER}\n{{"maxp/lr/fc": Infinity}}\n',
+        r"line 2: maxp/lr/fc = inf is not finite",
     ),
-    ("-Infinity token", f'{HEADER}\n{{"loss": -Infinity}}\n', r"line 2: loss = -inf is not finite"),
+    ("-Infinity token", f'{HEADER}\n{{"maxp/c/fc": -Infinity}}\n', r"line 2: maxp/c/fc = -inf is not finite"),
     (
         "1e400 overflows to inf",
         f'{HEADER}\n{{"maxp/u/fc": 1e400}}\n',
@@ -106,12 +106,11 @@ BAD_LOGS = [
         f"{HEADER}\n{record(1, **{'maxp/alpha/fc': {'v': 1}})}\n",
         r"maxp/alpha/fc must be a number \(or a 0-d array\), got dict",
     ),
-    ("lr 0", f"{HEADER}\n{record(1, **{'maxp/lr/fc': 0})}\n", r"maxp/lr/fc = 0.0 must be > 0"),
-    ("lr negative", f"{HEADER}\n{record(1, **{'maxp/lr/fc': -0.1})}\n", r"maxp/lr/fc = -0.1 must be > 0"),
+    ("lr negative", f"{HEADER}\n{record(1, **{'maxp/lr/fc': -0.1})}\n", r"maxp/lr/fc = -0.1 must be >= 0"),
     (
         "lr factor negative",
         f"{HEADER}\n{record(1, **{'maxp/lr_factor/out': -2})}\n",
-        r"maxp/lr_factor/out = -2.0 must be > 0",
+        r"maxp/lr_factor/out = -2.0 must be >= 0",
     ),
     (
         "c 1e6",
@@ -169,12 +168,12 @@ def test_blank_lines_keep_the_line_numbers_of_the_file(tmp_path) -> None:
 # --- writing metrics -------------------------------------------------------------------------------
 
 BAD_VALUES = [
-    ({"loss": float("inf")}, r"loss = inf is not finite; a missing value is NaN"),
-    ({"loss": float("-inf")}, r"loss = -inf is not finite"),
+    ({"maxp/u/fc": float("inf")}, r"maxp/u/fc = inf is not finite; a missing value is NaN"),
+    ({"maxp/c/fc": float("-inf")}, r"maxp/c/fc = -inf is not finite"),
     ({"maxp/alpha/fc": np.float32(np.inf)}, r"maxp/alpha/fc = inf is not finite"),
     ({"maxp/alpha/fc": 1.5}, r"maxp/alpha/fc = 1.5 is out of range"),
     ({"maxp/u/fc": -0.1}, r"maxp/u/fc = -0.1 is out of range"),
-    ({"maxp/lr/fc": 0.0}, r"maxp/lr/fc = 0.0 must be > 0"),
+    ({"maxp/lr/fc": -1e-3}, r"maxp/lr/fc = -0.001 must be >= 0"),
     ({"maxp/c/fc": 1e9}, r"maxp/c/fc = 1000000000.0 is out of range"),
     ({"maxp/solves": -1}, r"maxp/solves = -1.0 must be >= 0"),
     ({"loss": True}, r"loss must be a number or null, got bool True"),
@@ -417,3 +416,10 @@ def test_a_table_from_a_log_missing_one_field_names_it() -> None:
     records = [{"maxp/step": float(t), "maxp/solves": float(t), "maxp/alpha/fc": 0.7} for t in (1, 2)]
     with pytest.raises(mc.MaxPError, match=r"layer 'fc': omega, u never measured after step 0"):
         measure_table(MetricsRun({"fc": "hidden"}, records), fraction=1.0)
+
+
+def test_a_diverged_loss_and_a_rate_scheduled_to_zero_are_logged_as_they_are(tmp_path) -> None:
+    with MetricsLog(tmp_path / "run.jsonl", {"fc": "hidden"}) as log:
+        log.write({"maxp/step": 0, "maxp/lr/fc": 0.0}, loss=float("inf"))  # warm-up from 0; diverged
+    run = read_metrics(tmp_path / "run.jsonl")
+    assert run.records[0]["maxp/lr/fc"] == 0.0 and run.records[0]["loss"] == float("inf")
