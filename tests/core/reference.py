@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
@@ -225,13 +226,19 @@ def milp_optimum(
     cost = np.zeros(len(m.lower))
     cost[list(c.values())] = 1.0
     a, lo, hi = m.matrix()
-    result = milp(
-        cost,
-        constraints=LinearConstraint(a, lo, hi),
-        integrality=np.array(m.integer),
-        bounds=Bounds(np.array(m.lower), np.array(m.upper)),
-        options={"mip_rel_gap": 1e-9},
-    )
+
+    def run(options: dict) -> Any:
+        return milp(
+            cost,
+            constraints=LinearConstraint(a, lo, hi),
+            integrality=np.array(m.integer),
+            bounds=Bounds(np.array(m.lower), np.array(m.upper)),
+            options={"mip_rel_gap": 1e-9, **options},
+        )
+
+    result = run({})
+    if result.status == 4:  # HiGHS' MIP presolve fails on some big-M instances: solve without it
+        result = run({"presolve": False})
     if result.status == 2:
         return None
     assert result.status == 0, result.message
