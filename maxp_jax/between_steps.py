@@ -75,6 +75,8 @@ class SolveBetweenSteps:
         self.dynamic = dynamic
         self._resolver = AlignmentResolver(spec, dynamic)
         self._measure = jax.jit(self._resolver.measure)
+        self._seen: int | None = None  # the last updates_done this object was called with
+        self._solved_at: int | None = None  # the update it last re-solved after
 
     def due(self, updates_done: int) -> bool:
         """Whether a call after ``updates_done`` optimizer updates re-solves."""
@@ -88,41 +90,57 @@ class SolveBetweenSteps:
         is already in it (a second call with the same ``updates_done``, as after every
         micro-step of ``optax.MultiSteps``), else a copy whose maxP state holds the new
         factors, exponents, alignments and counters. A due re-solve of an earlier update that
-        was never made is reported with a warning.
+        was never made is reported with a warning. Use one object per training run: it
+        remembers the update it last re-solved after.
 
         Raises:
           MaxPError: ``opt_state`` holds no maxP state of this ``spec`` and ``dynamic``, or,
             on a due call, its update count is not ``updates_done`` or ``params`` is not a
             params pytree of the spec.
         """
-        if not self.due(updates_done):
+        solving = self.due(updates_done) and updates_done != self._solved_at
+        if solving:
+            state = find_maxp_state(opt_state)
+            self._check(state, params, updates_done)
+        seen, self._seen = self._seen, updates_done
+        self._warn_if_missed(opt_state, seen, updates_done)
+        if not solving:
             return opt_state
-        state = find_maxp_state(opt_state)
-        self._check(state, params, updates_done)
-        made = int(state.solves) + int(state.failures)
-        earlier = self._resolver.schedule.solves_through(updates_done - 1)
-        if made > earlier:
-            return opt_state
-        if made < earlier:
-            warn_user(
-                f"SolveBetweenSteps: {earlier - made} re-solve(s) due before update {updates_done} were "
-                f"never made; call it after every optimizer update (the rates stayed as they were)"
-            )
         measured, nonfinite = self._measure(params, state)
         outcome = self._resolver.solve_on_host(
             *jax.device_get((measured, state.alignment, state.c, nonfinite, state.failures))
         )
         resolved = with_outcome(state, outcome)
+        self._solved_at = updates_done
         return replace_maxp_state(opt_state, lambda _: resolved)
+
+    def _warn_if_missed(self, opt_state: Any, seen: int | None, updates_done: int) -> None:
+        """Say so when re-solves due before ``updates_done`` were never made.
+
+        Since the last call, the schedule tells; on a first call, only a run that never
+        re-solved can be judged (a resumed run may have changed its schedule).
+        """
+        schedule = self._resolver.schedule
+        if seen is not None:
+            missed = schedule.solves_through(updates_done - 1) - schedule.solves_through(seen)
+        else:
+            state = find_maxp_state(opt_state)
+            made = int(state.solves) + int(state.failures)
+            missed = schedule.solves_through(updates_done - 1) if made == 0 else 0
+        if missed > 0:
+            warn_user(
+                f"SolveBetweenSteps: {missed} re-solve(s) due before update {updates_done} were never "
+                "made; call it after every optimizer update (the rates stayed as they were)"
+            )
 
     def _check(self, state: ScaleByMaxPState, params: Any, updates_done: int) -> None:
         check_state_of(state, self.spec, "SolveBetweenSteps")
         expected = jax.tree.structure(self.spec.params)
         if params is None or jax.tree.structure(params) != expected:
-            given = "None" if params is None else f"a pytree with {len(jax.tree.leaves(params))} leaves"
+            given = "None" if params is None else str(jax.tree.structure(params))[:300]
             raise MaxPError(
-                f"SolveBetweenSteps: params must be the current params pytree of the spec "
-                f"({expected.num_leaves} leaves, after the update), got {given}"
+                "SolveBetweenSteps: params must be the current params pytree of the spec (after the "
+                f"update), structured as {str(expected)[:300]}; got {given}"
             )
         measured = len(self._resolver.layer_inputs(params).measured)
         if len(state.z0) != measured:
