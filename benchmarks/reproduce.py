@@ -4,10 +4,11 @@ Run ``python -m benchmarks.reproduce`` (``--steps``, ``--all``). Every sweep run
 deterministic given its settings, so the first steps of a committed run, trained again
 with today's code, must give the same losses to float precision. By default one run per
 method of each CPU sweep is replayed (the method's best rate at the smallest size, seed 0:
-the run its evidence leans on); ``--all`` replays every run. Records made on an
-accelerator are not replayed on a CPU (their floats differ by design). Like the sweeps,
-the replay runs on one CPU thread (:mod:`benchmarks.threads`). A run that no longer
-reproduces names the command that regenerates its arm.
+the run its evidence leans on; in the tie-rule sweeps, the default rule's arm); ``--all``
+replays every run. Records made on an accelerator are not replayed on a CPU (their floats
+differ by design). Like the sweeps, the replay runs on one CPU thread
+(:mod:`benchmarks.threads`). A run that no longer reproduces names the command that
+regenerates its arm.
 
 Example:
   >>> checks = sample_checks(RESULTS_ROOT / "sweep" / "digits-torch")
@@ -33,6 +34,9 @@ from benchmarks.threads import pin_threads
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 #: Steps replayed per run: past maxP's first re-solves (after 20 steps, every 10).
 REPLAY_STEPS = 40
+#: The arm of each tie-rule sweep sampled by default: the default rule (the others' code paths are
+#: the main sweeps'; ``--all`` replays them too).
+TIE_RULE_SAMPLE = ("maxp-preset",)
 #: Relative tolerance on each replayed loss. Float32 kernels sum in another order on another
 #: CPU: runs made in another session agree to 1e-6 over 40 steps; a changed LP answer moves
 #: losses by 1e-2 within 12 steps of the re-solve.
@@ -88,7 +92,11 @@ def regenerate_command(sweep_dir: Path, methods: list[str]) -> str:
 def _cpu_sweeps() -> list[tuple[Path, str]]:
     """Sweep folders whose runs were made on a CPU, with their kind."""
     found = []
-    for kind, pattern in (("sweep", "sweep/*/sweep.json"), ("depth", "depth/*/depth.json")):
+    for kind, pattern in (
+        ("sweep", "sweep/*/sweep.json"),
+        ("sweep", "tie_rule/*/sweep.json"),
+        ("depth", "depth/*/depth.json"),
+    ):
         for report in sorted(RESULTS_ROOT.glob(pattern)):
             runs = [json.loads(p.read_text()) for p in sorted((report.parent / "runs").glob("*.json"))[:20]]
             if runs and all(str(r.get("device", "cpu")) == "cpu" for r in runs):
@@ -103,7 +111,10 @@ def sample_checks(sweep_dir: Path) -> list[Check]:
     args = sweep_args(sweep_dir)
     smallest = min(args["depths"] if kind == "depth" else args["widths"])
     checks = []
-    for method in args["methods"]:
+    methods = args["methods"]
+    if sweep_dir.parent.name == "tie_rule":
+        methods = [m for m in methods if m in TIE_RULE_SAMPLE]
+    for method in methods:
         best = summary["best"][method][str(smallest)]["best_lr"]
         if best is None:
             continue
