@@ -38,7 +38,7 @@ from tqdm import tqdm
 from benchmarks.report import code_version
 from benchmarks.sweep import RESULTS, finished_run, finished_runs, plot, summarize
 from benchmarks.sweep_tasks import DIVERGED_FACTOR, FINAL_WINDOW, TASKS, Task, load_task
-from benchmarks.threads import pin_threads
+from benchmarks.threads import pin_threads, single_threaded
 from maxp_core.depth import BranchScaling, ChenScaling, DepthScaling
 
 METHODS = ("sp", "mup", "mup-chen", "mup-completep")
@@ -167,6 +167,7 @@ def verdicts(summary: dict[str, Any], depths: list[int]) -> list[str]:
     return lines
 
 
+@single_threaded
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.depth_sweep", description=__doc__.split("\n\n")[0]
@@ -185,7 +186,6 @@ def main(argv: list[str] | None = None) -> int:
         "--retrain", nargs="+", choices=METHODS, default=[], help="train these methods' finished runs again"
     )
     args = parser.parse_args(argv)
-    pin_threads()
     args.depths = sorted(args.depths or ([1, 2, 4, 8] if args.task == "chars" else [2, 4, 8, 16]))
     if args.methods is None:
         args.methods = [m for m in METHODS if args.task == "chars" or m != "mup-completep"]

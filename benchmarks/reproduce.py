@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.threads import pin_threads
+from benchmarks.threads import single_threaded
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 #: Steps replayed per run: past maxP's first re-solves (after 20 steps, every 10).
@@ -188,6 +188,7 @@ def mismatch(check: Check, replayed: list[float]) -> str | None:
     )
 
 
+@single_threaded
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.reproduce", description=__doc__.split("\n\n")[0]
@@ -196,7 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="replay every run, not one per method")
     parser.add_argument("--json", action="store_true", help="end with {run: problem or null} as JSON")
     args = parser.parse_args(argv)
-    pin_threads()
     from tqdm import tqdm
 
     problems: dict[str, str | None] = {}

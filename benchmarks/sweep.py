@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from benchmarks.report import code_version
 from benchmarks.sweep_tasks import DIVERGED_FACTOR, FINAL_WINDOW, TASKS, TIE_RULE_METHODS, Task, load_task
-from benchmarks.threads import pin_threads
+from benchmarks.threads import pin_threads, single_threaded
 from maxp_core.cli import format_table
 from maxp_core.metrics import MetricsRun, plot_metrics
 from maxp_core.tables import AlignmentTable, measure_table
@@ -625,6 +625,7 @@ def write_overview(results: Path) -> str:
     return text
 
 
+@single_threaded
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=TASKS, default="digits")
@@ -650,7 +651,6 @@ def main(argv: list[str] | None = None) -> int:
         "--overview", action="store_true", help="only write results/sweep/README.md from the finished sweeps"
     )
     args = parser.parse_args(argv)
-    pin_threads()
     if args.overview:
         print(write_overview(args.out or RESULTS))
         return 0

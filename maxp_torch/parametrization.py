@@ -351,7 +351,10 @@ class Parametrization:
         for k in self.weighted:
             module = self.modules[k]
             shape = tuple(getattr(module.weight, "shape", ()))
-            growing = shape[:2] if module.kind is CONV else shape  # a kernel's window never grows
+            if module.kind is CONV:  # a kernel's window never grows; a grouped one sees all inputs
+                growing = (shape[0], shape[1] * getattr(module.inner, "groups", 1))
+            else:
+                growing = shape
             if shape and module.width_dim not in growing:
                 raise MaxPError(
                     f"layer {self.names[k]!r}: width_dim={module.width_dim} is none of its weight's axes "
@@ -653,13 +656,14 @@ class Parametrization:
     ) -> None:
         """Keep each module's first input rows in ``keep`` (and ``(samples, rows)`` of its whole
         input in ``sizes``) on every forward until :meth:`_stop_recording`; with
-        ``training_only``, only on training forwards (train mode, gradients on), so that an
-        evaluation between the training step and :meth:`step` does not replace them."""
+        ``training_only``, only on forwards that build gradients (training, in train or eval
+        mode), so that an evaluation under ``torch.no_grad()`` between the training step and
+        :meth:`step` does not replace them."""
         index = {id(m): k for k, m in enumerate(self.modules)}
 
         def recorder(module: Any, args: tuple[Any, ...]) -> None:
             k = index[id(module)]
-            if training_only and not (module.training and torch.is_grad_enabled()):
+            if training_only and not torch.is_grad_enabled():
                 return
             if args and isinstance(args[0], torch.Tensor):
                 rows = module.kind.rows(module.inner, args[0].detach())

@@ -18,7 +18,7 @@ pytest.importorskip("torch")
 pytest.importorskip("jax")
 
 from benchmarks.reproduce import RESULTS_ROOT, TIE_RULE_SAMPLE, all_checks, mismatch, sweep_args
-from benchmarks.threads import SINGLE_THREAD_ENV
+from benchmarks.threads import SINGLE_THREAD_ENV, XLA_SINGLE_THREAD
 
 CHECKS = all_checks()
 
@@ -26,7 +26,7 @@ CHECKS = all_checks()
 @pytest.fixture(scope="module")
 def replayed() -> dict[str, str | None]:
     """Every sampled run replayed by ``python -m benchmarks.reproduce --json``: {label: problem}."""
-    env = {**os.environ, **SINGLE_THREAD_ENV}
+    env = {**os.environ, **SINGLE_THREAD_ENV, "XLA_FLAGS": XLA_SINGLE_THREAD}
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.reproduce", "--json"],
         cwd=RESULTS_ROOT.parent.parent,

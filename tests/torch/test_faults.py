@@ -603,6 +603,7 @@ def test_first_release_redraws_what_initialize_abc_weights_drew() -> None:
         (nn.Linear(16, 64), 32, r"\(64, 16\)"),
         (nn.Embedding(100, 64), 128, r"\(100, 64\)"),
         (nn.Conv2d(8, 16, 3), 3, r"\(16, 8, 3, 3\)"),
+        (nn.Conv2d(64, 128, 3, groups=2), 32, r"\(128, 32, 3, 3\) that can grow with width \(128, 64\)"),
     ],
 )
 def test_a_width_dim_that_is_none_of_the_layers_axes_is_refused(layer, width, shape) -> None:
@@ -672,3 +673,12 @@ def test_a_state_saved_before_seeds_were_kept_redraws_from_the_old_fixed_seed() 
     pinned = Parametrization(MLP(), warmup_steps=0, solve_interval=1, resample_w0=True, seed=5)
     pinned.load_state_dict(old_state)
     assert pinned.seed == 5  # a seed the caller gave is theirs to keep
+
+
+def test_a_grouped_convolution_takes_its_input_channels_as_width() -> None:
+    model = nn.Sequential(
+        ParametrizedModule(nn.Linear(8, 64), width_dim=64, layer_type="embedding"),
+        ParametrizedModule(nn.Conv2d(64, 128, 3, groups=2), width_dim=64, layer_type="hidden"),
+        ParametrizedModule(nn.Linear(128, 4), width_dim=128, layer_type="readout"),
+    )
+    assert Parametrization(model).c.shape == (3,)
