@@ -1,6 +1,5 @@
 """maxp_torch under bad input and injected faults: a clear error, or the last good rates kept."""
 
-import io
 import warnings
 
 import numpy as np
@@ -19,6 +18,7 @@ from maxp_torch import (
     initialize_abc_weights,
     register_optimizer,
 )
+from tests.torch.resume import assert_same_run, straight_and_resumed
 from tests.torch.test_parametrization import MLP as BaseMLP
 
 
@@ -385,34 +385,8 @@ def test_resume_is_bit_exact_over_20_steps(mode, kind) -> None:
         torch.manual_seed(seed)
         train(model, param, optimizer, x, y, steps)
 
-    straight = make()
-    straight[1].capture_initial(x)
-    run(*straight, 10, seed=1)
-    run(*straight, 10, seed=2)
-
-    first = make()
-    first[1].capture_initial(x)
-    run(*first, 10, seed=1)
-    buffer = io.BytesIO()
-    model, param, optimizer = first
-    torch.save(
-        {"model": model.state_dict(), "opt": optimizer.state_dict(), "param": param.state_dict()}, buffer
-    )
-    buffer.seek(0)
-    checkpoint = torch.load(buffer, weights_only=False)
-    resumed = make()
-    resumed[0].load_state_dict(checkpoint["model"])
-    resumed[2].load_state_dict(checkpoint["opt"])
-    resumed[1].load_state_dict(checkpoint["param"])
-    run(*resumed, 10, seed=2)
-
-    for a, b in zip(straight[0].parameters(), resumed[0].parameters(), strict=True):
-        assert torch.equal(a, b)
-    np.testing.assert_array_equal(straight[1].c, resumed[1].c)
-    np.testing.assert_array_equal(straight[1].alignment, resumed[1].alignment)
-    assert straight[2].param_groups[0]["lr"] == resumed[2].param_groups[0]["lr"]
-    for key in ("solves", "failures", "missing"):
-        assert getattr(straight[1], key) == getattr(resumed[1], key)
+    straight, resumed = straight_and_resumed(make, run, x)
+    assert_same_run(straight, resumed)
     if mode != "static":
         assert straight[1].solves > 5
 

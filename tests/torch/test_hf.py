@@ -8,6 +8,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from maxp_torch import Parametrization, Rule
+from tests.torch.resume import assert_same_run, straight_and_resumed
 
 transformers = pytest.importorskip("transformers")
 
@@ -141,7 +142,7 @@ def test_gpt2_conv1d_and_tied_readout() -> None:
 
 
 @pytest.mark.parametrize("build, rules", [(gpt2, GPT2_RULES), (llama, LLAMA_RULES)], ids=["gpt2", "llama"])
-def test_resume_with_a_traced_graph_is_bit_exact(build, rules, tmp_path) -> None:
+def test_resume_with_a_traced_graph_is_bit_exact(build, rules) -> None:
     """A checkpoint of a traced model (scores, merges, a tied readout) resumes to the last bit.
 
     Dropout draws from torch's global generator: like any resumed run, the test restores it
@@ -172,27 +173,7 @@ def test_resume_with_a_traced_graph_is_bit_exact(build, rules, tmp_path) -> None
             optimizer.zero_grad()
             param.step(x, optimizer)
 
-    straight = make()
-    straight[1].capture_initial(x)
-    run(*straight, 10, seed=1)
-    run(*straight, 10, seed=2)
-    first = make()
-    first[1].capture_initial(x)
-    run(*first, 10, seed=1)
-    model, param, optimizer = first
-    assert len(param.graph.nodes) > len(param.names)  # merge and score nodes hold alignments too
-    path = tmp_path / "checkpoint.pt"
-    torch.save(
-        {"model": model.state_dict(), "opt": optimizer.state_dict(), "param": param.state_dict()}, path
-    )
-    checkpoint = torch.load(path, weights_only=False)
-    resumed = make()
-    resumed[0].load_state_dict(checkpoint["model"])
-    resumed[2].load_state_dict(checkpoint["opt"])
-    resumed[1].load_state_dict(checkpoint["param"])
-    run(*resumed, 10, seed=2)
-    for (name, a), b in zip(straight[0].named_parameters(), resumed[0].parameters(), strict=True):
-        assert torch.equal(a, b), name
-    np.testing.assert_array_equal(straight[1].c, resumed[1].c)
-    np.testing.assert_array_equal(straight[1].alignment, resumed[1].alignment)
+    straight, resumed = straight_and_resumed(make, run, x)
+    assert len(resumed[1].graph.nodes) > len(resumed[1].names)  # merge and score nodes hold alignments
+    assert_same_run(straight, resumed)
     assert straight[1].solves == resumed[1].solves >= 9
