@@ -120,21 +120,21 @@ def record_value(key: str, value: Any, where: str = "metrics") -> float | None:
 
 
 def _check_range(key: str, number: float, where: str) -> None:
+    """maxP's own fields by their meaning, with :mod:`maxp_core.validate`'s checks."""
     parts = key.split("/")
     if parts[0] != "maxp" or len(parts) < 2:
         return
-    field = parts[1]
-    if len(parts) >= 3 and field in validate.ALIGNMENT_FIELDS and not 0.0 <= number <= 1.0:
-        raise MaxPError(f"{where}: {key} = {number} is out of range; an alignment lies in [0, 1]")
-    if len(parts) >= 3 and field in ("lr", "lr_factor") and number < 0.0:
-        raise MaxPError(f"{where}: {key} = {number} must be >= 0 (a learning rate or its factor)")
-    if len(parts) >= 3 and field == "c" and abs(number) > validate.EXPONENT_BOUND:
+    field, named = parts[1], f"{where}: {key}"
+    per_layer = len(parts) >= 3
+    if per_layer and field in validate.ALIGNMENT_FIELDS:
+        validate.alignment_value(number, named)
+    elif (per_layer and field in ("lr", "lr_factor")) or (not per_layer and field in COUNTERS):
+        validate.non_negative_number(number, named)  # a schedule may bring a rate to 0
+    elif per_layer and field == "c" and abs(number) > validate.EXPONENT_BOUND:
         raise MaxPError(
-            f"{where}: {key} = {number} is out of range; exponents lie in "
+            f"{named} = {number} is out of range; exponents lie in "
             f"[-{validate.EXPONENT_BOUND:g}, {validate.EXPONENT_BOUND:g}]"
         )
-    if len(parts) == 2 and field in COUNTERS and number < 0.0:
-        raise MaxPError(f"{where}: {key} = {number} must be >= 0 (a count or a time)")
 
 
 class MetricsLog:
