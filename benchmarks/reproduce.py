@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="replay every run, not one per method")
     parser.add_argument("--json", action="store_true", help="end with {run: problem or null} as JSON")
     args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
     from tqdm import tqdm
 
     problems: dict[str, str | None] = {}
