@@ -27,6 +27,7 @@ from maxp_core.compat import (
     get_abc_parametrization,
 )
 from maxp_torch import optim
+from maxp_torch.chained import ChainedMaxPScheduler
 from maxp_torch.compat import (
     ClassifiedOp,
     LayerSnapshot,
@@ -43,16 +44,10 @@ from maxp_torch.compat import (
 from maxp_torch.diagnose import diagnose_axis, plot_axis, print_axis
 from maxp_torch.layers import conv_patches
 from maxp_torch.module import LAYER_TYPES, ParametrizedModule, ScaledLinear
-from maxp_torch.parametrization import (
-    Parametrization,
-    measurement_mode,
-    optimizer_kind,
-    register_optimizer,
-    synthetic_graph,
-)
+from maxp_torch.optimizers import optimizer_kind, register_optimizer
+from maxp_torch.parametrization import Parametrization, measurement_mode, synthetic_graph
 from maxp_torch.rules import Rule, apply_rules
 from maxp_torch.scheduler import (
-    ChainedMaxPScheduler,
     MaxPScheduler,
     create_param_groups,
     get_linear_layers,

@@ -44,8 +44,10 @@ from maxp_core.rules import tied_disagreement
 from maxp_core.symmetry import fold_multiplier
 from maxp_core.tables import AlignmentTable, resolve_overrides
 from maxp_torch import sharding
+from maxp_torch.group_rates import WRITTEN, StepTracker, check_sole_writer, watch_optimizer_steps, write_rates
 from maxp_torch.layers import CONV, TRANSPOSED, kind_of
 from maxp_torch.module import ParametrizedModule
+from maxp_torch.optimizers import innermost_optimizer, known_kind, optimizer_kind
 from maxp_torch.rules import Rule, RuledLayers, apply_rules
 from maxp_torch.trace import call_model, trace_graph
 
@@ -330,6 +332,10 @@ class Parametrization:
         self._initial_model: nn.Module | None = None
         self._recorded: dict[int, torch.Tensor] = {}
         self._publish_alignments()
+        #: The scheduler that steps this parametrization, if one does (then only it may).
+        self._driver: Any = None
+        self._stepped = StepTracker()
+        watch_optimizer_steps(self)
 
     # --- setup ------------------------------------------------------------------------
 
@@ -494,6 +500,7 @@ class Parametrization:
             group = {
                 "params": params,
                 "lr": self._lr(g),
+                WRITTEN: self._lr(g),
                 "layer_name": self.names[layers[0]],
                 "c": self._group_c(g),
                 "fan_in": self._width(self.weighted[self._binding(g)]),
@@ -504,7 +511,13 @@ class Parametrization:
             groups.append(group)
         rest = [p for p in self.model.parameters() if id(p) not in taken]
         if rest:
-            other = {"params": rest, "lr": self.lr_prefactor, "layer_name": "_other", "maxp_managed": False}
+            other = {
+                "params": rest,
+                "lr": self.lr_prefactor,
+                WRITTEN: self.lr_prefactor,
+                "layer_name": "_other",
+                "maxp_managed": False,
+            }
             groups.append(other)
         return groups
 
@@ -788,24 +801,88 @@ class Parametrization:
         Args:
           x: the training batch (used with ``use_training_activations``; otherwise the
             alignments are measured on the sample given to :meth:`capture_initial`).
-          optimizer: the optimizer built from :attr:`param_groups`; its learning rates
-            are set from ``lr_prefactor * width^-c`` on every call. Without it the rates are
-            written into :attr:`param_groups` themselves, which are the optimizer's groups
-            when it was built from them (torch keeps the dicts it is given), so
-            :meth:`get_last_lr` and the optimizer agree either way.
+          optimizer: the optimizer built from :attr:`param_groups`. Without it the rates
+            go to the optimizer last seen stepping this model's parameters (or, before any
+            step, into :attr:`param_groups`, which are the optimizer's groups when it was
+            built from them), so :meth:`get_last_lr` and the optimizer agree either way.
+
+        Raises a :class:`~maxp_core.MaxPError` if something else changed the rates since
+        maxP last wrote them (a torch scheduler stepped on its own: chain it with
+        :meth:`lr_scheduler` instead), and if a scheduler steps this parametrization.
         """
+        if self._driver is not None:
+            raise MaxPError(
+                f"this Parametrization is stepped by its {type(self._driver).__name__}; call that "
+                "scheduler's step() (once per training step) instead of param.step()"
+            )
+        self._advance(x)
+        self._write_rates(optimizer)
+
+    def lr_scheduler(self, optimizer: torch.optim.Optimizer, *schedulers: Any) -> Any:
+        """This parametrization as a ``torch.optim.lr_scheduler.LRScheduler`` on ``optimizer``.
+
+        Any torch schedulers built on the same optimizer (``LinearLR``, ``CosineAnnealingLR``,
+        ``LambdaLR``, ``SequentialLR``, ``OneCycleLR``, Hugging Face's
+        ``get_cosine_schedule_with_warmup``, ...) are stepped by it, and every layer's rate is
+        their factor times its maxP rate: see :class:`~maxp_torch.ChainedMaxPScheduler`.
+        Call the returned scheduler's ``step()`` after each ``optimizer.step()`` in place of
+        :meth:`step`.
+
+        Example:
+          >>> model = nn.Sequential(
+          ...     ParametrizedModule(nn.Linear(4, 32), width_dim=32, layer_type="embedding"), nn.ReLU(),
+          ...     ParametrizedModule(nn.Linear(32, 2), width_dim=32, layer_type="readout"))
+          >>> param = Parametrization(model, lr_prefactor=0.1, seed=0)
+          >>> optimizer = torch.optim.AdamW(param.param_groups)
+          >>> warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.5, total_iters=2)
+          >>> scheduler = param.lr_scheduler(optimizer, warmup)
+          >>> [round(a / b, 6) for a, b in zip(scheduler.get_last_lr(), param.get_last_lr())]
+          [0.5, 0.5]
+        """
+        from maxp_torch.chained import ChainedMaxPScheduler
+
+        return ChainedMaxPScheduler(self, list(schedulers), optimizer=optimizer)
+
+    def optimizer_stepped(self, optimizer: torch.optim.Optimizer) -> None:
+        """Remember ``optimizer`` if it holds this model's parameters (called after every optimizer step)."""
+        self._stepped.notice(optimizer, self.modules[self.weighted[0]].weight)
+
+    def _advance(self, x: torch.Tensor | None) -> None:
+        """Count a training step and re-solve if the schedule says so."""
         self.step_count += 1
         if self.schedule.should_solve(self.step_count):
             if self._sample is None:
                 raise CallOrderError("step() before capture_initial(x): capture the initial state first")
             self._resolve(x)
-        if optimizer is not None:
-            self._sync(optimizer)
-        else:
-            self._refresh_groups()
 
-    def _sync(self, optimizer: torch.optim.Optimizer) -> None:
-        groups = optimizer.param_groups
+    def _write_rates(self, optimizer: torch.optim.Optimizer | None) -> None:
+        target = optimizer if optimizer is not None else self._stepped.optimizer
+        if optimizer is None and target is not None and not self._built_from_groups(target):
+            warn_user(
+                f"the {type(innermost_optimizer(target)).__name__} stepping this model was not built from "
+                "param.param_groups, so param.step(x) leaves its rates alone: the new rates are in "
+                "param.param_groups and get_last_lr(); copy them over, or build it from param.param_groups"
+            )
+            target = None
+        if target is None:
+            check_sole_writer(self.param_groups, "param.param_groups")
+            self._refresh_groups()
+            return
+        groups = target.param_groups
+        self._check_group_names(groups)
+        self._check_optimizer(target)
+        check_sole_writer(groups, f"the optimizer ({type(target).__name__})")
+        self._refresh_groups()
+        write_rates(groups, {i: ours["lr"] for i, ours in enumerate(self.param_groups)})
+        for ours, theirs in zip(self.param_groups, groups, strict=True):
+            if "c" in ours:
+                theirs["c"] = ours["c"]
+
+    def _built_from_groups(self, optimizer: torch.optim.Optimizer) -> bool:
+        names = [g.get("layer_name") for g in optimizer.param_groups]
+        return names == [g["layer_name"] for g in self.param_groups]
+
+    def _check_group_names(self, groups: Sequence[Mapping[str, Any]]) -> None:
         expected = [g["layer_name"] for g in self.param_groups]
         names = [g.get("layer_name") for g in groups]
         if names != expected:
@@ -813,20 +890,30 @@ class Parametrization:
                 f"the optimizer's param groups {names} do not match the parametrization's {expected}; "
                 "build the optimizer from param.param_groups"
             )
+
+    def _maxp_groups(self, optimizer: torch.optim.Optimizer) -> list[int]:
+        """The optimizer's groups maxP sets (all of them: the layers' and ``"_other"``), checked."""
+        self._check_group_names(optimizer.param_groups)
         self._check_optimizer(optimizer)
-        self._refresh_groups()
-        for ours, theirs in zip(self.param_groups, groups, strict=True):
-            theirs["lr"] = ours["lr"]
-            if "c" in ours:
-                theirs["c"] = ours["c"]
+        return list(range(len(self.param_groups)))
+
+    def _maxp_rates(self) -> list[float]:
+        """maxP's current rate of every group of :attr:`param_groups` (``"_other"``: ``lr_prefactor``)."""
+        rates = self.get_last_lr()
+        return rates + [self.lr_prefactor] * (len(self.param_groups) - len(rates))
+
+    def _maxp_exponents(self) -> list[float | None]:
+        """Each group's current ``c`` (``None`` for ``"_other"``)."""
+        exponents: list[float | None] = [self._group_c(g) for g in range(len(self.groups))]
+        return exponents + [None] * (len(self.param_groups) - len(exponents))
 
     def _refresh_groups(self) -> None:
         """Write the current rates and exponents into :attr:`param_groups` (as the published maxP does)."""
-        for g, group in enumerate(self.param_groups[: len(self.groups)]):
-            group["lr"] = self._lr(g)
-            group["c"] = self._group_c(g)
-        if len(self.param_groups) > len(self.groups):
-            self.param_groups[-1]["lr"] = self.lr_prefactor
+        rates = self._maxp_rates()
+        write_rates(self.param_groups, dict(enumerate(rates)))
+        for group, c in zip(self.param_groups, self._maxp_exponents(), strict=True):
+            if c is not None:
+                group["c"] = c
 
     def _publish_alignments(self) -> None:
         """Every layer's ``alpha``, ``omega``, ``u`` attributes: its latest (or assumed) alignment."""
@@ -838,12 +925,13 @@ class Parametrization:
         if getattr(self, "_checked_optimizer", None) is optimizer:
             return
         sharding.check_live(unwrap(self.model), optimizer.param_groups, "step(x, optimizer)")
-        known = any(cls in OPTIMIZER_KINDS for cls in type(optimizer).__mro__)
+        known = known_kind(optimizer)
         kind = optimizer_kind(optimizer) if known or not self._declared_optimizer else self.optimizer_type
         if kind != self.optimizer_type:
             raise MaxPError(
                 f"the learning rates were solved for optimizer_type={self.optimizer_type!r} but the "
-                f"optimizer is {type(optimizer).__name__} ({kind}-like); pass optimizer_type={kind!r}"
+                f"optimizer is {type(innermost_optimizer(optimizer)).__name__} ({kind}-like); pass "
+                f"optimizer_type={kind!r}"
             )
         self._checked_optimizer = optimizer
 
@@ -1234,41 +1322,3 @@ def leading_size(x: Any) -> int:
     """The number of samples in a batch :func:`first_rows` takes from (its first tensor's first axis)."""
     values = x.values() if isinstance(x, Mapping) else x if isinstance(x, tuple) else [x]
     return next(v.shape[0] for v in values if isinstance(v, torch.Tensor) and v.ndim > 0)
-
-
-def optimizer_kind(optimizer: torch.optim.Optimizer) -> str:
-    """``"adam"`` or ``"sgd"``: which LP an optimizer's class needs.
-
-    Known classes are the torch Adam family (Adam, AdamW, Adamax, NAdam, RAdam, SparseAdam)
-    and SGD; others must be declared with :func:`register_optimizer`.
-
-    Example:
-      >>> optimizer_kind(torch.optim.AdamW([torch.zeros(1, requires_grad=True)]))
-      'adam'
-    """
-    for cls in type(optimizer).__mro__:
-        if cls in OPTIMIZER_KINDS:
-            return OPTIMIZER_KINDS[cls]
-    raise MaxPError(
-        f"maxP does not know whether {type(optimizer).__name__} behaves like Adam (per-coordinate "
-        "normalised updates) or like SGD; declare it with maxp_torch.register_optimizer("
-        f"{type(optimizer).__name__}, 'adam') or (..., 'sgd')"
-    )
-
-
-def register_optimizer(cls: type, kind: str) -> None:
-    """Declare an optimizer class Adam-like (``"adam"``) or SGD-like (``"sgd"``) for the LP."""
-    if not isinstance(cls, type) or not issubclass(cls, torch.optim.Optimizer):
-        raise MaxPError(f"register_optimizer takes a torch.optim.Optimizer subclass, got {cls!r}")
-    OPTIMIZER_KINDS[cls] = parse_optimizer(kind)
-
-
-OPTIMIZER_KINDS: dict[type, str] = {
-    torch.optim.Adam: "adam",
-    torch.optim.AdamW: "adam",
-    torch.optim.Adamax: "adam",
-    torch.optim.NAdam: "adam",
-    torch.optim.RAdam: "adam",
-    torch.optim.SparseAdam: "adam",
-    torch.optim.SGD: "sgd",
-}

@@ -45,9 +45,11 @@ from maxp_core import MaxPError, WSDSchedule, default_ab, validate, warn_user
 from maxp_core.formulation import parse_optimizer
 from maxp_core.graph import alignment_preset
 from maxp_core.parametrizations import parse_parametrization
+from maxp_torch.group_rates import check_sole_writer, write_rates
 from maxp_torch.layers import CONV, TRANSPOSED, HookedLayer, kind_of
 from maxp_torch.module import ScaledLinear
-from maxp_torch.parametrization import Parametrization, optimizer_kind, unwrap
+from maxp_torch.optimizers import optimizer_kind
+from maxp_torch.parametrization import Parametrization, unwrap
 
 _LAYERS_ATTRIBUTE = "_maxp_layers"
 _OWN_MULTIPLIERS = "_maxp_own_multipliers"
@@ -462,6 +464,8 @@ class MaxPScheduler(LRScheduler):
                 solver_warmup_steps, solve_interval, stop_after=max(decay_start - 1, 0)
             )
         self.param._check_optimizer(optimizer)
+        self.param._driver = self
+        self._driver: Any = None  # a ChainedMaxPScheduler stepping this one
         self._managed = self._managed_groups()
         # Where the groups start, before any schedule (as LRScheduler keeps it: initial_lr).
         groups = self.optimizer.param_groups
@@ -472,7 +476,7 @@ class MaxPScheduler(LRScheduler):
         ]
         self._warn_on_missing_multipliers(layers)
         self._warn_on_another_prefactor()
-        self._apply(0)
+        self._write()
         _start_like_lr_scheduler(self, optimizer)
 
     def _managed_groups(self) -> list[int]:
@@ -534,18 +538,40 @@ class MaxPScheduler(LRScheduler):
         """The number of layer groups maxP sets."""
         return len(self._managed)
 
-    def _apply(self, step: int, factor: float = 1.0) -> None:
-        """Write every layer group's rate: ``factor`` (an outside schedule's) x WSD x the layer's rate."""
-        scale = factor * float(self.wsd(step))
+    def _maxp_groups(self, optimizer: torch.optim.Optimizer) -> list[int]:
+        """Indices of the optimizer's groups this scheduler sets (its layers', in order)."""
+        if optimizer is not self.optimizer:
+            raise MaxPError("the schedulers must drive the MaxPScheduler's own optimizer")
+        return list(self._managed)
+
+    def _maxp_rates(self) -> list[float]:
+        """Each layer group's current rate: the layer's maxP rate times the WSD factor."""
+        scale = float(self.wsd(self.param.step_count))
+        if self.param.solves > 0:
+            rates = self.param.get_last_lr()
+        else:
+            rates = [self.base_lr * f for f in self._starting_factors]
+        return [rate * scale for rate in rates]
+
+    def _maxp_exponents(self) -> list[float | None]:
+        """Each layer group's ``c`` (``None`` until the first re-solve: the groups keep theirs)."""
+        if self.param.solves == 0:
+            return [None] * len(self._managed)
+        return [self.param._group_c(g) for g in range(len(self._managed))]
+
+    def _advance(self, x: Any) -> None:
         self.param.lr_prefactor = self.base_lr
-        solved = self.param.solves > 0
-        rates = self.param.get_last_lr() if solved else [self.base_lr * f for f in self._starting_factors]
+        self.param._advance(x)
+
+    def _write(self) -> None:
+        """Write every layer group's rate (WSD x the layer's maxP rate)."""
+        self.param.lr_prefactor = self.base_lr
         groups = self.optimizer.param_groups
-        for g, (i, rate) in enumerate(zip(self._managed, rates, strict=True)):
-            groups[i]["lr"] = rate * scale
-            if solved:
-                groups[i]["c"] = self.param._group_c(g)
-        self.last_epoch = step
+        write_rates(groups, dict(zip(self._managed, self._maxp_rates(), strict=True)))
+        for i, c in zip(self._managed, self._maxp_exponents(), strict=True):
+            if c is not None:
+                groups[i]["c"] = c
+        self.last_epoch = self.param.step_count
         self._last_lr = [g["lr"] for g in groups]
 
     def get_lr(self) -> list[float]:
@@ -562,8 +588,14 @@ class MaxPScheduler(LRScheduler):
         Raises a :class:`~maxp_core.CallOrderError` (a ``RuntimeError``) at the first
         re-solve if :meth:`capture_initial` was not called.
         """
-        self.param.step(x, None)
-        self._apply(self.param.step_count)
+        if self._driver is not None:
+            raise MaxPError(
+                f"this MaxPScheduler is stepped by its {type(self._driver).__name__}; call that "
+                "scheduler's step() instead"
+            )
+        check_sole_writer(self.optimizer.param_groups, f"the optimizer ({type(self.optimizer).__name__})")
+        self._advance(x)
+        self._write()
 
     def get_last_lr(self) -> list[float]:
         """The learning rate of each layer group (the ``"_other"`` group left out)."""
@@ -586,111 +618,4 @@ class MaxPScheduler(LRScheduler):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.base_lr = float(state["base_lr"])
         self.param.load_state_dict(state["param"])
-        self._apply(self.param.step_count)
-
-
-class ChainedMaxPScheduler(LRScheduler):
-    """A :class:`MaxPScheduler` with standard schedulers moving its base learning rate.
-
-    At every step each layer group's rate is the outside schedule's factor times maxP's rate
-    for that layer (the ``"_other"`` group follows the outside schedulers alone). The factor
-    is what the chained schedulers do to a learning rate: they step on their own view of the
-    groups (restored before each of their steps), and the factor is their first group's rate
-    over its ``initial_lr``. A warm-up that starts at ``LinearLR(start_factor=0.1)`` therefore
-    starts every layer at a tenth of its maxP rate.
-    """
-
-    def __init__(self, maxp_scheduler: MaxPScheduler, schedulers: Sequence[Any]) -> None:
-        if not isinstance(maxp_scheduler, MaxPScheduler):
-            raise MaxPError(
-                f"ChainedMaxPScheduler needs a MaxPScheduler, got {type(maxp_scheduler).__name__}"
-            )
-        self.maxp = maxp_scheduler
-        self.schedulers = list(schedulers)
-        for i, s in enumerate(self.schedulers):
-            if getattr(s, "optimizer", None) is not maxp_scheduler.optimizer:
-                raise MaxPError(
-                    f"the scheduler at index {i} ({type(s).__name__}) uses a different optimizer; every "
-                    "chained scheduler must drive the MaxPScheduler's optimizer"
-                )
-        if float(maxp_scheduler.wsd(0)) != 1.0:
-            raise MaxPError(
-                "the MaxPScheduler's WSD warm-up starts below the base rate, and the chained schedulers "
-                "would take that start as their own base; chain a warm-up scheduler (e.g. LinearLR) "
-                "instead of wsd_warmup_steps, or use wsd_* without chaining"
-            )
-        groups = maxp_scheduler.optimizer.param_groups
-        for i, s in enumerate(self.schedulers):
-            last = getattr(s, "_last_lr", None)
-            if last is not None and list(last) != [g["lr"] for g in groups]:
-                raise MaxPError(
-                    f"the scheduler at index {i} ({type(s).__name__}) was built before the MaxPScheduler, "
-                    "which has since set the rates it started from; build the chained schedulers after "
-                    "the MaxPScheduler"
-                )
-        # What the chained schedulers see: their own rates, as their constructors left them.
-        self._shadow = [g["lr"] for g in groups]
-        self._initial = [g.get("initial_lr", g["lr"]) for g in groups]
-        if not self._initial[0] > 0:
-            raise MaxPError(f"the first param group's initial_lr is {self._initial[0]!r}; it must be > 0")
-        maxp_scheduler._apply(maxp_scheduler.param.step_count, self.factor)
-        self.optimizer = maxp_scheduler.optimizer
-        self.base_lrs = maxp_scheduler.base_lrs
-        self.last_epoch = maxp_scheduler.last_epoch
-        self._last_lr = maxp_scheduler._last_lr
-
-    @property
-    def n_layers(self) -> int:
-        return self.maxp.n_layers
-
-    @property
-    def factor(self) -> float:
-        """The chained schedulers' current multiplier of the base learning rate."""
-        return float(self._shadow[0]) / float(self._initial[0])
-
-    def capture_initial(self, x: torch.Tensor) -> None:
-        self.maxp.capture_initial(x)
-
-    def step(self, x: torch.Tensor | None = None) -> None:
-        groups = self.maxp.optimizer.param_groups
-        for group, lr in zip(groups, self._shadow, strict=True):
-            group["lr"] = lr
-        for s in self.schedulers:
-            s.step()
-        self._shadow = [g["lr"] for g in groups]
-        self.maxp.param.step(x, None)
-        self.maxp._apply(self.maxp.param.step_count, self.factor)
-        self.last_epoch = self.maxp.last_epoch
-        self._last_lr = self.maxp._last_lr
-
-    def get_lr(self) -> list[float]:
-        return self.maxp.get_lr()
-
-    def get_last_lr(self) -> list[float]:
-        return self.maxp.get_last_lr()
-
-    def get_alignment(
-        self,
-    ) -> tuple[list[float], list[float], list[float]] | tuple[None, None, None]:
-        return self.maxp.get_alignment()
-
-    def get_layer_names(self) -> list[str]:
-        return self.maxp.get_layer_names()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "maxp": self.maxp.state_dict(),
-            "schedulers": [s.state_dict() for s in self.schedulers],
-            "shadow": list(self._shadow),
-            "initial": list(self._initial),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.maxp.load_state_dict(state["maxp"])
-        for s, sd in zip(self.schedulers, state["schedulers"], strict=True):
-            s.load_state_dict(sd)
-        self._shadow = list(state["shadow"])
-        self._initial = list(state.get("initial", self._initial))
-        self.maxp._apply(self.maxp.param.step_count, self.factor)
-        self.last_epoch = self.maxp.last_epoch
-        self._last_lr = self.maxp._last_lr
+        self._write()
