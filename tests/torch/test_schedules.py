@@ -98,7 +98,7 @@ def train_steps(model, optimizer, step, steps: int = STEPS, on_step=None) -> Non
 
 
 def solves_in(param: Parametrization) -> int:
-    return sum(param.schedule.should_solve(t) for t in range(1, STEPS + 1))
+    return sum(param.schedule.should_solve(t) for t in range(1, param.step_count + 1))
 
 
 def expected_rates(optimizer, factor: float, prefactor: float = PREFACTOR) -> list[float]:
