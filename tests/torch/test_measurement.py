@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-import maxp_torch.parametrization as parametrization
+import maxp_torch.measurement as measurement
 from examples.torch_models import GPT
 from maxp_core import layer_alignment
 from maxp_torch import Parametrization, ParametrizedModule
@@ -74,7 +74,7 @@ def test_rows_of_one_per_sample_keep_the_whole_sample() -> None:
 def test_chunked_stacks_measure_what_one_stack_does(monkeypatch: pytest.MonkeyPatch) -> None:
     param, ids, _ = trained_gpt()
     whole = param._measure(ids)[0]
-    monkeypatch.setattr(parametrization, "STACK_BYTES", 1)  # one layer per stack
+    monkeypatch.setattr(measurement, "STACK_BYTES", 1)  # one layer per stack
     np.testing.assert_allclose(param._measure(ids)[0], whole, atol=1e-6)
 
 

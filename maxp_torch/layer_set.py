@@ -1,0 +1,87 @@
+"""The layers a :class:`~maxp_torch.Parametrization` sets: names, modules, exponents, tied weights.
+
+Fixed once the model is discovered: which layers hold weights, which weighted layers share
+one parameter (a tied embedding and readout), each layer's ``(a, b)``, its row in the LP
+graph and, with a depth rule, its depth factors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from maxp_core.depth import DepthFactors
+from maxp_core.symmetry import fold_multiplier
+from maxp_torch.module import ParametrizedModule
+
+
+@dataclass
+class LayerSet:
+    """Layers by position ``k``; weighted layers by position ``j`` in :attr:`weighted`; weight
+    groups (one per parameter, a tied weight's uses together) by position ``g``."""
+
+    names: list[str]
+    modules: list[ParametrizedModule]
+    exponents: list[tuple[float, float]]
+    optimizer_type: str
+    weighted: list[int] = field(init=False)
+    groups: list[list[int]] = field(init=False)
+    #: Each layer's row in the LP graph (set once the graph is known).
+    row: dict[int, int] = field(default_factory=dict)
+    depth_factors: DepthFactors | None = None
+
+    def __post_init__(self) -> None:
+        self.weighted = [k for k, m in enumerate(self.modules) if m.weight is not None]
+        self.groups = tied_groups([self.modules[k].weight for k in self.weighted])
+
+    def width(self, k: int) -> int:
+        return self.modules[k].width_dim
+
+    def depth(self, k: int) -> tuple[float, float, float]:
+        """``(init, lr, output multiplier)`` the depth rule gives layer ``k`` (ones without a
+        rule); a bare parameter has its branch multiplier folded into init and rate."""
+        f = self.depth_factors
+        name = self.names[k]
+        if f is None or name not in f.lr:
+            return 1.0, 1.0, 1.0
+        if self.modules[k].folded:
+            return (*f.folded(name, self.optimizer_type), 1.0)
+        return f.init[name], f.lr[name], f.multiplier[name]
+
+    def abc(self, j: int, c: float) -> tuple[float, float, float]:
+        """``(a, b, c)`` of weighted layer ``j`` as applied; a bare parameter's multiplier is
+        folded into its ``b`` and ``c``."""
+        k = self.weighted[j]
+        a, b = self.exponents[k]
+        return fold_multiplier(a, b, c, self.optimizer_type) if self.modules[k].folded else (a, b, c)
+
+    def applied_b(self, j: int) -> float:
+        return self.abc(j, 0.0)[1]
+
+    def group_of(self, k: int) -> int:
+        """The weight group of layer ``k``."""
+        j = self.weighted.index(k)
+        return next(g for g, members in enumerate(self.groups) if j in members)
+
+    def weighted_names(self) -> list[str]:
+        return [self.names[k] for k in self.weighted]
+
+    def layer_types(self) -> dict[str, str]:
+        """Each weighted layer's type, by name."""
+        return {self.names[k]: self.modules[k].layer_type for k in self.weighted}
+
+
+def tied_groups(weights: Sequence[Any]) -> list[list[int]]:
+    """Positions of the weights, grouped by identity (a tied weight's uses share a group), in
+    order of first appearance.
+
+    Example:
+      >>> shared, other = object(), object()
+      >>> tied_groups([shared, other, shared])
+      [[0, 2], [1]]
+    """
+    groups: dict[int, list[int]] = {}
+    for j, weight in enumerate(weights):
+        groups.setdefault(id(weight), []).append(j)
+    return list(groups.values())

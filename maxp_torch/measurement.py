@@ -1,0 +1,426 @@
+"""Measuring each layer's alignment during training, on the sample recorded before it.
+
+:class:`Measurement` keeps what the measurements compare against (the sample, each measured
+layer's initial input and weight, or with ``use_training_activations`` a copy of the
+initial model and the latest training inputs) and measures every layer in a few stacked
+operations on the layers' own device. maxP's forward passes run in
+:func:`measurement_mode`: eval mode, no gradients, the global random state untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from maxp_core import MaxPError, Role, alignment_of_layers, alignment_of_stacks, groups_of_equal_shape
+from maxp_torch import sharding
+from maxp_torch.discovery import unwrap
+from maxp_torch.initialization import InitialWeights
+from maxp_torch.layer_set import LayerSet
+from maxp_torch.module import ParametrizedModule
+from maxp_torch.trace import call_model
+
+Triple = tuple[float, float, float]
+
+
+class Measurement:
+    """Alignment measurements of a :class:`LayerSet` (layer ``k``'s row is ``layers.row[k]``)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: LayerSet,
+        initial: InitialWeights,
+        *,
+        sample_size: int,
+        norm_mode: str,
+        resample_w0: bool,
+        use_training_activations: bool,
+        overrides: Mapping[int, Triple],
+    ) -> None:
+        self.model = model
+        self.layers = layers
+        self.initial = initial
+        self.sample_size = sample_size
+        self.norm_mode = norm_mode
+        self.resample_w0 = resample_w0
+        self.use_training_activations = use_training_activations
+        self.overrides = overrides
+        self.z0: dict[int, torch.Tensor] = {}
+        self.w0: dict[int, torch.Tensor] = {}
+        self.sample: Any = None
+        self.initial_model: nn.Module | None = None
+        self.recorded: dict[int, torch.Tensor] = {}
+
+    def measured(self) -> list[int]:
+        """The layers whose alignment is measured (weighted, not embeddings, not pinned, measurable)."""
+        modules = self.layers.modules
+        return [
+            k
+            for k in self.layers.weighted
+            if modules[k].role is not Role.EMBEDDING
+            and k not in self.overrides
+            and modules[k].kind.measurable
+        ]
+
+    def record(
+        self,
+        keep: dict[int, torch.Tensor],
+        sizes: dict[int, tuple[int, int]] | None = None,
+        training_only: bool = False,
+    ) -> None:
+        """Keep each module's first input rows in ``keep`` (and ``(samples, rows)`` of its whole
+        input in ``sizes``) on every forward until :meth:`stop_recording`; with
+        ``training_only``, only on forwards that build gradients (training, in train or eval
+        mode), so that an evaluation under ``torch.no_grad()`` between the training step and
+        the re-solve does not replace them."""
+        index = {id(m): k for k, m in enumerate(self.layers.modules)}
+
+        def recorder(module: Any, args: tuple[Any, ...]) -> None:
+            k = index[id(module)]
+            if training_only and not torch.is_grad_enabled():
+                return
+            if args and isinstance(args[0], torch.Tensor):
+                rows = module.kind.rows(module.inner, args[0].detach())
+                keep[k] = leading_rows(rows, self.sample_size)
+                if sizes is not None:
+                    sizes[k] = (args[0].shape[0] if args[0].ndim else 0, rows.shape[0])
+
+        for module in self.layers.modules:
+            module._recorder = recorder
+
+    def stop_recording(self) -> None:
+        for module in self.layers.modules:
+            module._recorder = None
+
+    def devices(self) -> list[torch.device]:
+        return list({p.device for m in self.layers.modules for p in m.parameters()})
+
+    def inputs(
+        self, model: nn.Module, x: Any, sizes: dict[int, tuple[int, int]] | None = None
+    ) -> dict[int, torch.Tensor]:
+        """Each module's input on the first rows of ``x``, in :func:`measurement_mode`."""
+        keep: dict[int, torch.Tensor] = {}
+        self.record(keep, sizes)
+        try:
+            with measurement_mode(unwrap(model), self.devices()):
+                call_model(unwrap(model), first_rows(x, self.sample_size))
+        finally:
+            self.stop_recording()
+            sharding.reshard(unwrap(model))
+        return keep
+
+    def capture(self, x: Any) -> None:
+        """Record the sample and the measured layers' initial inputs and weights."""
+        self.sample = first_rows(x, self.sample_size, clone=True)
+        if self.use_training_activations:
+            self.initial_model = copy.deepcopy(unwrap(self.model))
+            self.record(self.recorded, training_only=True)
+            return
+        sizes: dict[int, tuple[int, int]] = {}
+        inputs = self.shrink_sample(self.inputs(self.model, self.sample, sizes), sizes)
+        for k in self.measured():
+            if k not in inputs:
+                raise MaxPError(
+                    f"layer {self.layers.names[k]!r} was not called by the model on the captured input"
+                )
+            self.z0[k] = inputs[k].clone()
+            if self.resample_w0:
+                self.initial.check_redraw(k)
+            else:
+                weight = self.layers.modules[k].weight
+                assert weight is not None
+                self.w0[k] = weight.detach().clone()
+
+    def restore(
+        self,
+        z0: dict[int, torch.Tensor],
+        w0: dict[int, torch.Tensor],
+        sample: Any,
+        initial_model: Mapping[str, Any] | None,
+    ) -> None:
+        """Take back what :meth:`capture` recorded (from a checkpoint)."""
+        self.z0, self.w0, self.sample = z0, w0, sample
+        if self.use_training_activations and initial_model is not None:
+            self.initial_model = copy.deepcopy(unwrap(self.model))
+            self.initial_model.load_state_dict(initial_model)
+            self.record(self.recorded, training_only=True)
+
+    def shrink_sample(
+        self, inputs: dict[int, torch.Tensor], sizes: dict[int, tuple[int, int]]
+    ) -> dict[int, torch.Tensor]:
+        """Keep only the samples the measured rows come from, and their inputs.
+
+        Each layer measures its first ``sample_size`` input rows; a sequence model gets many
+        rows from each sample, so a forward pass over all ``sample_size`` samples would mostly
+        compute rows nobody reads. The sample shrinks to the fewest leading samples that give
+        every measured layer the same number of rows, found from the sizes seen on the whole
+        sample (batch-first inputs only) and checked on the smaller one; the initial inputs are
+        then those of the smaller sample, so both measurements see the same computation.
+        """
+        batch = leading_size(self.sample)
+        measured = [k for k in self.measured() if k in sizes]
+        needed = self.samples_needed(measured, sizes, batch)
+        keep = batch if needed is None else needed
+        shrinks = keep < batch
+        if not any_rank(shrinks, self.devices()[0]):
+            return inputs
+        # Under FSDP a forward pass gathers weights with every rank: all ranks run the trial pass,
+        # those that keep their sample on it whole, so each takes part in as many as the others.
+        smaller = first_rows(self.sample, keep, clone=True)
+        trial = self.inputs(self.model, smaller)
+        if not shrinks or any(k not in trial or trial[k].shape != inputs[k].shape for k in measured):
+            return inputs
+        self.sample = smaller
+        return trial
+
+    def samples_needed(
+        self, measured: list[int], sizes: dict[int, tuple[int, int]], batch: int
+    ) -> int | None:
+        """The fewest leading samples giving each measured layer its rows; None when the rows
+        do not come whole from batch-first samples (the sample then stays as it is)."""
+        if not measured:
+            return None
+        needed = 1
+        for k in measured:
+            samples, rows = sizes[k]
+            if samples != batch or rows < batch or rows % batch:
+                return None
+            needed = max(needed, -(-min(self.sample_size, rows) // (rows // batch)))
+        return needed
+
+    def current_and_initial_inputs(self, x: Any) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        if not self.use_training_activations:
+            assert self.sample is not None
+            return self.inputs(self.model, self.sample), self.z0
+        if x is None or not self.recorded:
+            raise MaxPError(
+                "use_training_activations=True: step(x) needs the training batch x after a training forward"
+            )
+        assert self.initial_model is not None
+        rows = first_rows(x, self.sample_size)
+        initial_modules = [m for m in self.initial_model.modules() if isinstance(m, ParametrizedModule)]
+        keep: dict[int, torch.Tensor] = {}
+        index = {id(m): k for k, m in enumerate(initial_modules)}
+
+        def recorder(module: ParametrizedModule, args: tuple[Any, ...]) -> None:
+            keep[index[id(module)]] = leading_rows(
+                module.kind.rows(module.inner, args[0].detach()), self.sample_size
+            )
+
+        for m in initial_modules:
+            m._recorder = recorder
+        try:
+            with measurement_mode(self.initial_model, self.devices()):
+                call_model(self.initial_model, rows)
+        finally:
+            for m in initial_modules:
+                m._recorder = None
+        now = {k: v[: keep[k].shape[0]] for k, v in self.recorded.items() if k in keep}
+        return now, keep
+
+    def initial_weight(self, k: int) -> torch.Tensor:
+        weight = self.layers.modules[k].weight
+        assert weight is not None
+        if self.use_training_activations:
+            assert self.initial_model is not None
+            initial_modules = [m for m in self.initial_model.modules() if isinstance(m, ParametrizedModule)]
+            w0 = initial_modules[k].weight
+            assert w0 is not None
+            return w0.detach()
+        if self.resample_w0:
+            return self.initial.draw(self.layers.group_of(k), weight.detach())
+        return self.w0[k]
+
+    def weight_matrix(self, k: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Layer ``k``'s weight (or ``weight``, laid out as it) as ``(out, fan_in)``, detached."""
+        module = self.layers.modules[k]
+        weight = module.weight if weight is None else weight
+        assert weight is not None
+        return module.kind.matrix(sharding.full(weight.detach()))
+
+    @torch.no_grad()
+    def measure(self, x: Any, previous: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Measured alignments per graph row (``previous`` where not measured) and which rows are
+        not finite."""
+        now, initial = self.current_and_initial_inputs(x)
+        values = previous.copy()
+        nonfinite = np.zeros(len(values), dtype=bool)
+        measured = self.measured()
+        if not measured:
+            return values, nonfinite
+        weights = {k: self.weight_matrix(k) for k in measured}
+        self._check_measurable(measured, now, weights)
+
+        def shape_of(k: int) -> tuple[Any, ...]:
+            w = weights[k]
+            return (tuple(now[k].shape), tuple(w.shape), w.dtype, w.device)
+
+        order: list[int] = []
+        pieces: list[torch.Tensor] = []
+        for layers in groups_of_equal_shape(measured, shape_of):
+            for chunk in stack_chunks(layers, weights[layers[0]]):
+                # One layer is measured on views of its own tensors, several on stacked copies that
+                # the measurement may overwrite.
+                gather = (lambda ts: ts[0][None]) if len(chunk) == 1 else torch.stack
+                z, w = gather([now[k] for k in chunk]), gather([weights[k] for k in chunk])
+                finite = all_finite(z) & all_finite(w)
+                z0 = gather([initial[k] for k in chunk])
+                w0 = gather([self.weight_matrix(k, self.initial_weight(k)) for k in chunk])
+                if self.norm_mode == "rms":
+                    scratch = len(chunk) > 1
+                    al = alignment_of_stacks(z0, z, w0, w, w.shape[-1], xp=torch, scratch=scratch)
+                else:
+                    layers_of_chunk = list(zip(z0, z, w0, w, strict=True))
+                    al = alignment_of_layers(layers_of_chunk, self.norm_mode, w.shape[-1], xp=torch)
+                order += chunk
+                pieces.append(torch.stack([*al, finite.to(al[0].dtype)], dim=1))
+        host = _mean_over_ranks(pieces)
+        rows = [self.layers.row[k] for k in order]
+        values[rows] = host[:, :3]
+        nonfinite[rows] = host[:, 3] < 1.0
+        return values, nonfinite
+
+    def _check_measurable(
+        self, measured: list[int], now: dict[int, torch.Tensor], weights: dict[int, torch.Tensor]
+    ) -> None:
+        for k in measured:
+            name, module = self.layers.names[k], self.layers.modules[k]
+            if now[k].shape[-1] != weights[k].shape[1]:
+                raise MaxPError(
+                    f"layer {name!r} ({module.kind.name}): its input rows have "
+                    f"{now[k].shape[-1]} features but its weight contracts {weights[k].shape[1]}; dynamic "
+                    "alignment measures layers whose input multiplies the weight (Linear, Conv, Conv1D); "
+                    "pin this layer with alignment_overrides"
+                )
+            if now[k].is_complex() or weights[k].is_complex():
+                raise MaxPError(f"layer {name!r}: complex weights or inputs cannot be measured")
+
+
+def _mean_over_ranks(pieces: list[torch.Tensor]) -> np.ndarray:
+    """The measurements averaged over ranks, on the host.
+
+    Reduced on the device the layers live on (NCCL groups take no CPU tensors) and copied to
+    the host once, instead of one float() per value. A NaN on any rank stays NaN in the mean.
+    """
+    device = pieces[0].device
+    stacked = torch.cat([piece.to(device, torch.float64) for piece in pieces])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(stacked)
+        stacked /= dist.get_world_size()
+    return stacked.cpu().numpy()
+
+
+@contextlib.contextmanager
+def measurement_mode(model: nn.Module, devices: list[torch.device]) -> Iterator[None]:
+    """Run maxP's own forward passes without side effects on training.
+
+    The model is put in eval mode (dropout off, so its noise does not enter the alignments)
+    and every module's own train/eval flag is restored afterwards; the global random number
+    generators (CPU and the CUDA devices in use) are restored too, so turning maxP on does
+    not change the training's dropout or sampling sequence.
+    """
+    flags = [(module, module.training) for module in model.modules()]
+    cuda = sorted({d.index or 0 for d in devices if d.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda), torch.no_grad():
+        model.eval()
+        try:
+            yield
+        finally:
+            for module, training in flags:
+                module.training = training
+
+
+def all_finite(stack: torch.Tensor) -> torch.Tensor:
+    """Whether each entry of a stack holds only finite numbers, in one pass.
+
+    A float64 sum is NaN or infinite exactly when an entry is (float32 and smaller
+    values cannot overflow it).
+    """
+    return torch.isfinite(stack.flatten(1).sum(1, dtype=torch.float64))
+
+
+#: The most bytes of weights one stacked measurement copies at once: stacking equally shaped layers
+#: makes their measurement a few batched operations instead of a few per layer, and this bound keeps
+#: the copies (current and initial weights, twice this at most) small next to the model. A 64-layer
+#: MLP of width 128 measured 8 MiB at a time spent 8 MiB more peak memory than 1 MiB at a time,
+#: and no time.
+STACK_BYTES = 2**20
+#: On a CPU, where an operation costs little to dispatch but a copy costs its memory traffic, layers
+#: of at least this many bytes are measured one at a time, on the weights themselves.
+CPU_SOLO_BYTES = 2**20
+
+
+def stack_chunks(layers: list[int], weight: torch.Tensor, limit: int | None = None) -> list[list[int]]:
+    """``layers`` (all shaped as ``weight``) in runs of as many as fit ``limit`` bytes, at least one.
+
+    Example:
+      >>> stack_chunks([0, 1, 2, 3, 4], torch.zeros(128, 1024), limit=2**20)   # 512 KiB each
+      [[0, 1], [2, 3], [4]]
+    """
+    size = max(1, weight.numel() * weight.element_size())
+    if weight.device.type == "cpu" and size >= CPU_SOLO_BYTES:
+        return [[k] for k in layers]
+    per_chunk = max(1, (STACK_BYTES if limit is None else limit) // size)
+    return [layers[i : i + per_chunk] for i in range(0, len(layers), per_chunk)]
+
+
+def first_rows(x: Any, n: int, clone: bool = False) -> Any:
+    """The first ``n`` samples of a batch: a tensor, a tuple of tensors (positional arguments)
+    or a mapping of keyword arguments (``{"input_ids": ..., "attention_mask": ...}``)."""
+    values = x.values() if isinstance(x, Mapping) else x if isinstance(x, tuple) else [x]
+    batched = [v for v in values if isinstance(v, torch.Tensor) and v.ndim > 0]
+    if not batched:
+        raise MaxPError(
+            f"the model's input must be a tensor batch, a tuple of them or a dict of keyword arguments "
+            f"holding one, got {type(x).__name__}"
+        )
+    if any(v.shape[0] == 0 for v in batched):
+        raise MaxPError("the input batch is empty; give a batch of at least one sample")
+
+    def take(v: Any) -> Any:
+        if not isinstance(v, torch.Tensor) or v.ndim == 0:
+            return v
+        v = v[:n].detach()
+        return v.clone() if clone else v
+
+    if isinstance(x, Mapping):
+        return {key: take(v) for key, v in x.items()}
+    if isinstance(x, tuple):
+        return tuple(take(v) for v in x)
+    return take(x)
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` holds on any rank of the default process group (on this one if none)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    # On the device the layers live on: NCCL groups take no CPU tensors.
+    votes = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(votes, op=dist.ReduceOp.MAX)
+    return bool(votes.item() > 0)
+
+
+def leading_rows(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` of ``rows``, copied when they are fewer than all: a view would keep the
+    whole input (every token of a sequence batch, every patch of a convolution) alive.
+
+    Example:
+      >>> rows = torch.zeros(1024, 8)
+      >>> leading_rows(rows, 32).untyped_storage().nbytes(), leading_rows(rows, 2048) is rows
+      (1024, True)
+    """
+    return rows[:n].clone() if rows.shape[0] > n else rows
+
+
+def leading_size(x: Any) -> int:
+    """The number of samples in a batch :func:`first_rows` takes from (its first tensor's first axis)."""
+    values = x.values() if isinstance(x, Mapping) else x if isinstance(x, tuple) else [x]
+    return next(v.shape[0] for v in values if isinstance(v, torch.Tensor) and v.ndim > 0)

@@ -1,0 +1,111 @@
+"""Each layer's learning rate from its ``c``, and the optimizer's param groups that carry them.
+
+A weighted layer asks for ``lr_prefactor * width^-c`` (``c`` folded for a bare parameter),
+times its depth factor. A tied weight is one parameter in one group: it runs at the smaller
+rate its uses ask for, so that both stay stable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from maxp_core import warn_user
+from maxp_core.rules import tied_disagreement
+from maxp_torch.group_rates import WRITTEN
+from maxp_torch.layer_set import LayerSet
+
+
+class LayerRates:
+    """The rates of a :class:`LayerSet` at the current ``c`` (one entry per weighted layer) and
+    ``lr_prefactor``, both read from ``owner`` so they are always the latest."""
+
+    def __init__(self, layers: LayerSet, owner: Any) -> None:
+        self.layers = layers
+        self.owner = owner
+
+    def layer_lr(self, j: int) -> float:
+        """The rate weighted layer ``j`` asks for."""
+        layers = self.layers
+        k = layers.weighted[j]
+        c = layers.abc(j, float(self.owner.c[j]))[2]
+        return self.owner.lr_prefactor * float(layers.width(k) ** -c) * layers.depth(k)[1]
+
+    def group_lr(self, g: int) -> float:
+        """Group ``g``'s rate: the smallest its layers ask for."""
+        return min(self.layer_lr(j) for j in self.layers.groups[g])
+
+    def binding(self, g: int) -> int:
+        """The weighted layer whose rate group ``g`` runs at."""
+        return min(self.layers.groups[g], key=self.layer_lr)
+
+    def group_c(self, g: int) -> float:
+        return float(self.owner.c[self.binding(g)])
+
+    def all_groups(self) -> list[float]:
+        return [self.group_lr(g) for g in range(len(self.layers.groups))]
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """One group per weight (``layer_name``, ``c``, ``fan_in``, ``maxp_managed``; a tied
+        weight's ``tied`` lists its layers), then the rest at ``lr_prefactor`` as ``"_other"``."""
+        layers = self.layers
+        groups = []
+        taken: set[int] = set()
+        for g, members in enumerate(layers.groups):
+            ks = [layers.weighted[j] for j in members]
+            params = []
+            for p in (p for k in ks for p in layers.modules[k].parameters()):
+                if id(p) not in taken:
+                    taken.add(id(p))
+                    params.append(p)
+            lr = self.group_lr(g)
+            group = {
+                "params": params,
+                "lr": lr,
+                WRITTEN: lr,
+                "layer_name": layers.names[ks[0]],
+                "c": self.group_c(g),
+                "fan_in": layers.width(layers.weighted[self.binding(g)]),
+                "maxp_managed": True,
+            }
+            if len(ks) > 1:
+                group["tied"] = [layers.names[k] for k in ks]
+            groups.append(group)
+        rest = [p for p in model.parameters() if id(p) not in taken]
+        if rest:
+            prefactor = self.owner.lr_prefactor
+            groups.append(
+                {
+                    "params": rest,
+                    "lr": prefactor,
+                    WRITTEN: prefactor,
+                    "layer_name": "_other",
+                    "maxp_managed": False,
+                }
+            )
+        return groups
+
+    def warn_on_tied_disagreement(self, std_prefactor: float) -> None:
+        """Say when a tied weight's uses ask for different initial scales or rates."""
+        layers = self.layers
+        for members in layers.groups:
+            if len(members) < 2:
+                continue
+            names = [layers.names[layers.weighted[j]] for j in members]
+            stds = [std_prefactor * layers.width(layers.weighted[j]) ** -layers.applied_b(j) for j in members]
+            lrs = [self.layer_lr(j) for j in members]
+            message = tied_disagreement(names, stds, lrs)
+            if message:
+                warn_user(message)
+
+    def lr_factors(self) -> np.ndarray:
+        """``width^-c`` per weighted layer (c folded for a bare parameter)."""
+        layers = self.layers
+        return np.array(
+            [
+                layers.width(k) ** -layers.abc(j, float(self.owner.c[j]))[2]
+                for j, k in enumerate(layers.weighted)
+            ]
+        )
