@@ -40,43 +40,43 @@ def check_rates(seen: list[list[float]], wanted: list[list[float]], exponents: l
 
 
 def test_hugging_face_trainer_with_maxp_as_its_scheduler(tmp_path) -> None:
+    """A tiny GPT-2 (tied embedding and readout, traced attention) under the Trainer's own
+    warm-up and cosine decay, given as ``optimizers=(optimizer, scheduler)``."""
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
+    from maxp_torch import Parametrization
+    from tests.torch.test_hf import GPT2_RULES, VOCAB, batch, gpt2
 
     def make_schedule(optimizer):
         return transformers.get_cosine_schedule_with_warmup(optimizer, 3, STEPS)
 
-    class Classifier(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = mlp()
-
-        def forward(self, x, labels=None):
-            logits = self.net(x)
-            if labels is None:  # maxP's measurement forwards
-                return {"logits": logits}
-            return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
-
-    model = Classifier()
-    param = dynamic_param(model)
+    torch.manual_seed(0)
+    model = gpt2().train()
+    sample = batch()
+    param = Parametrization(
+        model, rules=GPT2_RULES, sample_input=sample, lr_prefactor=1e-2, warmup_steps=2, solve_interval=3
+    )
     optimizer = torch.optim.AdamW(param.param_groups)
     scheduler = param.lr_scheduler(optimizer, make_schedule(optimizer))
-    x, y = data()
-    param.capture_initial(x[:16])
+    param.capture_initial(sample)
     factors = warmup_cosine_factors(make_schedule)
+    layers = len(param.groups)
     seen, wanted, exponents = [], [], []
 
     class Record(transformers.TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             groups = optimizer.param_groups
             seen.append([g["lr"] for g in groups])
-            wanted.append(expected_rates(optimizer, factors[len(wanted)]))
-            exponents.append([g["c"] for g in groups[:3]])
+            wanted.append(expected_rates(optimizer, factors[len(wanted)], prefactor=1e-2))
+            exponents.append([g["c"] for g in groups[:layers]])
 
+    ids = torch.randint(
+        0, VOCAB, (STEPS * 2, sample["input_ids"].shape[1]), generator=torch.Generator().manual_seed(1)
+    )
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path),
         max_steps=STEPS,
-        per_device_train_batch_size=BATCH,
+        per_device_train_batch_size=2,
         logging_steps=1,
         save_strategy="no",
         report_to="none",
@@ -87,14 +87,15 @@ def test_hugging_face_trainer_with_maxp_as_its_scheduler(tmp_path) -> None:
     trainer = transformers.Trainer(
         model=model,
         args=args,
-        train_dataset=[{"x": a, "labels": b} for a, b in zip(x, y, strict=True)],
+        train_dataset=[{"input_ids": row, "labels": row} for row in ids],
         optimizers=(optimizer, scheduler),
         callbacks=[Record()],
     )
     trainer.train()
     check_rates(seen, wanted, exponents)
     assert param.solves == solves_in(param) >= 2
-    # The Trainer logs the rate the optimizer had in the step it reports.
+    assert any("tied" in g for g in optimizer.param_groups)
+    # The Trainer logs the rate the first layer group had in the step it reports.
     logged = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
     assert len(logged) == STEPS
     np.testing.assert_allclose(logged[1:], [rates[0] for rates in seen[:-1]], rtol=1e-12)
