@@ -7,7 +7,7 @@ from typing import Any
 import jax
 
 from maxp_core import MaxPError, validate, warn_user
-from maxp_jax.dynamic import AlignmentResolver, DynamicAlignment, with_outcome
+from maxp_jax.dynamic import AlignmentResolver, DynamicAlignment, mark_solved_between_steps, with_outcome
 from maxp_jax.spec import MaxPSpec
 from maxp_jax.transform import ScaleByMaxPState, check_state_of, find_maxp_state, replace_maxp_state
 
@@ -73,6 +73,7 @@ class SolveBetweenSteps:
             )
         self.spec = spec
         self.dynamic = dynamic
+        mark_solved_between_steps(dynamic)
         self._resolver = AlignmentResolver(spec, dynamic)
         self._measure = jax.jit(self._resolver.measure)
         self._seen: int | None = None  # the last updates_done this object was called with

@@ -21,6 +21,7 @@ from maxp_core import (
     groups_of_equal_shape,
     unused_alignments,
     validate,
+    warn_user,
 )
 from maxp_core.alignment import MODES
 from maxp_jax.capture import LayerInputs
@@ -132,6 +133,29 @@ class DynamicAlignment:
             )
         if self.resample_w0 and self.init_key is None:
             raise MaxPError("resample_w0=True needs init_key, the key abc_init drew the initial weights with")
+
+
+#: Set on a DynamicAlignment once a SolveBetweenSteps re-solves for it (or once it was warned about).
+_SOLVED_BETWEEN_STEPS = "_maxp_solved_between_steps"
+_WARNED = "_maxp_warned_never_solved"
+
+
+def mark_solved_between_steps(dynamic: DynamicAlignment) -> None:
+    """Note that a :class:`~maxp_jax.SolveBetweenSteps` re-solves for ``dynamic``."""
+    object.__setattr__(dynamic, _SOLVED_BETWEEN_STEPS, True)
+
+
+def warn_if_never_solved(dynamic: DynamicAlignment) -> None:
+    """Warn (once, when the update is traced) if nothing re-solves for an ``in_step=False`` run."""
+    if getattr(dynamic, _SOLVED_BETWEEN_STEPS, False) or getattr(dynamic, _WARNED, False):
+        return
+    object.__setattr__(dynamic, _WARNED, True)
+    warn_user(
+        "DynamicAlignment(in_step=False): the optimizer update only applies the factors, and no "
+        "SolveBetweenSteps was built for it, so the rates will stay at the preset's; build "
+        "solve = SolveBetweenSteps(spec, dynamic) before the first step and call it after every "
+        "update, or pass in_step=True"
+    )
 
 
 class AlignmentResolver:

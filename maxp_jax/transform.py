@@ -13,7 +13,7 @@ import optax
 
 from maxp_core import MaxPError, WSDSchedule, validate
 from maxp_core.metrics import MetricsLog
-from maxp_jax.dynamic import FACTOR_DTYPE, AlignmentResolver, DynamicAlignment
+from maxp_jax.dynamic import FACTOR_DTYPE, AlignmentResolver, DynamicAlignment, warn_if_never_solved
 from maxp_jax.spec import MaxPSpec, TiedUses, leaf_key, path_string
 
 
@@ -137,6 +137,8 @@ def scale_by_maxp(
     def update_fn(
         updates: optax.Updates, state: ScaleByMaxPState, params: optax.Params | None = None, **extra_args: Any
     ) -> tuple[optax.Updates, ScaleByMaxPState]:
+        if resolver is not None and not resolver.config.in_step:
+            warn_if_never_solved(resolver.config)
         if resolver is not None and resolver.config.in_step:
             if params is None:
                 raise MaxPError(

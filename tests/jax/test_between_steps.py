@@ -162,3 +162,24 @@ def test_after_a_missed_update_repeated_calls_still_solve_once() -> None:
             for _ in range(2):
                 assert solve(state, params, updates_done=k) is state
     assert int(find_maxp_state(state).solves) == 1
+
+
+def test_a_between_steps_run_that_nothing_re_solves_is_warned_when_the_step_is_traced() -> None:
+    _, _, params, tx, step = _setup(False, warmup_steps=0, solve_interval=1)
+    state = tx.init(params)
+    with pytest.warns(MaxPWarning, match=r"no SolveBetweenSteps was built for it.*stay at the preset"):
+        params, state = jax.jit(step)(params, state)
+    assert int(find_maxp_state(state).solves) == 0
+
+
+def test_a_between_steps_run_with_its_solver_is_not_warned() -> None:
+    import warnings
+
+    spec, dyn, params, tx, step = _setup(False, warmup_steps=0, solve_interval=1)
+    solve = SolveBetweenSteps(spec, dyn)
+    state = tx.init(params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MaxPWarning)
+        params, state = jax.jit(step)(params, state)
+        state = solve(state, params, updates_done=1)
+    assert int(find_maxp_state(state).solves) == 1
