@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler, OneCycleLR, ReduceLROnPlateau
 
-from maxp_core import MaxPError
+from maxp_core import MaxPError, validate
 from maxp_torch.group_rates import check_sole_writer, write_rates
 from maxp_torch.optimizers import innermost_optimizer
 from maxp_torch.parametrization import Parametrization
@@ -164,29 +164,36 @@ class ChainedMaxPScheduler(LRScheduler):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if not isinstance(state, Mapping) or "maxp" not in state or "schedulers" not in state:
-            raise MaxPError("not a ChainedMaxPScheduler state: it needs the 'maxp' and 'schedulers' entries")
+            raise MaxPError(
+                "load_state_dict: not a ChainedMaxPScheduler state; it needs the 'maxp' and "
+                "'schedulers' entries"
+            )
         saved = list(state["schedulers"])
         if len(saved) != len(self.schedulers):
             raise MaxPError(
-                f"the state holds {len(saved)} chained schedulers but this chain has {len(self.schedulers)}"
+                f"load_state_dict: the state holds {len(saved)} chained schedulers but this chain has "
+                f"{len(self.schedulers)}"
             )
-        shadow = _numbers(state["shadow"], len(self._shadow), "shadow")
+        shadow = _numbers(state.get("shadow"), len(self._shadow), "shadow")
         reference = _numbers(state.get("reference", self._reference), len(self._reference), "reference")
+        step_count = validate.integer(
+            state.get("step_count", 1), "load_state_dict: the state's step_count", 1
+        )
         self.maxp.load_state_dict(state["maxp"])
         for s, sd in zip(self.schedulers, saved, strict=True):
             s.load_state_dict(sd)
-        self._shadow, self._reference = shadow, reference
-        self._step_count = int(state.get("step_count", self._param.step_count + 1))
+        self._shadow, self._reference, self._step_count = shadow, reference, step_count
         self._write()
 
 
 def _numbers(values: Any, n: int, what: str) -> list[float]:
-    numbers = [float(v) for v in values]
-    if len(numbers) != n or not all(v == v and abs(v) != float("inf") for v in numbers):
-        raise MaxPError(f"the state's {what!r} must hold {n} finite numbers, got {values!r}")
-    if what == "reference" and not all(v > 0 for v in numbers):
-        raise MaxPError(f"the state's 'reference' rates must be > 0, got {values!r}")
-    return numbers
+    """``n`` rates from a saved state: ``shadow`` ones >= 0 (a decay may reach 0), ``reference`` ones > 0."""
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence) or len(values) != n:
+        raise MaxPError(
+            f"load_state_dict: the state's {what!r} must list {n} rates, one per group; got {values!r}"
+        )
+    check = validate.positive_number if what == "reference" else validate.non_negative_number
+    return [check(v, f"load_state_dict: the state's {what}[{i}]") for i, v in enumerate(values)]
 
 
 def _common_optimizer(

@@ -616,6 +616,14 @@ class MaxPScheduler(LRScheduler):
         return {"base_lr": self.base_lr, "param": self.param.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.base_lr = float(state["base_lr"])
+        """Restore :meth:`state_dict`, checked first: a bad entry is named and nothing is restored."""
+        if not isinstance(state, Mapping) or "base_lr" not in state or "param" not in state:
+            found = sorted(map(str, state)) if isinstance(state, Mapping) else type(state).__name__
+            raise MaxPError(
+                "load_state_dict: expected the mapping MaxPScheduler.state_dict returns, with 'base_lr' "
+                f"and 'param'; got {found}"
+            )
+        base_lr = validate.positive_number(state["base_lr"], "load_state_dict: base_lr")
         self.param.load_state_dict(state["param"])
+        self.base_lr = base_lr
         self._write()

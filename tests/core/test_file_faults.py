@@ -423,3 +423,42 @@ def test_a_diverged_loss_and_a_rate_scheduled_to_zero_are_logged_as_they_are(tmp
         log.write({"maxp/step": 0, "maxp/lr/fc": 0.0}, loss=float("inf"))  # warm-up from 0; diverged
     run = read_metrics(tmp_path / "run.jsonl")
     assert run.records[0]["maxp/lr/fc"] == 0.0 and run.records[0]["loss"] == float("inf")
+
+
+def _good_graph_and_table(tmp_path):
+    full = {"b": 0.5, "alpha": 1, "omega": 0.5, "u": 1}
+    graph = {
+        "nodes": [
+            {"name": "x", "a": -0.5, "role": "embedding", **full},
+            {"name": "h", "a": 0.0, "preds": ["x"], "role": "hidden", **full},
+            {"name": "y", "a": 0.5, "preds": ["h"], "role": "readout", **full},
+        ]
+    }
+    (tmp_path / "good.json").write_text(json.dumps(graph))
+    triples = {"hidden": (0.7, 0.5, 0.6), "readout": (0.6, 0.5, 0.55)}
+    AlignmentTable(triples, layers={"hidden": 1, "readout": 1}).write(tmp_path / "t.json")
+    return tmp_path / "good.json", tmp_path / "t.json"
+
+
+@pytest.mark.parametrize("option", ["depth --base-graph", "table --graph"])
+@pytest.mark.parametrize("kind", ["missing", "folder", "not utf-8", "device", "under a file"])
+def test_every_option_file_of_a_command_is_named_in_one_line(tmp_path, capsys, option, kind) -> None:
+    """Files given to options are read as carefully as the command's own file."""
+    graph, table = _good_graph_and_table(tmp_path)
+    path, message = _paths(tmp_path)[kind]
+    if option == "depth --base-graph":
+        words = ["depth", str(graph), "--base-graph", path]
+    else:
+        words = ["table", "--alignments", str(table), "--graph", path]
+    assert main(words) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and path in err, err
+    assert __import__("re").search(message, err), err
+
+
+def test_the_option_files_read_when_they_are_good(tmp_path, capsys) -> None:
+    """The good files above are accepted: the refusals are about the bad path, not the command."""
+    graph, table = _good_graph_and_table(tmp_path)
+    assert main(["depth", str(graph), "--base-graph", str(graph)]) == 0
+    assert main(["table", "--alignments", str(table), "--graph", str(graph)]) == 0
+    assert "h" in capsys.readouterr().out

@@ -656,3 +656,82 @@ def test_a_grouped_convolution_takes_its_input_channels_as_width() -> None:
         ParametrizedModule(nn.Linear(128, 4), width_dim=128, layer_type="readout"),
     )
     assert Parametrization(model).c.shape == (3,)
+
+
+def _chained_first_release_run():
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 5))
+    initialize_abc_weights(model, parametrization="mup", seed=0)
+    optimizer = torch.optim.AdamW(create_param_groups(model, lr_prefactor=1e-2, parametrization="mup"))
+    maxp = MaxPScheduler(
+        optimizer, model, 1e-2, parametrization="mup", solver_warmup_steps=1, solve_interval=1
+    )
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10)
+    return model, optimizer, maxp, ChainedMaxPScheduler(maxp, [cosine])
+
+
+def _trained_scheduler_states():
+    x, y = data()
+    model, optimizer, _, chained = _chained_first_release_run()
+    chained.capture_initial(x)
+    for _ in range(3):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        chained.step()
+    return chained.state_dict()
+
+
+CORRUPT_SCHEDULER_STATES = [
+    (lambda s: {**s, "base_lr": float("nan")}, r"load_state_dict: base_lr = nan"),
+    (lambda s: {**s, "base_lr": float("inf")}, r"load_state_dict: base_lr = inf"),
+    (lambda s: {**s, "base_lr": -0.1}, r"load_state_dict: base_lr = -0.1 must be > 0"),
+    (lambda s: {**s, "base_lr": 0.0}, r"load_state_dict: base_lr = 0.0 must be > 0"),
+    (lambda s: {**s, "base_lr": "0.01"}, r"load_state_dict: base_lr must be a real number"),
+    (
+        lambda s: {k: v for k, v in s.items() if k != "base_lr"},
+        r"with 'base_lr' and 'param'; got \['param'\]",
+    ),
+    (lambda s: [s], r"MaxPScheduler.state_dict returns.*got list"),
+    (lambda s: {**s, "param": {**s["param"], "c": [float("nan")] * 3}}, r"c of layer '0' = nan"),
+]
+
+
+@pytest.mark.parametrize(("corrupt", "message"), CORRUPT_SCHEDULER_STATES)
+def test_a_maxp_scheduler_checkpoint_with_a_bad_entry_is_refused_and_nothing_is_restored(
+    corrupt, message
+) -> None:
+    state = _trained_scheduler_states()["maxp"]
+    _, optimizer, maxp, _ = _chained_first_release_run()
+    before = ([g["lr"] for g in optimizer.param_groups], maxp.base_lr, maxp.param.step_count)
+    with pytest.raises(MaxPError, match=message):
+        maxp.load_state_dict(corrupt(state))
+    assert ([g["lr"] for g in optimizer.param_groups], maxp.base_lr, maxp.param.step_count) == before
+
+
+CORRUPT_CHAIN_STATES = [
+    (lambda s: {**s, "shadow": [float("nan"), *s["shadow"][1:]]}, r"the state's shadow\[0\] = nan"),
+    (lambda s: {**s, "shadow": [-1.0, *s["shadow"][1:]]}, r"the state's shadow\[0\] = -1.0 must be >= 0"),
+    (lambda s: {**s, "shadow": s["shadow"][:2]}, r"'shadow' must list 4 rates, one per group"),
+    (lambda s: {**s, "shadow": "0.1"}, r"'shadow' must list 4 rates"),
+    (
+        lambda s: {**s, "reference": [0.0, *s["reference"][1:]]},
+        r"the state's reference\[0\] = 0.0 must be > 0",
+    ),
+    (lambda s: {**s, "reference": [float("inf")] * 3}, r"the state's reference\[0\] = inf"),
+    (lambda s: {**s, "step_count": "x"}, r"the state's step_count must be an integer >= 1"),
+    (lambda s: {**s, "schedulers": []}, r"the state holds 0 chained schedulers but this chain has 1"),
+    (lambda s: {k: v for k, v in s.items() if k != "maxp"}, r"not a ChainedMaxPScheduler state"),
+    (lambda s: {**s, "maxp": {**s["maxp"], "base_lr": -1}}, r"load_state_dict: base_lr = -1"),
+]
+
+
+@pytest.mark.parametrize(("corrupt", "message"), CORRUPT_CHAIN_STATES)
+def test_a_chained_scheduler_checkpoint_with_a_bad_entry_is_refused_and_nothing_is_restored(
+    corrupt, message
+) -> None:
+    state = _trained_scheduler_states()
+    _, optimizer, maxp, chained = _chained_first_release_run()
+    before = ([g["lr"] for g in optimizer.param_groups], maxp.param.step_count, chained.factor)
+    with pytest.raises(MaxPError, match=message):
+        chained.load_state_dict(corrupt(state))
+    assert ([g["lr"] for g in optimizer.param_groups], maxp.param.step_count, chained.factor) == before
