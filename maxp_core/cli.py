@@ -228,7 +228,9 @@ def _cmd_depth(args: argparse.Namespace, out: TextIO) -> int:
 
     lp, _ = lp_from_json(_read_spec(args.file))
     graph = lp.graph
-    base = lp_from_json(_read_spec(args.base_graph))[0].graph if args.base_graph else args.base
+    base: Any = 3 if args.base is None else args.base
+    if args.base_graph:
+        base = lp_from_json(_read_spec(args.base_graph))[0].graph
     rule = ChenScaling(
         base=base,
         offset=args.offset,
@@ -374,7 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     depth = sub.add_parser("depth", help="path statistics and Chen et al.'s depth/topology factors")
     depth.add_argument("file", help="JSON file, or - for stdin")
     base = depth.add_mutually_exclusive_group()
-    base.add_argument("--base", type=int, default=3, help="base: a chain of this many layers (default 3)")
+    # No default here: argparse would then take an explicit "--base 3" for an absent option and
+    # let --base-graph pass beside it; the chain of 3 is filled in when neither is given.
+    base.add_argument("--base", type=int, help="base: a chain of this many layers (default 3)")
     base.add_argument("--base-graph", help="base: a graph given as JSON")
     depth.add_argument("--offset", type=int, default=0, help="layers every path passes outside the graph")
     depth.add_argument("--kernel-size", type=int, default=1)

@@ -433,6 +433,15 @@ def _describe_base(base: int | OpGraph) -> str:
     )
 
 
+#: Past this, ``exp`` of a log-factor leaves float64 (to 0 or to inf).
+LOG_FLOAT_RANGE = 708.0
+
+
+def _count(n: int) -> str:
+    """An integer as written, or as ``about 10^k`` when it is too long to read."""
+    return str(n) if n < 10**15 else f"about 10^{int(math.log10(n))}"
+
+
 @dataclass(frozen=True)
 class BranchScaling:
     """Residual-branch depth scaling: depth-muP (``alpha = 1/2``) or CompleteP (``alpha = 1``).
@@ -466,6 +475,14 @@ class BranchScaling:
             )
         depth = validate.integer(self.depth, "BranchScaling depth (number of residual blocks)", 1)
         base = validate.integer(self.base_depth, "BranchScaling base_depth", 1)
+        # Every factor is the ratio to a power in [-1, 1], so all are floats when the ratio is;
+        # in logs, integers past float range do not overflow on the way.
+        if abs(math.log(depth) - math.log(base)) >= LOG_FLOAT_RANGE:
+            raise MaxPError(
+                f"BranchScaling: depth / base_depth = {_count(depth)} / {_count(base)} is out of a float's "
+                "range, and so would be the branch multiplier and rate factor it gives; give the model's "
+                "number of blocks and the base's"
+            )
         object.__setattr__(self, "_ratio", depth / base)
 
     @property

@@ -297,6 +297,15 @@ def _weightless() -> mc.OpGraph:
         (lambda: chen_lr_factor(mc.chain(4), 10**5000), r"about 10\^5000 layers"),
         (lambda: ChenScaling().factors("graph", "adam"), r"ChenScaling.factors needs an OpGraph, got str"),
         (lambda: ChenScaling(base="graph"), r"ChenScaling base .* must be an integer >= 1, got str 'graph'"),
+        (
+            lambda: BranchScaling(alpha=0.5, depth=10**400),
+            r"depth / base_depth = about 10\^400 / 1 is out of a float's range",
+        ),
+        (
+            lambda: BranchScaling(alpha=1.0, depth=4, base_depth=10**400),
+            r"depth / base_depth = 4 / about 10\^400 is out of a float's range",
+        ),
+        (lambda: BranchScaling(alpha=0.5, depth=10**5000), r"about 10\^5000 / 1 is out of a float's range"),
     ],
 )
 def test_a_depth_rule_that_would_scale_a_rate_by_zero_or_infinity_is_refused(call, message) -> None:
@@ -323,3 +332,20 @@ def test_the_cli_refuses_a_weightless_base_graph(tmp_path, capsys) -> None:
     (tmp_path / "b.json").write_text(json.dumps(base))
     assert main(["depth", str(tmp_path / "g.json"), "--base-graph", str(tmp_path / "b.json")]) == 2
     assert "has no weighted layer" in capsys.readouterr().err
+
+
+def test_the_cli_refuses_a_base_chain_and_a_base_graph_together(tmp_path, capsys) -> None:
+    """``--base 3`` is the default's value: it must still count as given, not vanish beside a graph."""
+    from maxp_core.cli import main
+
+    full = {"b": 0.5, "alpha": 1, "omega": 0.5, "u": 1}
+    graph = {"nodes": [{"name": "x", "a": -0.5, **full}, {"name": "y", "a": 0.5, "preds": ["x"], **full}]}
+    (tmp_path / "g.json").write_text(json.dumps(graph))
+    with pytest.raises(SystemExit) as exit_:
+        main(["depth", str(tmp_path / "g.json"), "--base", "3", "--base-graph", str(tmp_path / "g.json")])
+    assert exit_.value.code == 2
+    assert "not allowed with argument --base" in capsys.readouterr().err
+    assert main(["depth", str(tmp_path / "g.json"), "--base", "0"]) == 2
+    assert "must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert main(["depth", str(tmp_path / "g.json")]) == 0
+    assert "against a chain of 3 layers" in capsys.readouterr().out
