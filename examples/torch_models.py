@@ -40,11 +40,18 @@ class Block(nn.Module):
     """One pre-LN transformer block: causal single-head attention, then a SwiGLU MLP.
 
     ``zero_init`` names layers (``"v"``, ``"o"``, ``"gate"``, ...) whose weights start at zero
-    (``b = inf``), as many recipes do for output projections and gates.
+    (``b = inf``), as many recipes do for output projections and gates. ``scores_a`` is the
+    scores' exponent: ``1`` scales them by ``1/d`` (muP), ``0.5`` by ``1/sqrt(d)`` (the published
+    maxP tutorial's annotation).
     """
 
     def __init__(
-        self, d: int, parametrized: bool = True, causal: bool = True, zero_init: tuple[str, ...] = ()
+        self,
+        d: int,
+        parametrized: bool = True,
+        causal: bool = True,
+        zero_init: tuple[str, ...] = (),
+        scores_a: float = 1.0,
     ) -> None:
         super().__init__()
         self.causal = causal
@@ -53,7 +60,7 @@ class Block(nn.Module):
             _layer(nn.Linear(d, d, bias=False), d, "hidden", parametrized) for _ in "qkv"
         )
         self.scores = (
-            ParametrizedModule(_product, width_dim=d, layer_type="readout", a=1.0)
+            ParametrizedModule(_product, width_dim=d, layer_type="readout", a=scores_a)
             if parametrized
             else _scaled_scores(d)
         )
@@ -105,11 +112,14 @@ class GPT(nn.Module):
         ctx: int = 16,
         parametrized: bool = True,
         zero_init: tuple[str, ...] = (),
+        scores_a: float = 1.0,
     ) -> None:
         super().__init__()
         self.tok = _layer(nn.Embedding(vocab, d), d, "embedding", parametrized)
         self.pos = _layer(nn.Embedding(ctx, d), d, "embedding", parametrized)
-        self.blocks = nn.ModuleList(Block(d, parametrized, zero_init=zero_init) for _ in range(blocks))
+        self.blocks = nn.ModuleList(
+            Block(d, parametrized, zero_init=zero_init, scores_a=scores_a) for _ in range(blocks)
+        )
         self.ln = nn.LayerNorm(d)
         self.head = _layer(nn.Linear(d, vocab, bias=False), d, "readout", parametrized)
 

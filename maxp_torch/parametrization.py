@@ -209,6 +209,7 @@ class Parametrization:
         )
         self.alignment = np.array([[n.alpha, n.omega, n.u] for n in self.graph.nodes])
         self.c = self._resolving.preset_exponents()
+        self._resolving.warn_on_scores_slowdown()
         self._rates = LayerRates(self._layers, self)
         self.param_groups = self._rates.param_groups(model)
         self._rates.warn_on_tied_disagreement(self.std_prefactor)

@@ -14,6 +14,7 @@ import numpy as np
 
 from maxp_core import MaxPError, OpGraph, Resolver, StabilityLP, unused_alignments, warn_user
 from maxp_core.alignment import MODES
+from maxp_core.scores import scores_slowdown
 
 if TYPE_CHECKING:
     from maxp_torch.parametrization import Parametrization
@@ -77,6 +78,16 @@ class Resolving:
         """``c`` per weighted layer at the graph's own (preset or overridden) alignments."""
         solution = self.lp.solve()
         return np.array([solution.c[name] for name in self.param._layers.weighted_names()])
+
+    def warn_on_scores_slowdown(self) -> None:
+        """Warn when attention scores at ``a < 1`` slow the layers upstream (:mod:`maxp_core.scores`)."""
+        layers = self.param._layers
+        found = scores_slowdown(
+            self.lp, dict(zip(layers.weighted_names(), self.param.c.tolist(), strict=True))
+        )
+        if found is not None:
+            width = layers.width(layers.names.index(found.layer))
+            warn_user(found.message(width, self.param.lr_prefactor))
 
     def solve(self, alignment: np.ndarray) -> np.ndarray:
         """``c`` per weighted layer at the given alignments (one row per graph node)."""
