@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -24,7 +25,7 @@ from maxp_torch import sharding
 from maxp_torch.discovery import unwrap
 from maxp_torch.initialization import InitialWeights
 from maxp_torch.layer_set import LayerSet
-from maxp_torch.module import ParametrizedModule
+from maxp_torch.module import INITIAL_VIEWS, ParametrizedModule
 from maxp_torch.trace import call_model
 
 Triple = tuple[float, float, float]
@@ -138,6 +139,22 @@ class Measurement:
                 weight = self.layers.modules[k].weight
                 assert weight is not None
                 self.w0[k] = weight.detach().clone()
+        self.publish_views()
+
+    def publish_views(self) -> None:
+        """Give each layer the published ``pm._z0`` / ``pm._w0`` views of what was recorded."""
+        me = weakref.ref(self)
+        for k, module in enumerate(self.layers.modules):
+
+            def view(what: str, k: int = k) -> torch.Tensor | None:
+                measurement = me()
+                if measurement is None:
+                    return None
+                if what == "z0":
+                    return measurement.z0.get(k)
+                return measurement.initial_weight(k) if k in measurement.z0 else None
+
+            INITIAL_VIEWS[module] = view
 
     def restore(
         self,
@@ -148,6 +165,7 @@ class Measurement:
     ) -> None:
         """Take back what :meth:`capture` recorded (from a checkpoint)."""
         self.z0, self.w0, self.sample = z0, w0, sample
+        self.publish_views()
         if self.use_training_activations and initial_model is not None:
             self.initial_model = copy.deepcopy(unwrap(self.model))
             self.initial_model.load_state_dict(initial_model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,14 @@ from maxp_core import MaxPError, Role, validate
 from maxp_torch.layers import LINEAR, LayerKind, kind_of
 
 LAYER_TYPES: tuple[str, ...] = tuple(role.value for role in Role)
+
+
+#: What a Parametrization recorded of each layer at ``capture_initial``, for the published
+#: ``pm._z0`` / ``pm._w0`` views: ``layer -> (what -> tensor or None)``. Held beside the layers,
+#: not on them, so that copying or saving a model carries no reference to its Parametrization.
+INITIAL_VIEWS: weakref.WeakKeyDictionary[nn.Module, Callable[[str], torch.Tensor | None]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class ParametrizedModule(nn.Module):
@@ -81,6 +90,21 @@ class ParametrizedModule(nn.Module):
         self._tracer: Callable[..., Any] | None = None
 
     folded = False  # the output is multiplied by ``scale``; nothing is folded into init or rate
+
+    @property
+    def _z0(self) -> torch.Tensor | None:
+        """The published maxP's name for this layer's initial input rows, as
+        :meth:`~maxp_torch.Parametrization.capture_initial` recorded them (read-only; ``None``
+        before, and for a layer whose alignment is not measured)."""
+        view = INITIAL_VIEWS.get(self)
+        return None if view is None else view("z0")
+
+    @property
+    def _w0(self) -> torch.Tensor | None:
+        """The published maxP's name for this layer's initial weight (read-only; redrawn on
+        each read with ``resample_w0``; ``None`` before the capture and where not measured)."""
+        view = INITIAL_VIEWS.get(self)
+        return None if view is None else view("w0")
 
     @property
     def kind(self) -> LayerKind:

@@ -282,6 +282,11 @@ class Parametrization:
         self._initial.seed = value
 
     @property
+    def _pms(self) -> list[tuple[str, ParametrizedModule]]:
+        """The published maxP's ``(name, layer)`` list, in model order (read-only)."""
+        return list(zip(self.names, self.modules, strict=True))
+
+    @property
     def _sample(self) -> Any:
         return self._measurement.sample
 

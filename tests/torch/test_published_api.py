@@ -595,3 +595,72 @@ def test_a_tied_weight_is_one_group_named_by_its_first_use() -> None:
     assert scheduler.get_layer_names() == ["emb", "fc"] and scheduler.get_last_lr()[0] == pytest.approx(
         0.1 / 32
     )
+
+
+# --- the current release's own examples: call shapes written here ---------------------------
+
+
+class SweepMLP(nn.Module):
+    """The dynamic sweep examples' model: three wrapped linear layers."""
+
+    def __init__(self, width: int = 64, in_dim: int = 16, classes: int = 5) -> None:
+        super().__init__()
+        self.embed = maxp_torch.ParametrizedModule(nn.Linear(in_dim, width), width, "embedding")
+        self.hidden = maxp_torch.ParametrizedModule(nn.Linear(width, width), width, "hidden")
+        self.readout = maxp_torch.ParametrizedModule(nn.Linear(width, classes), width, "readout")
+
+    def forward(self, x):
+        return self.readout(torch.relu(self.hidden(torch.relu(self.embed(x)))))
+
+
+def test_a_dynamic_sweep_reads_each_layer_through_pms() -> None:
+    """As the dynamic sweeps do: SGD on the groups, capture, step, then per layer through
+    ``param._pms`` its ``alpha, omega, u`` and the rate of its group found by ``layer_name``."""
+    x, y = loader(1, in_dim=16, batch=32, classes=5)[0]
+    model = SweepMLP()
+    param = maxp_torch.Parametrization(
+        model, lr_prefactor=0.1, optimizer_type="sgd", alignment="full", warmup_steps=2, solve_interval=2,
+        sample_size=16,
+    )  # fmt: skip
+    optimizer = torch.optim.SGD(param.param_groups, lr=0.1)
+    param.capture_initial(x[:16])
+    history = []
+    for _ in range(6):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        param.step(x[:16], optimizer)
+        row = {}
+        for name, pm in param._pms:
+            if pm.weight is not None:
+                lr = next(g["lr"] for g in param.param_groups if g.get("layer_name") == name)
+                row[name] = (pm.alpha, pm.omega, pm.u, lr)
+        history.append(row)
+    assert [name for name, _ in param._pms] == ["embed", "hidden", "readout"]
+    alpha, omega, u = param.get_alignment()
+    last = history[-1]
+    assert [last[n][:3] for n in ("embed", "hidden", "readout")] == list(zip(alpha, omega, u, strict=True))
+    assert [last[n][3] for n in ("embed", "hidden", "readout")] == param.get_last_lr()
+    assert param.solves == 2 and history[0] != history[-1]  # after steps 4 and 6, as published
+
+
+def test_the_published_verification_reads_the_initial_state_of_each_layer() -> None:
+    """As ``docs/verify.py`` does: ``pm._z0`` are the layer's captured input rows and
+    ``pm._w0`` its initial weight, shaped as the weight; ``None`` before the capture."""
+    x, y = loader(1, in_dim=16, batch=32, classes=5)[0]
+    for resample_w0 in (False, True):
+        model = SweepMLP()
+        param = maxp_torch.Parametrization(model, lr_prefactor=0.1, resample_w0=resample_w0, seed=3)
+        hidden = model.hidden
+        assert hidden._z0 is None and hidden._w0 is None
+        initial = hidden.weight.detach().clone()
+        with torch.no_grad():
+            rows = torch.relu(model.embed.inner(x[: param.sample_size]) * model.embed.scale)
+        param.capture_initial(x)
+        optimizer = torch.optim.AdamW(param.param_groups)
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        assert hidden._w0.shape == hidden.weight.shape
+        assert torch.equal(hidden._w0, initial) and not torch.equal(hidden.weight, initial)
+        torch.testing.assert_close(hidden._z0, rows)
+        assert model.embed._z0 is None  # an embedding's alignment is not measured
