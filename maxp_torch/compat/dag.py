@@ -6,9 +6,11 @@ and the LP graph it records is returned in the published shape
 (:func:`maxp_core.compat.dag.from_core`). So ``find_c(trace_pm_dag(model, x))`` solves the
 same LP as ``Parametrization(model, sample_input=x)`` with the same exponents.
 
-Differences from the published tracer, on purpose: merge nodes are named ``add<k>`` and
-``mul<k>`` (the core recorder's names), a matrix product of two traced values (``attn @
-v``) is a product (``MergeType.SUM``) rather than the published fallback ``MIN``, a
+Merge nodes are named as the published tracer names them: ``_add_<k>`` and ``_mul_<k>``,
+one counter from 0 for both kinds, in the order the forward pass meets them. Differences
+from the published tracer, on purpose: a matrix product of two traced values (``attn @ v``)
+is a product (``MergeType.SUM``, named ``_mul_<k>``) rather than the published fallback
+``MIN`` (named ``_add_<k>``), merges no layer reads are left out, a
 parameter-free layer with two traced inputs (``q @ k^T``) is a contraction
 (``DagNode.contraction``), and ``ab`` updates the defaults per layer type instead of
 replacing the whole table.
@@ -16,13 +18,16 @@ replacing the whole table.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch  # noqa: F401  (used in the doctest)
 from torch import nn
 
 from maxp_core import MaxPError, default_ab, validate
+from maxp_core import OpGraph as CoreGraph
 from maxp_core.compat.dag import OpGraph, from_core
 from maxp_torch.module import ParametrizedModule
 from maxp_torch.parametrization import measurement_mode, unwrap
@@ -77,12 +82,51 @@ def trace_pm_dag(
     exponents = [_exponents(module, table, parametrization) for _, module in layers]
     devices = sorted({p.device for p in model.parameters()}, key=str)
     with measurement_mode(model, devices):
-        graph = trace_graph(unwrap(model), layers, exponents, sample_input)
+        graph = published_merge_names(trace_graph(unwrap(model), layers, exponents, sample_input))
     return from_core(
         graph,
         width_dims={name: module.width_dim for name, module in layers},
         layer_types={name: module.layer_type for name, module in layers},
     )
+
+
+def published_merge_names(graph: CoreGraph) -> CoreGraph:
+    """``graph`` with the recorder's merge names (``add1``, ``mul2``, ...) in the published
+    form (``_add_0``, ``_mul_1``, ...): same counter, from 0.
+
+    Example:
+      >>> from maxp_core import Node
+      >>> g = CoreGraph([Node("x", a=-0.5), Node("y", a=0.0, preds=("x",)),
+      ...                Node("add1", a=0.0, has_weight=False, preds=("x", "y")),
+      ...                Node("out", a=0.5, preds=("add1",))])
+      >>> published_merge_names(g).names
+      ('x', 'y', '_add_0', 'out')
+    """
+    layers = {n.name for n in graph.nodes if n.has_weight}
+    renamed = {}
+    for node in graph.nodes:
+        found = MERGE_NAME.fullmatch(node.name)
+        if found and node.name not in layers and not node.has_weight:
+            renamed[node.name] = f"_{found.group(1)}_{int(found.group(2)) - 1}"
+
+    def name(n: str) -> str:
+        return renamed.get(n, n)
+
+    return CoreGraph(
+        [
+            replace(
+                node,
+                name=name(node.name),
+                preds=tuple(name(p) for p in node.preds),
+                zero_inputs=tuple(name(p) for p in node.zero_inputs),
+            )
+            for node in graph.nodes
+        ]
+    )
+
+
+#: The core recorder's merge names (``maxp_core.tracing``).
+MERGE_NAME = re.compile(r"(add|mul)(\d+)")
 
 
 def _parametrized_layers(model: nn.Module) -> list[tuple[str, ParametrizedModule]]:

@@ -65,10 +65,10 @@ def test_residual_mlp_graph() -> None:
     graph = trace_pm_dag(ResidualMLP(), sample())
     graph.validate()
     assert edges(graph) == {
-        "emb": ([], ["fc", "add1"], MergeType.MIN),
-        "fc": (["emb"], ["add1"], MergeType.MIN),
-        "add1": (["emb", "fc"], ["head"], MergeType.MIN),
-        "head": (["add1"], [], MergeType.MIN),
+        "emb": ([], ["fc", "_add_0"], MergeType.MIN),
+        "fc": (["emb"], ["_add_0"], MergeType.MIN),
+        "_add_0": (["emb", "fc"], ["head"], MergeType.MIN),
+        "head": (["_add_0"], [], MergeType.MIN),
     }
     nodes = graph.nodes
     assert [(n.a, n.b, n.layer_type, n.has_weight, n.width_dim) for n in nodes.values()] == [
@@ -83,16 +83,16 @@ def test_residual_mlp_graph() -> None:
 def test_gated_mlp_graph() -> None:
     graph = trace_pm_dag(GatedMLP(), sample())
     assert edges(graph) == {
-        "emb": ([], ["gate", "up", "add2"], MergeType.MIN),
-        "gate": (["emb"], ["mul1"], MergeType.MIN),
-        "up": (["emb"], ["mul1"], MergeType.MIN),
-        "mul1": (["gate", "up"], ["down"], MergeType.SUM),
-        "down": (["mul1"], ["add2"], MergeType.MIN),
-        "add2": (["emb", "down"], ["head"], MergeType.MIN),
-        "head": (["add2"], [], MergeType.MIN),
+        "emb": ([], ["gate", "up", "_add_1"], MergeType.MIN),
+        "gate": (["emb"], ["_mul_0"], MergeType.MIN),
+        "up": (["emb"], ["_mul_0"], MergeType.MIN),
+        "_mul_0": (["gate", "up"], ["down"], MergeType.SUM),
+        "down": (["_mul_0"], ["_add_1"], MergeType.MIN),
+        "_add_1": (["emb", "down"], ["head"], MergeType.MIN),
+        "head": (["_add_1"], [], MergeType.MIN),
     }
-    assert graph.nodes["mul1"].layer_type == "merge"
-    assert graph.nodes["mul1"].zero_inputs == []
+    assert graph.nodes["_mul_0"].layer_type == "merge"
+    assert graph.nodes["_mul_0"].zero_inputs == []
 
 
 def test_exponents_follow_ab_then_the_module() -> None:
@@ -131,7 +131,7 @@ def test_a_zero_initialised_factor_is_marked() -> None:
     model = GatedMLP(b=math.inf)
     Parametrization(model, sample_input=sample())  # initialises `up` at zero
     graph = trace_pm_dag(model, sample())
-    assert graph.nodes["mul1"].zero_inputs == ["up"]
+    assert graph.nodes["_mul_0"].zero_inputs == ["up"]
     assert graph.nodes["up"].b == math.inf
 
 
