@@ -41,7 +41,7 @@ from maxp_torch.compat import (
     trace_forward,
     trace_pm_dag,
 )
-from maxp_torch.diagnose import diagnose_axis, plot_axis, print_axis
+from maxp_torch.diagnose import diagnose_axis, op_label, plot_axis, print_axis
 from maxp_torch.layers import conv_patches
 from maxp_torch.module import LAYER_TYPES, ParametrizedModule, ScaledLinear
 from maxp_torch.optimizers import optimizer_kind, register_optimizer
@@ -92,6 +92,7 @@ __all__ = [
     "linear_layers",
     "measure_activations",
     "measurement_mode",
+    "op_label",
     "optim",
     "optimizer_kind",
     "plot_axis",

@@ -21,13 +21,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from maxp_core.coordcheck import SLOPE_TOLERANCE, flagged, plot_slopes, slope_table
+from maxp_torch.compat.diagnose import PUBLISHED_KEYWORDS, diagnose_ops, op_label, plot_ops, print_ops
 from maxp_torch.module import ParametrizedModule
 
 Stats = dict[str, dict[str, list[float]]]
+__all__ = ["diagnose_axis", "layer_slopes", "op_label", "plot_axis", "print_axis"]
 
 
 def _rms(x: torch.Tensor) -> float:
@@ -52,7 +55,22 @@ def _outputs(model: nn.Module, x: Any) -> dict[str, torch.Tensor]:
     return outs
 
 
-def diagnose_axis(
+def diagnose_axis(*args: Any, **kwargs: Any) -> Any:
+    """A coordinate check along one width axis, in either of two forms.
+
+    ``diagnose_axis(make_model, make_input, widths, steps=3, loss_fn=None, seed=0,
+    tolerance=...)`` fits each ``ParametrizedModule``'s output and update RMS against width
+    (:func:`layer_slopes`). With the current published release's keywords
+    (``make_model_fn=``, ``make_input_fn=``, ``n_steps=``, ``n_seeds=``, ``train_step_fn=``)
+    it is that release's per-operation check (:func:`maxp_torch.compat.diagnose.diagnose_ops`),
+    returning ``(ops, affected, act_stats)`` for the published ``print_axis`` and ``plot_axis``.
+    """
+    if any(key in kwargs for key in PUBLISHED_KEYWORDS) or (len(args) > 4 and isinstance(args[4], int)):
+        return diagnose_ops(*args, **kwargs)
+    return layer_slopes(*args, **kwargs)
+
+
+def layer_slopes(
     make_model: Callable[[int], tuple[nn.Module, Any]],
     make_input: Callable[[int], Any],
     widths: Sequence[int],
@@ -95,20 +113,28 @@ def diagnose_axis(
 
 
 def print_axis(
-    axis: str, all_ops: list[str], affected: list[str], act_stats: Stats, widths: Sequence[int]
+    axis: str, all_ops: list[Any], affected: list[Any], act_stats: Any, widths: Sequence[int]
 ) -> None:
-    """Print the RMS at the ends of the sweep and the slope of every op; flagged ops are marked."""
+    """Print the RMS at the ends of the sweep and the slope of every op; flagged ops are marked
+    (or, for the published form's array, each listed op's first-step activation per width)."""
+    if isinstance(act_stats, np.ndarray):
+        print_ops(axis, all_ops, affected, act_stats, widths)
+        return
     print(slope_table(axis, {op: act_stats[op] for op in all_ops}, widths))
     print(f"\n{len(affected)} of {len(all_ops)} ops scale with {axis}: {affected or 'none'}")
 
 
 def plot_axis(
     axis: str,
-    all_ops: list[str],
-    affected: list[str],
-    act_stats: Stats,
+    all_ops: list[Any],
+    affected: list[Any],
+    act_stats: Any,
     widths: Sequence[int],
     filename: str | Path = "coord_check.png",
-) -> Path:
-    """Save the log-log picture of every op's RMS against ``axis``."""
+    plot_every: int = 1,
+) -> Path | None:
+    """Save the log-log picture of every op's RMS against ``axis`` (for the published form's
+    array, one panel per listed op with a line per ``plot_every``-th step)."""
+    if isinstance(act_stats, np.ndarray):
+        return plot_ops(axis, all_ops, affected, act_stats, widths, filename, plot_every)
     return plot_slopes(axis, {op: act_stats[op] for op in all_ops}, widths, filename)

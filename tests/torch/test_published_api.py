@@ -10,6 +10,7 @@ LP solved by :mod:`maxp_core` on the alignments the run measured, and the README
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -664,3 +665,77 @@ def test_the_published_verification_reads_the_initial_state_of_each_layer() -> N
         assert torch.equal(hidden._w0, initial) and not torch.equal(hidden.weight, initial)
         torch.testing.assert_close(hidden._z0, rows)
         assert model.embed._z0 is None  # an embedding's alignment is not measured
+
+
+class TokenModel(nn.Module):
+    """A model with the published example's ``tok_emb``: embedding, one hidden layer, readout."""
+
+    def __init__(self, width: int, vocab: int = 32, wrapped: bool = False) -> None:
+        super().__init__()
+
+        def wrap(module, kind):
+            return maxp_torch.ParametrizedModule(module, width, kind) if wrapped else module
+
+        self.tok_emb = wrap(nn.Embedding(vocab, width), "embedding")
+        self.fc = wrap(nn.Linear(width, width), "hidden")
+        self.head = wrap(nn.Linear(width, vocab, bias=False), "readout")
+
+    def forward(self, ids):
+        return self.head(torch.tanh(self.fc(self.tok_emb(ids))))
+
+
+def make_plain(width):
+    return TokenModel(width), None
+
+
+def make_parametrized(width):
+    model = TokenModel(width, wrapped=True)
+    return model, maxp_torch.Parametrization(model, lr_prefactor=1.0, seed=0).param_groups
+
+
+def make_tokens(width):
+    return torch.randint(0, 32, (1, 8))
+
+
+@pytest.mark.parametrize("make", [make_plain, make_parametrized], ids=["plain, None groups", "parametrized"])
+def test_the_published_coordinate_check_call_shape(make, tmp_path, capsys) -> None:
+    """As the current release's ``parameterize_example/run.py`` calls it, with its keywords."""
+    widths, steps, seeds = [16, 32, 64], 3, 2
+    ops, affected, act_stats = maxp_torch.diagnose_axis(
+        make_model_fn=make, make_input_fn=make_tokens, widths=widths, n_steps=steps, n_seeds=seeds
+    )
+    assert [op.op for op in ops] == ["embedding", "linear", "linear"]
+    inner = ".inner" if make is make_parametrized else ""
+    assert [maxp_torch.op_label(op) for op in ops] == [
+        f"#0 tok_emb{inner}",
+        f"#1 fc{inner}",
+        f"#2 head{inner}",
+    ]
+    assert affected == [0, 1, 2] and act_stats.shape == (3, steps, len(widths), seeds)
+    # The first measurement of seed 1 at width 32, redone by hand with the published seeding.
+    torch.manual_seed(1 * 1000 + 32)
+    model, _ = make(32)
+    torch.manual_seed(1 * 100000 + 0)
+    expected = maxp_torch.measure_activations(model, make_tokens(32))
+    assert act_stats[:, 0, 1, 1].tolist() == [expected[op.index] for op in ops]
+    assert not np.array_equal(act_stats[:, 0], act_stats[:, -1])  # the steps trained
+    maxp_torch.print_axis("d_model", ops, affected, act_stats, widths)
+    printed = capsys.readouterr().out
+    assert "d_model=64" in printed and f"{act_stats[1, 0, 2].mean():.4f}" in printed
+    path = maxp_torch.plot_axis("d_model", ops, affected, act_stats, widths, tmp_path / "c.png", plot_every=2)
+    assert path.stat().st_size > 1000
+
+
+def test_the_published_coordinate_check_names_what_its_default_step_needs() -> None:
+    def make(width):
+        model = nn.Sequential(nn.Linear(4, width), nn.Linear(width, 2))
+        return model, None
+
+    with pytest.raises(ValueError, match=r"reads the vocabulary from model.tok_emb.*pass train_step_fn"):
+        maxp_torch.diagnose_axis(
+            make_model_fn=make,
+            make_input_fn=lambda w: torch.randn(2, 4),
+            widths=[8, 16],
+            n_steps=1,
+            n_seeds=1,
+        )
