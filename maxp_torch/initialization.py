@@ -18,6 +18,10 @@ from maxp_torch import sharding
 from maxp_torch.layer_set import LayerSet
 from maxp_torch.layers import TRANSPOSED
 
+#: Where :func:`~maxp_torch.initialize_abc_weights` leaves the :class:`InitialWeights` that drew a
+#: model's layers (set with ``object.__setattr__``, not registered), so they can be redrawn exactly.
+INITIAL_DRAWS = "_maxp_initial_draws"
+
 
 class InitialWeights:
     """Draws (and redraws) the initial weights of a :class:`LayerSet`."""

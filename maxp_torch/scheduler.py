@@ -46,6 +46,7 @@ from maxp_core.formulation import parse_optimizer
 from maxp_core.graph import alignment_preset
 from maxp_core.parametrizations import parse_parametrization
 from maxp_torch.group_rates import check_sole_writer, write_rates
+from maxp_torch.initialization import INITIAL_DRAWS
 from maxp_torch.layers import CONV, TRANSPOSED, HookedLayer, kind_of
 from maxp_torch.module import ScaledLinear
 from maxp_torch.optimizers import optimizer_kind
@@ -256,6 +257,7 @@ def initialize_abc_weights(
         seed=seed,
     )
     object.__setattr__(model, _INIT_SEED, drawn.seed)  # what MaxPScheduler(resample_w0=True) redraws
+    object.__setattr__(model, INITIAL_DRAWS, drawn._initial)  # and Tracer(resample_w0=True)
     if not apply_multipliers:
         object.__setattr__(model, _OWN_MULTIPLIERS, True)
         return model

@@ -22,14 +22,14 @@ Deliberate differences from the published first release:
   (:func:`~maxp_torch.measurement_mode`), as this project's own measurements do: dropout noise
   would otherwise enter ``dz`` and the training's random sequence would shift. The published
   runs the model in whatever mode it is in.
-* **The initial weight is always kept, and used as is.** The published
-  ``resample_w0=True`` drops ``W0`` and draws a fresh random matrix at every call; then
-  ``dW = W - W0`` is dominated by the difference of two random matrices, not by the update,
-  and ``alpha`` and ``u`` read about 0.5 whatever the training did. A bare tracer cannot
-  redraw the true ``W0`` (it does not know the seed), so ``resample_w0`` is accepted and
-  recorded but the exact ``W0`` is used (one CPU copy per layer, the size of one snapshot);
-  ``std_prefactor`` is accepted and not used. :class:`~maxp_torch.Parametrization` with
-  ``resample_w0=True`` redraws ``W0`` exactly from its seed instead of storing it.
+* **``resample_w0=True`` redraws the exact initial weight.** The published one drops ``W0``
+  and draws a fresh random matrix at every call; then ``dW = W - W0`` is dominated by the
+  difference of two random matrices, not by the update, and ``alpha`` and ``u`` read about
+  0.5 whatever the training did. Here, for a model initialised by
+  :func:`~maxp_torch.initialize_abc_weights` (seeded per-layer draws), the initial capture
+  keeps no weight and each window redraws ``W0`` bit for bit; for any other model the tracer
+  cannot know the draw, says so once and keeps ``W0`` (one CPU copy per layer).
+  ``std_prefactor`` is accepted and not used.
 * **Terms without information are NaN** (see :mod:`maxp_core.compat.alignment`), except
   ``omega`` and ``u`` of the first layer, which are 0.0 as published: its input is the data,
   so both terms vanish when the same batch is captured, and the chain LP does not read them
@@ -43,18 +43,19 @@ Deliberate differences from the published first release:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, overload
 
 import numpy as np
 import torch
 from torch import nn
 
-from maxp_core import validate
+from maxp_core import validate, warn_user
 from maxp_core.compat.alignment import checked_norm_mode
 from maxp_core.compat.alignment import compute_alignment as compute_layer_alignment
 from maxp_core.errors import CallOrderError, MaxPError
-from maxp_torch.parametrization import measurement_mode
+from maxp_torch.initialization import INITIAL_DRAWS
+from maxp_torch.parametrization import measurement_mode, unwrap
 from maxp_torch.trace import call_model
 
 AlignmentLists = tuple[list[float], list[float], list[float]]
@@ -174,12 +175,41 @@ class Tracer:
         self.fan_in = [int(module.in_features) for module in self.modules]
         self.bl = None if bl is None else self._checked_bl(bl)
         self.resample_w0 = validate.boolean(resample_w0, "Tracer: resample_w0")
+        self._redraw = self._redraws(model) if self.resample_w0 else None
+        self._capturing_initial = False
         self.initial: StepTrace | None = None
         self._recording: dict[str, LayerSnapshot] | None = None
         for name, module in layers:
             self._handles.append(
                 module.register_forward_hook(self._hook_for(name, module), with_kwargs=True, prepend=True)
             )
+
+    def _redraws(self, model: nn.Module) -> tuple[Any, dict[str, int]] | None:
+        """The draws that initialised the model and each traced layer's weight group in them;
+        ``None`` (with a warning) for a model whose draws maxP did not make."""
+        draws = getattr(unwrap(model), INITIAL_DRAWS, None)
+        groups: dict[int, int] = {}
+        if draws is not None:
+            layers = draws.layers
+            for k, layer in enumerate(layers.modules):
+                if layer.weight is not None:
+                    groups[id(layer.inner)] = layers.group_of(k)
+        if draws is None or any(id(module) not in groups for module in self.modules):
+            warn_user(
+                "Tracer(resample_w0=True) redraws W0 from the seeded draws of initialize_abc_weights, "
+                f"which did not initialise {type(model).__name__}'s layers; the exact W0 is kept instead "
+                "(call initialize_abc_weights(model, ...) first to redraw it and keep no copy)"
+            )
+            return None
+        names = zip(self.layer_names, self.modules, strict=True)
+        return draws, {name: groups[id(module)] for name, module in names}
+
+    def _drawn_weight(self, name: str) -> torch.Tensor:
+        """Layer ``name``'s initial weight, drawn again (``resample_w0``)."""
+        assert self._redraw is not None
+        draws, groups = self._redraw
+        weight = self.modules[self.layer_names.index(name)].weight.detach()
+        return draws.draw(groups[name], weight)
 
     def _checked_bl(self, bl: Sequence[float]) -> list[float]:
         if isinstance(bl, str) or not isinstance(bl, Sequence):
@@ -199,10 +229,11 @@ class Tracer:
             if self._recording is None:
                 return
             x = args[0] if args else kwargs.get("input")
+            keep_weight = not (self._capturing_initial and self._redraw is not None)
             self._recording[name] = LayerSnapshot(
                 input=_sample_rows(x, self.sample_size),
                 output=_sample_rows(output, self.sample_size),
-                weight=linear.weight.detach().cpu().clone(),
+                weight=linear.weight.detach().cpu().clone() if keep_weight else None,
             )
 
         return record
@@ -223,7 +254,19 @@ class Tracer:
 
         ``X`` is a tensor batch, a tuple of positional arguments or a dict of keyword arguments.
         """
-        self.initial = self._trace(X, 0)
+        self._capturing_initial = True
+        try:
+            self.initial = self._trace(X, 0)
+        finally:
+            self._capturing_initial = False
+        if self._redraw is not None:
+            for name, module in zip(self.layer_names, self.modules, strict=True):
+                if not torch.equal(self._drawn_weight(name), module.weight.detach()):
+                    raise MaxPError(
+                        f"Tracer(resample_w0=True): layer {name!r} no longer holds the weight "
+                        "initialize_abc_weights drew, so W0 cannot be redrawn; capture before training "
+                        "(or pass resample_w0=False to keep a copy)"
+                    )
         return self.initial
 
     def capture(self, X: Any, step: int = 0) -> StepTrace:
@@ -252,8 +295,17 @@ class Tracer:
                     f"Tracer: layers {missing} were not called by the model during {which}; give an "
                     "input whose forward pass runs every nn.Linear of the model"
                 )
+        init = self.initial
+        if self._redraw is not None:
+            init = StepTrace(
+                step=init.step,
+                layers={
+                    name: replace(snapshot, weight=self._drawn_weight(name).cpu())
+                    for name, snapshot in init.layers.items()
+                },
+            )
         return TraceWindow(
-            init=self.initial,
+            init=init,
             current=current,
             n_layers=len(self.layer_names),
             fan_in=list(self.fan_in),

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maxp_core import MaxPWarning
 from maxp_core.compat.alignment import compute_alignment as core_compute_alignment
 from maxp_core.compat.alignment import compute_alignments_for_pms
 from maxp_core.errors import CallOrderError, MaxPError
@@ -521,3 +522,41 @@ def test_snapshot_tensors_feed_compute_alignments_for_pms() -> None:
     by_window = compute_window_alignment(window)
     assert alpha == by_window[0] and omega[1:] == by_window[1][1:] and u[1:] == by_window[2][1:]
     assert np.isnan(omega[0]) and np.isnan(u[0])  # the per-layer form does not special-case layer 0
+
+
+def test_resample_w0_redraws_the_initial_weight_of_a_model_maxp_initialised() -> None:
+    """No copy of W0 is kept; each window redraws it bit for bit, so the alignments are the
+    kept-W0 tracer's exactly."""
+    from maxp_torch import initialize_abc_weights
+
+    model = small_net(16)
+    initialize_abc_weights(model, parametrization="mup", seed=7)
+    keeping, redrawing = Tracer(model), Tracer(model, resample_w0=True)
+    x = torch.randn(8, 4)
+    kept = keeping.capture_initial(x)
+    init = redrawing.capture_initial(x)
+    assert all(s.weight is None for s in init.layers.values())
+    assert all(s.weight is not None for s in kept.layers.values())
+    nudge(model)
+    a = compute_alignment(keeping.window(keeping.capture(x, step=1)))
+    window = redrawing.window(redrawing.capture(x, step=1))
+    for name, snapshot in window.init.layers.items():
+        assert torch.equal(snapshot.weight, kept.layers[name].weight)
+    assert compute_alignment(window) == a
+
+
+def test_resample_w0_on_a_model_maxp_did_not_draw_says_it_keeps_w0() -> None:
+    with pytest.warns(MaxPWarning, match=r"Tracer\(resample_w0=True\) redraws W0 .* the exact W0 is kept"):
+        tracer = Tracer(small_net(16), resample_w0=True)
+    assert all(s.weight is not None for s in tracer.capture_initial(torch.randn(8, 4)).layers.values())
+
+
+def test_resample_w0_refuses_a_capture_after_the_weights_moved() -> None:
+    from maxp_torch import initialize_abc_weights
+
+    model = small_net(16)
+    initialize_abc_weights(model, parametrization="mup", seed=7)
+    tracer = Tracer(model, resample_w0=True)
+    nudge(model)
+    with pytest.raises(MaxPError, match=r"no longer holds the weight initialize_abc_weights drew"):
+        tracer.capture_initial(torch.randn(8, 4))
