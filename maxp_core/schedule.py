@@ -16,7 +16,7 @@ Examples:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -133,32 +133,38 @@ class WSDSchedule:
     decay_steps: int | None = None
     decay_type: str = "cosine"
     min_factor: float = 0.0
+    #: Put before each argument's name in error messages (``"wsd_"`` for ``MaxPScheduler``'s).
+    names: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        p = self.names
         if self.decay_type not in DECAY_TYPES:
-            raise MaxPError(f"unknown decay_type {self.decay_type!r}; expected one of {list(DECAY_TYPES)}")
-        if not 0.0 <= validate.real_number(self.min_factor, "min_factor") <= 1.0:
-            raise MaxPError(f"min_factor must be in [0, 1], got {self.min_factor!r}")
-        _check_int("warmup_steps", self.warmup_steps, 0)
+            raise MaxPError(
+                f"unknown {p}decay_type {self.decay_type!r}; expected one of {list(DECAY_TYPES)}"
+            )
+        if not 0.0 <= validate.real_number(self.min_factor, f"{p}min_factor") <= 1.0:
+            raise MaxPError(f"{p}min_factor must be in [0, 1], got {self.min_factor!r}")
+        _check_int(f"{p}warmup_steps", self.warmup_steps, 0)
         if self.decay_type == "none":
-            given = [k for k in ("stable_steps", "decay_steps") if getattr(self, k) is not None]
+            given = [p + k for k in ("stable_steps", "decay_steps") if getattr(self, k) is not None]
             if given:
                 raise MaxPError(
-                    f"decay_type='none' has no decay phase, but {given} were set; "
-                    "choose decay_type='cosine' or 'linear'"
+                    f"{p}decay_type='none' has no decay phase, but {given} were set; "
+                    f"choose {p}decay_type='cosine' or 'linear'"
                 )
             if self.min_factor and not self.warmup_steps:
                 raise MaxPError(
-                    f"min_factor={self.min_factor!r} sets where warmup starts and decay ends, but "
-                    "decay_type='none' and warmup_steps=0 have neither; set warmup_steps or a decay_type"
+                    f"{p}min_factor={self.min_factor!r} sets where warmup starts and decay ends, but "
+                    f"{p}decay_type='none' and {p}warmup_steps=0 have neither; set {p}warmup_steps or a "
+                    f"{p}decay_type"
                 )
             return
         if self.stable_steps is None or self.decay_steps is None:
             raise MaxPError(
-                f"WSD with decay_type={self.decay_type!r} needs both stable_steps and decay_steps"
+                f"WSD with {p}decay_type={self.decay_type!r} needs both {p}stable_steps and {p}decay_steps"
             )
-        _check_int("stable_steps", self.stable_steps, 0)
-        _check_int("decay_steps", self.decay_steps, 1)
+        _check_int(f"{p}stable_steps", self.stable_steps, 0)
+        _check_int(f"{p}decay_steps", self.decay_steps, 1)
 
     @property
     def enabled(self) -> bool:

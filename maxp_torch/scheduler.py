@@ -425,7 +425,7 @@ class MaxPScheduler(LRScheduler):
         self.optimizer = optimizer
         self.model = model
         self.wsd = WSDSchedule(
-            wsd_warmup_steps, wsd_stable_steps, wsd_decay_steps, wsd_decay_type, wsd_min_factor
+            wsd_warmup_steps, wsd_stable_steps, wsd_decay_steps, wsd_decay_type, wsd_min_factor, names="wsd_"
         )
         self.optimizer_type = parse_optimizer(optimizer_type or optimizer_kind(optimizer))
         self.alignment_assumption = alignment_assumption

@@ -739,3 +739,26 @@ def test_the_published_coordinate_check_names_what_its_default_step_needs() -> N
             n_steps=1,
             n_seeds=1,
         )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        (
+            {"wsd_decay_type": "cosine", "wsd_stable_steps": 10},
+            "needs both wsd_stable_steps and wsd_decay_steps",
+        ),
+        ({"wsd_decay_type": "step"}, "unknown wsd_decay_type 'step'"),
+        ({"wsd_stable_steps": 5}, r"wsd_decay_type='none' has no decay phase, but \['wsd_stable_steps'\]"),
+        (
+            {"wsd_decay_type": "linear", "wsd_stable_steps": 5, "wsd_decay_steps": 0},
+            "wsd_decay_steps must be",
+        ),
+        ({"wsd_min_factor": 2.0}, r"wsd_min_factor must be in \[0, 1\]"),
+        ({"wsd_warmup_steps": -1}, "wsd_warmup_steps must be an integer >= 0"),
+    ],
+)
+def test_wsd_errors_name_the_arguments_as_the_user_wrote_them(kwargs, named) -> None:
+    model, _, optimizer = readme_setup(lr=0.1)
+    with pytest.raises(ValueError, match=named):
+        maxp_torch.MaxPScheduler(optimizer, model, 0.1, parametrization="mup", **kwargs)
