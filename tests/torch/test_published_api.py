@@ -762,3 +762,24 @@ def test_wsd_errors_name_the_arguments_as_the_user_wrote_them(kwargs, named) -> 
     model, _, optimizer = readme_setup(lr=0.1)
     with pytest.raises(ValueError, match=named):
         maxp_torch.MaxPScheduler(optimizer, model, 0.1, parametrization="mup", **kwargs)
+
+
+def test_the_wsd_decay_runs_on_the_rates_of_the_last_stable_step() -> None:
+    model, _, optimizer = readme_setup(lr=0.1)
+    scheduler = maxp_torch.MaxPScheduler(
+        optimizer, model, 0.1, parametrization="mup", solver_warmup_steps=0, solve_interval=1,
+        wsd_stable_steps=6, wsd_decay_steps=4, wsd_decay_type="linear",
+    )  # fmt: skip
+    x, y = loader(1, in_dim=32)[0]
+    scheduler.capture_initial(x)
+    used = []  # the rates each optimizer step trains with, over the WSD multiplier of that step
+    for step in range(10):
+        used.append([lr / float(scheduler.wsd(step)) for lr in scheduler.get_last_lr()] if step < 9 else None)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        scheduler.step(x)
+    assert scheduler.param.solves == 5  # after steps 1 to 5: the sixth and last stable step's rates
+    assert used[5] != used[4]  # the last stable step trained on the last re-solve's rates
+    for decayed in used[6:9]:
+        assert decayed == pytest.approx(used[5], rel=1e-12)
