@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maxp_core import MaxPError, OpGraph
+from maxp_core import MaxPError, OpGraph, warn_user
 from maxp_core.tracing import GraphRecorder
 from maxp_jax.jaxpr_tools import VALUE_VIEWS, Interpreter, unentered_advice
 from maxp_jax.stacking import LOOKUPS, PRODUCTS
@@ -87,6 +87,9 @@ class _Walk(Interpreter):
     def __init__(self, spec: MaxPSpec, recorder: GraphRecorder) -> None:
         self.spec = spec
         self.rec = recorder
+        #: Matrix products of two activations not marked with :func:`activation`, and the marked ops.
+        self.unmarked: list[Any] = []
+        self.marked: set[Any] = set()
 
     def enters(self, eqn: Any, notes: list[Any]) -> bool:
         return super().enters(eqn, notes) and _marked(eqn) is None
@@ -143,6 +146,7 @@ class _Walk(Interpreter):
             # Inside a scan, iteration t is the node ``<name>[t]``, as a stacked weight's slice is.
             node_name = label + "".join(f"[{t}]" for t in self.steps)
             node = self.rec.layer(node_name, activations, a=_ACTIVATION_A[label], has_weight=False, zero=zero)
+            self.marked.add(node)
             return [node] * n_out
         weights = [p for p in ins if isinstance(p, tuple)]
         stacks = [p for p in weights if p[0] == "stacked"]
@@ -173,9 +177,13 @@ class _Walk(Interpreter):
         if name in _PRODUCTS:
             # A quotient multiplies by its numerator only: a zero denominator is no zero factor.
             factors = 1 if name == "div" else len(ins)
-            return [
-                self.rec.combine("mul", activations, zero=self.zero(values[:factors], ins[:factors]))
-            ] * n_out
+            node = self.rec.combine("mul", activations, zero=self.zero(values[:factors], ins[:factors]))
+            # q @ k^T not wrapped by activation() is no contraction (what multiplies its
+            # softmax, attn @ v, is the product it should be).
+            scores = name in PRODUCTS and len(set(activations)) > 1
+            if scores and not set(activations) & (set(self.unmarked) | self.marked):
+                self.unmarked.append(node)
+            return [node] * n_out
         return [self.rec.combine("add", activations)] * n_out
 
 
@@ -255,4 +263,15 @@ def discover_graph(
     missing = [layer.name for layer in spec.layers if layer.name not in seen]
     if missing:
         raise MaxPError(f"apply_fn never used the weights of {missing} on the sample input")
-    return recorder.graph()
+    graph = recorder.graph()
+    unmarked = sorted({n for n in walk.unmarked if n in graph.names})
+    if unmarked:
+        warn_user(
+            f"apply_fn multiplies two activations in a matrix product at {unmarked} (attention "
+            "scores, as jax.nn.dot_product_attention computes them?); the graph reads it as a plain "
+            "product, so the LP sees neither the sum over the head dimension nor the scale the model "
+            "applies (1/sqrt(d) by default) and the rates do not account for them. Wrap the scores in "
+            "maxp_jax.activation(name, fn, a=...) (a=1 with a 1/d scale for muP; a=0.5 for 1/sqrt(d), "
+            "which slows every layer upstream) to make them a contraction node"
+        )
+    return graph

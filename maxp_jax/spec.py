@@ -44,6 +44,7 @@ from maxp_core.graph import flattened_inputs, graph_by_roles
 from maxp_core.lp import DEFAULT_TIE_RULE
 from maxp_core.parametrizations import parse_parametrization
 from maxp_core.rules import assign_rules, rule_numbers, tied_disagreement
+from maxp_core.scores import scores_slowdown
 from maxp_core.symmetry import fold_multiplier
 from maxp_core.tables import AlignmentTable, resolve_overrides
 from maxp_jax.stacking import LeafUses, leaf_uses
@@ -279,6 +280,10 @@ class MaxPSpec:
         solution = self.lp.solve()
         self.c = np.array([solution.c[layer.name] for layer in self.layers])
         self._warn_on_tied_disagreement()
+        slowdown = scores_slowdown(self.lp, solution.c)
+        if slowdown is not None:
+            width = next(layer.width for layer in self.layers if layer.name == slowdown.layer)
+            warn_user(slowdown.message(width))
 
     def _warn_on_tied_disagreement(self) -> None:
         """A tied table takes the smaller std and rate of its two uses: say so where they differ."""
