@@ -139,9 +139,7 @@ class WSDSchedule:
     def __post_init__(self) -> None:
         p = self.names
         if self.decay_type not in DECAY_TYPES:
-            raise MaxPError(
-                f"unknown {p}decay_type {self.decay_type!r}; expected one of {list(DECAY_TYPES)}"
-            )
+            raise MaxPError(f"unknown {p}decay_type {self.decay_type!r}; expected one of {list(DECAY_TYPES)}")
         if not 0.0 <= validate.real_number(self.min_factor, f"{p}min_factor") <= 1.0:
             raise MaxPError(f"{p}min_factor must be in [0, 1], got {self.min_factor!r}")
         _check_int(f"{p}warmup_steps", self.warmup_steps, 0)
