@@ -306,6 +306,17 @@ class Parametrization:
     def _group_of(self, k: int) -> int:
         return self._layers.group_of(k)
 
+    def _resolve_chain(self) -> dict[str, float]:
+        """The published verification's hook: ``c`` per weighted layer at the alignments set on
+        the layers' ``alpha``, ``omega``, ``u`` (by hand or by the last re-solve); the rates and
+        groups are left alone."""
+        rows = self.alignment.copy()
+        for k, module in enumerate(self.modules):
+            rows[self._row[k]] = (module.alpha, module.omega, module.u)
+        return dict(zip(self._layers.weighted_names(), self._resolving.solve(rows).tolist(), strict=True))
+
+    _resolve_dag = _resolve_chain
+
     def _initial_weight(self, k: int) -> torch.Tensor:
         return self._measurement.initial_weight(k)
 

@@ -783,3 +783,16 @@ def test_the_wsd_decay_runs_on_the_rates_of_the_last_stable_step() -> None:
     assert used[5] != used[4]  # the last stable step trained on the last re-solve's rates
     for decayed in used[6:9]:
         assert decayed == pytest.approx(used[5], rel=1e-12)
+
+
+def test_the_published_verification_solves_for_alignments_set_by_hand() -> None:
+    """``param._resolve_chain()`` solves at the ``alpha, omega, u`` set on the layers, as
+    ``docs/verify.py`` does, and leaves the rates alone."""
+    param = maxp_torch.Parametrization(SweepMLP(), lr_prefactor=0.1, seed=0)
+    rates = param.get_last_lr()
+    for (_, pm), triple in zip(param._pms, [(1.0, 0.5, 1.0), (0.6, 0.4, 0.5), (0.7, 0.3, 0.6)], strict=True):
+        pm.alpha, pm.omega, pm.u = triple
+    solved = param._resolve_chain()
+    expected = param.lp.solve(alpha=[1.0, 0.6, 0.7], omega=[0.5, 0.4, 0.3], u=[1.0, 0.5, 0.6]).c
+    assert solved == pytest.approx(dict(expected), abs=1e-12)
+    assert param._resolve_dag() == solved and param.get_last_lr() == rates
