@@ -23,7 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy maxp_core
+	$(PY) -m mypy maxp_core maxp_jax maxp_torch
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.solver

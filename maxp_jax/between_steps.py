@@ -137,7 +137,7 @@ class SolveBetweenSteps:
     def _check(self, state: ScaleByMaxPState, params: Any, updates_done: int) -> None:
         check_state_of(state, self.spec, "SolveBetweenSteps")
         expected = jax.tree.structure(self.spec.params)
-        if params is None or jax.tree.structure(params) != expected:
+        if params is None or jax.tree.structure(params) != expected:  # type: ignore[operator]
             given = "None" if params is None else str(jax.tree.structure(params))[:300]
             raise MaxPError(
                 "SolveBetweenSteps: params must be the current params pytree of the spec (after the "

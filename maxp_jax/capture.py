@@ -124,7 +124,8 @@ class _Walker(Interpreter):
         head = n_consts + n_carry
         fixed, carry, xs = values[:n_consts], values[n_consts:head], values[head:]
         body_notes = notes[:head] + [self.slice_note(n, 0) for n in notes[head:]]
-        start, trace = self.counter, {}
+        start = self.counter
+        trace: dict[Any, Any] = {}
 
         def step(carry: Any, x: Any) -> Any:
             # Equation ids restart at each trace of the body, so both passes number alike.
@@ -193,8 +194,8 @@ class _Walker(Interpreter):
                 use = _Use(eqn_id, 1 - w_pos, tuple(int(a) for a in x_contract), original)
                 self.uses.update(dict.fromkeys(members, use))
             else:
-                use = record.get(members[0])
-                if use is not None and use.eqn_id == eqn_id and use.input_position == 1 - w_pos:
+                seen = record.get(members[0])
+                if seen is not None and seen.eqn_id == eqn_id and seen.input_position == 1 - w_pos:
                     self.captured[layer] = invals[1 - w_pos]
 
     def _conv(
@@ -333,9 +334,8 @@ class LayerInputs:
         by_key = {leaf_key(path_string(p)): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
         layers = self.spec.layers
         weights = {i: layers[i].weight_of(by_key[leaf_key(layers[i].weight_path)]) for i in self.measured}
-        return {
-            i: _as_rows(w, self.uses[i].weight_contract)
-            if self.uses[i].conv is None
-            else self.uses[i].conv.matrix(w)
-            for i, w in weights.items()
-        }
+        matrices = {}
+        for i, w in weights.items():
+            conv = self.uses[i].conv
+            matrices[i] = _as_rows(w, self.uses[i].weight_contract) if conv is None else conv.matrix(w)
+        return matrices

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,7 @@ from maxp_core import (
     validate,
     warn_user,
 )
-from maxp_core.alignment import MODES
+from maxp_core.alignment import MODES, AlignmentMode
 from maxp_jax.capture import LayerInputs
 from maxp_jax.spec import MaxPSpec, leaf_key, path_string
 
@@ -296,7 +296,7 @@ class AlignmentResolver:
         for group in groups_of_equal_shape(measured, shape_of):
             al = alignment_of_layers(
                 [(z0[position[i]], rows[i], initial[position[i]], weights[i]) for i in group],
-                self.config.mode,
+                cast(AlignmentMode, self.config.mode),
                 self.spec.layers[group[0]].fan_in,
                 xp=jnp,
             )

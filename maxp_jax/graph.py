@@ -177,13 +177,13 @@ class _Walk(Interpreter):
         if name in _PRODUCTS:
             # A quotient multiplies by its numerator only: a zero denominator is no zero factor.
             factors = 1 if name == "div" else len(ins)
-            node = self.rec.combine("mul", activations, zero=self.zero(values[:factors], ins[:factors]))
+            merged = self.rec.combine("mul", activations, zero=self.zero(values[:factors], ins[:factors]))
             # q @ k^T not wrapped by activation() is no contraction (what multiplies its
             # softmax, attn @ v, is the product it should be).
             scores = name in PRODUCTS and len(set(activations)) > 1
             if scores and not set(activations) & (set(self.unmarked) | self.marked):
-                self.unmarked.append(node)
-            return [node] * n_out
+                self.unmarked.append(merged)
+            return [merged] * n_out
         return [self.rec.combine("add", activations)] * n_out
 
 

@@ -29,8 +29,8 @@ class ScaledDense(nn.Dense):
 
     multiplier: float = 1.0
 
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        return super().__call__(inputs) * self.multiplier
+    def __call__(self, inputs: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
+        return super().__call__(inputs, *args, **kwargs) * self.multiplier
 
 
 class ScaledEmbed(nn.Embed):
@@ -38,8 +38,8 @@ class ScaledEmbed(nn.Embed):
 
     multiplier: float = 1.0
 
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        return super().__call__(inputs) * self.multiplier
+    def __call__(self, inputs: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
+        return super().__call__(inputs, *args, **kwargs) * self.multiplier
 
 
 class ScaledLinear(nnx.Linear):
@@ -51,5 +51,5 @@ class ScaledLinear(nnx.Linear):
         super().__init__(in_features, out_features, **kwargs)
         self.multiplier = float(multiplier)
 
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        return super().__call__(inputs) * self.multiplier
+    def __call__(self, inputs: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
+        return super().__call__(inputs, *args, **kwargs) * self.multiplier

@@ -35,7 +35,7 @@ class ScaleByMaxPState(NamedTuple):
         weight that has not moved from its initial value.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # optax's name for the step count; shadows tuple.count
     factors: jax.Array
     c: jax.Array
     alignment: jax.Array  # (layers, 3): the (alpha, omega, u) the last solve used

@@ -136,11 +136,11 @@ class ChainedMaxPScheduler(LRScheduler):
         if isinstance(self.maxp, MaxPScheduler):
             self.maxp.last_epoch, self.maxp._last_lr = self.last_epoch, self._last_lr
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | torch.Tensor]:
         """Every param group's current rate."""
         return [g["lr"] for g in self.optimizer.param_groups]
 
-    def get_last_lr(self) -> list[float]:
+    def get_last_lr(self) -> list[float | torch.Tensor]:
         """The rate of each layer group, as the optimizer has it (the ``"_other"`` group left out)."""
         return [self.optimizer.param_groups[i]["lr"] for i in self._layers]
 

@@ -13,7 +13,7 @@ import contextlib
 import copy
 import weakref
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from maxp_core import MaxPError, Role, alignment_of_layers, alignment_of_stacks, groups_of_equal_shape
+from maxp_core.alignment import AlignmentMode
 from maxp_torch import sharding
 from maxp_torch.discovery import unwrap
 from maxp_torch.initialization import InitialWeights
@@ -292,12 +293,14 @@ class Measurement:
                 finite = all_finite(z) & all_finite(w)
                 z0 = gather([initial[k] for k in chunk])
                 w0 = gather([self.weight_matrix(k, self.initial_weight(k)) for k in chunk])
+                al: Any  # three tensors (alpha, omega, u), one entry per layer of the chunk
                 if self.norm_mode == "rms":
                     scratch = len(chunk) > 1
                     al = alignment_of_stacks(z0, z, w0, w, w.shape[-1], xp=torch, scratch=scratch)
                 else:
                     layers_of_chunk = list(zip(z0, z, w0, w, strict=True))
-                    al = alignment_of_layers(layers_of_chunk, self.norm_mode, w.shape[-1], xp=torch)
+                    mode = cast(AlignmentMode, self.norm_mode)
+                    al = alignment_of_layers(layers_of_chunk, mode, w.shape[-1], xp=torch)
                 order += chunk
                 pieces.append(torch.stack([*al, finite.to(al[0].dtype)], dim=1))
         host = _mean_over_ranks(pieces)

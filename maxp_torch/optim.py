@@ -28,8 +28,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 
@@ -105,9 +105,10 @@ def _adamw_bucket(
     torch._foreach_add_(steps, 1)
     if weight_decay != 0:
         torch._foreach_mul_(params, [1 - lr * weight_decay for lr in lrs])
-    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    present = cast(list[torch.Tensor], grads)  # every member has a gradient (_with_grad)
+    torch._foreach_lerp_(exp_avgs, present, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, present, present, 1 - beta2)
     counts = [float(s) for s in steps]  # host tensors: no device synchronisation
     step_sizes = [(lr / (1 - beta1**n)) * -1 for lr, n in zip(lrs, counts, strict=True)]
     bias_correction2_sqrt = [(1 - beta2**n) ** 0.5 for n in counts]
@@ -144,7 +145,7 @@ def _sgd_bucket(
 ) -> None:
     """SGD's update (torch's arithmetic) on one bucket of tensors."""
     params = [p for p, _, _ in members]
-    grads: list[torch.Tensor] = [p.grad for p in params]  # type: ignore[misc]
+    grads: list[torch.Tensor] | tuple[torch.Tensor, ...] = [p.grad for p in params]  # type: ignore[misc]
     if weight_decay != 0:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
     if momentum != 0:
@@ -180,7 +181,7 @@ def _one_pass(
     if closure is not None:
         with torch.enable_grad():
             loss = closure()
-    buckets: dict[Hashable, list[tuple[torch.Tensor, dict[str, Any], float]]] = {}
+    buckets: dict[tuple[tuple[Any, ...], Any, Any], list[tuple[torch.Tensor, dict[str, Any], float]]] = {}
     fallback = []
     where = f"maxp_torch.optim.{type(optimizer).__name__}"
     for group in optimizer.param_groups:

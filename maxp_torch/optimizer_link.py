@@ -36,7 +36,9 @@ class OptimizerLink:
     def optimizer_stepped(self, optimizer: torch.optim.Optimizer) -> None:
         """Remember ``optimizer`` if it holds the model's parameters (called after every optimizer step)."""
         layers = self.param._layers
-        self._stepped.notice(optimizer, layers.modules[layers.weighted[0]].weight)
+        weight = layers.modules[layers.weighted[0]].weight
+        assert weight is not None
+        self._stepped.notice(optimizer, weight)
 
     def write(self, optimizer: torch.optim.Optimizer | None) -> None:
         """The current rates into ``param.param_groups`` and the optimizer (given, or seen stepping)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from maxp_core.metrics import metrics_record
 
@@ -15,7 +15,7 @@ def metrics_of(param: Parametrization) -> dict[str, float]:
     layers = param._layers
     group_of = {j: g for g, members in enumerate(layers.groups) for j in members}
     rows = param.alignment[[layers.row[k] for k in layers.weighted]]
-    columns = {
+    columns: dict[str, Any] = {
         "lr": [param._rates.group_lr(group_of[j]) for j in range(len(layers.weighted))],
         "lr_factor": param._rates.lr_factors(),
         "c": param.c,

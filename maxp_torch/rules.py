@@ -25,8 +25,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+import torch
 from torch import nn
 
 from maxp_core import MaxPError, Role, validate
@@ -194,6 +195,6 @@ def _make_layer(name: str, rule: Rule, module: nn.Module | None, parameter: nn.P
             f"module {name!r} is an nn.Embedding (a table that is looked up) and can only be an embedding, "
             f"not a {rule.role}; a tied readout is the nn.Linear that shares its weight"
         )
-    in_dim, _, out_dim = kind.dims(tuple(module.weight.shape))  # type: ignore[union-attr]
+    in_dim, _, out_dim = kind.dims(tuple(cast(torch.Tensor, module.weight).shape))
     width = rule.width or (out_dim if rule.role == "embedding" else in_dim)
-    return HookedLayer(module, rule.role, int(width), kind=kind, **numbers)
+    return HookedLayer(module, rule.role, int(width), kind=kind, **cast(dict[str, Any], numbers))

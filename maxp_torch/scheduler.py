@@ -35,7 +35,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -124,7 +124,7 @@ def linear_layers(model: nn.Module) -> list[tuple[str, HookedLayer]]:
     found = get_linear_layers(model)
     layers = []
     for (name, module), role in zip(found, _roles(found, model), strict=True):
-        in_dim, _, out_dim = kind_of(module).dims(tuple(module.weight.shape))  # type: ignore[union-attr]
+        in_dim, _, out_dim = kind_of(module).dims(tuple(cast(torch.Tensor, module.weight).shape))  # type: ignore[union-attr]
         width = out_dim if role == "embedding" else in_dim
         layers.append((name, HookedLayer(module, role, width, multiplies=False)))
     object.__setattr__(model, _LAYERS_ATTRIBUTE, layers)
@@ -576,7 +576,7 @@ class MaxPScheduler(LRScheduler):
         self.last_epoch = self.param.step_count
         self._last_lr = [g["lr"] for g in groups]
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | torch.Tensor]:
         """Every param group's current rate (what ``LRScheduler.get_lr`` gives)."""
         return [g["lr"] for g in self.optimizer.param_groups]
 
@@ -599,7 +599,7 @@ class MaxPScheduler(LRScheduler):
         self._advance(x)
         self._write()
 
-    def get_last_lr(self) -> list[float]:
+    def get_last_lr(self) -> list[float | torch.Tensor]:
         """The learning rate of each layer group (the ``"_other"`` group left out)."""
         return [self.optimizer.param_groups[i]["lr"] for i in self._managed]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -33,7 +33,7 @@ def is_sharded(tensor: Any) -> bool:
 
 def full(tensor: torch.Tensor) -> torch.Tensor:
     """The whole value of a possibly sharded tensor, as a plain tensor (a collective if sharded)."""
-    return tensor.full_tensor() if is_sharded(tensor) else tensor
+    return cast(Any, tensor).full_tensor() if is_sharded(tensor) else tensor
 
 
 def assign(parameter: torch.Tensor, value: torch.Tensor) -> None:
@@ -44,7 +44,8 @@ def assign(parameter: torch.Tensor, value: torch.Tensor) -> None:
     if is_sharded(parameter):
         from torch.distributed.tensor import distribute_tensor
 
-        value = distribute_tensor(value, parameter.device_mesh, parameter.placements, src_data_rank=None)
+        sharded = cast(Any, parameter)
+        value = distribute_tensor(value, sharded.device_mesh, sharded.placements, src_data_rank=None)
     parameter.copy_(value)
 
 
@@ -55,8 +56,9 @@ def reshard(model: nn.Module) -> None:
     objects than the optimizer holds) until something reshards them.
     """
     for module in model.modules():
-        if callable(getattr(module, "reshard", None)) and hasattr(module, "unshard"):
-            module.reshard()
+        reshard_module = getattr(module, "reshard", None)
+        if callable(reshard_module) and hasattr(module, "unshard"):
+            reshard_module()
 
 
 def check_live(model: nn.Module, groups: Iterable[dict[str, Any]], where: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -89,7 +89,7 @@ class _Watcher(TorchFunctionMode):
         q, k, v = (args[i] if len(args) > i else kwargs.get(key) for i, key in enumerate(SDPA_ARGUMENTS))
         if self.tag_of(q) is None and self.tag_of(k) is None:
             return False
-        head = int(q.shape[-1])
+        head = int(cast(Any, q).shape[-1])
         given = args[6] if len(args) > 6 else kwargs.get("scale")
         scale = float(given) if given is not None else head**-0.5
         a = -math.log(scale) / math.log(head) if head > 1 else 0.0
