@@ -190,7 +190,7 @@ def split(slopes: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]
 
 
 def markdown(results: dict[str, Any], widths: Sequence[int], seeds: int) -> str:
-    from maxp_core.cli import format_table
+    from maxp_core.text import format_table
 
     rows = []
     for key, entry in results.items():

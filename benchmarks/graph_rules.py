@@ -274,7 +274,7 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
 
 def _per_op_table(results: dict[str, Any]) -> str:
     """Every op's slope (columns) for every framework, setup and rule (rows)."""
-    from maxp_core.cli import format_table
+    from maxp_core.text import format_table
 
     ops = list(dict.fromkeys(op for entry in results.values() for op in entry["slopes"]))
     short = [op.removeprefix("blocks.0.") for op in ops]
@@ -327,7 +327,7 @@ def run(frameworks: Sequence[str], widths: Sequence[int], seeds: int) -> dict[st
 
 def write_results(results: dict[str, Any], widths: Sequence[int], seeds: int, out: Path) -> None:
     """Print the tables and write ``graph_rules.{json,md,png}`` under ``out``."""
-    from maxp_core.cli import format_table
+    from maxp_core.text import format_table
 
     table = format_table(
         _rows(results), ("framework / setup / rule", "largest slope", f"above {GROWTH_TOLERANCE}")

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from benchmarks.report import write_results
-    from maxp_core.cli import format_table
+    from maxp_core.text import format_table
 
     device = "cuda" if args.device == "gpu" else "cpu"
     versions = {"now": ROOT}

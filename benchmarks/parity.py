@@ -20,7 +20,7 @@ from typing import Any
 from tqdm import tqdm
 
 from benchmarks.report import write_results
-from maxp_core.cli import format_table
+from maxp_core.text import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

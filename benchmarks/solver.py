@@ -34,8 +34,8 @@ from benchmarks.bigm_baseline import solve_bigm
 from benchmarks.graphs import chain_graph, drifting_alignments, random_alignments, transformer_graph
 from benchmarks.report import write_results
 from maxp_core import OpGraph, StabilityLP
-from maxp_core.cli import format_table
 from maxp_core.formulation import pack_numbers
+from maxp_core.text import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_MS_AT_128 = 1.0

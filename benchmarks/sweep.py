@@ -51,9 +51,9 @@ from tqdm import tqdm
 from benchmarks.report import code_version
 from benchmarks.sweep_tasks import DIVERGED_FACTOR, FINAL_WINDOW, TASKS, TIE_RULE_METHODS, Task, load_task
 from benchmarks.threads import pin_threads, single_threaded
-from maxp_core.cli import format_table
 from maxp_core.metrics import MetricsRun, plot_metrics
 from maxp_core.tables import AlignmentTable, measure_table
+from maxp_core.text import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sweep"
 METHODS = ("sp", "mup-full", "mup-no", "maxp-meas", "maxp", *TIE_RULE_METHODS)

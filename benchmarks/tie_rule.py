@@ -34,9 +34,9 @@ import numpy as np
 
 from benchmarks.report import write_results
 from maxp_core import InfeasibleError, Node, OpGraph, StabilityLP
-from maxp_core.cli import format_table
 from maxp_core.coordcheck import SLOPE_TOLERANCE, loglog_slope
 from maxp_core.graph import alignment_preset
+from maxp_core.text import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RULES = ("preset", "later")

@@ -26,7 +26,7 @@ from scipy.stats import binomtest
 
 from benchmarks.report import code_version
 from benchmarks.sweep import RESULTS, compare_paired, finished_runs, summarize
-from maxp_core.cli import format_table
+from maxp_core.text import format_table
 
 OUT = RESULTS.parent / "tie_rule"
 RULES = ("maxp-preset", "maxp-later")

@@ -17,7 +17,7 @@ import numpy as np
 
 from benchmarks.report import write_results
 from maxp_core import StabilityLP
-from maxp_core.cli import format_table
+from maxp_core.text import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -12,7 +12,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from maxp_core.cli import format_table
+from maxp_core.text import format_table
 
 
 def digits_arguments(description: str, argv: list[str] | None) -> argparse.Namespace:

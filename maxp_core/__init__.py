@@ -10,7 +10,6 @@ Example:
   {'layer0': 0.5, 'layer1': 1.0, 'layer2': 1.0, 'layer3': 0.5}
 """
 
-from maxp_core import validate
 from maxp_core.alignment import (
     Alignment,
     alignment,
@@ -20,9 +19,7 @@ from maxp_core.alignment import (
     groups_of_equal_shape,
     layer_alignment,
     log_rms_alignment,
-    sanitize,
     spectral_alignment,
-    why_missing,
 )
 from maxp_core.depth import (
     BranchScaling,
@@ -115,11 +112,8 @@ __all__ = [
     "read_metrics",
     "residual_branch_outputs",
     "role_from_position",
-    "sanitize",
     "spectral_alignment",
     "unused_alignments",
-    "validate",
     "warn_user",
-    "why_missing",
     "wsd_multiplier",
 ]

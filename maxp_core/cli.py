@@ -45,6 +45,7 @@ from maxp_core.jsonfiles import parse_json, read_text
 from maxp_core.lp import SOLVERS, StabilityLP
 from maxp_core.parametrizations import AB_TABLE, PARAMETRIZATIONS, chain_roles, named_parametrization
 from maxp_core.tables import layer_kind
+from maxp_core.text import format_table
 
 EXIT_BAD_INPUT = 2
 
@@ -168,22 +169,6 @@ def solve_json(spec: Any) -> dict[str, Any]:
     """Solve a ``solve`` input document; return the JSON-ready answer."""
     lp, _ = lp_from_json(spec)
     return lp.solve().to_json()
-
-
-def format_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
-    """A plain monospace table with a rule under the header."""
-
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value + 0.0:.4g}"
-        return str(value)
-
-    text = [[cell(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[k]) for r in text)) for k, h in enumerate(header)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in text]
-    return "\n".join(lines)
 
 
 def _cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
@@ -430,4 +415,4 @@ def _report(message: str) -> None:
     print(f"error: {' '.join(message.split())}"[:2000], file=sys.stderr)
 
 
-__all__ = ["DEMO_ALIGNMENTS", "format_table", "lp_from_json", "main", "solve_json"]
+__all__ = ["DEMO_ALIGNMENTS", "lp_from_json", "main", "solve_json"]

@@ -59,7 +59,7 @@ def slope_table(
     axis: str, stats: Mapping[str, Mapping[str, Sequence[float]]], widths: Sequence[float]
 ) -> str:
     """A table: op, RMS at the smallest and largest width, and the slope per phase."""
-    from maxp_core.cli import format_table
+    from maxp_core.text import format_table
 
     bad = set(flagged(stats, widths))
     rows = []

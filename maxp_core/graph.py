@@ -169,18 +169,23 @@ class OpGraph:
             raise GraphError(f"no node named {name!r} in the graph") from None
 
     def node(self, name: str) -> Node:
+        """The node called ``name`` (a :class:`~maxp_core.GraphError` names an unknown one)."""
         return self.nodes[self.index(name)]
 
     def pred_indices(self, i: int) -> tuple[int, ...]:
+        """Positions of node ``i``'s predecessors, in its ``preds`` order."""
         return tuple(self._index[p] for p in self.nodes[i].preds)
 
     def succ_indices(self, i: int) -> tuple[int, ...]:
+        """Positions of the nodes that read node ``i``'s output."""
         return self._succs[i]
 
     def is_source(self, i: int) -> bool:
+        """Whether node ``i`` reads no other node (it reads the input)."""
         return not self.nodes[i].preds
 
     def is_sink(self, i: int) -> bool:
+        """Whether no node reads node ``i``'s output (it is an output of the model)."""
         return not self._succs[i]
 
     @property

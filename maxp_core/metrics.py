@@ -168,6 +168,7 @@ class MetricsLog:
         return line
 
     def close(self) -> None:
+        """Close the file; a closed log refuses further writes."""
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -33,7 +33,7 @@ def _number(value: float | None) -> str:
 
 def describe_graph(graph: OpGraph, solution: Solution | None = None) -> str:
     """One row per node: role (or ``activation``), inputs, merge, a, b, and c, r if solved."""
-    from maxp_core.cli import format_table
+    from maxp_core.text import format_table
 
     rows = []
     for i, node in enumerate(graph.nodes):

@@ -166,6 +166,7 @@ class WSDSchedule:
 
     @property
     def enabled(self) -> bool:
+        """Whether the schedule has a decay phase (``decay_type`` other than ``"none"``)."""
         return self.decay_type != "none"
 
     @property

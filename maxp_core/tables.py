@@ -172,6 +172,7 @@ class AlignmentTable:
         return assigned, uncovered
 
     def to_json(self) -> dict[str, Any]:
+        """The table as the JSON object :meth:`write` saves and :meth:`read` takes back."""
         return {
             "format": FORMAT,
             "version": FORMAT_VERSION,

@@ -149,6 +149,7 @@ class Layer:
 
     @property
     def paths(self) -> tuple[str, ...]:
+        """Every leaf the layer owns: its weight first, then the other leaves a rule gave it."""
         return (self.weight_path, *self.extra_paths)
 
     def weight_of(self, leaf: Any) -> Any:
@@ -540,7 +541,7 @@ class MaxPSpec:
 
     def describe(self) -> str:
         """A table of the layers: role, width, a, b, c and the learning-rate factor."""
-        from maxp_core.cli import format_table
+        from maxp_core.text import format_table
 
         rows = [
             (layer.name, layer.role.value, layer.width, layer.a, layer.b, float(c), float(f))

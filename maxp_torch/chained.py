@@ -151,9 +151,11 @@ class ChainedMaxPScheduler(LRScheduler):
         return self.maxp.get_alignment()
 
     def get_layer_names(self) -> list[str]:
+        """Names of the layer groups maxP sets, in the optimizer's order."""
         return self.maxp.get_layer_names()
 
     def state_dict(self) -> dict[str, Any]:
+        """maxP's state, every chained scheduler's, and each group's view and reference rate."""
         return {
             "maxp": self.maxp.state_dict(),
             "schedulers": [s.state_dict() for s in self.schedulers],
@@ -163,6 +165,7 @@ class ChainedMaxPScheduler(LRScheduler):
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`, checked first: a bad entry is named and nothing is restored."""
         if not isinstance(state, Mapping) or "maxp" not in state or "schedulers" not in state:
             raise MaxPError(
                 "load_state_dict: not a ChainedMaxPScheduler state; it needs the 'maxp' and "

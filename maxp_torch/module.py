@@ -113,6 +113,7 @@ class ParametrizedModule(nn.Module):
 
     @property
     def role(self) -> Role:
+        """The layer's :class:`maxp_core.Role`, from its ``layer_type``."""
         return Role(self.layer_type)
 
     @property
@@ -124,6 +125,7 @@ class ParametrizedModule(nn.Module):
         return weight if isinstance(weight, torch.Tensor) else None
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The wrapped module's (or callable's) output times ``scale``."""
         if self._tracer is not None:
             return self._tracer(self, self._forward, args, kwargs)
         return self._forward(*args, **kwargs)
@@ -154,6 +156,7 @@ class ParametrizedModule(nn.Module):
         )
 
     def extra_repr(self) -> str:
+        """Width, layer type, multiplier and any exponent overrides, for ``repr``."""
         overrides = "".join(
             f", {k}={v}" for k, v in (("a", self.a), ("b", self.b), ("c", self.c)) if v is not None
         )
@@ -191,25 +194,31 @@ class ScaledLinear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
+        """The wrapped layer's weight."""
         return self.linear.weight  # type: ignore[return-value]
 
     @property
     def bias(self) -> torch.Tensor | None:
+        """The wrapped layer's bias (``None`` without one)."""
         bias = getattr(self.linear, "bias", None)
         return bias if isinstance(bias, torch.Tensor) else None
 
     @property
     def in_features(self) -> int:
+        """The wrapped layer's input size."""
         return int(getattr(self.linear, "in_features", self.weight.shape[-1]))
 
     @property
     def out_features(self) -> int:
+        """The wrapped layer's output size."""
         return int(getattr(self.linear, "out_features", self.weight.shape[0]))
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The wrapped layer's output times ``scale``."""
         return self.linear(*args, **kwargs) * self.scale
 
     def extra_repr(self) -> str:
+        """Sizes, bias and multiplier, for ``repr``."""
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, scale={self.scale:.4g}"

@@ -247,6 +247,7 @@ class Parametrization:
 
     @property
     def modules(self) -> list[ParametrizedModule]:
+        """Every maxP layer (a ``ParametrizedModule`` or a hooked layer), as :attr:`names` lists them."""
         return self._layers.modules
 
     @property
@@ -266,6 +267,7 @@ class Parametrization:
 
     @property
     def depth_factors(self) -> DepthFactors | None:
+        """The depth rule's per-layer factors (``None`` without ``depth=``)."""
         return self._layers.depth_factors
 
     @property

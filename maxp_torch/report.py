@@ -33,7 +33,7 @@ def metrics_of(param: Parametrization) -> dict[str, float]:
 
 def layer_table(param: Parametrization) -> str:
     """The per-layer table: role, kind, width, a, b, c, alignments and learning rate."""
-    from maxp_core.cli import format_table
+    from maxp_core.text import format_table
 
     layers = param._layers
     group_of = {j: g for g, members in enumerate(layers.groups) for j in members}

@@ -529,10 +529,12 @@ class MaxPScheduler(LRScheduler):
 
     @property
     def lr_prefactor(self) -> float:
+        """The base learning rate (``lr_prefactor``); settable, checked > 0."""
         return self.base_lr
 
     @lr_prefactor.setter
     def lr_prefactor(self, value: float) -> None:
+        """Set the base learning rate (checked > 0); the rates follow at the next :meth:`step`."""
         self.base_lr = validate.positive_number(value, "lr_prefactor")
 
     @property
@@ -612,9 +614,11 @@ class MaxPScheduler(LRScheduler):
         return self.param.get_alignment()
 
     def get_layer_names(self) -> list[str]:
+        """Names of the layer groups, in the optimizer's order (the ``"_other"`` group left out)."""
         return self.param.get_layer_names()
 
     def state_dict(self) -> dict[str, Any]:
+        """The base learning rate and the :class:`~maxp_torch.Parametrization` state a resume needs."""
         return {"base_lr": self.base_lr, "param": self.param.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

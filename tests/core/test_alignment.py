@@ -14,9 +14,9 @@ from maxp_core import (
     alignment_of_stacks,
     layer_alignment,
     log_rms_alignment,
-    sanitize,
     spectral_alignment,
 )
+from maxp_core.alignment import sanitize
 
 RNG = np.random.default_rng(1234)
 
