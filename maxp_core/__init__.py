@@ -3,7 +3,7 @@
 Only numpy, scipy, cvxpy and HiGHS are needed; no deep-learning framework is imported.
 The adapters ``maxp_jax`` and ``maxp_torch`` build on what is exported here.
 
-Example:
+Examples:
   >>> import maxp_core as mc
   >>> sol = mc.StabilityLP(mc.chain(4, alignment="full"), optimizer="adam").solve()
   >>> sol.c

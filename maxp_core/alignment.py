@@ -340,7 +340,7 @@ def alignment_of_stacks(
     differences and scalings then overwrite them, and nothing of the weights' size is
     allocated (on a CPU, fresh large arrays cost page faults that dwarf the arithmetic).
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> rng = np.random.default_rng(0)
       >>> z0, w0 = rng.standard_normal((2, 8, 256)), rng.standard_normal((2, 16, 256))
@@ -418,7 +418,7 @@ def groups_of_equal_shape(layers: Iterable[int], shape_of: Callable[[int], Hasha
     ``shape_of(k)`` returns what must match within a group (shapes, width, dtype, device).
     Groups keep the order in which their first layer appears, layers their given order.
 
-    Example:
+    Examples:
       >>> groups_of_equal_shape([0, 1, 2, 3], lambda k: "readout" if k == 2 else "hidden")
       [[0, 1, 3], [2]]
     """
@@ -436,7 +436,7 @@ def sanitize(values: np.ndarray, fallback: np.ndarray) -> np.ndarray:
 def fill_missing(values: np.ndarray, previous: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Missing (non-finite) measurements take their previous value; also return where.
 
-    Example:
+    Examples:
       >>> filled, missing = fill_missing(np.array([0.7, np.nan]), np.array([1.0, 0.5]))
       >>> filled.tolist(), missing.tolist()
       ([0.7, 0.5], [False, True])
@@ -449,7 +449,7 @@ def fill_missing(values: np.ndarray, previous: np.ndarray) -> tuple[np.ndarray, 
 def why_missing(alpha_missing: bool, omega_missing: bool, u_missing: bool) -> str:
     """Which factor of a layer's measurement carried no information, in words.
 
-    Example:
+    Examples:
       >>> why_missing(False, True, False)
       'its input has not changed from its initial value (dz = 0)'
     """

@@ -8,7 +8,7 @@ when its update grows or vanishes with width (``|s| > tolerance``): a maximal-up
 parametrization keeps every update's scale fixed. Both adapters collect the numbers;
 the fit, the table and the plot live here.
 
-Example:
+Examples:
   >>> widths = [64, 128, 256, 512]
   >>> round(loglog_slope(widths, [3.0 * w**0.5 for w in widths]), 6)
   0.5

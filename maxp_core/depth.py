@@ -139,7 +139,7 @@ def path_statistics(graph: OpGraph, offset: int = 0) -> PathStats:
     Returns:
       The :class:`PathStats`.
 
-    Example:
+    Examples:
       >>> from maxp_core import Node, OpGraph
       >>> g = OpGraph([Node("a", a=-0.5), Node("b", a=0.0, preds=("a",)),
       ...              Node("c", a=0.5, preds=("a", "b"))])     # a skip from a to c
@@ -191,7 +191,7 @@ def chen_lr_factor(
       offset: added to every path depth of both architectures.
       kernel_size, base_kernel_size: convolution kernel sizes ``q`` (1 for dense layers).
 
-    Example:
+    Examples:
       >>> from maxp_core import chain
       >>> round(chen_lr_factor(chain(12), base=6), 4)       # twice as deep: 2^(-3/2)
       0.3536
@@ -285,7 +285,7 @@ def init_in_degrees(graph: OpGraph, convention: InitConvention = "target") -> di
     Returns:
       ``{name: d_in}`` for every weighted node.
 
-    Example:
+    Examples:
       >>> from maxp_core import Node, OpGraph
       >>> g = OpGraph([Node("x", a=-0.5), Node("h1", a=0.0, preds=("x",)),
       ...              Node("h2", a=0.0, preds=("x",)),
@@ -371,7 +371,7 @@ class ChenScaling:
       kernel_size, base_kernel_size: convolution kernel sizes (1 for dense layers).
       init: ``"target"``, ``"source"`` or ``None``.
 
-    Example:
+    Examples:
       >>> from maxp_core import chain
       >>> f = ChenScaling(base=3).factors(chain(6), "adam")
       >>> round(f.lr["layer0"], 4), f.init["layer3"], f.multiplier["layer5"]
@@ -457,7 +457,7 @@ class BranchScaling:
       depth: the model's number of residual blocks ``L``.
       base_depth: the number of blocks the base learning rate was tuned at.
 
-    Example:
+    Examples:
       >>> round(BranchScaling(alpha=0.5, depth=8, base_depth=2).hidden_lr_factor("adam"), 4)
       0.5
     """

@@ -46,6 +46,7 @@ ALIGNMENT_PRESETS: dict[str, tuple[float, float, float]] = {
     "full": (1.0, 0.5, 1.0),
     "no": (0.5, 0.5, 0.5),
 }
+"""``(alpha, omega, u)`` of the named alignment presets: ``"full"`` (worst case) and ``"no"``."""
 
 
 def alignment_preset(name: str) -> tuple[float, float, float]:

@@ -6,7 +6,7 @@ JSON, nested too deeply or holding an integer too long to convert raises
 :class:`~maxp_core.errors.MaxPError` saying which, never a raw ``OSError``,
 ``UnicodeDecodeError``, ``RecursionError`` or ``ValueError``.
 
-Example:
+Examples:
   >>> import os, tempfile
   >>> path = os.path.join(tempfile.mkdtemp(), "bad.json")
   >>> _ = open(path, "wb").write(b'{"a": \\xff}')

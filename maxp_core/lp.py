@@ -70,7 +70,7 @@ warm-starts from its own last basis. ``solver="clarabel"`` and
 ``solver="cvxpy-highs"`` solve the same problem through cvxpy, built once with
 parameters (DPP). A new reference of ``"preset"`` moves the anchored rows' bounds only.
 
-Example:
+Examples:
   >>> from maxp_core.graph import chain
   >>> lp = StabilityLP(chain(4, alignment="full"), optimizer="adam")
   >>> sol = lp.solve()
@@ -112,6 +112,7 @@ from maxp_core.graph import OpGraph
 from maxp_core.roles import check_init_stability
 
 SOLVERS: tuple[str, ...] = ("highs", "clarabel", "cvxpy-highs")
+"""The solvers :class:`StabilityLP` takes: ``"highs"`` (the default), ``"clarabel"``, ``"cvxpy-highs"``."""
 #: Rules that pick one point of the optimal face (see the module docstring).
 TIE_RULES: tuple[str, ...] = ("preset", "later")
 #: The rule used when none is given, by :class:`StabilityLP` and both adapters.

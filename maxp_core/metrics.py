@@ -15,7 +15,7 @@ their roles, so that :func:`~maxp_core.tables.measure_table` and the ``plot`` co
 read a run back without the model. A missing value (NaN) is written as ``null``: missing,
 not zero.
 
-Example:
+Examples:
   >>> import io, tempfile, os
   >>> path = os.path.join(tempfile.mkdtemp(), "run.jsonl")
   >>> with MetricsLog(path, {"fc": "hidden"}) as log:
@@ -59,7 +59,7 @@ def metrics_record(
 
     Both adapters build their ``metrics()`` with this function, so the keys agree.
 
-    Example:
+    Examples:
       >>> metrics_record(["fc"], {"c": [1.0]}, {"step": 3})
       {'maxp/c/fc': 1.0, 'maxp/step': 3.0}
     """
@@ -87,7 +87,7 @@ def record_value(key: str, value: Any, where: str = "metrics") -> float | None:
     ``validate.EXPONENT_BOUND``, a negative counter. The caller's own keys (``loss``) may be
     infinite: a diverged loss is written as ``Infinity`` and read back as such.
 
-    Example:
+    Examples:
       >>> record_value("maxp/alpha/fc", 0.7), record_value("maxp/alpha/fc", float("nan"))
       (0.7, None)
       >>> record_value("maxp/alpha/fc", 5.0, "run.jsonl line 3")  # doctest: +ELLIPSIS

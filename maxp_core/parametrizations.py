@@ -55,6 +55,7 @@ AB_TABLE: dict[str, dict[Role, tuple[float, float]]] = {
     "mfp": {Role.EMBEDDING: (0.0, 0.0), Role.HIDDEN: (0.5, 0.0), Role.READOUT: (1.0, 0.0)},
 }
 PARAMETRIZATIONS: tuple[str, ...] = tuple(AB_TABLE)
+"""The named parametrizations: ``"sp"``, ``"ntk"``, ``"mup"``, ``"mfp"``."""
 
 
 @dataclass(frozen=True)

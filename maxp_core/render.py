@@ -1,6 +1,6 @@
 """Show an op graph: a text listing and a graphviz DOT picture, with a, b, c and r per node.
 
-Example:
+Examples:
   >>> from maxp_core.graph import chain
   >>> from maxp_core.lp import StabilityLP
   >>> g = chain(3)
@@ -101,7 +101,7 @@ def canonical_form(
     becomes ``min[...]`` of the canonical names of its inputs. Each value is
     ``(sorted inputs, merge, has_weight, a, b or None, contraction, sorted zero inputs)``.
 
-    Example:
+    Examples:
       >>> from maxp_core.tracing import GraphRecorder
       >>> rec = GraphRecorder()
       >>> x = rec.layer("emb", [], a=-0.5, b=0.5)

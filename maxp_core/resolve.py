@@ -14,7 +14,7 @@ to a :class:`Resolver`, which applies one set of rules:
 
 Warnings point at the user's line (:func:`warn_user`), not inside the library.
 
-Example:
+Examples:
   >>> import warnings
   >>> import numpy as np
   >>> resolver = Resolver(["emb", "out"], solve=lambda al: 1.0 - al[:, 0])

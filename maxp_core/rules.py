@@ -6,7 +6,7 @@ rule must match something, and no candidate may be matched by two rules: a rule 
 silently matches nothing, or a layer whose exponents depend on rule order, would give a
 learning rate nobody asked for.
 
-Example:
+Examples:
   >>> assign_rules([r"blocks\\.\\d+\\.fc", "head"], ["blocks.0.fc", "blocks.1.fc", "head"])
   {'blocks.0.fc': 0, 'blocks.1.fc': 0, 'head': 1}
 """
@@ -95,7 +95,7 @@ def tied_disagreement(names: Sequence[str], stds: Sequence[float], rates: Sequen
     initial standard deviation and one learning rate; both adapters give it the smallest
     of what its uses ask for, which keeps every use stable. ``None`` when the uses agree.
 
-    Example:
+    Examples:
       >>> print(tied_disagreement(["wte", "lm_head"], [1.0, 0.0625], [0.01, 0.01]))  # doctest: +ELLIPSIS
       wte and lm_head share one weight (tied); they ask for init std 1 and 0.0625, ...
     """

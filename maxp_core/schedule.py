@@ -64,7 +64,7 @@ class SolveSchedule:
     def solves_through(self, step: int) -> int:
         """How many re-solves are due after steps ``1 .. step``.
 
-        Example:
+        Examples:
           >>> s = SolveSchedule(warmup_steps=2, solve_interval=3)   # due after 5, 8, 11
           >>> [s.solves_through(t) for t in (4, 5, 10, 11)]
           [0, 1, 2, 3]

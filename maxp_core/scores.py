@@ -70,7 +70,7 @@ def scores_slowdown(lp: StabilityLP, c: Mapping[str, float]) -> ScoresSlowdown |
     ``c`` is the solution at the graph's own numbers; it is compared with the solution at
     the same numbers and ``a = 1`` on those nodes (none where that LP has no answer).
 
-    Example:
+    Examples:
       >>> from maxp_core import Node, OpGraph, StabilityLP
       >>> nodes = [
       ...     Node("emb", a=-0.5), Node("q", a=0.0, preds=("emb",)), Node("k", a=0.0, preds=("emb",)),

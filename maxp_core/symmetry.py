@@ -6,7 +6,7 @@ initial weights, and Adam's update is invariant to the gradient's scale while SG
 not (hence ``2t``). It is not exact for Adam's ``eps`` or for weight decay. Folding with
 ``t = -a`` removes the multiplier, so a model can stay untouched.
 
-Example:
+Examples:
   >>> fold_multiplier(0.5, 0.5, 0.5, "adam")   # muP readout
   (0.0, 1.0, 1.0)
   >>> fold_multiplier(-0.5, 0.5, 0.0, "sgd")   # muP embedding under SGD

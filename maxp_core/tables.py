@@ -10,7 +10,7 @@ kind's entry and the static LP is solved with those numbers. This is the publish
 authors' "maxP-meas" workflow: alignments measured passively with a fixed parametrization
 at one small width, the resulting c-table used unchanged at every width.
 
-Example:
+Examples:
   >>> table = AlignmentTable({"mlp_up": (0.8, 0.5, 0.7), "readout": (0.6, 0.5, 0.5)})
   >>> assigned, uncovered = table.for_layers(
   ...     [("blocks.0.mlp.fc1", "hidden"), ("blocks.0.attn.qkv", "hidden"), ("head", "readout")])
@@ -254,7 +254,7 @@ def measure_table(
     Raises:
       MaxPError: ``fraction`` is not in (0, 1], or the run holds no measurement in that span.
 
-    Example:
+    Examples:
       >>> rec = lambda step, n, a: {"maxp/step": step, "maxp/solves": n, "maxp/alpha/fc": a,
       ...                           "maxp/omega/fc": 0.5, "maxp/u/fc": a}
       >>> run = MetricsRun({"fc": "hidden"}, [rec(1, 0, 1.0), rec(2, 1, 0.9), rec(3, 2, 0.7),

@@ -9,7 +9,7 @@ from typing import Any
 def format_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     """A plain monospace table with a rule under the header; floats to 4 significant digits.
 
-    Example:
+    Examples:
       >>> print(format_table([("fc", 0.5), ("head", 1 / 3)], ("layer", "c")))
       layer       c
       -----  ------

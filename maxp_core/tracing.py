@@ -13,7 +13,7 @@ A factor counts as zero at initialization (``zero_inputs``) when the tracer saw 
 zero where it was multiplied *and* it comes straight from a layer whose weight starts at
 zero (``b = inf``); zero values of any other origin (a zero sample) say nothing about width.
 
-Example:
+Examples:
   >>> rec = GraphRecorder()
   >>> x = rec.layer("emb", [None], a=-0.5, b=0.5)
   >>> h = rec.layer("fc", [x], a=0.0, b=0.5)

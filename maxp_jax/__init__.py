@@ -4,7 +4,7 @@ Describe which parameter leaves are layers with a :class:`MaxPSpec`, re-initiali
 them with :func:`abc_init`, and chain :func:`scale_by_maxp` into any optax optimizer
 (or use :func:`adamw` / :func:`sgd`).
 
-Example:
+Examples:
   >>> import jax, jax.numpy as jnp, optax
   >>> import maxp_jax
   >>> params = {"w_in": jnp.zeros((8, 128)), "w_h": jnp.zeros((128, 128)), "w_out": jnp.zeros((128, 4))}

@@ -29,6 +29,7 @@ from maxp_jax.spec import MaxPSpec, leaf_key, path_string
 
 #: dtype of the factors in the state: fixed, so assigning new factors never recompiles.
 FACTOR_DTYPE = jnp.float32
+"""The dtype of the learning-rate factors, exponents and alignments kept in the optimizer state."""
 
 
 @dataclass(frozen=True)

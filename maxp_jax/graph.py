@@ -17,7 +17,7 @@ multiplied is listed in the node's ``zero_inputs`` (``silu`` keeps a zero gate z
 then is the jaxpr evaluated on the sample input; without such a layer the walk computes
 nothing.
 
-Example:
+Examples:
   >>> import jax, jax.numpy as jnp
   >>> from maxp_jax import MaxPSpec, Rule
   >>> params = {"w_in": jnp.zeros((4, 16)), "w_h": jnp.zeros((16, 16)), "w_out": jnp.zeros((16, 2))}
@@ -64,7 +64,7 @@ def activation(name: str, fn: Callable[..., Any], *, a: float = 1.0) -> Callable
     graph gets a node ``name`` whose inputs multiply. Names must be unique per call site;
     inside a scan, iteration ``t`` gets the node ``name[t]``.
 
-    Example:
+    Examples:
       >>> scores = activation("block0.scores", lambda q, k: q @ k.T / q.shape[-1], a=1.0)
     """
     _ACTIVATION_A[name] = float(a)

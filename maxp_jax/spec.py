@@ -51,6 +51,8 @@ from maxp_jax.stacking import LeafUses, leaf_uses
 
 Layout = Literal["dense", "embedding", "torch"]
 LAYOUTS: tuple[str, ...] = ("dense", "embedding", "torch")
+"""How a rule reads a weight leaf: ``"dense"`` ``(in, out)``, ``"embedding"`` ``(vocab, width)``,
+``"torch"`` ``(out, in)``."""
 ROLES: tuple[str, ...] = tuple(role.value for role in Role)
 MultiplierMode = Literal["folded", "explicit"]
 

@@ -258,7 +258,7 @@ def metrics(
 def metrics_log(path: str | Path, spec: MaxPSpec) -> MetricsLog:
     """A :class:`maxp_core.metrics.MetricsLog` at ``path`` naming ``spec``'s layers.
 
-    Example:
+    Examples:
       >>> import os, tempfile, jax.numpy as jnp
       >>> from maxp_jax import MaxPSpec, Rule
       >>> params = {"w_in": jnp.ones((8, 64)), "w_out": jnp.ones((64, 4))}

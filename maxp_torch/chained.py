@@ -39,7 +39,7 @@ class ChainedMaxPScheduler(LRScheduler):
     its cuts would be undone), schedulers that start from absolute rates of their own
     (``CyclicLR``), and a ``MaxPScheduler`` with a WSD warm-up under the chain.
 
-    Example:
+    Examples:
       >>> from torch import nn
       >>> from maxp_torch import Parametrization, ParametrizedModule
       >>> model = nn.Sequential(

@@ -1,6 +1,6 @@
 """Coordinate checks for PyTorch models: ``diagnose_axis``, ``print_axis``, ``plot_axis``.
 
-Example:
+Examples:
   >>> import torch
   >>> from torch import nn
   >>> from maxp_torch import ParametrizedModule, Parametrization

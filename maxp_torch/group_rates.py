@@ -35,7 +35,7 @@ CHAIN_FIX = (
 def check_sole_writer(groups: Sequence[Mapping[str, Any]], where: str) -> None:
     """Refuse if a group's rate is not the one maxP last wrote into it.
 
-    Example:
+    Examples:
       >>> groups = [{"params": [], "lr": 0.1, "layer_name": "fc"}]
       >>> write_rates(groups, {0: 0.1})
       >>> groups[0]["lr"] *= 0.5  # what a torch scheduler stepped on its own does

@@ -113,7 +113,7 @@ def draw_seed() -> int:
     ``torch.distributed``, rank 0's draw, so that every replica starts from the same weights
     however each rank seeded its own generator.
 
-    Example:
+    Examples:
       >>> _ = torch.manual_seed(0); first = draw_seed()
       >>> _ = torch.manual_seed(0); first == draw_seed()
       True

@@ -76,7 +76,7 @@ def tied_groups(weights: Sequence[Any]) -> list[list[int]]:
     """Positions of the weights, grouped by identity (a tied weight's uses share a group), in
     order of first appearance.
 
-    Example:
+    Examples:
       >>> shared, other = object(), object()
       >>> tied_groups([shared, other, shared])
       [[0, 2], [1]]

@@ -103,7 +103,7 @@ def conv_patches(module: Any, x: torch.Tensor) -> torch.Tensor:
     ``conv_patches(conv, x) @ conv.weight.reshape(out, -1).T`` is the convolution's output
     (without bias) with the positions as rows.
 
-    Example:
+    Examples:
       >>> conv = nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False)
       >>> x = torch.randn(2, 3, 8, 8)
       >>> rows = conv_patches(conv, x) @ conv.weight.reshape(4, -1).T

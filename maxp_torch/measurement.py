@@ -382,7 +382,7 @@ CPU_SOLO_BYTES = 2**20
 def stack_chunks(layers: list[int], weight: torch.Tensor, limit: int | None = None) -> list[list[int]]:
     """``layers`` (all shaped as ``weight``) in runs of as many as fit ``limit`` bytes, at least one.
 
-    Example:
+    Examples:
       >>> stack_chunks([0, 1, 2, 3, 4], torch.zeros(128, 1024), limit=2**20)   # 512 KiB each
       [[0, 1], [2, 3], [4]]
     """
@@ -433,7 +433,7 @@ def leading_rows(rows: torch.Tensor, n: int) -> torch.Tensor:
     """The first ``n`` of ``rows``, copied when they are fewer than all: a view would keep the
     whole input (every token of a sequence batch, every patch of a convolution) alive.
 
-    Example:
+    Examples:
       >>> rows = torch.zeros(1024, 8)
       >>> leading_rows(rows, 32).untyped_storage().nbytes(), leading_rows(rows, 2048) is rows
       (1024, True)

@@ -14,6 +14,8 @@ from maxp_core import MaxPError, Role, validate
 from maxp_torch.layers import LINEAR, LayerKind, kind_of
 
 LAYER_TYPES: tuple[str, ...] = tuple(role.value for role in Role)
+"""The ``layer_type`` values a :class:`ParametrizedModule` takes: ``"embedding"``, ``"hidden"``,
+``"readout"``."""
 
 
 #: What a Parametrization recorded of each layer at ``capture_initial``, for the published
@@ -173,7 +175,7 @@ class ScaledLinear(nn.Module):
     wrapped layer's; its parameters are registered under ``linear``, so a ``state_dict``
     has keys ``<name>.linear.weight``. Any layer can be wrapped (an ``nn.Embedding`` too).
 
-    Example:
+    Examples:
       >>> layer = ScaledLinear(nn.Linear(4, 8), scale=0.125)
       >>> layer
       ScaledLinear(

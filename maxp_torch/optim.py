@@ -10,7 +10,7 @@ groups that share the other hyperparameters and updates them together with ``tor
 operations that take one learning rate per tensor. The numbers are those of the torch
 class over the same groups (``tests/torch/test_optim.py``).
 
-Example:
+Examples:
   >>> import torch
   >>> from torch import nn
   >>> from maxp_torch import Parametrization, ParametrizedModule

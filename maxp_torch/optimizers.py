@@ -19,7 +19,7 @@ def innermost_optimizer(optimizer: Any) -> Any:
 
     A wrapper is anything holding an object with ``param_groups`` under one of those names.
 
-    Example:
+    Examples:
       >>> inner = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
       >>> class Wrapper:
       ...     def __init__(self, optimizer):
@@ -61,7 +61,7 @@ def optimizer_kind(optimizer: Any) -> str:
     the optimizer doing the work (accelerate's ``AcceleratedOptimizer``, Lightning's
     ``LightningOptimizer``) are seen through.
 
-    Example:
+    Examples:
       >>> optimizer_kind(torch.optim.AdamW([torch.zeros(1, requires_grad=True)]))
       'adam'
     """

@@ -359,7 +359,7 @@ class Parametrization:
         ``maxp/solve_seconds`` (the host's time for the last re-solve: rules and LP). The keys are those of
         ``maxp_jax.metrics``; :meth:`metrics_log` writes them to a JSONL file.
 
-        Example:
+        Examples:
           >>> param = Parametrization(nn.Sequential(
           ...     ParametrizedModule(nn.Linear(4, 16), width_dim=16, layer_type="embedding"),
           ...     ParametrizedModule(nn.Linear(16, 2), width_dim=16, layer_type="readout")), lr_prefactor=1.0)
@@ -371,7 +371,7 @@ class Parametrization:
     def metrics_log(self, path: str | Path) -> MetricsLog:
         """A :class:`maxp_core.metrics.MetricsLog` at ``path`` naming this model's layers.
 
-        Example:
+        Examples:
           >>> import tempfile, os
           >>> param = Parametrization(nn.Sequential(
           ...     ParametrizedModule(nn.Linear(4, 16), width_dim=16, layer_type="embedding"),
@@ -453,7 +453,7 @@ class Parametrization:
         Call the returned scheduler's ``step()`` after each ``optimizer.step()`` in place of
         :meth:`step`.
 
-        Example:
+        Examples:
           >>> model = nn.Sequential(
           ...     ParametrizedModule(nn.Linear(4, 32), width_dim=32, layer_type="embedding"), nn.ReLU(),
           ...     ParametrizedModule(nn.Linear(32, 2), width_dim=32, layer_type="readout"))

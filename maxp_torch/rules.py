@@ -13,7 +13,7 @@ and the input maxP measures. The model's classes, parameters and ``state_dict`` 
 as they were, so ``save_pretrained``/``from_pretrained`` and checkpoints of the stock
 model keep working.
 
-Example:
+Examples:
   >>> model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
   >>> found = apply_rules(model, [Rule("0", "embedding"), Rule("2", "hidden"), Rule("4", "readout")])
   >>> [(name, layer.layer_type, layer.width_dim) for name, layer in found.layers]

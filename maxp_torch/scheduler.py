@@ -13,7 +13,7 @@ the last ``nn.Linear`` is the readout; the others are hidden. A layer's width ``
 otherwise (the published first release reads the input size of the first layer too, which
 does not grow with the model).
 
-Example:
+Examples:
   >>> import torch
   >>> from torch import nn
   >>> model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
@@ -67,7 +67,7 @@ def get_linear_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     name contains ``attn`` are not skipped (they would silently train at the base rate), and
     embeddings are layers.
 
-    Example:
+    Examples:
       >>> model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), ScaledLinear(nn.Linear(8, 2), 0.5))
       >>> [(name, type(layer).__name__) for name, layer in get_linear_layers(model)]
       [('0', 'Linear'), ('2', 'Linear')]

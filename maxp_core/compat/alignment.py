@@ -64,7 +64,7 @@ def as_float64(x: Any, what: str = "input") -> np.ndarray:
     Raises:
       MaxPError: ``x`` holds complex numbers or is not numeric.
 
-    Example:
+    Examples:
       >>> as_float64([[1, 2], [3, 4]]).dtype
       dtype('float64')
     """
@@ -91,7 +91,7 @@ def as_float64(x: Any, what: str = "input") -> np.ndarray:
 def checked_norm_mode(norm_mode: Any) -> AlignmentMode:
     """``norm_mode`` lower-cased and stripped, as published; anything but rms or spectral raises.
 
-    Example:
+    Examples:
       >>> checked_norm_mode(" RMS ")
       'rms'
     """
@@ -175,7 +175,7 @@ def compute_alignments_for_pms(
       MaxPError: the lists differ in length, an entry is not ``((z0, w0), (z, w))`` or
         ``None``, or :func:`compute_alignment` refuses an entry (the message names it).
 
-    Example:
+    Examples:
       >>> compute_alignments_for_pms([None, None], [64, 64])
       ([1.0, 1.0], [0.5, 0.5], [1.0, 1.0])
     """

@@ -94,7 +94,7 @@ def published_merge_names(graph: CoreGraph) -> CoreGraph:
     """``graph`` with the recorder's merge names (``add1``, ``mul2``, ...) in the published
     form (``_add_0``, ``_mul_1``, ...): same counter, from 0.
 
-    Example:
+    Examples:
       >>> from maxp_core import Node
       >>> g = CoreGraph([Node("x", a=-0.5), Node("y", a=0.0, preds=("x",)),
       ...                Node("add1", a=0.0, has_weight=False, preds=("x", "y")),

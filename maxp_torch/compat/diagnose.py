@@ -34,7 +34,7 @@ def op_label(op: ClassifiedOp) -> str:
     """``#<index> <name>``: the parameter's name without ``.weight``, else the module's path,
     else ``op<index>``; an op outside any parameter adds ``@ <file:line>``.
 
-    Example:
+    Examples:
       >>> op = ClassifiedOp(3, "linear", "hidden", True, "blocks.0.fc.weight", "blocks.0.fc", "m.py:9",
       ...                   [], [], (), ())
       >>> op_label(op)

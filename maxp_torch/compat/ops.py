@@ -134,7 +134,7 @@ def maxp_multiplier(module: nn.Module) -> float | None:
     That is the ``scale`` of a :class:`~maxp_torch.ParametrizedModule`, or of the
     :class:`~maxp_torch.layers.HookedLayer` whose forward hook sits on ``module``.
 
-    Example:
+    Examples:
       >>> fc = ParametrizedModule(nn.Linear(4, 4), width_dim=4, layer_type="hidden")
       >>> fc.scale = 0.5
       >>> maxp_multiplier(fc), maxp_multiplier(fc.inner)
@@ -260,7 +260,7 @@ def trace_forward(model: nn.Module, x: Any) -> list[TracedOp]:
     Returns:
       One :class:`TracedOp` per recorded call (the module docstring lists which functions).
 
-    Example:
+    Examples:
       >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
       >>> [(op.op, op.param_name, op.module_path) for op in trace_forward(model, torch.randn(3, 4))]
       [('linear', '0.weight', '0'), ('linear', '2.weight', '2')]
@@ -284,7 +284,7 @@ def measure_activations(model: nn.Module, x: Any) -> list[float]:
     Returns:
       One float per :class:`TracedOp` of :func:`trace_forward`.
 
-    Example:
+    Examples:
       >>> fc = ParametrizedModule(nn.Linear(4, 4, bias=False), width_dim=4, layer_type="hidden")
       >>> fc.scale = 0.5
       >>> x = torch.randn(3, 4)
@@ -311,7 +311,7 @@ def layer_type_of(small: TracedOp, large: TracedOp) -> str:
     is ``"embedding"``; one whose contracted and output sizes both change is ``"hidden"``;
     one whose contracted size changes but output size does not is ``"readout"``.
 
-    Example:
+    Examples:
       >>> small = TracedOp(0, "linear", [(2, 64), (10, 64)], (2, 10))
       >>> large = TracedOp(0, "linear", [(2, 128), (10, 128)], (2, 10))
       >>> layer_type_of(small, large)
@@ -363,7 +363,7 @@ def classify(
     Raises:
       MaxPError: the two traces differ in length or in an operation's kind.
 
-    Example:
+    Examples:
       >>> def mlp(width):
       ...     return nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 2, bias=False))
       >>> ops = classify(mlp(8), mlp(16), torch.randn(3, 4), torch.randn(3, 4))

@@ -96,7 +96,7 @@ class TraceWindow:
 def traced_linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     """The model's ``nn.Linear`` layers by name, in ``named_modules`` order, none inside another.
 
-    Example:
+    Examples:
       >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Sequential(nn.Linear(8, 2)))
       >>> [name for name, _ in traced_linear_layers(model)]
       ['0', '2.0']
@@ -141,7 +141,7 @@ class Tracer:
       MaxPError: the model has no ``nn.Linear``, ``sample_size`` is not a positive integer
         or ``None``, or ``bl`` does not hold one number per traced layer.
 
-    Example:
+    Examples:
       >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
       >>> tracer = Tracer(model, sample_size=3)
       >>> initial = tracer.capture_initial(torch.randn(5, 4))
@@ -380,7 +380,7 @@ def compute_window_alignment(
         layer without an initial weight.
       CallOrderError: a layer's snapshot is missing from the window (also a ``RuntimeError``).
 
-    Example:
+    Examples:
       >>> torch.manual_seed(0) and None
       >>> model = nn.Sequential(nn.Linear(16, 32, bias=False), nn.Tanh(), nn.Linear(32, 4, bias=False))
       >>> tracer = Tracer(model)
@@ -454,7 +454,7 @@ def compute_alignment(*args: Any, **kwargs: Any) -> Any:
       MaxPError: the first argument is neither a :class:`TraceWindow` nor a tensor or
         array (the message says which forms are accepted), or the chosen form refuses it.
 
-    Example:
+    Examples:
       >>> z0, w0 = torch.randn(4, 64), torch.randn(8, 64)
       >>> alpha, omega, u = compute_alignment(z0, w0, z0, w0 + torch.randn(8, 64), 64)
       >>> 0.0 < alpha < 1.0, omega != omega   # dz = 0: omega carries no information (NaN)
