@@ -27,15 +27,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from benchmarks.graph_rules import seeded_update_slopes
 from benchmarks.report import code_version, write_results
 from examples.torch_models import GPT
-from maxp_core.coordcheck import loglog_slope
 from maxp_torch import Parametrization, ParametrizedModule
-from maxp_torch.diagnose import diagnose_axis
 
 ARMS = ("maxp a=0.5", "published c, a=0.5", "maxp a=1")
 MODELS = ("gpt", "multihead")
@@ -138,23 +136,15 @@ def update_slopes(
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Per-op slope of the update RMS over width, and the RMS per width (geometric mean over seeds)."""
     ids, loss = _batch()
-    per_seed = []
-    for seed in seeds:
-        _, _, stats = diagnose_axis(
-            lambda w, seed=seed: build(arm, w, blocks, seed, model=model),
-            lambda w: ids,
-            widths,
-            steps=steps,
-            loss_fn=loss,
-            seed=seed,
-        )
-        per_seed.append(stats)
-    rms = {
-        op: np.exp(np.mean([np.log(s[op]["update"]) for s in per_seed], axis=0)).tolist()
-        for op in per_seed[0]
-        if all(np.all(np.asarray(s[op]["update"]) > 0) for s in per_seed)
-    }
-    return {op: loglog_slope(widths, values) for op, values in rms.items()}, rms
+    return seeded_update_slopes(
+        lambda w, seed: build(arm, w, blocks, seed, model=model),
+        ids,
+        loss,
+        widths,
+        seeds,
+        steps,
+        drop_unmoved=True,
+    )
 
 
 def extremes(slopes: dict[str, float]) -> tuple[tuple[str, float], tuple[str, float]]:

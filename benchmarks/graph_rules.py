@@ -119,21 +119,36 @@ def update_slopes(
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Per-op slope of the update RMS over width, and the RMS per width (geometric mean over seeds)."""
     sample, loss = _batch(setup)
+    return seeded_update_slopes(
+        lambda w, seed: _with_groups(*build(setup, rule, w, seed)), sample, loss, widths, seeds, steps
+    )
+
+
+def seeded_update_slopes(
+    make: Callable[[int, int], tuple[torch.nn.Module, Any]],
+    sample: Any,
+    loss: Callable[[torch.Tensor], torch.Tensor],
+    widths: Sequence[int],
+    seeds: Sequence[int],
+    steps: int = 3,
+    drop_unmoved: bool = False,
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Per-op slope of the update RMS over width, and the RMS per width (geometric mean over
+    seeds), of ``make(width, seed) -> (model, param_groups)`` trained ``steps`` AdamW steps on
+    ``sample``. ``drop_unmoved`` leaves out ops whose update is exactly zero somewhere (no slope
+    can be fitted to them)."""
     per_seed = []
     for seed in seeds:
         _, _, stats = diagnose_axis(
-            lambda w, seed=seed: _with_groups(*build(setup, rule, w, seed)),
-            lambda w: sample,
-            widths,
-            steps=steps,
-            loss_fn=loss,
-            seed=seed,
+            lambda w, seed=seed: make(w, seed), lambda w: sample, widths, steps=steps, loss_fn=loss, seed=seed
         )
         per_seed.append(stats)
-    rms = {
-        op: np.exp(np.mean([np.log(s[op]["update"]) for s in per_seed], axis=0)).tolist()
+    ops = [
+        op
         for op in per_seed[0]
-    }
+        if not drop_unmoved or all(np.all(np.asarray(s[op]["update"]) > 0) for s in per_seed)
+    ]
+    rms = {op: np.exp(np.mean([np.log(s[op]["update"]) for s in per_seed], axis=0)).tolist() for op in ops}
     return {op: loglog_slope(widths, values) for op, values in rms.items()}, rms
 
 
