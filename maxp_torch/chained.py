@@ -218,6 +218,11 @@ def _common_optimizer(
     assert optimizer is not None
     inner = innermost_optimizer(optimizer)
     for i, s in enumerate(schedulers):
+        if not callable(getattr(s, "step", None)) or not hasattr(s, "optimizer"):
+            raise MaxPError(
+                f"the entry at index {i} ({type(s).__name__}) is not a learning-rate scheduler: chain "
+                "torch.optim.lr_scheduler schedulers built on the optimizer"
+            )
         if innermost_optimizer(getattr(s, "optimizer", None)) is not inner:
             raise MaxPError(
                 f"the scheduler at index {i} ({type(s).__name__}) uses a different optimizer; every "

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from maxp_core import MaxPError
+from maxp_core import MaxPError, validate
 from maxp_torch.compat.ops import ClassifiedOp, classify, measure_activations
 from maxp_torch.module import ParametrizedModule
 
@@ -70,6 +70,13 @@ def diagnose_ops(
     """
     if len(widths) < 2:
         raise MaxPError(f"diagnose_axis needs at least two widths to classify the ops, got {list(widths)}")
+    n_steps = validate.integer(n_steps, "diagnose_axis: n_steps", 1)
+    n_seeds = validate.integer(n_seeds, "diagnose_axis: n_seeds", 1)
+    if train_step_fn is not None and not callable(train_step_fn):
+        raise MaxPError(
+            "diagnose_axis: train_step_fn must be a function (model, step) -> None, got "
+            f"{type(train_step_fn).__name__}"
+        )
     small, _ = make_model_fn(widths[0])
     large, _ = make_model_fn(widths[1])
     ops = [

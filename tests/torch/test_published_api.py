@@ -796,3 +796,17 @@ def test_the_published_verification_solves_for_alignments_set_by_hand() -> None:
     expected = param.lp.solve(alpha=[1.0, 0.6, 0.7], omega=[0.5, 0.4, 0.3], u=[1.0, 0.5, 0.6]).c
     assert solved == pytest.approx(dict(expected), abs=1e-12)
     assert param._resolve_dag() == solved and param.get_last_lr() == rates
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"n_steps": 0}, "n_steps must be an integer >= 1, got 0"),
+        ({"n_seeds": 1.5}, "n_seeds must be an integer >= 1"),
+        ({"train_step_fn": "adam"}, "train_step_fn must be a function"),
+    ],
+)
+def test_the_published_coordinate_check_names_a_bad_argument(kwargs, named) -> None:
+    arguments = {"make_model_fn": make_plain, "make_input_fn": make_tokens, "widths": [16, 32], **kwargs}
+    with pytest.raises(ValueError, match=named):
+        maxp_torch.diagnose_axis(**arguments)

@@ -334,3 +334,10 @@ def test_the_factor_reads_as_torch_would_for_one_group_at_lr_1() -> None:
     assert factors[:3] == pytest.approx([0.1, 0.28, 0.46])
     assert factors[-1] == pytest.approx(1.0)
     assert math.isclose(reference_factors(SCHEDULES["CosineAnnealingLR"])[-1], 0.0, abs_tol=1e-12)
+
+
+def test_something_that_is_no_scheduler_is_refused_by_position() -> None:
+    param = dynamic_param(mlp())
+    optimizer = torch.optim.AdamW(param.param_groups)
+    with pytest.raises(MaxPError, match=r"the entry at index 1 \(float\) is not a learning-rate scheduler"):
+        param.lr_scheduler(optimizer, torch_schedulers.LinearLR(optimizer), 0.5)
