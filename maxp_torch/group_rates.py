@@ -26,9 +26,10 @@ from maxp_core import MaxPError
 WRITTEN = "maxp_lr"
 
 CHAIN_FIX = (
-    "step torch schedulers through maxP instead, e.g. ChainedMaxPScheduler(maxp, [warmup, cosine]) "
-    "(or param.lr_scheduler(optimizer, warmup, cosine)), which gives every layer the schedule's "
-    "factor times its maxP rate; to scale every rate by hand, set lr_prefactor"
+    "step torch schedulers through maxP instead: param.lr_scheduler(optimizer, schedule) (or "
+    "ChainedMaxPScheduler(maxp, [schedule])), with a warm-up then a decay given as one "
+    "SequentialLR(optimizer, [warmup, cosine], milestones=[...]), gives every layer the schedule's "
+    "factor times its maxP rate; to scale every rate by hand, set lr_prefactor between steps"
 )
 
 
