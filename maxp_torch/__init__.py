@@ -7,41 +7,19 @@ its ``param_groups`` and call ``param.step(x, optimizer)`` after each ``optimize
 Plain ``nn.Linear`` stacks can use the first release's API:
 :func:`initialize_abc_weights`, :func:`create_param_groups` and :class:`MaxPScheduler`.
 
-Every public name of the published maxP (both releases) is exported here, so switching
-is a change of the import: ``import maxp_torch as maxp``. Where the behaviour differs on
-purpose, the README's "Differences from the published maxP" says how and why.
+The published maxP's API (both releases) lives in :mod:`maxp_torch.published`, so
+switching is a change of the import: ``from maxp_torch import published as maxp``. Its
+published-only names (``OpGraph``, ``find_c``, ``Tracer``, ...) are not part of this
+namespace, where ``OpGraph`` would clash with :class:`maxp_core.OpGraph`; reading them
+from here still works and warns.
 """
 
-from maxp_core.compat import (
-    ABCParametrization,
-    DagNode,
-    MergeType,
-    OpGraph,
-    compute_alignments_for_pms,
-    find_c,
-    find_c_adam,
-    find_c_dag,
-    find_c_dag_adam,
-    find_c_dag_sgd,
-    find_c_sgd,
-    get_abc_parametrization,
-)
+import warnings
+from typing import Any
+
 from maxp_torch import optim
 from maxp_torch.chained import ChainedMaxPScheduler
-from maxp_torch.compat import (
-    ClassifiedOp,
-    LayerSnapshot,
-    StepTrace,
-    TracedOp,
-    Tracer,
-    TraceWindow,
-    classify,
-    compute_alignment,
-    measure_activations,
-    trace_forward,
-    trace_pm_dag,
-)
-from maxp_torch.diagnose import diagnose_axis, op_label, plot_axis, print_axis
+from maxp_torch.diagnose import diagnose_axis, plot_axis, print_axis
 from maxp_torch.layers import conv_patches
 from maxp_torch.module import LAYER_TYPES, ParametrizedModule, ScaledLinear
 from maxp_torch.optimizers import optimizer_kind, register_optimizer
@@ -57,48 +35,69 @@ from maxp_torch.scheduler import (
 
 __all__ = [
     "LAYER_TYPES",
-    "ABCParametrization",
     "ChainedMaxPScheduler",
-    "ClassifiedOp",
-    "DagNode",
-    "LayerSnapshot",
     "MaxPScheduler",
-    "MergeType",
-    "OpGraph",
     "Parametrization",
     "ParametrizedModule",
     "Rule",
     "ScaledLinear",
-    "StepTrace",
-    "TraceWindow",
-    "TracedOp",
-    "Tracer",
     "apply_rules",
-    "classify",
-    "compute_alignment",
-    "compute_alignments_for_pms",
     "conv_patches",
     "create_param_groups",
     "diagnose_axis",
-    "find_c",
-    "find_c_adam",
-    "find_c_dag",
-    "find_c_dag_adam",
-    "find_c_dag_sgd",
-    "find_c_sgd",
-    "get_abc_parametrization",
     "get_linear_layers",
     "initialize_abc_weights",
     "linear_layers",
-    "measure_activations",
     "measurement_mode",
-    "op_label",
     "optim",
     "optimizer_kind",
     "plot_axis",
     "print_axis",
     "register_optimizer",
     "synthetic_graph",
-    "trace_forward",
-    "trace_pm_dag",
 ]
+
+_PUBLISHED_ONLY = frozenset(
+    (
+        "ABCParametrization",
+        "ClassifiedOp",
+        "DagNode",
+        "LayerSnapshot",
+        "MergeType",
+        "OpGraph",
+        "StepTrace",
+        "TraceWindow",
+        "TracedOp",
+        "Tracer",
+        "classify",
+        "compute_alignment",
+        "compute_alignments_for_pms",
+        "find_c",
+        "find_c_adam",
+        "find_c_dag",
+        "find_c_dag_adam",
+        "find_c_dag_sgd",
+        "find_c_sgd",
+        "get_abc_parametrization",
+        "measure_activations",
+        "op_label",
+        "trace_forward",
+        "trace_pm_dag",
+    )
+)
+
+
+def __getattr__(name: str) -> Any:
+    """Forward the published maxP's own names to :mod:`maxp_torch.published`, with a warning."""
+    if name not in _PUBLISHED_ONLY:
+        raise AttributeError(f"module 'maxp_torch' has no attribute {name!r}")
+    from maxp_torch import published
+
+    warnings.warn(
+        f"maxp_torch.{name} is the published maxP's {name}; it lives in maxp_torch.published: "
+        f"use `from maxp_torch import published as maxp` (then maxp.{name}) or "
+        f"`from maxp_torch.published import {name}`",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return getattr(published, name)

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def blocks(page: Path) -> tuple[list[str], int]:
     text = page.read_text()
     found = list(FENCE.finditer(text))
     code = [m.group("code") for m in SETUP.finditer(text)]
-    code += [m.group("code") for m in found if not m.group("skip")]
+    code += [textwrap.dedent(m.group("code")) for m in found if not m.group("skip")]
     return code, sum(1 for m in found if m.group("skip"))
 
 
@@ -63,7 +64,7 @@ def test_the_site_builds_and_references_every_public_name(tmp_path) -> None:
         cwd=ROOT, env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr[-3000:]
-    for package in ("maxp_core", "maxp_jax", "maxp_torch"):
+    for package in ("maxp_core", "maxp_core.compat", "maxp_jax", "maxp_torch", "maxp_torch.published"):
         page = (site / "api" / package / "index.html").read_text()
         module = importlib.import_module(package)
         missing = [

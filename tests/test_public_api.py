@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 PACKAGES = ("maxp_core", "maxp_jax", "maxp_torch")
+NAMESPACES = (*PACKAGES, "maxp_core.compat", "maxp_torch.published")
 
 
 def undocumented(package: str) -> list[str]:
@@ -29,7 +30,7 @@ def undocumented(package: str) -> list[str]:
     return missing
 
 
-@pytest.mark.parametrize("package", PACKAGES)
+@pytest.mark.parametrize("package", NAMESPACES)
 def test_every_public_name_has_a_docstring(package) -> None:
     pytest.importorskip(package)
     assert undocumented(package) == []

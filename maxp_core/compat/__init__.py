@@ -3,7 +3,8 @@
 Named parametrization tables, the chain and graph solvers with their published signatures
 and return values, the published graph classes and the alignment of one layer from its
 tensors. Each is a thin layer over :mod:`maxp_core`; where the published behaviour and
-this project's differ on purpose, the docstring says so.
+this project's differ on purpose, the docstring says so. PyTorch users import them from
+:mod:`maxp_torch.published`, with the rest of the published API.
 """
 
 from maxp_core.compat.abc import ABCParametrization, get_abc_parametrization

@@ -2,8 +2,8 @@
 
 The first release's :class:`Tracer` and its snapshots, one :func:`compute_alignment` for
 both releases' call forms, the current release's op tracing (:func:`trace_forward`,
-:func:`classify`, :func:`measure_activations`) and :func:`trace_pm_dag`. All are exported
-by :mod:`maxp_torch`.
+:func:`classify`, :func:`measure_activations`) and :func:`trace_pm_dag`. Users import
+them from :mod:`maxp_torch.published`, with the rest of the published API.
 """
 
 from maxp_torch.compat.dag import trace_pm_dag

@@ -2,8 +2,8 @@
 
 :func:`maxp_torch.diagnose_axis` takes this form when called with the published keywords
 (``make_model_fn=``, ``make_input_fn=``, ``n_steps=``, ``n_seeds=``, ``train_step_fn=``):
-every traced operation (:func:`~maxp_torch.classify` at the two smallest widths, parameter
-rows left out) is measured (:func:`~maxp_torch.measure_activations`) before each of
+every traced operation (:func:`~maxp_torch.published.classify` at the two smallest widths, parameter
+rows left out) is measured (:func:`~maxp_torch.published.measure_activations`) before each of
 ``n_steps`` training steps, at each width and seed, and the result is the published
 ``(ops, affected, act_stats)``: ``act_stats[op, step, width, seed]``, every op counted as
 affected. ``print_axis`` and ``plot_axis`` take that result too; :func:`op_label` names an op

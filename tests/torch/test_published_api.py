@@ -1,8 +1,8 @@
 """The published maxP's README examples and documented behaviours, with only the import changed.
 
 Each example below is the published code with ``from maxp import ...`` replaced by
-``from maxp_torch import ...`` (or ``import maxp_torch as maxp``); the names the READMEs
-leave to the reader (``train_loader``, ``criterion``, ``X_init``, ``MyModel``) are small
+``from maxp_torch.published import ...`` (or ``from maxp_torch import published as maxp``);
+the names the READMEs leave to the reader (``train_loader``, ``criterion``, ``X_init``, ``MyModel``) are small
 fixtures. The numbers are checked against this project's documented expectations: the
 LP solved by :mod:`maxp_core` on the alignments the run measured, and the README's
 "Differences from the published maxP" where the behaviour differs on purpose.
@@ -15,9 +15,11 @@ import pytest
 import torch
 from torch import nn
 
+import maxp_core
 import maxp_torch
 from maxp_core import CallOrderError, MaxPWarning, StabilityLP, chain, named_parametrization
 from maxp_core.compat import get_abc_parametrization
+from maxp_torch import published as maxp
 
 # Every public name of the published first release and current release.
 FIRST_RELEASE = [
@@ -76,10 +78,28 @@ def lp_rates(lr: float, width: int, a, b, alignment, optimizer="adam", **kwargs)
     return [lr * width**-x for x in c]
 
 
-def test_every_published_name_is_exported() -> None:
-    missing = [n for n in FIRST_RELEASE + CURRENT_RELEASE if not hasattr(maxp_torch, n)]
+def test_every_published_name_is_in_the_published_namespace() -> None:
+    missing = [n for n in FIRST_RELEASE + CURRENT_RELEASE if not hasattr(maxp, n)]
     assert missing == []
-    assert set(FIRST_RELEASE + CURRENT_RELEASE) <= set(maxp_torch.__all__)
+    assert set(FIRST_RELEASE + CURRENT_RELEASE) <= set(maxp.__all__)
+
+
+def test_published_only_names_leave_the_maxp_torch_namespace_with_a_warning() -> None:
+    """``maxp_torch.OpGraph`` was the published class while ``maxp_core.OpGraph`` is the LP's."""
+    published_only = [n for n in FIRST_RELEASE + CURRENT_RELEASE if n not in maxp_torch.__all__]
+    assert {"OpGraph", "find_c", "Tracer", "trace_pm_dag"} <= set(published_only)
+    for name in published_only:
+        with pytest.warns(FutureWarning, match=f"maxp_torch.published import {name}"):
+            assert getattr(maxp_torch, name) is getattr(maxp, name)
+    shared = [n for n in maxp.__all__ if n in maxp_torch.__all__]
+    assert all(getattr(maxp_torch, n) is getattr(maxp, n) for n in shared)
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        _ = maxp_torch.not_a_name
+
+
+def test_no_name_means_two_things_across_maxp_core_and_maxp_torch() -> None:
+    both = set(maxp_core.__all__) & set(maxp_torch.__all__)
+    assert [n for n in both if getattr(maxp_core, n) is not getattr(maxp_torch, n)] == []
 
 
 # --- the first release's README -------------------------------------------------------------
@@ -89,8 +109,8 @@ def test_first_release_quick_start() -> None:
     train_loader = loader(101)
     criterion = nn.CrossEntropyLoss()
     torch.manual_seed(0)
-    # README, "Quick Start", with `from maxp import` -> `from maxp_torch import`.
-    from maxp_torch import MaxPScheduler, create_param_groups, initialize_abc_weights
+    # README, "Quick Start", with `from maxp import` -> `from maxp_torch.published import`.
+    from maxp_torch.published import MaxPScheduler, create_param_groups, initialize_abc_weights
 
     model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
     initialize_abc_weights(model, parametrization="mup")
@@ -135,7 +155,7 @@ def test_first_release_custom_abc_values() -> None:
     torch.manual_seed(0)
     model = four_layer_mlp()
     # README, "Custom ABC Values".
-    from maxp_torch import MaxPScheduler, create_param_groups, initialize_abc_weights
+    from maxp_torch.published import MaxPScheduler, create_param_groups, initialize_abc_weights
 
     al = [-0.5, 0.0, 0.0, 0.5]  # Layer output multipliers
     bl = [0.5, 0.5, 0.5, 0.5]  # Initialization variance exponents
@@ -160,14 +180,14 @@ def test_first_release_custom_abc_values() -> None:
 def readme_setup(width: int = 64, optimizer_cls=torch.optim.AdamW, lr: float = 0.1, **group_kwargs):
     torch.manual_seed(0)
     model = four_layer_mlp(width)
-    maxp_torch.initialize_abc_weights(model, parametrization="mup")
-    param_groups = maxp_torch.create_param_groups(model, lr_prefactor=lr, parametrization="mup")
+    maxp.initialize_abc_weights(model, parametrization="mup")
+    param_groups = maxp.create_param_groups(model, lr_prefactor=lr, parametrization="mup")
     return model, param_groups, optimizer_cls(param_groups, **group_kwargs)
 
 
 def test_first_release_memory_efficient_feature_learning_and_solve_interval() -> None:
     model, param_groups, optimizer = readme_setup(lr=0.001)
-    from maxp_torch import MaxPScheduler
+    from maxp_torch.published import MaxPScheduler
 
     # README, "Memory-Efficient Mode".
     scheduler = MaxPScheduler(
@@ -208,7 +228,7 @@ def test_first_release_memory_efficient_feature_learning_and_solve_interval() ->
 
 def test_first_release_wsd_schedule() -> None:
     model, _, optimizer = readme_setup(lr=0.001)
-    from maxp_torch import MaxPScheduler
+    from maxp_torch.published import MaxPScheduler
 
     # README, "WSD (Warmup-Stable-Decay) Schedule".
     scheduler = MaxPScheduler(
@@ -243,7 +263,7 @@ def test_first_release_chaining_checkpointing_and_state(tmp_path) -> None:
     train_loader = loader(6, in_dim=32)
     criterion = nn.CrossEntropyLoss()
     X_init = train_loader[0][0]
-    from maxp_torch import ChainedMaxPScheduler, MaxPScheduler
+    from maxp_torch.published import ChainedMaxPScheduler, MaxPScheduler
 
     # README, "Chaining with Other LR Schedulers".
     maxp_scheduler = MaxPScheduler(
@@ -286,38 +306,35 @@ def test_first_release_chaining_checkpointing_and_state(tmp_path) -> None:
 def test_first_release_signatures_defaults_and_errors() -> None:
     torch.manual_seed(0)
     model = four_layer_mlp()
-    assert (
-        maxp_torch.initialize_abc_weights(model, parametrization="mup", optimizer="sgd", alignment="no")
-        is model
-    )
-    groups = maxp_torch.create_param_groups(
+    assert maxp.initialize_abc_weights(model, parametrization="mup", optimizer="sgd", alignment="no") is model
+    groups = maxp.create_param_groups(
         model, 0.1, None, "mup", "adam", "full", 0.01, weight_decay=0.1, betas=(0.9, 0.95)
     )
     assert all(g["weight_decay"] == 0.1 and g["betas"] == (0.9, 0.95) for g in groups)
     assert groups[-1]["layer_name"] == "_other" and groups[-1]["lr"] == 0.01
     optimizer = torch.optim.AdamW(groups)
     # Positional: (optimizer, model, lr_prefactor, al, bl, parametrization, alignment_assumption, ...)
-    scheduler = maxp_torch.MaxPScheduler(optimizer, model, 0.1, None, None, "mup", "no")
+    scheduler = maxp.MaxPScheduler(optimizer, model, 0.1, None, None, "mup", "no")
     assert scheduler.param.schedule.warmup_steps == 100 and scheduler._param_name == "mup-adam-no"
-    older = maxp_torch.MaxPScheduler(optimizer, model, 0.1, parametrization="mup", warmup_steps=3)
+    older = maxp.MaxPScheduler(optimizer, model, 0.1, parametrization="mup", warmup_steps=3)
     assert older.param.schedule.warmup_steps == 3
-    for call in (scheduler.step, maxp_torch.Parametrization(nn.Sequential(
-        maxp_torch.ParametrizedModule(nn.Linear(4, 8), width_dim=8, layer_type="embedding"),
-        maxp_torch.ParametrizedModule(nn.Linear(8, 2), width_dim=8, layer_type="readout"),
+    for call in (scheduler.step, maxp.Parametrization(nn.Sequential(
+        maxp.ParametrizedModule(nn.Linear(4, 8), width_dim=8, layer_type="embedding"),
+        maxp.ParametrizedModule(nn.Linear(8, 2), width_dim=8, layer_type="readout"),
     )).step):  # fmt: skip
         with pytest.raises(RuntimeError, match="capture_initial"):
             for _ in range(101):
                 call()
     with pytest.raises(CallOrderError):
-        maxp_torch.Tracer(model).window(None)
+        maxp.Tracer(model).window(None)
     with pytest.raises(ValueError, match="Cannot specify both"):
-        maxp_torch.create_param_groups(model, 0.1, cl=[0.5] * 4, parametrization="mup")
+        maxp.create_param_groups(model, 0.1, cl=[0.5] * 4, parametrization="mup")
     with pytest.raises(ValueError, match="Must provide either"):
-        maxp_torch.initialize_abc_weights(model)
+        maxp.initialize_abc_weights(model)
     # apply_multipliers=False re-initialises only, and the scheduler does not warn about the model's own.
     plain = four_layer_mlp()
-    maxp_torch.initialize_abc_weights(plain, parametrization="mup", apply_multipliers=False)
-    assert not any(isinstance(m, maxp_torch.ScaledLinear) for m in plain.modules())
+    maxp.initialize_abc_weights(plain, parametrization="mup", apply_multipliers=False)
+    assert not any(isinstance(m, maxp.ScaledLinear) for m in plain.modules())
 
 
 def test_the_first_release_table_is_the_lp() -> None:
@@ -331,12 +348,12 @@ def test_the_first_release_table_is_the_lp() -> None:
 
 def test_a_scheduler_without_multipliers_or_with_another_prefactor_is_warned_about() -> None:
     model = four_layer_mlp()
-    optimizer = torch.optim.AdamW(maxp_torch.create_param_groups(model, 0.1, parametrization="mup"))
+    optimizer = torch.optim.AdamW(maxp.create_param_groups(model, 0.1, parametrization="mup"))
     with pytest.warns(MaxPWarning, match=r"lack the output multiplier n\^-a the learning rates assume"):
-        maxp_torch.MaxPScheduler(optimizer, model, 0.1, parametrization="mup")
+        maxp.MaxPScheduler(optimizer, model, 0.1, parametrization="mup")
     model, _, optimizer = readme_setup(lr=0.1)
     with pytest.warns(MaxPWarning, match=r"'0' starts at lr = 0\.0125 but lr_prefactor \* n\^-c = 0\.000125"):
-        maxp_torch.MaxPScheduler(optimizer, model, 0.001, parametrization="mup")
+        maxp.MaxPScheduler(optimizer, model, 0.001, parametrization="mup")
 
 
 # --- the current release's README -----------------------------------------------------------
@@ -344,7 +361,7 @@ def test_a_scheduler_without_multipliers_or_with_another_prefactor_is_warned_abo
 
 class MLP(nn.Module):
     def __init__(self, width):
-        from maxp_torch import ParametrizedModule
+        from maxp_torch.published import ParametrizedModule
 
         super().__init__()
         self.emb = ParametrizedModule(
@@ -365,7 +382,7 @@ def test_current_release_quick_start_and_training_loop() -> None:
     criterion = nn.CrossEntropyLoss()
     X_init = train_loader[0][0]
     torch.manual_seed(0)
-    from maxp_torch import Parametrization
+    from maxp_torch.published import Parametrization
 
     model = MLP(width=256)
     param = Parametrization(model, lr_prefactor=1e-3, warmup_steps=100, solve_interval=10)
@@ -392,7 +409,7 @@ def test_current_release_quick_start_and_training_loop() -> None:
 
 def test_current_release_modules_signature_dag_and_pinning() -> None:
     n, vocab, n_heads = 64, 100, 4
-    from maxp_torch import Parametrization, ParametrizedModule
+    from maxp_torch.published import Parametrization, ParametrizedModule
 
     # README, "ParametrizedModule".
     fc = ParametrizedModule(nn.Linear(n, n), width_dim=n, layer_type="hidden")
@@ -453,7 +470,7 @@ def test_current_release_external_schedule_and_coordinate_check(tmp_path, capsys
     train_loader = loader(4, in_dim=784)
     torch.manual_seed(0)
     model = MLP(width=64)
-    param = maxp_torch.Parametrization(model, lr_prefactor=1e-3)
+    param = maxp.Parametrization(model, lr_prefactor=1e-3)
     optimizer = torch.optim.AdamW(param.param_groups)
     param.capture_initial(train_loader[0][0])
     base_lr = 1e-3
@@ -473,14 +490,14 @@ def test_current_release_external_schedule_and_coordinate_check(tmp_path, capsys
             [param.lr_prefactor * f for f in factors]
         )
     # README, "Coordinate check".
-    from maxp_torch import diagnose_axis, plot_axis, print_axis
+    from maxp_torch.published import diagnose_axis, plot_axis, print_axis
 
     vocab_size, seq_len = 50, 6
 
     class MyModel(nn.Module):
         def __init__(self, width):
             super().__init__()
-            P = maxp_torch.ParametrizedModule
+            P = maxp.ParametrizedModule
             self.tok_emb = P(nn.Embedding(vocab_size, width), width_dim=width, layer_type="embedding")
             self.fc = P(nn.Linear(width, width), width_dim=width)
             self.head = P(nn.Linear(width, vocab_size), width_dim=width, layer_type="readout")
@@ -492,7 +509,7 @@ def test_current_release_external_schedule_and_coordinate_check(tmp_path, capsys
 
     def make_model(width):
         model = MyModel(width)
-        param = maxp_torch.Parametrization(model, lr_prefactor=1e-3)
+        param = maxp.Parametrization(model, lr_prefactor=1e-3)
         return model, param.param_groups
 
     def make_input(width):
@@ -509,7 +526,7 @@ def test_current_release_external_schedule_and_coordinate_check(tmp_path, capsys
 
 def test_current_release_attention_score_module_and_traced_graph() -> None:
     # The tutorial's parameter-free score module: a readout-type multiplier head_dim^-a.
-    from maxp_torch import ParametrizedModule, find_c, trace_pm_dag
+    from maxp_torch.published import ParametrizedModule, find_c, trace_pm_dag
 
     head_dim = 16
     score = ParametrizedModule(lambda q, k: q @ k.transpose(-2, -1), width_dim=head_dim, layer_type="readout")
@@ -531,7 +548,7 @@ def test_current_release_attention_score_module_and_traced_graph() -> None:
 
     model = Attention(head_dim)
     x = torch.randn(2, 5, 8)
-    param = maxp_torch.Parametrization(model, sample_input=x)
+    param = maxp.Parametrization(model, sample_input=x)
     assert score.scale == pytest.approx(head_dim**-0.5)
     solved = find_c(trace_pm_dag(model, x))
     assert {name: solved[name][0] for name in param.get_layer_names()} == pytest.approx(
@@ -544,33 +561,31 @@ def test_current_release_attention_score_module_and_traced_graph() -> None:
 def test_what_the_published_api_let_pass_silently_is_refused() -> None:
     model, param_groups, optimizer = readme_setup(lr=0.1)
     # A WSD warm-up under a chain would be taken as the chained schedulers' base rate.
-    warming = maxp_torch.MaxPScheduler(optimizer, model, 0.1, parametrization="mup", wsd_warmup_steps=10)
+    warming = maxp.MaxPScheduler(optimizer, model, 0.1, parametrization="mup", wsd_warmup_steps=10)
     with pytest.raises(ValueError, match="chain a warm-up scheduler"):
-        maxp_torch.ChainedMaxPScheduler(warming, [])
+        maxp.ChainedMaxPScheduler(warming, [])
     # A scheduler built before the MaxPScheduler started from rates it has since overwritten.
     model, param_groups, optimizer = readme_setup(lr=0.1)
     early = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=5)
-    late = maxp_torch.MaxPScheduler(optimizer, model, 0.1, parametrization="mup")
+    late = maxp.MaxPScheduler(optimizer, model, 0.1, parametrization="mup")
     with pytest.raises(ValueError, match="build the chained schedulers after the MaxPScheduler"):
-        maxp_torch.ChainedMaxPScheduler(late, [early])
+        maxp.ChainedMaxPScheduler(late, [early])
     # An SGD optimizer under Adam's LP.
     with pytest.raises(ValueError, match="solved for optimizer_type='adam' but the optimizer is SGD"):
-        maxp_torch.MaxPScheduler(
+        maxp.MaxPScheduler(
             torch.optim.SGD(param_groups, lr=0.1), model, 0.1, parametrization="mup", optimizer_type="adam"
         )
     # Keyword arguments that would overwrite maxP's own group keys.
     with pytest.raises(ValueError, match=r"sets \['lr'\] itself"):
-        maxp_torch.create_param_groups(model, 0.1, parametrization="mup", lr=1e-3)
+        maxp.create_param_groups(model, 0.1, parametrization="mup", lr=1e-3)
     # Switching multipliers off would leave the earlier wrappers' scales in place.
     with pytest.raises(ValueError, match="apply_multipliers=False, but"):
-        maxp_torch.initialize_abc_weights(model, parametrization="ntk", apply_multipliers=False)
+        maxp.initialize_abc_weights(model, parametrization="ntk", apply_multipliers=False)
     # resample_w0 redraws the initial weights: with another seed they are not the model's.
-    scheduler = maxp_torch.MaxPScheduler(
-        optimizer, model, 0.1, parametrization="mup", resample_w0=True, seed=1
-    )
+    scheduler = maxp.MaxPScheduler(optimizer, model, 0.1, parametrization="mup", resample_w0=True, seed=1)
     with pytest.raises(ValueError, match="resample_w0=True redraws layer '2'"):
         scheduler.capture_initial(torch.randn(8, 32))
-    scheduler = maxp_torch.MaxPScheduler(optimizer, model, 0.1, parametrization="mup", resample_w0=True)
+    scheduler = maxp.MaxPScheduler(optimizer, model, 0.1, parametrization="mup", resample_w0=True)
     scheduler.capture_initial(torch.randn(8, 32))  # the seed of initialize_abc_weights: the same weights
 
 
@@ -587,12 +602,12 @@ def test_a_tied_weight_is_one_group_named_by_its_first_use() -> None:
             return self.head(torch.relu(self.fc(self.emb(idx))))
 
     model = Tied()
-    maxp_torch.initialize_abc_weights(model, parametrization="sp")
-    groups = maxp_torch.create_param_groups(model, 0.1, parametrization="sp")
+    maxp.initialize_abc_weights(model, parametrization="sp")
+    groups = maxp.create_param_groups(model, 0.1, parametrization="sp")
     assert [g["layer_name"] for g in groups] == ["emb", "fc", "_other"]
     # sp/adam/full: embedding c = 0, readout c = 1: the tied weight runs at the readout's smaller rate.
     assert groups[0]["lr"] == pytest.approx(0.1 / 32) and groups[0]["c"] == pytest.approx(1.0)
-    scheduler = maxp_torch.MaxPScheduler(torch.optim.AdamW(groups), model, 0.1, parametrization="sp")
+    scheduler = maxp.MaxPScheduler(torch.optim.AdamW(groups), model, 0.1, parametrization="sp")
     assert scheduler.get_layer_names() == ["emb", "fc"] and scheduler.get_last_lr()[0] == pytest.approx(
         0.1 / 32
     )
@@ -606,9 +621,9 @@ class SweepMLP(nn.Module):
 
     def __init__(self, width: int = 64, in_dim: int = 16, classes: int = 5) -> None:
         super().__init__()
-        self.embed = maxp_torch.ParametrizedModule(nn.Linear(in_dim, width), width, "embedding")
-        self.hidden = maxp_torch.ParametrizedModule(nn.Linear(width, width), width, "hidden")
-        self.readout = maxp_torch.ParametrizedModule(nn.Linear(width, classes), width, "readout")
+        self.embed = maxp.ParametrizedModule(nn.Linear(in_dim, width), width, "embedding")
+        self.hidden = maxp.ParametrizedModule(nn.Linear(width, width), width, "hidden")
+        self.readout = maxp.ParametrizedModule(nn.Linear(width, classes), width, "readout")
 
     def forward(self, x):
         return self.readout(torch.relu(self.hidden(torch.relu(self.embed(x)))))
@@ -619,7 +634,7 @@ def test_a_dynamic_sweep_reads_each_layer_through_pms() -> None:
     ``param._pms`` its ``alpha, omega, u`` and the rate of its group found by ``layer_name``."""
     x, y = loader(1, in_dim=16, batch=32, classes=5)[0]
     model = SweepMLP()
-    param = maxp_torch.Parametrization(
+    param = maxp.Parametrization(
         model, lr_prefactor=0.1, optimizer_type="sgd", alignment="full", warmup_steps=2, solve_interval=2,
         sample_size=16,
     )  # fmt: skip
@@ -651,7 +666,7 @@ def test_the_published_verification_reads_the_initial_state_of_each_layer() -> N
     x, y = loader(1, in_dim=16, batch=32, classes=5)[0]
     for resample_w0 in (False, True):
         model = SweepMLP()
-        param = maxp_torch.Parametrization(model, lr_prefactor=0.1, resample_w0=resample_w0, seed=3)
+        param = maxp.Parametrization(model, lr_prefactor=0.1, resample_w0=resample_w0, seed=3)
         hidden = model.hidden
         assert hidden._z0 is None and hidden._w0 is None
         initial = hidden.weight.detach().clone()
@@ -674,7 +689,7 @@ class TokenModel(nn.Module):
         super().__init__()
 
         def wrap(module, kind):
-            return maxp_torch.ParametrizedModule(module, width, kind) if wrapped else module
+            return maxp.ParametrizedModule(module, width, kind) if wrapped else module
 
         self.tok_emb = wrap(nn.Embedding(vocab, width), "embedding")
         self.fc = wrap(nn.Linear(width, width), "hidden")
@@ -690,7 +705,7 @@ def make_plain(width):
 
 def make_parametrized(width):
     model = TokenModel(width, wrapped=True)
-    return model, maxp_torch.Parametrization(model, lr_prefactor=1.0, seed=0).param_groups
+    return model, maxp.Parametrization(model, lr_prefactor=1.0, seed=0).param_groups
 
 
 def make_tokens(width):
@@ -701,12 +716,12 @@ def make_tokens(width):
 def test_the_published_coordinate_check_call_shape(make, tmp_path, capsys) -> None:
     """As the current release's ``parameterize_example/run.py`` calls it, with its keywords."""
     widths, steps, seeds = [16, 32, 64], 3, 2
-    ops, affected, act_stats = maxp_torch.diagnose_axis(
+    ops, affected, act_stats = maxp.diagnose_axis(
         make_model_fn=make, make_input_fn=make_tokens, widths=widths, n_steps=steps, n_seeds=seeds
     )
     assert [op.op for op in ops] == ["embedding", "linear", "linear"]
     inner = ".inner" if make is make_parametrized else ""
-    assert [maxp_torch.op_label(op) for op in ops] == [
+    assert [maxp.op_label(op) for op in ops] == [
         f"#0 tok_emb{inner}",
         f"#1 fc{inner}",
         f"#2 head{inner}",
@@ -716,13 +731,13 @@ def test_the_published_coordinate_check_call_shape(make, tmp_path, capsys) -> No
     torch.manual_seed(1 * 1000 + 32)
     model, _ = make(32)
     torch.manual_seed(1 * 100000 + 0)
-    expected = maxp_torch.measure_activations(model, make_tokens(32))
+    expected = maxp.measure_activations(model, make_tokens(32))
     assert act_stats[:, 0, 1, 1].tolist() == [expected[op.index] for op in ops]
     assert not np.array_equal(act_stats[:, 0], act_stats[:, -1])  # the steps trained
-    maxp_torch.print_axis("d_model", ops, affected, act_stats, widths)
+    maxp.print_axis("d_model", ops, affected, act_stats, widths)
     printed = capsys.readouterr().out
     assert "d_model=64" in printed and f"{act_stats[1, 0, 2].mean():.4f}" in printed
-    path = maxp_torch.plot_axis("d_model", ops, affected, act_stats, widths, tmp_path / "c.png", plot_every=2)
+    path = maxp.plot_axis("d_model", ops, affected, act_stats, widths, tmp_path / "c.png", plot_every=2)
     assert path.stat().st_size > 1000
 
 
@@ -732,7 +747,7 @@ def test_the_published_coordinate_check_names_what_its_default_step_needs() -> N
         return model, None
 
     with pytest.raises(ValueError, match=r"reads the vocabulary from model.tok_emb.*pass train_step_fn"):
-        maxp_torch.diagnose_axis(
+        maxp.diagnose_axis(
             make_model_fn=make,
             make_input_fn=lambda w: torch.randn(2, 4),
             widths=[8, 16],
@@ -761,12 +776,12 @@ def test_the_published_coordinate_check_names_what_its_default_step_needs() -> N
 def test_wsd_errors_name_the_arguments_as_the_user_wrote_them(kwargs, named) -> None:
     model, _, optimizer = readme_setup(lr=0.1)
     with pytest.raises(ValueError, match=named):
-        maxp_torch.MaxPScheduler(optimizer, model, 0.1, parametrization="mup", **kwargs)
+        maxp.MaxPScheduler(optimizer, model, 0.1, parametrization="mup", **kwargs)
 
 
 def test_the_wsd_decay_runs_on_the_rates_of_the_last_stable_step() -> None:
     model, _, optimizer = readme_setup(lr=0.1)
-    scheduler = maxp_torch.MaxPScheduler(
+    scheduler = maxp.MaxPScheduler(
         optimizer, model, 0.1, parametrization="mup", solver_warmup_steps=0, solve_interval=1,
         wsd_stable_steps=6, wsd_decay_steps=4, wsd_decay_type="linear",
     )  # fmt: skip
@@ -788,7 +803,7 @@ def test_the_wsd_decay_runs_on_the_rates_of_the_last_stable_step() -> None:
 def test_the_published_verification_solves_for_alignments_set_by_hand() -> None:
     """``param._resolve_chain()`` solves at the ``alpha, omega, u`` set on the layers, as
     ``docs/verify.py`` does, and leaves the rates alone."""
-    param = maxp_torch.Parametrization(SweepMLP(), lr_prefactor=0.1, seed=0)
+    param = maxp.Parametrization(SweepMLP(), lr_prefactor=0.1, seed=0)
     rates = param.get_last_lr()
     for (_, pm), triple in zip(param._pms, [(1.0, 0.5, 1.0), (0.6, 0.4, 0.5), (0.7, 0.3, 0.6)], strict=True):
         pm.alpha, pm.omega, pm.u = triple
@@ -809,4 +824,4 @@ def test_the_published_verification_solves_for_alignments_set_by_hand() -> None:
 def test_the_published_coordinate_check_names_a_bad_argument(kwargs, named) -> None:
     arguments = {"make_model_fn": make_plain, "make_input_fn": make_tokens, "widths": [16, 32], **kwargs}
     with pytest.raises(ValueError, match=named):
-        maxp_torch.diagnose_axis(**arguments)
+        maxp.diagnose_axis(**arguments)
