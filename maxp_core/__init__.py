@@ -21,6 +21,7 @@ from maxp_core.alignment import (
     log_rms_alignment,
     spectral_alignment,
 )
+from maxp_core.base_width import width_ratios
 from maxp_core.depth import (
     BranchScaling,
     ChenScaling,
@@ -115,5 +116,6 @@ __all__ = [
     "spectral_alignment",
     "unused_alignments",
     "warn_user",
+    "width_ratios",
     "wsd_multiplier",
 ]

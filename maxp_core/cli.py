@@ -43,7 +43,13 @@ from maxp_core.errors import MaxPError
 from maxp_core.graph import MERGES, Node, OpGraph, chain
 from maxp_core.jsonfiles import parse_json, read_text
 from maxp_core.lp import SOLVERS, StabilityLP
-from maxp_core.parametrizations import AB_TABLE, PARAMETRIZATIONS, chain_roles, named_parametrization
+from maxp_core.parametrizations import (
+    AB_TABLE,
+    PARAMETRIZATIONS,
+    LayerExponents,
+    chain_roles,
+    named_parametrization,
+)
 from maxp_core.tables import layer_kind
 from maxp_core.text import format_table
 
@@ -246,10 +252,28 @@ def _cmd_table(args: argparse.Namespace, out: TextIO) -> int:
     if args.graph:
         raise InputError("table --graph solves a graph with an alignment table: give --alignments too")
     layers = named_parametrization(args.parametrization, args.layers, args.optimizer, args.alignment)
-    rows = [(layer.name, layer.role.value, layer.a, layer.b, layer.c) for layer in layers]
+    rows: list[tuple[Any, ...]] = [
+        (layer.name, layer.role.value, layer.a, layer.b, layer.c) for layer in layers
+    ]
     title = f"{args.parametrization} / {args.optimizer} / {args.alignment} alignment / {args.layers} layers"
-    out.write(title + "\n" + format_table(rows, ("layer", "role", "a", "b", "c")) + "\n")
+    header: tuple[str, ...] = ("layer", "role", "a", "b", "c")
+    if args.width is not None:
+        rows = [(*row, *_rates_at_width(layer, args)) for row, layer in zip(rows, layers, strict=True)]
+        header = (*header, "multiplier", "init scale" if args.base_width else "init std", "lr")
+        base = f", base width {args.base_width:g}" if args.base_width else ""
+        title += f" / width {args.width:g}{base} / lr {args.lr:g}"
+    out.write(title + "\n" + format_table(rows, header) + "\n")
     return 0
+
+
+def _rates_at_width(layer: LayerExponents, args: argparse.Namespace) -> tuple[float, float, float]:
+    """A layer's multiplier, init (std, or the scale of a standard init with a base width) and lr."""
+    init = layer.init_scale(args.width, args.base_width) if args.base_width else float(args.width) ** -layer.b
+    return (
+        layer.multiplier(args.width, args.base_width),
+        init,
+        layer.learning_rate(args.lr, args.width, args.base_width),
+    )
 
 
 def _table_from_alignments(args: argparse.Namespace, out: TextIO) -> int:
@@ -376,6 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--layers", "-l", type=int, default=4)
     table.add_argument("--alignments", help="an alignment table (JSON): print the c it implies")
     table.add_argument("--graph", help="with --alignments: the graph (JSON) to solve instead of a chain")
+    table.add_argument("--width", type=float, help="print each layer's multiplier, init and lr at this width")
+    table.add_argument(
+        "--base-width", type=float, help="with --width: the width at which --lr was tuned (default: 1)"
+    )
+    table.add_argument("--lr", type=float, default=1.0, help="with --width: the lr prefactor (default 1)")
     measured = sub.add_parser("alignments", help="the alignment table of a run's metrics log (JSONL)")
     measured.add_argument("file", help="a metrics log written by MetricsLog")
     measured.add_argument("--fraction", type=float, default=0.5, help="share of the run to average over")

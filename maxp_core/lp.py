@@ -96,6 +96,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from maxp_core import validate
+from maxp_core.base_width import BaseWidth, width_ratios
 from maxp_core.errors import InfeasibleError, MaxPError, SolverError
 from maxp_core.formulation import (
     NUMBER_FIELDS,
@@ -153,6 +154,30 @@ class Solution:
     solver: str
     g: float | None = None
     note: str | None = None
+
+    def learning_rates(
+        self, lr_prefactor: float, widths: Mapping[str, float], base_width: BaseWidth = None
+    ) -> dict[str, float]:
+        """Each weighted node's learning rate ``lr_prefactor * (n / n_base)^-c``.
+
+        Args:
+          lr_prefactor: the rate every layer runs at when its width equals its base width.
+          widths: each weighted node's width ``n``.
+          base_width: see :func:`maxp_core.base_width.width_ratios` (``None``: ``n^-c``).
+
+        Examples:
+          >>> from maxp_core import StabilityLP, chain
+          >>> sol = StabilityLP(chain(3, alignment="full"), "adam").solve()
+          >>> sol.learning_rates(3e-3, dict.fromkeys(sol.c, 256), base_width=256)
+          {'layer0': 0.003, 'layer1': 0.003, 'layer2': 0.003}
+          >>> sol.learning_rates(3e-3, dict.fromkeys(sol.c, 1024), base_width=256)["layer1"]
+          0.00075
+        """
+        missing = [name for name in self.c if name not in widths]
+        if missing:
+            raise MaxPError(f"learning_rates needs the width of every weighted node; missing {missing}")
+        ratios = width_ratios({name: widths[name] for name in self.c}, base_width)
+        return {name: lr_prefactor * ratios[name] ** -c for name, c in self.c.items()}
 
     def to_json(self) -> dict[str, Any]:
         """The dict printed by ``python -m maxp_core solve``."""

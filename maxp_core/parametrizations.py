@@ -42,6 +42,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from maxp_core import validate
+from maxp_core.base_width import init_rescale, width_ratios
 from maxp_core.errors import MaxPError
 from maxp_core.formulation import parse_optimizer
 from maxp_core.graph import OpGraph, alignment_preset, chain, layer_count
@@ -67,6 +69,30 @@ class LayerExponents:
     a: float
     b: float
     c: float
+
+    def learning_rate(self, lr_prefactor: float, width: float, base_width: float | None = None) -> float:
+        """``lr_prefactor * (width / base_width)^-c`` (``width^-c`` without a base width).
+
+        Examples:
+          >>> hidden = named_parametrization("mup", 3)[1]
+          >>> hidden.learning_rate(3e-3, width=1024, base_width=256)
+          0.00075
+        """
+        return lr_prefactor * _ratio(width, base_width) ** -self.c
+
+    def multiplier(self, width: float, base_width: float | None = None) -> float:
+        """The output multiplier ``(width / base_width)^-a`` (``width^-a`` without a base width)."""
+        return _ratio(width, base_width) ** -self.a
+
+    def init_scale(self, width: float, base_width: float) -> float:
+        """What a standard initial weight (variance ``1/fan_in``) is multiplied by at ``width``:
+        ``(width / base_width)^-(b - b_standard)``; see :mod:`maxp_core.base_width`."""
+        return init_rescale(_ratio(width, base_width), self.b, self.role)
+
+
+def _ratio(width: float, base_width: float | None) -> float:
+    ratios = width_ratios({"layer": validate.positive_number(width, "width")}, base_width)
+    return ratios["layer"]
 
 
 def parse_parametrization(name: str) -> str:

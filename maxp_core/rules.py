@@ -88,12 +88,15 @@ def assign_rules(
     return owner
 
 
-def tied_disagreement(names: Sequence[str], stds: Sequence[float], rates: Sequence[float]) -> str | None:
+def tied_disagreement(
+    names: Sequence[str], stds: Sequence[float], rates: Sequence[float], init: str = "init std"
+) -> str | None:
     """What to tell the user when the uses of one tied weight ask for different numbers.
 
     A tied weight (an embedding table that is also the readout) is one parameter with one
     initial standard deviation and one learning rate; both adapters give it the smallest
     of what its uses ask for, which keeps every use stable. ``None`` when the uses agree.
+    ``init`` names the numbers in ``stds`` (with a base width: the scale of the model's own init).
 
     Examples:
       >>> print(tied_disagreement(["wte", "lm_head"], [1.0, 0.0625], [0.01, 0.01]))  # doctest: +ELLIPSIS
@@ -103,7 +106,7 @@ def tied_disagreement(names: Sequence[str], stds: Sequence[float], rates: Sequen
         return None
     listed = " and ".join(names)
     return (
-        f"{listed} share one weight (tied); they ask for init std {' and '.join(f'{s:.3g}' for s in stds)}, "
+        f"{listed} share one weight (tied); they ask for {init} {' and '.join(f'{s:.3g}' for s in stds)}, "
         f"learning rate {' and '.join(f'{r:.3g}' for r in rates)}, and the weight takes the smallest of "
         "each. That keeps every use stable but shrinks the larger use as the width grows; multiplying "
         "each use by its own n^-a (as the parametrization's multipliers do) makes muP's uses agree"

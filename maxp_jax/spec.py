@@ -38,6 +38,7 @@ from maxp_core import (
     validate,
     warn_user,
 )
+from maxp_core.base_width import BaseWidth, check_base_width, describe_base, init_rescale, width_ratios
 from maxp_core.depth import DepthFactors, DepthScaling, depth_factors, warn_if_untraced
 from maxp_core.formulation import parse_optimizer
 from maxp_core.graph import flattened_inputs, graph_by_roles
@@ -232,6 +233,13 @@ class MaxPSpec:
         :func:`maxp_core.tables.layer_kind`), as in ``maxp_torch.Parametrization``.
       tie_rule: which optimal ``c`` the LP returns where several are optimal (see
         :mod:`maxp_core.lp`): ``"preset"`` (nearest the preset's ``c``) or ``"later"``.
+      base_width: the model width at which your learning rate was tuned (or a mapping of
+        layer name to base width; see :mod:`maxp_core.base_width`). Rates become
+        ``learning_rate * (n / n_base)^-c`` and multipliers ``(n / n_base)^-a``, and
+        :func:`~maxp_jax.abc_init` keeps the params' own initial weights, scaled by
+        ``(n / n_base)^-(b - b_standard)``: at the base width the model is your own, trained
+        at one learning rate, and away from it it scales as maxP says. ``None`` (default):
+        powers of the width itself (``n_base = 1``) and ``abc_init`` draws ``n^-b``.
 
     Raises:
       MaxPError: an argument is not of the documented kind, a rule matches nothing or a
@@ -261,6 +269,7 @@ class MaxPSpec:
     depth: DepthScaling | None = None
     alignment_overrides: Mapping[str, Any] | AlignmentTable | None = None
     tie_rule: str = DEFAULT_TIE_RULE
+    base_width: BaseWidth = None
     layers: tuple[Layer, ...] = field(init=False)
     c: np.ndarray = field(init=False)
 
@@ -268,6 +277,7 @@ class MaxPSpec:
         self._jaxpr: Any = None
         self._check_arguments()
         self.layers = self._with_overrides(self._find_layers())
+        self.width_ratios = width_ratios({layer.name: layer.width for layer in self.layers}, self.base_width)
         self.graph = self._build_graph()
         warn_if_untraced(self.depth, self.apply_fn is not None, "give apply_fn and sample_input to trace it")
         self.depth_factors: DepthFactors = depth_factors(self.depth, self.graph, self.optimizer)
@@ -290,13 +300,17 @@ class MaxPSpec:
 
     def _warn_on_tied_disagreement(self) -> None:
         """A tied table takes the smaller std and rate of its two uses: say so where they differ."""
-        stds, factors = self.init_std(), self.factors()
+        stds = self.init_std() if self.base_width is None else self.init_scale()
+        factors = self.factors()
         for uses in self.leaf_layer_index().values():
             if not isinstance(uses, TiedUses):
                 continue
             pair = (uses.lookup, uses.readout)
             message = tied_disagreement(
-                [self.layers[i].name for i in pair], [stds[i] for i in pair], [factors[i] for i in pair]
+                [self.layers[i].name for i in pair],
+                [stds[i] for i in pair],
+                [factors[i] for i in pair],
+                "init std" if self.base_width is None else "a scale of their own init of",
             )
             if message:
                 warn_user(
@@ -320,6 +334,7 @@ class MaxPSpec:
         self.multipliers = validate.choice(self.multipliers, "multipliers", ("folded", "explicit"))  # type: ignore[assignment]
         self.feature_learning = validate.boolean(self.feature_learning, "feature_learning")
         self.solver = validate.choice(self.solver, "solver", SOLVERS)
+        self.base_width = check_base_width(self.base_width)
         if isinstance(self.rules, str | bytes) or not isinstance(self.rules, Sequence):
             raise MaxPError(f"rules must be a list of Rule, got {type(self.rules).__name__} {self.rules!r}")
         for k, rule in enumerate(self.rules):
@@ -503,21 +518,42 @@ class MaxPSpec:
         return f.init[layer.name], f.lr[layer.name]
 
     def factors(self, c: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
-        """Learning-rate factor ``n^-c`` per layer (after folding, times the depth rule's), float64."""
+        """Learning-rate factor ``n^-c`` per layer (``(n / n_base)^-c`` with a base width; after
+        folding, times the depth rule's), float64."""
         effective = self.effective_abc(c)
         return np.array(
             [
-                layer.width ** -abc[2] * self._depth(layer)[1]
+                self.width_ratios[layer.name] ** -abc[2] * self._depth(layer)[1]
                 for layer, abc in zip(self.layers, effective, strict=True)
             ]
         )
 
     def init_std(self, std_prefactor: float = 1.0) -> np.ndarray:
         """Initial standard deviation ``std_prefactor * n^-b`` per layer (after folding, times
-        the depth rule's)."""
+        the depth rule's); without a base width only (with one, see :meth:`init_scale`)."""
+        if self.base_width is not None:
+            raise MaxPError(
+                "with a base width the initial weights are the params' own, scaled by spec.init_scale(); "
+                "there is no std of maxP's own to report"
+            )
         return np.array(
             [
                 std_prefactor * layer.width ** -abc[1] * self._depth(layer)[0]
+                for layer, abc in zip(self.layers, self.effective_abc(), strict=True)
+            ]
+        )
+
+    def init_scale(self, std_prefactor: float = 1.0) -> np.ndarray:
+        """With a base width: what each layer's own initial weight is multiplied by,
+        ``std_prefactor * (n / n_base)^-(b - b_standard)`` (after folding, times the depth
+        rule's); see :mod:`maxp_core.base_width`."""
+        if self.base_width is None:
+            raise MaxPError("init_scale needs a base width: MaxPSpec(..., base_width=...)")
+        return np.array(
+            [
+                std_prefactor
+                * init_rescale(self.width_ratios[layer.name], abc[1], layer.role)
+                * self._depth(layer)[0]
                 for layer, abc in zip(self.layers, self.effective_abc(), strict=True)
             ]
         )
@@ -528,7 +564,7 @@ class MaxPSpec:
         for layer in self.layers:
             if name in (layer.name, layer.weight_path):
                 branch = self.depth_factors.multiplier[layer.name] if self.multipliers == "explicit" else 1.0
-                return float(layer.width**-layer.a * branch)
+                return float(self.width_ratios[layer.name] ** -layer.a * branch)
         raise MaxPError(f"no maxP layer named {name!r}; layers: {[layer.name for layer in self.layers]}")
 
     def leaf_layer_index(self) -> dict[str, int | tuple[int, ...] | TiedUses]:
@@ -550,7 +586,10 @@ class MaxPSpec:
             for layer, c, f in zip(self.layers, self.c, self.factors(), strict=True)
         ]
         table = format_table(rows, ("layer", "role", "width", "a", "b", "c", "lr factor"))
-        return table if self.depth is None else f"{table}\ndepth: {self.depth_factors.rule}"
+        base = describe_base({layer.name: layer.width for layer in self.layers}, self.base_width)
+        lines = [table] + ([base] if base else [])
+        lines += [f"depth: {self.depth_factors.rule}"] if self.depth is not None else []
+        return "\n".join(lines)
 
 
 def _leaf_index(found: list[int], layers: Sequence[Layer]) -> int | tuple[int, ...] | TiedUses:

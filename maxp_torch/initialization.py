@@ -30,16 +30,28 @@ class InitialWeights:
         self.layers = layers
         self.seed = seed
         self.std_prefactor = std_prefactor
+        #: With a base width: the factor each group's own weight has been multiplied by so far.
+        self.applied: dict[int, float] = {}
 
     def std(self, g: int) -> float:
         """Initial standard deviation of group ``g``'s weight: the smallest its layers ask for."""
         layers = self.layers
+        if layers.base_width is not None:
+            raise MaxPError(
+                "with a base width the initial weights are the model's own, scaled by init_scale(); "
+                "maxP draws none of its own"
+            )
         return min(
             self.std_prefactor
             * layers.width(layers.weighted[j]) ** -layers.applied_b(j)
             * layers.depth(layers.weighted[j])[0]
             for j in layers.groups[g]
         )
+
+    def scale(self, g: int) -> float:
+        """With a base width: what group ``g``'s own initial weight is multiplied by (the
+        smallest factor its layers ask for)."""
+        return min(self.std_prefactor * self.layers.init_scale(j) for j in self.layers.groups[g])
 
     def std_exponent(self, g: int) -> float:
         return min(self.layers.applied_b(j) for j in self.layers.groups[g])
@@ -68,8 +80,7 @@ class InitialWeights:
         """Set every layer's output multiplier; draw the weights (``reinit``) or check they may stay."""
         layers = self.layers
         for k, module in enumerate(layers.modules):
-            multiplier = layers.width(k) ** -layers.exponents[k][0] * layers.depth(k)[2]
-            module.scale = 1.0 if module.folded else float(multiplier)
+            module.scale = 1.0 if module.folded else float(layers.multiplier(k))
         for g, members in enumerate(layers.groups):
             first = layers.weighted[members[0]]
             weight = layers.modules[first].weight
@@ -81,11 +92,24 @@ class InitialWeights:
                         "current weights (reinit=False), which are not zero; zero them or give a finite b"
                     )
                 continue
+            if layers.base_width is not None:  # the model's own draw, its width law corrected
+                self.rescale(g, weight)
+                continue
             sharding.assign(weight, self.draw(g, weight))
             for j in members:
                 bias = getattr(layers.modules[layers.weighted[j]].inner, "bias", None)
                 if isinstance(bias, torch.Tensor):
                     bias.zero_()
+
+    def rescale(self, g: int, weight: torch.Tensor) -> None:
+        """Bring group ``g``'s own weight to :meth:`scale` times its initial value (idempotent:
+        a second call, after the depth rule is known, corrects the first)."""
+        target, done = self.scale(g), self.applied.get(g, 1.0)
+        if target == 0.0 or done == 0.0:
+            weight.zero_()
+        else:
+            weight.mul_(target / done)
+        self.applied[g] = target
 
     def check_redraw(self, k: int) -> None:
         """``resample_w0`` redraws the initial weights: they must be what layer ``k`` holds now."""

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from maxp_core.base_width import BaseWidth, init_rescale, model_width, width_ratios
 from maxp_core.depth import DepthFactors
 from maxp_core.symmetry import fold_multiplier
 from maxp_torch.module import ParametrizedModule
@@ -30,10 +31,42 @@ class LayerSet:
     #: Each layer's row in the LP graph (set once the graph is known).
     row: dict[int, int] = field(default_factory=dict)
     depth_factors: DepthFactors | None = None
+    #: The width at which the model is the user's own (:mod:`maxp_core.base_width`).
+    base_width: BaseWidth = None
 
     def __post_init__(self) -> None:
         self.weighted = [k for k, m in enumerate(self.modules) if m.weight is not None]
         self.groups = tied_groups([self.modules[k].weight for k in self.weighted])
+        widths = {self.names[k]: self.width(k) for k in self.weighted}
+        ratios = width_ratios(widths, self.base_width) if widths else {}
+        common = model_width(ratios) if ratios else 1.0
+        #: The ratio a layer without a weight (attention scores) and attention scopes use.
+        self.model_ratio = common if self.base_width is not None else None
+        self.ratios = [
+            ratios.get(name, float(self.width(k)) if self.base_width is None else common)
+            for k, name in enumerate(self.names)
+        ]
+
+    def ratio(self, k: int) -> float:
+        """The number layer ``k``'s powers are taken of: its width, or ``width / base width``."""
+        return self.ratios[k]
+
+    def multiplier(self, k: int) -> float:
+        """Layer ``k``'s output multiplier ``ratio^-a`` times its depth factor. With a base width,
+        an op without a weight that contracts over the width (attention scores, a ``"readout"``)
+        keeps the standard ``n^-1/2`` at the base width: ``n^-1/2 * ratio^-(a - 1/2)``."""
+        a = self.exponents[k][0]
+        module = self.modules[k]
+        if self.base_width is not None and module.weight is None and module.layer_type == "readout":
+            scale = float(self.width(k)) ** -0.5 * self.ratio(k) ** -(a - 0.5)
+        else:
+            scale = self.ratio(k) ** -a
+        return scale * self.depth(k)[2]
+
+    def init_scale(self, j: int) -> float:
+        """With a base width: what weighted layer ``j``'s own initial weight is multiplied by."""
+        k = self.weighted[j]
+        return init_rescale(self.ratio(k), self.applied_b(j), self.modules[k].layer_type) * self.depth(k)[0]
 
     def width(self, k: int) -> int:
         return self.modules[k].width_dim

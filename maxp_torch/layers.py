@@ -264,20 +264,33 @@ class ParameterLayer(_Layer):
         return iter([self.parameter])
 
 
-class _ScaledAttention(TorchFunctionMode):
-    """Inside one module's forward: every ``scaled_dot_product_attention`` gets ``scale = n^-a``."""
+#: The attention scopes whose forward is running, innermost last: the tracer reads the
+#: width exponent ``a`` of the scores from here, since with a base width the scale alone
+#: does not tell it.
+ACTIVE_SCOPES: list[_ScaledAttention] = []
 
-    def __init__(self, a: float, width: int | None) -> None:
+
+class _ScaledAttention(TorchFunctionMode):
+    """Inside one module's forward: every ``scaled_dot_product_attention`` gets ``scale = n^-a``
+    (with a base width, ``n^-1/2 * ratio^-(a - 1/2)``: the standard scale at the base width)."""
+
+    def __init__(self, a: float, width: int | None, ratio: float | None) -> None:
         super().__init__()
         self.a = a
         self.width = width
+        self.ratio = ratio
+
+    def scale(self, head: int) -> float:
+        width = float(self.width or head)
+        if self.ratio is None:
+            return width**-self.a
+        return width**-0.5 * self.ratio ** -(self.a - 0.5)
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = dict(kwargs or {})
         if getattr(func, "__name__", "") == "scaled_dot_product_attention":
             query = args[0] if args else kwargs["query"]
-            width = self.width or query.shape[-1]
-            kwargs["scale"] = float(width) ** -self.a
+            kwargs["scale"] = self.scale(query.shape[-1])
             args = tuple(args[:6])  # a positional scale is the 7th argument
         return func(*args, **kwargs)
 
@@ -296,17 +309,23 @@ class AttentionScope:
         self.inner = module
         self.a = a
         self.width = width
+        #: With a base width: the model's width ratio (set by the Parametrization).
+        self.ratio: float | None = None
         self._active: list[_ScaledAttention] = []
         self._handles = _install_hooks(module, self._enter, self._leave)
 
     def _enter(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        mode = _ScaledAttention(self.a, self.width)
+        mode = _ScaledAttention(self.a, self.width, self.ratio)
         mode.__enter__()
         self._active.append(mode)
+        ACTIVE_SCOPES.append(mode)
 
     def _leave(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if self._active:
-            self._active.pop().__exit__(None, None, None)
+            mode = self._active.pop()
+            mode.__exit__(None, None, None)
+            if mode in ACTIVE_SCOPES:
+                ACTIVE_SCOPES.remove(mode)
 
     def remove(self) -> None:
         """Take the hooks off the module."""

@@ -27,6 +27,7 @@ from maxp_core import (
     check_ema_decay,
     validate,
 )
+from maxp_core.base_width import BaseWidth, check_base_width
 from maxp_core.depth import DepthFactors, DepthScaling, depth_factors, warn_if_untraced
 from maxp_core.formulation import parse_optimizer
 from maxp_core.lp import DEFAULT_TIE_RULE
@@ -98,6 +99,14 @@ class Parametrization:
     ``c`` returned where several are optimal (:mod:`maxp_core.lp`): ``"preset"`` (nearest
     the preset's) or ``"later"``.
 
+    ``base_width`` is the model width at which your learning rate was tuned (or a mapping of
+    layer name to base width, :mod:`maxp_core.base_width`): rates become ``lr_prefactor *
+    (n / n_base)^-c`` and multipliers ``(n / n_base)^-a``, and the model keeps its own initial
+    weights, scaled by ``(n / n_base)^-(b - b_standard)`` (an attention rule's scale is the
+    standard ``1/sqrt(d)`` at the base width). At the base width the model is exactly yours,
+    every layer at ``lr_prefactor``; away from it the width exponents are maxP's. ``None``
+    (default): powers of the width itself, weights drawn at ``std_prefactor * n^-b``.
+
     Each layer's alignment is measured on the first ``sample_size`` rows of its input (rows
     are the flattened leading axes: tokens of a sequence model) on the first ``sample_size``
     samples of the batch given to :meth:`capture_initial`; where fewer samples already give
@@ -145,6 +154,7 @@ class Parametrization:
         depth: DepthScaling | None = None,
         measure_only: bool = False,
         tie_rule: str = DEFAULT_TIE_RULE,
+        base_width: BaseWidth = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise MaxPError(f"Parametrization needs an nn.Module, got {type(model).__name__}")
@@ -175,7 +185,17 @@ class Parametrization:
         modules = [m for _, m in found]
         exponents = layer_exponents(modules, parametrization, ab_overrides)
         c_pins = exponent_overrides(c_overrides, "c_overrides", pair=False)
-        self._layers = LayerSet([n for n, _ in found], modules, exponents, self.optimizer_type)
+        self.base_width = check_base_width(base_width)
+        if self.base_width is not None and self.resample_w0:
+            raise MaxPError(
+                "resample_w0=True redraws maxP's own initial weights, but with base_width the model keeps "
+                "its own initialisation: use resample_w0=False (the initial weights are stored)"
+            )
+        self._layers = LayerSet(
+            [n for n, _ in found], modules, exponents, self.optimizer_type, base_width=self.base_width
+        )
+        for _, scope in self._ruled.attention if self._ruled is not None else ():
+            scope.ratio = self._layers.model_ratio
         preset = alignment_preset(alignment)
         self.overrides = resolve_alignment_overrides(self._layers, alignment_overrides, self._ruled)
         check_widths(self._layers)

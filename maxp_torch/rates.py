@@ -31,7 +31,7 @@ class LayerRates:
         layers = self.layers
         k = layers.weighted[j]
         c = layers.abc(j, float(self.owner.c[j]))[2]
-        return self.owner.lr_prefactor * float(layers.width(k) ** -c) * layers.depth(k)[1]
+        return self.owner.lr_prefactor * float(layers.ratio(k) ** -c) * layers.depth(k)[1]
 
     def group_lr(self, g: int) -> float:
         """Group ``g``'s rate: the smallest its layers ask for."""
@@ -94,18 +94,27 @@ class LayerRates:
             if len(members) < 2:
                 continue
             names = [layers.names[layers.weighted[j]] for j in members]
-            stds = [std_prefactor * layers.width(layers.weighted[j]) ** -layers.applied_b(j) for j in members]
+            stds = [
+                std_prefactor
+                * (
+                    layers.width(layers.weighted[j]) ** -layers.applied_b(j)
+                    if layers.base_width is None
+                    else layers.init_scale(j)
+                )
+                for j in members
+            ]
             lrs = [self.layer_lr(j) for j in members]
-            message = tied_disagreement(names, stds, lrs)
+            init = "init std" if layers.base_width is None else "a scale of their own init of"
+            message = tied_disagreement(names, stds, lrs, init)
             if message:
                 warn_user(message)
 
     def lr_factors(self) -> np.ndarray:
-        """``width^-c`` per weighted layer (c folded for a bare parameter)."""
+        """``width^-c`` (``(width / base width)^-c``) per weighted layer (c folded for a bare parameter)."""
         layers = self.layers
         return np.array(
             [
-                layers.width(k) ** -layers.abc(j, float(self.owner.c[j]))[2]
+                layers.ratio(k) ** -layers.abc(j, float(self.owner.c[j]))[2]
                 for j, k in enumerate(layers.weighted)
             ]
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from maxp_core.base_width import describe_base
 from maxp_core.metrics import metrics_record
 
 if TYPE_CHECKING:
@@ -47,5 +48,8 @@ def layer_table(param: Parametrization) -> str:
              a, b, c, float(alpha), float(omega), float(u), param._rates.group_lr(group_of[j]))
         )  # fmt: skip
     header = ("layer", "role", "kind", "width", "a", "b", "c", "alpha", "omega", "u", "lr")
-    table = format_table(rows, header)
-    return table if layers.depth_factors is None else f"{table}\ndepth: {layers.depth_factors.rule}"
+    lines = [format_table(rows, header)]
+    base = describe_base({layers.names[k]: layers.width(k) for k in layers.weighted}, layers.base_width)
+    lines += [base] if base else []
+    lines += [f"depth: {layers.depth_factors.rule}"] if layers.depth_factors is not None else []
+    return "\n".join(lines)

@@ -42,6 +42,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from maxp_core import MaxPError, WSDSchedule, default_ab, validate, warn_user
+from maxp_core.base_width import BaseWidth, width_ratios
 from maxp_core.formulation import parse_optimizer
 from maxp_core.graph import alignment_preset
 from maxp_core.parametrizations import parse_parametrization
@@ -208,6 +209,7 @@ def initialize_abc_weights(
     apply_multipliers: bool = True,
     *,
     seed: int | None = None,
+    base_width: BaseWidth = None,
 ) -> nn.Module:
     """Re-initialise every layer with ``std = std_prefactor * n^-b`` and give it the multiplier ``n^-a``.
 
@@ -232,6 +234,11 @@ def initialize_abc_weights(
       std_prefactor: the constant in front of ``n^-b``.
       apply_multipliers: wrap layers with ``a != 0`` in :class:`ScaledLinear`.
       seed: seeds the per-layer generators (default: drawn from torch's global generator).
+      base_width: the model width at which your learning rate was tuned
+        (:mod:`maxp_core.base_width`): the layers keep their own initial weights, scaled by
+        ``(n / n_base)^-(b - b_standard)``, and multipliers are ``(n / n_base)^-a``; at the
+        base width the model is unchanged. Give the same to :func:`create_param_groups` and
+        :class:`MaxPScheduler`.
 
     Returns:
       ``model``.
@@ -255,21 +262,30 @@ def initialize_abc_weights(
         alignment=alignment,
         std_prefactor=std_prefactor,
         seed=seed,
+        base_width=base_width,
     )
     object.__setattr__(model, _INIT_SEED, drawn.seed)  # what MaxPScheduler(resample_w0=True) redraws
     object.__setattr__(model, INITIAL_DRAWS, drawn._initial)  # and Tracer(resample_w0=True)
     if not apply_multipliers:
         object.__setattr__(model, _OWN_MULTIPLIERS, True)
         return model
-    _wrap_multiplied(model, layers, exponents["al"])
+    _wrap_multiplied(model, layers, exponents["al"], base_width)
     return model
 
 
-def _wrap_multiplied(model: nn.Module, layers: list[tuple[str, HookedLayer]], al: list[float]) -> None:
+def _ratios(layers: list[tuple[str, HookedLayer]], base_width: BaseWidth) -> list[float]:
+    """Each layer's width, or its ratio to the base width (:mod:`maxp_core.base_width`)."""
+    ratios = width_ratios({name: layer.width_dim for name, layer in layers}, base_width)
+    return [ratios[name] for name, _ in layers]
+
+
+def _wrap_multiplied(
+    model: nn.Module, layers: list[tuple[str, HookedLayer]], al: list[float], base_width: BaseWidth
+) -> None:
     """Put every layer with ``a != 0`` in a :class:`ScaledLinear` (or set the scale of its wrapper)."""
     owners = {id(m.linear): m for m in model.modules() if isinstance(m, ScaledLinear)}
-    for (name, layer), a in zip(layers, al, strict=True):
-        scale = float(layer.width_dim**-a)
+    for (name, layer), a, ratio in zip(layers, al, _ratios(layers, base_width), strict=True):
+        scale = float(ratio**-a)
         wrapper = owners.get(id(layer.inner))
         if wrapper is not None:
             wrapper.scale = scale
@@ -292,6 +308,8 @@ def create_param_groups(
     optimizer: str = "adam",
     alignment: str = "full",
     other_lr: float | None = None,
+    *,
+    base_width: BaseWidth = None,
     **kwargs: Any,
 ) -> list[dict[str, Any]]:
     """One group per layer weight at ``lr_prefactor * n^-c``; everything else in ``"_other"``.
@@ -303,7 +321,8 @@ def create_param_groups(
     ``layer_name``, ``fan_in`` (the width ``n``), ``c`` and ``maxp_managed=True``; the
     ``"_other"`` group (biases, norms, anything else that trains) runs at ``other_lr``
     (default ``lr_prefactor``) with ``maxp_managed=False``. Extra keyword arguments
-    (``weight_decay=...``, ``betas=...``) are copied into every group.
+    (``weight_decay=...``, ``betas=...``) are copied into every group. With ``base_width``
+    (as given to :func:`initialize_abc_weights`) the rates are ``lr_prefactor * (n / n_base)^-c``.
     """
     lr_prefactor = validate.positive_number(lr_prefactor, "lr_prefactor")
     other_lr = lr_prefactor if other_lr is None else validate.positive_number(other_lr, "other_lr")
@@ -328,8 +347,8 @@ def create_param_groups(
             "group (weight_decay=..., betas=...), so these would overwrite maxP's values"
         )
     groups: dict[int, dict[str, Any]] = {}
-    for (name, layer), c_layer in zip(layers, c, strict=True):
-        lr = lr_prefactor * float(layer.width_dim**-c_layer)
+    for (name, layer), c_layer, ratio in zip(layers, c, _ratios(layers, base_width), strict=True):
+        lr = lr_prefactor * float(ratio**-c_layer)
         numbers = {"lr": lr, "fan_in": layer.width_dim, "c": float(c_layer)}
         tied = groups.get(id(layer.weight))
         if tied is not None:  # a tied weight: named by its first use, at the smaller rate
@@ -415,6 +434,7 @@ class MaxPScheduler(LRScheduler):
         alignment_ema: float = 0.0,
         std_prefactor: float = 1.0,
         seed: int | None = None,
+        base_width: BaseWidth = None,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise MaxPError(f"MaxPScheduler needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -459,7 +479,9 @@ class MaxPScheduler(LRScheduler):
             alignment_ema=alignment_ema,
             std_prefactor=std_prefactor,
             seed=getattr(unwrap(model), _INIT_SEED, 0) if seed is None else seed,
+            base_width=base_width,
         )
+        self.base_width = self.param.base_width
         decay_start = self.wsd.decay_start
         if decay_start is not None:
             self.param.schedule = type(self.param.schedule)(
@@ -499,8 +521,8 @@ class MaxPScheduler(LRScheduler):
             return
         wrapped = {id(m.linear): m.scale for m in self.model.modules() if isinstance(m, ScaledLinear)}
         missing = []
-        for (name, layer), a in zip(layers, self.al, strict=True):
-            expected = float(layer.width_dim**-a)
+        for (name, layer), a, ratio in zip(layers, self.al, _ratios(layers, self.base_width), strict=True):
+            expected = float(ratio**-a)
             scale = wrapped.get(id(layer.inner), 1.0)
             if abs(scale - expected) > 1e-6 * abs(expected):
                 missing.append(f"{name} (scale {scale:.4g}, a = {a:g} needs {expected:.4g})")
@@ -513,11 +535,13 @@ class MaxPScheduler(LRScheduler):
 
     def _warn_on_another_prefactor(self) -> None:
         """The groups' starting rates should be ``lr_prefactor * n^-c`` for their own ``c``."""
+        layers = self.param._layers
         for i, factor in zip(self._managed, self._starting_factors, strict=True):
             group = self.optimizer.param_groups[i]
-            if "c" not in group or "fan_in" not in group:
+            if "c" not in group or "fan_in" not in group or group.get("layer_name") not in layers.names:
                 continue
-            expected = float(group["fan_in"]) ** -float(group["c"])
+            ratio = layers.ratio(layers.names.index(group["layer_name"]))
+            expected = float(ratio) ** -float(group["c"])
             if abs(factor - expected) > 1e-6 * expected:
                 warn_user(
                     f"the optimizer's group {group.get('layer_name')!r} starts at lr = "

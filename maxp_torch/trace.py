@@ -21,6 +21,7 @@ from torch.utils._pytree import tree_flatten
 
 from maxp_core import MaxPError, OpGraph
 from maxp_core.tracing import GraphRecorder, Provenance
+from maxp_torch.layers import ACTIVE_SCOPES
 
 #: Functions whose inputs multiply: a ``product`` merge.
 PRODUCTS = frozenset(
@@ -93,6 +94,8 @@ class _Watcher(TorchFunctionMode):
         given = args[6] if len(args) > 6 else kwargs.get("scale")
         scale = float(given) if given is not None else head**-0.5
         a = -math.log(scale) / math.log(head) if head > 1 else 0.0
+        if ACTIVE_SCOPES and ACTIVE_SCOPES[-1].ratio is not None:
+            a = ACTIVE_SCOPES[-1].a  # a base width's scale is standard at the base: read a from the rule
         where = self.scope[-1] if self.scope else ""
         name = f"{where}.scores" if where else "scores"
         while name in {n.name for n in self.recorder.nodes}:
