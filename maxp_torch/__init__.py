@@ -32,6 +32,7 @@ from maxp_torch.scheduler import (
     initialize_abc_weights,
     linear_layers,
 )
+from maxp_torch.width_rules import rules_from_widths
 
 __all__ = [
     "LAYER_TYPES",
@@ -54,6 +55,7 @@ __all__ = [
     "plot_axis",
     "print_axis",
     "register_optimizer",
+    "rules_from_widths",
     "synthetic_graph",
 ]
 
