@@ -58,12 +58,14 @@ def train(
     depth: DepthScaling | None = None,
     table: AlignmentTable | None = None,
     warmup: int = 0,
+    base_width: int | None = None,
 ) -> dict[str, object]:
     """Train one configuration for ``steps`` steps (stopping early on divergence).
 
     ``depth`` is a depth rule for the muP methods (:mod:`maxp_core.depth`); ``table`` the
     alignment table ``maxp-meas`` trains with; ``warmup`` ramps the rate linearly over its
-    first steps. ``maxp`` and ``mup-no`` (measured without changing its rates) keep their
+    first steps; ``base_width`` the width at which the muP methods are the ``sp`` model
+    (:mod:`maxp_core.base_width`). ``maxp`` and ``mup-no`` (measured without changing its rates) keep their
     per-step metrics every :data:`TRAJECTORY_EVERY` steps in the record.
     """
     if method == "maxp-meas" and table is None:
@@ -88,6 +90,7 @@ def train(
             depth=depth,
             measure_only=method == "mup-no",
             tie_rule=tie_rule(method),
+            base_width=base_width,
         )
         optimizer = torch.optim.AdamW(param.param_groups, weight_decay=0.0)
         param.capture_initial(probe)
@@ -121,6 +124,7 @@ def train(
     settings = {"framework": "torch", "task": task.name, "method": method, "width": width, "lr": lr}
     record = run_record({**settings, "seed": seed, "device": str(device)}, losses, stopped, test_loss)
     record["warmup"] = warmup
+    record["base_width"] = base_width
     if trajectory and param is not None:
         record["layers"] = {param.names[k]: param.modules[k].layer_type for k in param.weighted}
         record["metrics"] = trajectory
