@@ -35,6 +35,7 @@ from maxp_jax.transform import (
     sgd,
     wsd_schedule,
 )
+from maxp_jax.width_rules import format_rules, rules_from_widths
 
 __all__ = [
     "FACTOR_DTYPE",
@@ -53,9 +54,11 @@ __all__ = [
     "coord_check",
     "discover_graph",
     "find_maxp_state",
+    "format_rules",
     "metrics",
     "metrics_log",
     "path_string",
+    "rules_from_widths",
     "scale_by_maxp",
     "set_factors",
     "sgd",
