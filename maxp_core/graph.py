@@ -419,13 +419,16 @@ def graph_by_roles(
     roles: Sequence[Role | str],
     exponents: Sequence[tuple[float, float]],
     has_weight: Sequence[bool] | None = None,
+    trace_hint: str = "give the forward pass and a sample input",
 ) -> OpGraph:
     """The graph of layers known only by their order and roles (no traced data flow).
 
     Embeddings are sources feeding the first hidden layer; hidden layers form a chain
     in order; each readout reads the last hidden layer before it (or every embedding
     when none precedes it) and is a sink. Both adapters use it when no sample input
-    is given to trace the real graph.
+    is given to trace the real graph. Hidden layers without a readout are refused: the
+    readout is then most likely a second use of an embedding table (tied), which only the
+    traced graph shows (``trace_hint`` says how to trace it).
 
     Examples:
       >>> g = graph_by_roles(["tok", "pos", "h", "out"], ["embedding", "embedding", "hidden", "readout"],
@@ -435,6 +438,15 @@ def graph_by_roles(
     """
     weights = [True] * len(names) if has_weight is None else list(has_weight)
     parsed = [Role.parse(r, layer=n) for n, r in zip(names, roles, strict=True)]
+    weighted_roles = {r for r, w in zip(parsed, weights, strict=True) if w}
+    if Role.HIDDEN in weighted_roles and Role.READOUT not in weighted_roles:
+        last = names[max(i for i, r in enumerate(parsed) if r is Role.HIDDEN)]
+        raise GraphError(
+            f"no layer is a readout, so the last hidden layer {last!r} "
+            "would be the network's output. If the readout reuses an embedding table (tied, as "
+            f"flax's embed.attend or GPT-2's lm_head), only the traced graph shows it: {trace_hint}. "
+            "Otherwise give the readout a rule"
+        )
     embeddings = tuple(n for n, r in zip(names, parsed, strict=True) if r is Role.EMBEDDING)
     nodes: list[Node] = []
     last_hidden: str | None = None

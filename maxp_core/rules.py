@@ -21,6 +21,7 @@ import numpy as np
 
 from maxp_core import validate
 from maxp_core.errors import MaxPError
+from maxp_core.resolve import warn_user
 
 
 def rule_numbers(
@@ -111,3 +112,26 @@ def tied_disagreement(
         "each. That keeps every use stable but shrinks the larger use as the width grows; multiplying "
         "each use by its own n^-a (as the parametrization's multipliers do) makes muP's uses agree"
     )
+
+
+def report_uncovered(problems: Sequence[str], strict: bool, fix: str) -> None:
+    """Weights no rule covers train at the base rate: an error with ``strict``, else a warning.
+
+    Args:
+      problems: one line per uncovered weight (its name, shape and what happens to it).
+      strict: raise instead of warning.
+      fix: how to cover them (``"Give them a Rule"``).
+
+    Examples:
+      >>> report_uncovered([], strict=True, fix="Give them a Rule")  # nothing uncovered: silent
+      >>> report_uncovered(["up (64, 256) trains at the base rate"], True, "Give it a Rule")
+      Traceback (most recent call last):
+      ...
+      maxp_core.errors.MaxPError: no maxP layer covers: up (64, 256) trains at the base rate. Give it a Rule
+    """
+    if not problems:
+        return
+    message = f"no maxP layer covers: {'; '.join(problems)}. {fix}"
+    if strict:
+        raise MaxPError(message)
+    warn_user(message + " (strict=True makes this an error)")

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from maxp_core import MaxPError
+from maxp_core.initial import warn_on_growing_init
 from maxp_jax.spec import MaxPSpec, TiedUses, leaf_key, path_string
 
 
@@ -16,7 +17,9 @@ def abc_init(spec: MaxPSpec, params: Any, key: jax.Array | None = None, std_pref
 
     Without a base width: weights ``N(0, std^2)`` with ``std = std_prefactor * n^-b`` (the
     layer's width ``n``, ``b`` after folding: ``b + a`` when ``spec.multipliers ==
-    "folded"``); biases and other leaves of a layer start at zero.
+    "folded"``; a convolution's window counted, :mod:`maxp_core.initial`); biases and other
+    leaves of a layer start at zero. A hidden layer whose initial forward gain would make
+    activations grow through depth is named in a warning.
 
     With ``spec.base_width``: the params' own weights (your model's init, e.g. flax's
     ``lecun_normal``) are kept and multiplied by ``std_prefactor * (n / n_base)^-(b -
@@ -56,6 +59,8 @@ def abc_init(spec: MaxPSpec, params: Any, key: jax.Array | None = None, std_pref
         return _rescale(spec, params, spec.init_scale(std_prefactor))
     if key is None:
         raise MaxPError("abc_init draws the weights from a PRNG key: give key=jax.random.key(...)")
+    gains = spec.forward_gains(std_prefactor)
+    warn_on_growing_init([(layer.name, layer.role, g) for layer, g in zip(spec.layers, gains, strict=True)])
     return _draw(spec, params, key, spec.init_std(std_prefactor))
 
 

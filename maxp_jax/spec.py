@@ -42,9 +42,10 @@ from maxp_core.base_width import BaseWidth, check_base_width, describe_base, ini
 from maxp_core.depth import DepthFactors, DepthScaling, depth_factors, warn_if_untraced
 from maxp_core.formulation import parse_optimizer
 from maxp_core.graph import flattened_inputs, graph_by_roles
+from maxp_core.initial import forward_gain, std_correction
 from maxp_core.lp import DEFAULT_TIE_RULE
 from maxp_core.parametrizations import parse_parametrization
-from maxp_core.rules import assign_rules, rule_numbers, tied_disagreement
+from maxp_core.rules import assign_rules, report_uncovered, rule_numbers, tied_disagreement
 from maxp_core.scores import scores_slowdown
 from maxp_core.symmetry import fold_multiplier
 from maxp_core.tables import AlignmentTable, resolve_overrides
@@ -149,6 +150,8 @@ class Layer:
     c_fixed: float | None = None
     alignment: tuple[float, float, float] | None = None
     stack_index: int | None = None
+    #: The kernel window a convolution contracts besides its input channels (1 for dense).
+    window: int = 1
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -240,6 +243,9 @@ class MaxPSpec:
         ``(n / n_base)^-(b - b_standard)``: at the base width the model is your own, trained
         at one learning rate, and away from it it scales as maxP says. ``None`` (default):
         powers of the width itself (``n_base = 1``) and ``abc_init`` draws ``n^-b``.
+      strict: a weight-like leaf (two or more axes, not counting a ``scan``'s layer axis)
+        that no rule covers is an error; by default it is a warning naming every such leaf,
+        since it would train at the base learning rate.
 
     Raises:
       MaxPError: an argument is not of the documented kind, a rule matches nothing or a
@@ -270,6 +276,7 @@ class MaxPSpec:
     alignment_overrides: Mapping[str, Any] | AlignmentTable | None = None
     tie_rule: str = DEFAULT_TIE_RULE
     base_width: BaseWidth = None
+    strict: bool = False
     layers: tuple[Layer, ...] = field(init=False)
     c: np.ndarray = field(init=False)
 
@@ -335,6 +342,7 @@ class MaxPSpec:
         self.feature_learning = validate.boolean(self.feature_learning, "feature_learning")
         self.solver = validate.choice(self.solver, "solver", SOLVERS)
         self.base_width = check_base_width(self.base_width)
+        self.strict = validate.boolean(self.strict, "strict")
         if isinstance(self.rules, str | bytes) or not isinstance(self.rules, Sequence):
             raise MaxPError(f"rules must be a list of Rule, got {type(self.rules).__name__} {self.rules!r}")
         for k, rule in enumerate(self.rules):
@@ -354,6 +362,7 @@ class MaxPSpec:
         owner = self._rule_of_leaf(entries)
         shapes = {slash: shape for slash, _, shape in entries}
         uses = self._leaf_uses([slash for slash, _, _ in entries])
+        self._check_coverage(shapes, owner, uses.scanned)
         stacked = {p: _is_stacked(self.rules[k], p, shapes[p], uses.scanned) for p, k in owner.items()}
         layers: list[Layer] = []
         extras: dict[str, list[str]] = {}
@@ -384,6 +393,17 @@ class MaxPSpec:
             Layer(**{**layer.__dict__, "extra_paths": tuple(extras.get(layer.weight_path, ()))})
             for layer in layers
         )
+
+    def _check_coverage(
+        self, shapes: Mapping[str, tuple[int, ...]], owner: Mapping[str, int], scanned: Mapping[str, int]
+    ) -> None:
+        """Name every weight-like leaf no rule covers (an error with ``strict``)."""
+        uncovered = [
+            f"{path} {shape} trains at the base rate"
+            for path, shape in shapes.items()
+            if path not in owner and len(shape) - (1 if path in scanned else 0) >= 2
+        ]
+        report_uncovered(uncovered, self.strict, "Give them a Rule (an exact path or a pattern)")
 
     def _rule_of_leaf(self, entries: list[tuple[str, str, tuple[int, ...]]]) -> dict[str, int]:
         """The index of the rule that matches each matched leaf (by ``/`` path)."""
@@ -453,6 +473,7 @@ class MaxPSpec:
             c_fixed=None if rule.c is None else float(rule.c),
             alignment=None if rule.alignment is None else tuple(float(v) for v in rule.alignment),  # type: ignore[arg-type]
             stack_index=stack_index,
+            window=fan_in // in_dim,
         )
 
     def _build_graph(self) -> OpGraph:
@@ -468,6 +489,7 @@ class MaxPSpec:
                 [layer.name for layer in self.layers],
                 [layer.role for layer in self.layers],
                 [(layer.a, layer.b) for layer in self.layers],
+                trace_hint="give MaxPSpec apply_fn and sample_input",
             )
         if self.apply_fn is not None:
             _warn_on_flattened_inputs(graph, self.layers)
@@ -530,7 +552,9 @@ class MaxPSpec:
 
     def init_std(self, std_prefactor: float = 1.0) -> np.ndarray:
         """Initial standard deviation ``std_prefactor * n^-b`` per layer (after folding, times
-        the depth rule's); without a base width only (with one, see :meth:`init_scale`)."""
+        the depth rule's; a convolution's and a flattened input's constant counts their whole
+        fan-in, :mod:`maxp_core.initial`); without a base width only (with one, see
+        :meth:`init_scale`)."""
         if self.base_width is not None:
             raise MaxPError(
                 "with a base width the initial weights are the params' own, scaled by spec.init_scale(); "
@@ -538,8 +562,24 @@ class MaxPSpec:
             )
         return np.array(
             [
-                std_prefactor * layer.width ** -abc[1] * self._depth(layer)[0]
+                std_prefactor
+                * std_correction(layer.role, layer.fan_in, layer.width, layer.window)
+                * layer.width ** -abc[1]
+                * self._depth(layer)[0]
                 for layer, abc in zip(self.layers, self.effective_abc(), strict=True)
+            ]
+        )
+
+    def forward_gains(self, std_prefactor: float = 1.0) -> np.ndarray:
+        """Each layer's ``fan_in * (std * multiplier)^2`` at initialisation (without a base width)."""
+        stds = self.init_std(std_prefactor)
+        multipliers = [
+            1.0 if self.multipliers == "folded" else self.multiplier(layer.name) for layer in self.layers
+        ]
+        return np.array(
+            [
+                forward_gain(layer.fan_in, std, m)
+                for layer, std, m in zip(self.layers, stds, multipliers, strict=True)
             ]
         )
 

@@ -17,6 +17,7 @@ from torch import nn
 from maxp_core import MaxPError, OpGraph, default_ab, validate, warn_user
 from maxp_core.graph import graph_by_roles
 from maxp_core.parametrizations import attention_exponent
+from maxp_core.rules import report_uncovered
 from maxp_core.tables import AlignmentTable, resolve_overrides
 from maxp_torch import sharding
 from maxp_torch.layer_set import LayerSet
@@ -164,12 +165,7 @@ def check_coverage(model: nn.Module, layers: LayerSet, strict: bool) -> None:
         for n, m in plain.named_modules()
         if kind_of(m) is not None and id(m) not in inner and id(getattr(m, "weight", None)) in weights
     ]
-    if not problems:
-        return
-    message = f"no maxP layer covers: {'; '.join(problems)}. Give them a Rule (or a ParametrizedModule)"
-    if strict:
-        raise MaxPError(message)
-    warn_user(message + " (strict=True makes this an error)")
+    report_uncovered(problems, strict, "Give them a Rule (or a ParametrizedModule)")
 
 
 def check_attention(
@@ -223,7 +219,11 @@ def synthetic_graph(
 ) -> OpGraph:
     """The LP graph of modules by their order and types (:func:`maxp_core.graph.graph_by_roles`)."""
     return graph_by_roles(
-        names, [m.role for m in modules], exponents, [m.weight is not None for m in modules]
+        names,
+        [m.role for m in modules],
+        exponents,
+        [m.weight is not None for m in modules],
+        trace_hint="give Parametrization sample_input",
     )
 
 

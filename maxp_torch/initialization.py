@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from maxp_core import MaxPError, validate
+from maxp_core.initial import forward_gain, warn_on_growing_init
 from maxp_torch import sharding
 from maxp_torch.layer_set import LayerSet
 from maxp_torch.layers import TRANSPOSED
@@ -43,6 +44,7 @@ class InitialWeights:
             )
         return min(
             self.std_prefactor
+            * layers.std_correction(j)
             * layers.width(layers.weighted[j]) ** -layers.applied_b(j)
             * layers.depth(layers.weighted[j])[0]
             for j in layers.groups[g]
@@ -81,6 +83,8 @@ class InitialWeights:
         layers = self.layers
         for k, module in enumerate(layers.modules):
             module.scale = 1.0 if module.folded else float(layers.multiplier(k))
+        if reinit and layers.base_width is None:
+            self.warn_on_growing_init()
         for g, members in enumerate(layers.groups):
             first = layers.weighted[members[0]]
             weight = layers.modules[first].weight
@@ -100,6 +104,17 @@ class InitialWeights:
                 bias = getattr(layers.modules[layers.weighted[j]].inner, "bias", None)
                 if isinstance(bias, torch.Tensor):
                     bias.zero_()
+
+    def warn_on_growing_init(self) -> None:
+        """Name the hidden layers whose drawn weights would make activations grow through depth."""
+        layers = self.layers
+        gains = []
+        for g, members in enumerate(layers.groups):
+            for j in members:
+                k = layers.weighted[j]
+                gain = forward_gain(layers.dims(k)[1], self.std(g), float(layers.modules[k].scale))
+                gains.append((layers.names[k], layers.modules[k].layer_type, gain))
+        warn_on_growing_init(gains)
 
     def rescale(self, g: int, weight: torch.Tensor) -> None:
         """Bring group ``g``'s own weight to :meth:`scale` times its initial value (idempotent:

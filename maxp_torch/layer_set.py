@@ -13,6 +13,7 @@ from typing import Any
 
 from maxp_core.base_width import BaseWidth, init_rescale, model_width, width_ratios
 from maxp_core.depth import DepthFactors
+from maxp_core.initial import std_correction
 from maxp_core.symmetry import fold_multiplier
 from maxp_torch.module import ParametrizedModule
 
@@ -62,6 +63,21 @@ class LayerSet:
         else:
             scale = self.ratio(k) ** -a
         return scale * self.depth(k)[2]
+
+    def dims(self, k: int) -> tuple[int, int, int]:
+        """Layer ``k``'s ``(in, fan_in, out)`` read from its weight."""
+        weight = self.modules[k].weight
+        assert weight is not None
+        return self.modules[k].kind.dims(tuple(weight.shape))
+
+    def std_correction(self, j: int) -> float:
+        """What weighted layer ``j``'s ``std_prefactor * n^-b`` is multiplied by so that a
+        convolution counts its window (:mod:`maxp_core.initial`)."""
+        k = self.weighted[j]
+        in_dim, fan_in, _ = self.dims(k)
+        return std_correction(
+            self.modules[k].layer_type, fan_in, self.width(k), max(fan_in // max(in_dim, 1), 1)
+        )
 
     def init_scale(self, j: int) -> float:
         """With a base width: what weighted layer ``j``'s own initial weight is multiplied by."""

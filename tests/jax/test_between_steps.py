@@ -183,3 +183,41 @@ def test_a_between_steps_run_with_its_solver_is_not_warned() -> None:
         params, state = jax.jit(step)(params, state)
         state = solve(state, params, updates_done=1)
     assert int(find_maxp_state(state).solves) == 1
+
+
+def test_under_multisteps_a_call_after_every_micro_step_solves_once_per_update() -> None:
+    """Gradient accumulation: call SolveBetweenSteps after every micro-step with the number of
+    updates MultiSteps has applied (its ``gradient_step``); the re-solves and the factors are
+    those of in-step re-solving under the same MultiSteps."""
+    k_micro, updates = 3, 7
+    runs = {}
+    for in_step in (True, False):
+        spec, dyn, params, inner, _ = _setup(in_step, warmup_steps=1, solve_interval=2)
+        tx = optax.MultiSteps(inner, every_k_schedule=k_micro)
+        model, _, _ = mlp_and_spec(width=64, depth=4)
+        x, y = batch(4, n=40)
+
+        def micro_step(p, s, tx=tx, model=model, x=x, y=y):
+            grads = jax.grad(loss_fn, argnums=1)(model, p, x, y)
+            new, s = tx.update(grads, s, p)
+            return optax.apply_updates(p, new), s
+
+        solve = None if in_step else SolveBetweenSteps(spec, dyn)
+        p, s = params, tx.init(params)
+        solves_after_update = []
+        for _ in range(k_micro * updates):
+            p, s = jax.jit(micro_step)(p, s)
+            if solve is not None:
+                s = solve(s, p, updates_done=int(s.gradient_step))  # the same count k_micro times
+            if int(s.mini_step) == 0:  # an update was just applied
+                solves_after_update.append(jax.device_get(find_maxp_state(s)))
+        runs[in_step] = solves_after_update
+    inside, outside = runs[True], runs[False]
+    in_step_solves, between_solves = ([int(h.solves) for h in run] for run in (inside, outside))
+    # In the step, the re-solve due after update k runs inside update k + 1 (see above).
+    # Due after updates 3, 5 and 7 (warm-up 1, every 2), as without MultiSteps: one re-solve per
+    # update, not one per micro-step.
+    assert between_solves == [0, 0, 1, 1, 2, 2, 3]
+    assert in_step_solves == [0, 0, 0, 1, 1, 2, 2]
+    for k in (3, 5):  # between steps after update k-1 = in the step during update k
+        np.testing.assert_allclose(outside[k - 1].c, inside[k].c, rtol=2e-5, atol=1e-6)
