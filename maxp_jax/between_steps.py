@@ -84,7 +84,7 @@ class SolveBetweenSteps:
         count = validate.integer(updates_done, "SolveBetweenSteps: updates_done", 0)
         return self._resolver.schedule.should_solve(count)
 
-    def __call__(self, opt_state: Any, params: Any, updates_done: int) -> Any:
+    def __call__(self, opt_state: Any, params: Any, updates_done: int, collections: Any = None) -> Any:
         """``opt_state``, re-solved if due after ``updates_done`` updates (1 after the first step).
 
         Returns ``opt_state`` itself when no re-solve is due, or when this update's re-solve
@@ -92,7 +92,8 @@ class SolveBetweenSteps:
         micro-step of ``optax.MultiSteps``), else a copy whose maxP state holds the new
         factors, exponents, alignments and counters. A due re-solve of an earlier update that
         was never made is reported with a warning. Use one object per training run: it
-        remembers the update it last re-solved after.
+        remembers the update it last re-solved after. ``collections``: the model's current
+        collections (batch statistics), needed when the ``DynamicAlignment`` has some.
 
         Raises:
           MaxPError: ``opt_state`` holds no maxP state of this ``spec`` and ``dynamic``, or,
@@ -107,7 +108,7 @@ class SolveBetweenSteps:
         self._warn_if_missed(opt_state, seen, updates_done)
         if not solving:
             return opt_state
-        measured, nonfinite = self._measure(params, state)
+        measured, nonfinite = self._measure(params, state, {"maxp_collections": collections})
         outcome = self._resolver.solve_on_host(
             *jax.device_get((measured, state.alignment, state.c, nonfinite, state.failures))
         )

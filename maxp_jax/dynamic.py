@@ -66,6 +66,14 @@ class DynamicAlignment:
       measure_only: measure the alignments on this schedule (same rules and smoothing,
         kept in the state's ``alignment`` and in :func:`~maxp_jax.metrics`) but never
         re-solve: the factors stay the spec's. ``solves`` then counts measurements.
+      collections: the model's other variable collections at initialisation (flax linen's
+        ``{"batch_stats": ...}``, an nnx ``BatchStat`` state). ``apply_fn`` is then called
+        as ``apply_fn(params, x, collections)`` and should run the model in eval mode on
+        them (``train=False``, ``use_running_average=True``): the initial inputs are
+        measured with these, and every later measurement with the current ones, given to
+        the update as ``tx.update(grads, state, params, maxp_collections=current)`` (in the
+        step) or to :class:`~maxp_jax.SolveBetweenSteps` as ``collections=current``. A
+        measurement without them is refused, never run on stale statistics.
       in_step: re-solve inside the optimizer update (``jax.lax.cond`` and a host callback
         in the compiled step). ``False`` leaves the step free of both, and
         :class:`~maxp_jax.SolveBetweenSteps`, called after each step, measures and
@@ -103,6 +111,7 @@ class DynamicAlignment:
     use_training_activations: bool = False
     measure_only: bool = False
     in_step: bool = True
+    collections: Any = None
 
     def __post_init__(self) -> None:
         if not callable(self.apply_fn):
@@ -131,6 +140,11 @@ class DynamicAlignment:
             raise MaxPError(
                 "use_training_activations=True needs in_step=True: the training forward's layer inputs "
                 "reach only the optimizer update, not SolveBetweenSteps"
+            )
+        if self.collections is not None and self.use_training_activations:
+            raise MaxPError(
+                "DynamicAlignment: collections and use_training_activations do not combine: the training "
+                "forward's own layer inputs already saw the current statistics"
             )
         if self.resample_w0 and self.init_key is None:
             raise MaxPError("resample_w0=True needs init_key, the key abc_init drew the initial weights with")
@@ -191,11 +205,45 @@ class AlignmentResolver:
     def layer_inputs(self, params: Any) -> LayerInputs:
         """The model's forward that also returns each layer's input (built once)."""
         if self.inputs is None:
-            self.inputs = LayerInputs(self.spec, self.config.apply_fn, params, self.config.sample_input)
+            self.inputs = LayerInputs(self.spec, self._forward, params, self._sample(self.config.collections))
         return self.inputs
 
-    def _sample_rows(self, params: Any) -> dict[int, jax.Array]:
-        _, inputs = self.layer_inputs(params)(params, self.config.sample_input)
+    def _forward(self, params: Any, x: Any) -> Any:
+        """``apply_fn(params, x)``, or ``apply_fn(params, sample, collections)`` with collections."""
+        if self.config.collections is None:
+            return self.config.apply_fn(params, x)
+        return self.config.apply_fn(params, x[0], x[1])
+
+    def _sample(self, collections: Any) -> Any:
+        """What :meth:`_forward` runs on: the sample, with the collections when there are any."""
+        return (
+            self.config.sample_input
+            if self.config.collections is None
+            else (self.config.sample_input, collections)
+        )
+
+    def current_collections(self, extras: dict[str, Any]) -> Any:
+        """The collections a measurement now runs with (refused when they are not given)."""
+        if self.config.collections is None:
+            return None
+        current = extras.get("maxp_collections")
+        if current is None:
+            raise MaxPError(
+                "DynamicAlignment(collections=...) measures with the model's current collections (batch "
+                "statistics): pass them to each update, tx.update(grads, state, params, "
+                "maxp_collections=variables['batch_stats']), or to SolveBetweenSteps(...)(state, params, "
+                "updates_done, collections=...)"
+            )
+        if jax.tree.structure(current) != jax.tree.structure(self.config.collections):
+            raise MaxPError(
+                f"maxp_collections has the structure {jax.tree.structure(current)}, but DynamicAlignment's "
+                f"collections have {jax.tree.structure(self.config.collections)}; pass the same collections"
+            )
+        return current
+
+    def _sample_rows(self, params: Any, collections: Any = None) -> dict[int, jax.Array]:
+        collections = self.config.collections if collections is None else collections
+        _, inputs = self.layer_inputs(params)(params, self._sample(collections))
         return {i: x[: self.config.sample_size] for i, x in inputs.items()}
 
     def capture_initial(self, params: Any) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...], Any]:
@@ -240,7 +288,7 @@ class AlignmentResolver:
         layer_inputs = self.layer_inputs(params)
         size = self.config.sample_size
         if not self.config.use_training_activations:
-            rows = self._sample_rows(params)
+            rows = self._sample_rows(params, self.current_collections(extras))
             return rows, state.z0, {i: _all_finite(x) for i, x in rows.items()}
         absent = [k for k in ("maxp_inputs", "maxp_batch") if extras.get(k) is None]
         if absent:

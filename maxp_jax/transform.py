@@ -144,7 +144,7 @@ def scale_by_maxp(
                 raise MaxPError(
                     "scale_by_maxp with dynamic alignment needs params: update(updates, state, params)"
                 )
-            extras = {k: extra_args.get(k) for k in ("maxp_inputs", "maxp_batch")}
+            extras = {k: extra_args.get(k) for k in ("maxp_inputs", "maxp_batch", "maxp_collections")}
             state = jax.lax.cond(
                 resolver.due(state.count),
                 lambda s, p: resolver.resolve(s, p, extras),
