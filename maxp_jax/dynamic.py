@@ -96,7 +96,7 @@ class DynamicAlignment:
       >>> state = tx.init(params)
     """
 
-    apply_fn: Callable[[Any, Any], Any]
+    apply_fn: Callable[..., Any]
     sample_input: Any
     warmup_steps: int = 0
     solve_interval: int = 1
@@ -234,7 +234,7 @@ class AlignmentResolver:
                 "maxp_collections=variables['batch_stats']), or to SolveBetweenSteps(...)(state, params, "
                 "updates_done, collections=...)"
             )
-        if jax.tree.structure(current) != jax.tree.structure(self.config.collections):
+        if jax.tree.structure(current) != jax.tree.structure(self.config.collections):  # type: ignore[operator]
             raise MaxPError(
                 f"maxp_collections has the structure {jax.tree.structure(current)}, but DynamicAlignment's "
                 f"collections have {jax.tree.structure(self.config.collections)}; pass the same collections"
