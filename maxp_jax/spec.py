@@ -329,6 +329,10 @@ class MaxPSpec:
         """The layers with ``alignment_overrides`` applied over their rules' alignments."""
         layer_roles = [(layer.name, layer.role.value) for layer in layers]
         fixed = resolve_overrides(layer_roles, self.alignment_overrides)
+        self.alignment_sources = [
+            "alignment_overrides" if k in fixed else "rule" if layer.alignment is not None else "preset"
+            for k, layer in enumerate(layers)
+        ]
         return tuple(
             dataclasses.replace(layer, alignment=fixed[k]) if k in fixed else layer
             for k, layer in enumerate(layers)
@@ -617,19 +621,75 @@ class MaxPSpec:
                 slices.setdefault(leaf_key(path), []).append(i)
         return {key: _leaf_index(found, self.layers) for key, found in slices.items()}
 
-    def describe(self) -> str:
-        """A table of the layers: role, width, a, b, c and the learning-rate factor."""
+    def describe(self, opt_state: Any = None) -> str:
+        """The layers and every leaf's learning-rate factor, as a text table.
+
+        One row per layer: role, width, ``a``, ``b``, ``c``, learning-rate factor, initial
+        standard deviation (with a base width: the scale of the params' own init), the
+        alignment ``(alpha, omega, u)`` and where it comes from (``preset``, ``rule``,
+        ``alignment_overrides``, or ``measured`` once a dynamic run re-solved). Then each
+        layer's other leaves (biases, gains) with the factor they share, and the leaves no
+        layer owns, which train at the base rate (factor 1).
+
+        Args:
+          opt_state: an optimizer state holding this spec's maxP state: ``c``, factors and
+            alignments are then the state's (after the re-solves) instead of the preset's.
+        """
         from maxp_core.text import format_table
 
+        c, factors, alignment, sources = self._current(opt_state)
+        base = self.base_width is not None
+        init = self.init_scale() if base else self.init_std()
         rows = [
-            (layer.name, layer.role.value, layer.width, layer.a, layer.b, float(c), float(f))
-            for layer, c, f in zip(self.layers, self.c, self.factors(), strict=True)
-        ]
-        table = format_table(rows, ("layer", "role", "width", "a", "b", "c", "lr factor"))
-        base = describe_base({layer.name: layer.width for layer in self.layers}, self.base_width)
-        lines = [table] + ([base] if base else [])
+            (layer.name, layer.role.value, layer.width, layer.a, layer.b, float(ci), float(f), float(s),
+             *(float(v) for v in al), source)
+            for layer, ci, f, s, al, source in zip(
+                self.layers, c, factors, init, alignment, sources, strict=True
+            )
+        ]  # fmt: skip
+        header = ("layer", "role", "width", "a", "b", "c", "lr factor", "init scale" if base else "init std")
+        lines = [format_table(rows, (*header, "alpha", "omega", "u", "alignment from"))]
+        base_line = describe_base({layer.name: layer.width for layer in self.layers}, self.base_width)
+        lines += [base_line] if base_line else []
         lines += [f"depth: {self.depth_factors.rule}"] if self.depth is not None else []
+        lines += self._leaf_lines(factors)
         return "\n".join(lines)
+
+    def _current(self, opt_state: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """``(c, factors, alignments, sources)``: the preset's, or an optimizer state's."""
+        presets = self.layer_alignment_presets()
+        if opt_state is None:
+            return self.c, self.factors(), presets, list(self.alignment_sources)
+        from maxp_jax.transform import find_maxp_state
+
+        state = jax.device_get(find_maxp_state(opt_state))
+        alignment = np.asarray(state.alignment, dtype=np.float64)
+        measured = int(state.solves) > 0
+        sources = [
+            "measured" if measured and source == "preset" and layer.role is not Role.EMBEDDING else source
+            for layer, source in zip(self.layers, self.alignment_sources, strict=True)
+        ]
+        return np.asarray(state.c), np.asarray(state.factors), alignment, sources
+
+    def _leaf_lines(self, factors: np.ndarray) -> list[str]:
+        """Each layer's other leaves with their factor, then the leaves at the base rate."""
+        lines = []
+        shared = [
+            f"  {path}: {float(factors[i]):.4g} (as {layer.name})"
+            for i, layer in enumerate(self.layers)
+            for path in layer.extra_paths
+        ]
+        if shared:
+            lines += ["leaves that share their layer's factor:", *shared]
+        owned = {leaf_key(path) for layer in self.layers for path in layer.paths}
+        others = [
+            path_string(p)
+            for p, _ in jax.tree_util.tree_flatten_with_path(self.params)[0]
+            if leaf_key(path_string(p)) not in owned
+        ]
+        if others:
+            lines += [f"leaves at the base rate (factor 1): {', '.join(others)}"]
+        return lines
 
 
 def _leaf_index(found: list[int], layers: Sequence[Layer]) -> int | tuple[int, ...] | TiedUses:

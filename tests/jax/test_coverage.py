@@ -1,15 +1,19 @@
-"""Weights no rule covers are named (an error with ``strict=True``), and a rule set whose readout
-only the traced graph can show (a tied table) is refused with that cause and its fix."""
+"""Weights no rule covers are named (an error with ``strict=True``); a rule set whose readout only the
+traced graph can show (a tied table) is refused with that cause and its fix; ``describe()`` shows
+every leaf's factor, each layer's init and where its alignment comes from."""
 
 import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
 
 from examples.flax_llama import Llama
 from maxp_core import GraphError, MaxPError, MaxPWarning
-from maxp_jax import MaxPSpec, Rule
+from maxp_jax import DynamicAlignment, MaxPSpec, Rule, abc_init, find_maxp_state, scale_by_maxp
+from tests.jax.models import mlp_and_spec
 
 IDS = jax.random.randint(jax.random.key(3), (2, 8), 0, 32)
 WITHOUT_UP = [
@@ -64,3 +68,26 @@ def test_strict_must_be_a_boolean() -> None:
     params = {"a": jnp.zeros((4, 8)), "b": jnp.zeros((8, 2))}
     with pytest.raises(MaxPError, match="strict"):
         MaxPSpec(params, [Rule("a", "embedding"), Rule("b", "readout")], strict="yes")
+
+
+def test_describe_shows_bias_rates_init_and_where_each_alignment_comes_from() -> None:
+    model, params, spec = mlp_and_spec(width=64, depth=4)
+    text = spec.describe()
+    factors = spec.factors()
+    for i, layer in enumerate(spec.layers):
+        for path in layer.extra_paths:  # each bias, with the factor it shares
+            assert f"{path}: {float(factors[i]):.4g} (as {layer.name})" in text
+    assert "init std" in text and "preset" in text and "measured" not in text
+    x = jax.random.normal(jax.random.key(0), (16, 16))
+    params = abc_init(spec, params, jax.random.key(1))
+    dyn = DynamicAlignment(model.apply, x, warmup_steps=0, solve_interval=1)
+    tx = optax.chain(optax.scale_by_adam(), scale_by_maxp(spec, dyn), optax.scale_by_learning_rate(0.01))
+    state = tx.init(params)
+    grads = jax.grad(lambda p: (model.apply(p, x) ** 2).mean())(params)
+    for _ in range(2):
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    after = spec.describe(state)
+    rows = [line.split() for line in after.splitlines()[2 : 2 + len(spec.layers)]]
+    assert [row[-1] for row in rows] == ["preset"] + ["measured"] * (len(spec.layers) - 1)  # embedding unused
+    np.testing.assert_allclose([float(row[5]) for row in rows], find_maxp_state(state).c, atol=5e-4)
