@@ -1,4 +1,6 @@
-"""The transform and the measurement under jit with parameters sharded over 8 host devices."""
+"""The transform and the measurement under jit with parameters sharded over 8 host devices: kernels
+split by output (tensor parallel) or by rows with the batch (FSDP), re-solving in the step and
+between steps."""
 
 import json
 import os
@@ -21,9 +23,16 @@ def test_sharded_run_matches_unsharded() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["solves"] == [2, 2]  # after steps 3 and 5
-    assert "model" in result["kernel_sharding"]
-    assert result["c_gap"] < 1e-5
-    assert result["factor_gap"] < 1e-5
-    assert result["param_gap"] < 1e-5
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(results) == {
+        f"{layout}/{mode}" for layout in ("tensor", "fsdp") for mode in ("in_step", "between")
+    }
+    for name, result in results.items():
+        # Due after updates 3 and 5: between steps right after them, in the step inside
+        # updates 4 and 6; both made 2 re-solves in 6 updates, sharded or not.
+        assert result["solves"] == [2, 2], name
+        assert result["c_gap"] < 1e-5, name
+        assert result["factor_gap"] < 1e-5, name
+        assert result["param_gap"] < 1e-5, name
+    assert results["tensor/in_step"]["kernel_sharding"] == "P(None, 'x')"
+    assert results["fsdp/between"]["kernel_sharding"].startswith("P('x'")  # the rows split
