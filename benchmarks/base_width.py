@@ -171,12 +171,17 @@ def main(argv: list[str] | None = None) -> None:
     lrs, widths = sorted(args.lrs), sorted(args.widths)
     grid = [(m, w, lr, s) for m in METHODS for w in widths for lr in lrs for s in range(args.seeds)]
     runs = []
-    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(train_one, *cell, args.steps, widths[0]) for cell in grid]
-        for future in tqdm(as_completed(futures), total=len(futures), desc="runs"):
-            record = future.result()
-            record["steps_requested"] = args.steps
-            runs.append(record)
+    if args.jobs <= 1:
+        done = (train_one(*cell, args.steps, widths[0]) for cell in grid)
+        runs = list(tqdm(done, total=len(grid), desc="runs"))
+    else:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(train_one, *cell, args.steps, widths[0]) for cell in grid]
+            runs = [
+                future.result() for future in tqdm(as_completed(futures), total=len(futures), desc="runs")
+            ]
+    for record in runs:
+        record["steps_requested"] = args.steps
     runs.sort(key=lambda r: (r["method"], r["width"], r["lr"], r["seed"]))
     print(report(runs, lrs, widths, args.out))
 

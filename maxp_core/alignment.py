@@ -112,17 +112,22 @@ def _unit_scale(x: Any, xp: ModuleType, axis: Any, in_place: bool = False) -> An
     """
     if math.prod(x.shape) == 0:
         return x
-    peak = _peak(x, xp, axis)
-    finite = xp.isfinite(peak)
-    usable = finite & (peak >= _smallest_normal(x, xp))
-    power = xp.exp2(-xp.floor(xp.log2(xp.where(usable, peak, xp.ones_like(peak)))))
-    # One factor per row or matrix, so the full-size work is a single product: 0 zeroes a
-    # matrix below the smallest normal number, 1 leaves one holding NaN or inf as it is.
-    factor = xp.where(usable, power, xp.where(finite, xp.zeros_like(peak), xp.ones_like(peak)))
+    factor = _scale_factor(x, xp, axis)
     if in_place:
         x *= factor
         return x
     return x * factor
+
+
+def _scale_factor(x: Any, xp: ModuleType, axis: Any) -> Any:
+    """The power of two :func:`_unit_scale` multiplies ``x`` by, one per row or matrix (the
+    reduced axes kept): 0 for a peak below the smallest normal number, 1 for a peak that is
+    not finite (``x`` then stays as it is, NaN or inf included)."""
+    peak = _peak(x, xp, axis)
+    finite = xp.isfinite(peak)
+    usable = finite & (peak >= _smallest_normal(x, xp))
+    power = xp.exp2(-xp.floor(xp.log2(xp.where(usable, peak, xp.ones_like(peak)))))
+    return xp.where(usable, power, xp.where(finite, xp.zeros_like(peak), xp.ones_like(peak)))
 
 
 def _smallest_normal(x: Any, xp: ModuleType) -> float:
@@ -376,10 +381,21 @@ def _products(z0: Any, z: Any, w0: Any, w: Any, xp: ModuleType, scratch: bool = 
     else:
         dz, dw = z - z0, w - w0
     z0, dz = _unit_scale(z0, xp, -1, scratch), _unit_scale(dz, xp, -1, scratch)
-    dw, w0 = _unit_scale(dw, xp, (-2, -1), scratch), _unit_scale(w0, xp, (-2, -1), scratch)
+    if scratch:  # scaling the caller's copies in place allocates nothing
+        dw, w0 = _unit_scale(dw, xp, (-2, -1), True), _unit_scale(w0, xp, (-2, -1), True)
+        both = xp.concatenate([z0, dz], axis=-2) @ xp.swapaxes(dw, -1, -2)
+        return z0, dz, both, dz @ xp.swapaxes(w0, -1, -2), _rms(dw, xp), _rms(w0, xp)
+    # Otherwise each matrix's power of two goes onto the rows it multiplies, which are few:
+    # (s x) @ y.T = x @ (s y).T exactly, and no scaled copy of a weight is made; the RMS
+    # takes the scaled weight inside its reduction, which a compiler fuses into one pass.
+    if math.prod(dw.shape) == 0:
+        f_dw = f_w0 = xp.ones_like(_rms(dw, xp))[..., None, None]
+    else:
+        f_dw, f_w0 = _scale_factor(dw, xp, (-2, -1)), _scale_factor(w0, xp, (-2, -1))
     # One product of the stacked rows with dW serves alpha and u.
-    both = xp.concatenate([z0, dz], axis=-2) @ xp.swapaxes(dw, -1, -2)
-    return z0, dz, both, dz @ xp.swapaxes(w0, -1, -2), _rms(dw, xp), _rms(w0, xp)
+    both = (xp.concatenate([z0, dz], axis=-2) * f_dw) @ xp.swapaxes(dw, -1, -2)
+    omega = (dz * f_w0) @ xp.swapaxes(w0, -1, -2)
+    return z0, dz, both, omega, _rms(dw * f_dw, xp), _rms(w0 * f_w0, xp)
 
 
 def _from_products(products: tuple[Any, ...], n: int, xp: ModuleType) -> Alignment:

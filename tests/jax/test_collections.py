@@ -31,7 +31,7 @@ class BatchNormMLP(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         for _ in range(3):
-            x = nn.Dense(64)(x)
+            x = nn.Dense(32)(x)
             x = nn.BatchNorm(use_running_average=not train, momentum=0.5)(x)
             x = nn.relu(x)
         return nn.Dense(4)(x)
