@@ -15,6 +15,7 @@ from maxp_core import MaxPError
 from maxp_torch.parametrization import Parametrization
 from maxp_torch.rules import Rule, apply_rules
 from maxp_torch.width_rules import rules_from_widths
+from tests.torch.test_hf import GPT2_RULES, LLAMA_RULES
 
 VOCAB, CTX, IMAGE, CLASSES = 64, 16, 16, 10
 
@@ -102,21 +103,8 @@ def images() -> torch.Tensor:
     return torch.randn(2, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(0))
 
 
-# --- hand-written rules (GPT-2's and Llama's as in tests/torch/test_hf.py) -----------------
+# --- hand-written rules (GPT-2's and Llama's from tests/torch/test_hf.py) ----------------
 
-GPT2_RULES = [
-    Rule(r"transformer\.wte", "embedding"),
-    Rule(r"transformer\.wpe", "embedding"),
-    Rule(r"transformer\.h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)", "hidden"),
-    Rule("lm_head", "readout"),
-    Rule(r"transformer\.h\.\d+\.attn", "attention"),
-]
-LLAMA_RULES = [
-    Rule(r"model\.embed_tokens", "embedding"),
-    Rule(r"model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)", "hidden"),
-    Rule("lm_head", "readout"),
-    Rule(r"model\.layers\.\d+\.self_attn", "attention"),
-]
 BERT_RULES = [
     Rule(r"bert\.embeddings\.(word|position|token_type)_embeddings", "embedding"),
     Rule(
