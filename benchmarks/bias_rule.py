@@ -2,9 +2,10 @@
 
 Run ``python -m benchmarks.bias_rule`` (seconds on a CPU). A PyTorch MLP (embedding, hidden,
 readout; muP under full alignment) trains 3 steps at widths 64 to 1024, with each layer's
-bias either at its layer's rate (what both adapters do today) or at the rate the maths asks
-for: a bias is a weight on a constant input of size 1 where its layer's weight sums ``n``
-inputs, so with the same output multiplier it needs an ``n``-fold rate wherever the fan-in
+bias either at its layer's rate (``bias_rule="layer"``, the default) or at the rate the maths
+asks for (``bias_rule="constant-input"``, :mod:`maxp_core.biases`): a bias is a weight on a
+constant input of size 1 where its layer's weight sums ``n`` inputs, so with the same output
+multiplier it needs an ``n``-fold rate wherever the fan-in
 grows: ``c_bias = c - 1`` (hidden, readout), ``c_bias = c`` (embedding); under Adam that is
 ``c_bias = -a``, whatever the alignment. The table gives the log-log slope against width of
 the RMS change of each bias's contribution to its layer's output (``multiplier * delta b``):
@@ -35,14 +36,8 @@ def bias_changes(width: int, optimizer: str, bias_rule: str, lr: float, steps: i
     model = nn.Sequential(
         nn.Linear(16, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 4)
     )
-    param = Parametrization(model, optimizer, rules=RULES, lr_prefactor=lr, seed=0)
-    groups = []
-    for group, role, c in zip(param.param_groups, ROLES, param.c, strict=False):
-        weight, bias = group["params"]
-        c_bias = c if bias_rule == "layer" else (c if role == "embedding" else c - 1.0)
-        groups += [{**group, "params": [weight]}, {"params": [bias], "lr": lr * width**-c_bias}]
-    make = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
-    opt = make(groups)
+    param = Parametrization(model, optimizer, rules=RULES, lr_prefactor=lr, seed=0, bias_rule=bias_rule)
+    opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)(param.param_groups)
     x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 4, (64,), generator=torch.Generator().manual_seed(2))
     layers = [model[0], model[2], model[4]]
@@ -73,13 +68,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows, results = [], {}
     for optimizer, lr in (("adam", 1e-3), ("sgd", 1e-2)):
-        for rule in ("layer", "c - 1"):
+        for rule in ("layer", "constant-input"):
             found = slopes(args.widths, optimizer, rule, lr)
             results[f"{optimizer}/{rule}"] = found
             rows.append(
                 (
                     optimizer,
-                    "layer's rate" if rule == "layer" else "c_bias = c - 1 (embedding: c)",
+                    "layer" if rule == "layer" else "constant-input",
                     *(f"{s:+.2f}" for s in found),
                 )
             )

@@ -39,6 +39,7 @@ from maxp_core import (
     warn_user,
 )
 from maxp_core.base_width import BaseWidth, check_base_width, describe_base, init_rescale, width_ratios
+from maxp_core.biases import check_bias_rule, full_alignment, vector_exponent
 from maxp_core.depth import DepthFactors, DepthScaling, depth_factors, warn_if_untraced
 from maxp_core.formulation import parse_optimizer
 from maxp_core.graph import flattened_inputs, graph_by_roles
@@ -243,6 +244,10 @@ class MaxPSpec:
         ``(n / n_base)^-(b - b_standard)``: at the base width the model is your own, trained
         at one learning rate, and away from it it scales as maxP says. ``None`` (default):
         powers of the width itself (``n_base = 1``) and ``abc_init`` draws ``n^-b``.
+      bias_rule: the rate of each layer's other leaves (biases, gains):
+        ``"layer"`` (its layer's factor, the default) or ``"constant-input"`` (the factor
+        that keeps their contribution's updates width-independent; see
+        :mod:`maxp_core.biases` and :meth:`vector_factors`).
       strict: a weight-like leaf (two or more axes, not counting a ``scan``'s layer axis)
         that no rule covers is an error; by default it is a warning naming every such leaf,
         since it would train at the base learning rate.
@@ -277,6 +282,7 @@ class MaxPSpec:
     tie_rule: str = DEFAULT_TIE_RULE
     base_width: BaseWidth = None
     strict: bool = False
+    bias_rule: str = "layer"
     layers: tuple[Layer, ...] = field(init=False)
     c: np.ndarray = field(init=False)
 
@@ -347,6 +353,7 @@ class MaxPSpec:
         self.solver = validate.choice(self.solver, "solver", SOLVERS)
         self.base_width = check_base_width(self.base_width)
         self.strict = validate.boolean(self.strict, "strict")
+        self.bias_rule = check_bias_rule(self.bias_rule)
         if isinstance(self.rules, str | bytes) or not isinstance(self.rules, Sequence):
             raise MaxPError(f"rules must be a list of Rule, got {type(self.rules).__name__} {self.rules!r}")
         for k, rule in enumerate(self.rules):
@@ -554,6 +561,23 @@ class MaxPSpec:
             ]
         )
 
+    def vector_factors(self, c: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
+        """The learning-rate factor of each layer's biases and gains under :attr:`bias_rule`
+        (``"layer"``: :meth:`factors`), float64; see :mod:`maxp_core.biases`."""
+        if self.bias_rule == "layer":
+            return self.factors(c)
+        effective = self.effective_abc(c)
+        if self.optimizer == "sgd":
+            solution = self.lp.solve(**full_alignment([n.name for n in self.graph.nodes]))
+            full = self.effective_abc([solution.c[layer.name] for layer in self.layers])
+        else:
+            full = effective
+        out = []
+        for layer, (a, _, c_now), (_, _, c_full) in zip(self.layers, effective, full, strict=True):
+            exponent = vector_exponent(self.bias_rule, self.optimizer, layer.role, a, c_now, c_full)
+            out.append(self.width_ratios[layer.name] ** -exponent * self._depth(layer)[1])
+        return np.array(out)
+
     def init_std(self, std_prefactor: float = 1.0) -> np.ndarray:
         """Initial standard deviation ``std_prefactor * n^-b`` per layer (after folding, times
         the depth rule's; a convolution's and a flattened input's constant counts their whole
@@ -674,13 +698,16 @@ class MaxPSpec:
     def _leaf_lines(self, factors: np.ndarray) -> list[str]:
         """Each layer's other leaves with their factor, then the leaves at the base rate."""
         lines = []
+        own = None if self.bias_rule == "layer" else self.vector_factors()
         shared = [
-            f"  {path}: {float(factors[i]):.4g} (as {layer.name})"
+            f"  {path}: {float(factors[i] if own is None else own[i]):.4g} "
+            + (f"(as {layer.name})" if own is None else f"(bias rule {self.bias_rule!r}, layer {layer.name})")
             for i, layer in enumerate(self.layers)
             for path in layer.extra_paths
         ]
         if shared:
-            lines += ["leaves that share their layer's factor:", *shared]
+            title = "leaves that share their layer's factor:" if own is None else "biases and gains:"
+            lines += [title, *shared]
         owned = {leaf_key(path) for layer in self.layers for path in layer.paths}
         others = [
             path_string(p)

@@ -109,6 +109,9 @@ def scale_by_maxp(
             f"scale_by_maxp: dynamic must be a DynamicAlignment or None, got {type(dynamic).__name__}"
         )
     index = spec.leaf_layer_index()
+    weights = {leaf_key(layer.weight_path) for layer in spec.layers}
+    # Biases and gains under bias_rule="constant-input": fixed factors of their own.
+    vectors = None if spec.bias_rule == "layer" else np.asarray(spec.vector_factors(), dtype=np.float32)
     initial_c = np.asarray(spec.c, dtype=np.float64)
     initial_factors = spec.factors(initial_c)
     initial_alignment = spec.layer_alignment_presets()
@@ -154,10 +157,12 @@ def scale_by_maxp(
             )
 
         def scale(path: Any, update: Any) -> Any:
-            i = index.get(leaf_key(path_string(path)))
+            key = leaf_key(path_string(path))
+            i = index.get(key)
             if i is None or update is None or not hasattr(update, "dtype"):
                 return update
-            return update * per_slice(state.factors, i, update.ndim).astype(update.dtype)
+            own = state.factors if vectors is None or key in weights else jnp.asarray(vectors)
+            return update * per_slice(own, i, update.ndim).astype(update.dtype)
 
         updates = jax.tree_util.tree_map_with_path(scale, updates)
         return updates, state._replace(count=optax.safe_increment(state.count))

@@ -75,13 +75,14 @@ class OptimizerLink:
 
     def rates(self) -> list[float]:
         """maxP's current rate of every group of ``param_groups`` (``"_other"``: ``lr_prefactor``)."""
-        rates = self.param.get_last_lr()
+        rates = self.param.get_last_lr() + self.param._rates.vector_rates()
         return rates + [self.param.lr_prefactor] * (len(self.param.param_groups) - len(rates))
 
     def exponents(self) -> list[float | None]:
         """Each group's current ``c`` (``None`` for ``"_other"``)."""
         param = self.param
         exponents: list[float | None] = [param._rates.group_c(g) for g in range(len(param.groups))]
+        exponents += param._rates.vector_exponents()
         return exponents + [None] * (len(param.param_groups) - len(exponents))
 
     def managed_groups(self, optimizer: torch.optim.Optimizer) -> list[int]:

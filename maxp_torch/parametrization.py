@@ -28,6 +28,7 @@ from maxp_core import (
     validate,
 )
 from maxp_core.base_width import BaseWidth, check_base_width
+from maxp_core.biases import check_bias_rule
 from maxp_core.depth import DepthFactors, DepthScaling, depth_factors, warn_if_untraced
 from maxp_core.formulation import parse_optimizer
 from maxp_core.lp import DEFAULT_TIE_RULE
@@ -107,6 +108,11 @@ class Parametrization:
     every layer at ``lr_prefactor``; away from it the width exponents are maxP's. ``None``
     (default): powers of the width itself, weights drawn at ``std_prefactor * n^-b``.
 
+    ``bias_rule`` sets the rate of each layer's biases and gains: ``"layer"`` (its layer's
+    group, as in the published maxP) or ``"constant-input"`` (a group of their own, named
+    ``"<layer>.bias"`` after the layers' groups, at the rate that keeps their contribution's
+    updates width-independent, :mod:`maxp_core.biases`).
+
     Each layer's alignment is measured on the first ``sample_size`` rows of its input (rows
     are the flattened leading axes: tokens of a sequence model) on the first ``sample_size``
     samples of the batch given to :meth:`capture_initial`; where fewer samples already give
@@ -155,6 +161,7 @@ class Parametrization:
         measure_only: bool = False,
         tie_rule: str = DEFAULT_TIE_RULE,
         base_width: BaseWidth = None,
+        bias_rule: str = "layer",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise MaxPError(f"Parametrization needs an nn.Module, got {type(model).__name__}")
@@ -230,7 +237,7 @@ class Parametrization:
         self.alignment = np.array([[n.alpha, n.omega, n.u] for n in self.graph.nodes])
         self.c = self._resolving.preset_exponents()
         self._resolving.warn_on_scores_slowdown()
-        self._rates = LayerRates(self._layers, self)
+        self._rates = LayerRates(self._layers, self, check_bias_rule(bias_rule))
         self.param_groups = self._rates.param_groups(model)
         self._rates.warn_on_tied_disagreement(self.std_prefactor)
         self.step_count = 0

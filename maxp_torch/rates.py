@@ -13,6 +13,7 @@ import numpy as np
 from torch import nn
 
 from maxp_core import warn_user
+from maxp_core.biases import full_alignment, vector_exponent
 from maxp_core.rules import tied_disagreement
 from maxp_torch.group_rates import WRITTEN
 from maxp_torch.layer_set import LayerSet
@@ -22,9 +23,14 @@ class LayerRates:
     """The rates of a :class:`LayerSet` at the current ``c`` (one entry per weighted layer) and
     ``lr_prefactor``, both read from ``owner`` so they are always the latest."""
 
-    def __init__(self, layers: LayerSet, owner: Any) -> None:
+    def __init__(self, layers: LayerSet, owner: Any, bias_rule: str = "layer") -> None:
         self.layers = layers
         self.owner = owner
+        self.bias_rule = bias_rule
+        #: The weight groups whose biases and gains have a group of their own (bias_rule
+        #: "constant-input"), in the order of those groups after the weights'.
+        self.vector_groups: list[int] = []
+        self._c_full: list[float] | None = None
 
     def layer_lr(self, j: int) -> float:
         """The rate weighted layer ``j`` asks for."""
@@ -47,11 +53,50 @@ class LayerRates:
     def all_groups(self) -> list[float]:
         return [self.group_lr(g) for g in range(len(self.layers.groups))]
 
+    def vector_exponent(self, j: int) -> float:
+        """The ``c`` of weighted layer ``j``'s biases and gains (:mod:`maxp_core.biases`)."""
+        layers = self.layers
+        k = layers.weighted[j]
+        a, _, c_now = layers.abc(j, float(self.owner.c[j]))
+        a = 0.0 if layers.modules[k].folded else a
+        c_full = layers.abc(j, self.full_alignment_c()[j])[2]
+        return vector_exponent(
+            self.bias_rule, layers.optimizer_type, layers.modules[k].layer_type, a, c_now, c_full
+        )
+
+    def full_alignment_c(self) -> list[float]:
+        """Each weighted layer's ``c`` under full alignment (solved once, for SGD's vector rule)."""
+        if self._c_full is None:
+            if self.bias_rule == "layer" or self.layers.optimizer_type != "sgd":
+                self._c_full = [float(c) for c in self.owner.c]
+            else:
+                lp = self.owner.lp
+                solution = lp.solve(**full_alignment([n.name for n in lp.graph.nodes]))
+                self._c_full = [solution.c[self.layers.names[k]] for k in self.layers.weighted]
+        return self._c_full
+
+    def vector_lr(self, g: int) -> float:
+        """The rate of group ``g``'s biases and gains: the smallest its layers ask for."""
+        layers = self.layers
+        return min(
+            self.owner.lr_prefactor
+            * float(layers.ratio(layers.weighted[j]) ** -self.vector_exponent(j))
+            * layers.depth(layers.weighted[j])[1]
+            for j in layers.groups[g]
+        )
+
+    def vector_rates(self) -> list[float]:
+        return [self.vector_lr(g) for g in self.vector_groups]
+
+    def vector_exponents(self) -> list[float]:
+        return [self.vector_exponent(self.binding(g)) for g in self.vector_groups]
+
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """One group per weight (``layer_name``, ``c``, ``fan_in``, ``maxp_managed``; a tied
         weight's ``tied`` lists its layers), then the rest at ``lr_prefactor`` as ``"_other"``."""
         layers = self.layers
         groups = []
+        vectors: list[tuple[int, list[nn.Parameter]]] = []
         taken: set[int] = set()
         for g, members in enumerate(layers.groups):
             ks = [layers.weighted[j] for j in members]
@@ -60,6 +105,10 @@ class LayerRates:
                 if id(p) not in taken:
                     taken.add(id(p))
                     params.append(p)
+            if self.bias_rule != "layer":
+                weight = layers.modules[ks[0]].weight
+                vectors.append((g, [p for p in params if p is not weight]))
+                params = [p for p in params if p is weight]
             lr = self.group_lr(g)
             group = {
                 "params": params,
@@ -73,6 +122,20 @@ class LayerRates:
             if len(ks) > 1:
                 group["tied"] = [layers.names[k] for k in ks]
             groups.append(group)
+        self.vector_groups = [g for g, params in vectors if params]
+        for g, params in vectors:
+            if params:
+                lr = self.vector_lr(g)
+                groups.append(
+                    {
+                        "params": params,
+                        "lr": lr,
+                        WRITTEN: lr,
+                        "layer_name": f"{groups[g]['layer_name']}.bias",
+                        "c": self.vector_exponent(self.binding(g)),
+                        "maxp_managed": True,
+                    }
+                )
         rest = [p for p in model.parameters() if id(p) not in taken]
         if rest:
             prefactor = self.owner.lr_prefactor
