@@ -123,3 +123,51 @@ def test_a_measurement_without_the_current_statistics_is_refused() -> None:
         solve(opt_state, params, updates_done=3)  # due after update 3 (warm-up 1, every 2)
     with pytest.raises(MaxPError, match="same collections"):
         solve(opt_state, params, updates_done=3, collections={"other": jnp.ones(3)})
+
+
+def test_an_nnx_model_measures_with_its_current_batch_stats() -> None:
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs) -> None:
+            self.inp, self.norm = nnx.Linear(8, 32, rngs=rngs), nnx.BatchNorm(32, momentum=0.5, rngs=rngs)
+            self.hid, self.out = nnx.Linear(32, 32, rngs=rngs), nnx.Linear(32, 4, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(jax.nn.relu(self.hid(jax.nn.relu(self.norm(self.inp(x))))))
+
+    model = Net(nnx.Rngs(0))
+    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    stats = jax.tree.map(jnp.array, stats)  # a copy: the model's training forward updates its own
+    spec = MaxPSpec(
+        params, [Rule("inp/.*", "embedding"), Rule("hid/.*", "hidden"), Rule("out/.*", "readout")]
+    )
+    x = jax.random.normal(jax.random.key(1), (32, 8))
+
+    def evaluate(p, sample, collections):
+        net = nnx.merge(graphdef, p, collections)
+        net.eval()
+        return net(sample)
+
+    dynamic = DynamicAlignment(
+        evaluate, x, warmup_steps=0, solve_interval=1, in_step=False, collections=stats
+    )
+    tx = scale_by_maxp(spec, dynamic)
+    state = tx.init(params)
+    model.train()
+    model(x * 3.0 + 1.0)  # a training forward moves the running statistics
+    _, params, moved = nnx.split(model, nnx.Param, nnx.BatchStat)
+    resolver = AlignmentResolver(spec, dynamic)
+    # The weights have not moved: the hidden layer's input moved only with the statistics.
+    hidden = [layer.name for layer in spec.layers].index("hid")
+    position = list(resolver.layer_inputs(params).measured).index(hidden)
+    z0 = state.z0[position]
+    current = resolver._sample_rows(params, moved)[hidden]
+    initial = resolver._sample_rows(params, stats)[hidden]
+    assert float(jnp.abs(initial - z0).max()) < 1e-5
+    assert float(jnp.abs(current - z0).max()) > 0.1
+    measured = resolver.measure(params, state, {"maxp_collections": moved})[0]
+    reference = AlignmentResolver(
+        spec, DynamicAlignment(lambda p, sample: evaluate(p, sample, moved), x, in_step=False)
+    ).measure(params, state)[0]
+    np.testing.assert_allclose(measured, reference, rtol=1e-6)
