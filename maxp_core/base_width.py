@@ -141,6 +141,6 @@ def describe_base(widths: Mapping[str, float], base_width: BaseWidth) -> str | N
     ratio = model_width(widths) / base
     return (
         f"base width {base:g}: model width {model_width(widths):g} (the most common layer width), "
-        f"ratio {ratio:.4g}; rates lr_prefactor * ratio^-c, multipliers ratio^-a, the model's own init "
-        "scaled by ratio^-(b - b_standard)"
+        f"ratio {ratio:.4g}; rates lr_prefactor * ratio^-c, multipliers ratio^-a (a folded multiplier "
+        "moves into the rate and init), the model's own init scaled by ratio^-(b - b_standard)"
     )

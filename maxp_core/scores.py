@@ -39,14 +39,16 @@ class ScoresSlowdown:
     c: float
     c_at_one: float
 
-    def message(self, width: int, lr_prefactor: float | None = None) -> str:
-        """The warning, with the slowed layer's rate factor at its ``width``."""
+    def message(self, width: int, lr_prefactor: float | None = None, ratio: float | None = None) -> str:
+        """The warning, with the slowed layer's rate factor at its ``width`` (with a base width,
+        at its width ``ratio``)."""
         names = list(self.scores)
         shown = ", ".join(repr(n) for n in names[:3]) + (
             f" and {len(names) - 3} more" if len(names) > 3 else ""
         )
         a = min(self.scores.values())
-        factor = float(width) ** -self.c
+        factor = float(width if ratio is None else ratio) ** -self.c
+        power = "n^-c" if ratio is None else "(n / n_base)^-c"
         rate = (
             ""
             if lr_prefactor is None
@@ -56,7 +58,7 @@ class ScoresSlowdown:
             f"attention scores {shown} are scaled by n^-{a:g} (a = {a:g}; 1/sqrt(d) is a = 0.5): under "
             f"worst-case alignment the LP keeps their update bounded by slowing every layer upstream, "
             f"c growing by up to 1 - a = {1 - a:g} per block: {self.layer!r} gets c = {self.c:.3g} "
-            f"instead of {self.c_at_one:.3g} with a = 1, a rate factor n^-c = {factor:.2g} at width "
+            f"instead of {self.c_at_one:.3g} with a = 1, a rate factor {power} = {factor:.2g} at width "
             f"{width}{rate}. "
             "Measured (python -m benchmarks.depth_coord), the early layers' updates then vanish with width "
             "while the scores still grow. Give the scores a = 1 (muP's 1/d), or alignment='no', or "

@@ -58,7 +58,10 @@ def abc_init(spec: MaxPSpec, params: Any, key: jax.Array | None = None, std_pref
     if spec.base_width is not None:
         return _rescale(spec, params, spec.init_scale(std_prefactor))
     if key is None:
-        raise MaxPError("abc_init draws the weights from a PRNG key: give key=jax.random.key(...)")
+        raise MaxPError(
+            "abc_init draws the weights from a PRNG key: give key=jax.random.key(...), or keep the params' "
+            "own initialisation with MaxPSpec(..., base_width=<the width you tuned at>)"
+        )
     gains = spec.forward_gains(std_prefactor)
     warn_on_growing_init([(layer.name, layer.role, g) for layer, g in zip(spec.layers, gains, strict=True)])
     return _draw(spec, params, key, spec.init_std(std_prefactor))

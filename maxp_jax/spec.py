@@ -309,7 +309,8 @@ class MaxPSpec:
         slowdown = scores_slowdown(self.lp, solution.c)
         if slowdown is not None:
             width = next(layer.width for layer in self.layers if layer.name == slowdown.layer)
-            warn_user(slowdown.message(width))
+            ratio = None if self.base_width is None else self.width_ratios[slowdown.layer]
+            warn_user(slowdown.message(width, ratio=ratio))
 
     def _warn_on_tied_disagreement(self) -> None:
         """A tied table takes the smaller std and rate of its two uses: say so where they differ."""

@@ -88,6 +88,8 @@ _PUBLISHED_ONLY = frozenset(
     )
 )
 
+_WARNED: set[str] = set()
+
 
 def __getattr__(name: str) -> Any:
     """Forward the published maxP's own names to :mod:`maxp_torch.published`, with a warning."""
@@ -95,6 +97,9 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'maxp_torch' has no attribute {name!r}")
     from maxp_torch import published
 
+    if name in _WARNED:  # `from maxp_torch import X` reads the name twice
+        return getattr(published, name)
+    _WARNED.add(name)
     warnings.warn(
         f"maxp_torch.{name} is the published maxP's {name}; it lives in maxp_torch.published: "
         f"use `from maxp_torch import published as maxp` (then maxp.{name}) or "

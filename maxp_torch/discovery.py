@@ -61,7 +61,8 @@ def find_layers(
         raise MaxPError("use_training_activations needs ParametrizedModule layers")
     if not found:
         raise MaxPError(
-            f"no ParametrizedModule in {type(model).__name__}: wrap the layers to parametrize, e.g. "
+            f"no ParametrizedModule in {type(model).__name__} and no rules: give the layers roles by name, "
+            "rules=rules_from_widths(small_model, model) (or [Rule(pattern, role), ...]), or wrap them, "
             "ParametrizedModule(nn.Linear(n, n), width_dim=n, layer_type='hidden')"
         )
     refuse_meta(unwrap(model))

@@ -86,8 +86,9 @@ class Resolving:
             self.lp, dict(zip(layers.weighted_names(), self.param.c.tolist(), strict=True))
         )
         if found is not None:
-            width = layers.width(layers.names.index(found.layer))
-            warn_user(found.message(width, self.param.lr_prefactor))
+            k = layers.names.index(found.layer)
+            ratio = None if layers.base_width is None else layers.ratio(k)
+            warn_user(found.message(layers.width(k), self.param.lr_prefactor, ratio))
 
     def solve(self, alignment: np.ndarray) -> np.ndarray:
         """``c`` per weighted layer at the given alignments (one row per graph node)."""

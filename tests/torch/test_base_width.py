@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from maxp_core import MaxPError
+from maxp_core import MaxPError, MaxPWarning
 from maxp_torch import (
     MaxPScheduler,
     Parametrization,
@@ -194,3 +194,17 @@ def test_gpt2_at_its_base_width_keeps_its_forward_and_its_attention_scale() -> N
     assert wide.c.tolist() == reference.c.tolist()
     scores = [node for node in wide.graph.nodes if node.name.endswith(".scores")]
     assert scores and all(node.a == 1.0 for node in scores)
+
+
+def test_the_attention_scale_warning_gives_the_rate_a_base_width_gives() -> None:
+    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    unscoped = GPT2_RULES[:-1]  # the scores keep 1/sqrt(d): the LP slows what feeds them
+    with pytest.warns(MaxPWarning, match=r"attention scores") as caught:
+        param = Parametrization(
+            gpt2(128), rules=unscoped, lr_prefactor=1e-3, base_width=32, sample_input={"input_ids": ids}
+        )
+    message = next(str(w.message) for w in caught if "attention scores" in str(w.message))
+    c = float(message.split(" gets c = ")[1].split()[0])
+    assert "(n / n_base)^-c" in message
+    assert f"lr {1e-3 * 4**-c:.2g} at lr_prefactor 0.001" in message  # 4 = 128 / 32, not 128
+    assert param.base_width == 32
