@@ -292,6 +292,7 @@ class MaxPSpec:
         self.layers = self._with_overrides(self._find_layers())
         self.width_ratios = width_ratios({layer.name: layer.width for layer in self.layers}, self.base_width)
         self.graph = self._build_graph()
+        self._check_layouts()  # after the graph, whose own errors name the cause more precisely
         warn_if_untraced(self.depth, self.apply_fn is not None, "give apply_fn and sample_input to trace it")
         self.depth_factors: DepthFactors = depth_factors(self.depth, self.graph, self.optimizer)
         self.lp = StabilityLP(
@@ -405,6 +406,36 @@ class MaxPSpec:
             Layer(**{**layer.__dict__, "extra_paths": tuple(extras.get(layer.weight_path, ()))})
             for layer in layers
         )
+
+    def _check_layouts(self) -> None:
+        """With the forward: every product of a layer's weight must contract the axis its
+        layout reads as the input and output only the axis it reads as the output, else the
+        width and fan-in it gets would be wrong (a kernel that splits its output into heads)."""
+        if self.apply_fn is None or self.sample_input is None:
+            return
+        from maxp_jax.width_rules import product_axes
+
+        paths = [path_string(p) for p, _ in jax.tree_util.tree_flatten_with_path(self.params)[0]]
+        products = product_axes(self.apply_fn, self.params, self.sample_input)
+        position = {leaf_key(path): k for k, path in enumerate(paths)}
+        for layer in self.layers:
+            k = position[leaf_key(layer.weight_path)]
+            shape = tuple(int(d) for d in np.shape(jax.tree_util.tree_leaves(self.params)[k]))
+            if layer.layout == "embedding" or len(shape) < 2:
+                continue
+            axis_in, axis_out = (1, 0) if layer.layout == "torch" else (len(shape) - 2, len(shape) - 1)
+            for use in products.get(k, []):
+                if use is None or (axis_in in use[0] and use[1] == {axis_out}):
+                    continue
+                contracted = sorted(use[0])
+                raise MaxPError(
+                    f"{layer.weight_path} (shape {shape}): apply_fn contracts its axes {contracted} and "
+                    f"outputs its axes {sorted(use[1])}, but layout {layer.layout!r} reads axis {axis_in} as "
+                    f"its input and axis {axis_out} as its output, so its width and fan-in would be wrong. A "
+                    "kernel that splits its output into heads (flax's DenseGeneral, as in "
+                    "MultiHeadDotProductAttention) is not a maxP layer yet: use a Dense of heads * head_dim "
+                    "features and a reshape, or give the rule the layout that reads it"
+                )
 
     def _check_coverage(
         self, shapes: Mapping[str, tuple[int, ...]], owner: Mapping[str, int], scanned: Mapping[str, int]

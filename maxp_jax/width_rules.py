@@ -316,6 +316,15 @@ def _view(eqn: Any, position: int, ref: _Ref) -> _Ref | None:
     return None
 
 
+def product_axes(
+    apply_fn: Callable[[Any, Any], Any], params: Any, x: Any
+) -> dict[int, list[tuple[frozenset[int], frozenset[int]] | None]]:
+    """For each params leaf (by flat index) that ``apply_fn(params, x)`` multiplies: per
+    product, ``(the leaf axes it contracts, the leaf axes it outputs)``, or ``None`` where a
+    reshape on the way hides them."""
+    return _trace(apply_fn, params, x, len(jax.tree_util.tree_leaves(params))).products
+
+
 def _trace(apply_fn: Callable[[Any, Any], Any], params: Any, x: Any, n_leaves: int) -> _Uses:
     """How the jaxpr of ``apply_fn(params, x)`` uses each of the ``n_leaves`` params leaves."""
     closed = jax.make_jaxpr(apply_fn)(params, x)

@@ -91,3 +91,26 @@ def test_describe_shows_bias_rates_init_and_where_each_alignment_comes_from() ->
     rows = [line.split() for line in after.splitlines()[2 : 2 + len(spec.layers)]]
     assert [row[-1] for row in rows] == ["preset"] + ["measured"] * (len(spec.layers) - 1)  # embedding unused
     np.testing.assert_allclose([float(row[5]) for row in rows], find_maxp_state(state).c, atol=5e-4)
+
+
+def test_a_kernel_that_splits_its_output_into_heads_is_refused_not_misread() -> None:
+    """flax's DenseGeneral (in, heads, head_dim): read as dense its width would be the head count."""
+    import flax.linen as nn
+
+    class Attention(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.Dense(32)(x)
+            return nn.Dense(4)(nn.MultiHeadDotProductAttention(num_heads=2, use_bias=False)(h))
+
+    model, x = Attention(), jnp.ones((2, 8, 16))
+    params = model.init(jax.random.key(0), x)
+    rules = [
+        Rule("params/Dense_0/.*", "embedding"),
+        Rule(r"params/MultiHeadDotProductAttention_0/.*/kernel", "hidden"),
+        Rule("params/Dense_1/.*", "readout"),
+    ]
+    with pytest.raises(
+        MaxPError, match=r"key/kernel \(shape \(32, 2, 16\)\): apply_fn contracts its axes \[0\]"
+    ):
+        MaxPSpec(params, rules, apply_fn=model.apply, sample_input=x)
