@@ -217,7 +217,8 @@ def _paired_leaves(small: Any, large: Any) -> tuple[list[_Leaf], list[tuple[str,
         only_small, only_large = sorted(small_arrays - large_arrays), sorted(large_arrays - small_arrays)
         raise MaxPError(
             "the small and large params must be the same model at two widths, with the same leaf paths; "
-            f"only in the small params: {only_small[:5]}, only in the large: {only_large[:5]}"
+            f"only in the small params: {only_small[:5]}, only in the large: {only_large[:5]}. Build both "
+            "from one model class and config with only the width changed (same depth, same layers)"
         )
     leaves = []
     for index, (keypath, x) in enumerate(flat_large):

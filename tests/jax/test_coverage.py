@@ -4,6 +4,7 @@ every leaf's factor, each layer's init and where its alignment comes from."""
 
 import warnings
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,7 +96,6 @@ def test_describe_shows_bias_rates_init_and_where_each_alignment_comes_from() ->
 
 def test_a_kernel_that_splits_its_output_into_heads_is_refused_not_misread() -> None:
     """flax's DenseGeneral (in, heads, head_dim): read as dense its width would be the head count."""
-    import flax.linen as nn
 
     class Attention(nn.Module):
         @nn.compact
