@@ -100,6 +100,8 @@ class SolveBetweenSteps:
             on a due call, its update count is not ``updates_done`` or ``params`` is not a
             params pytree of the spec.
         """
+        if collections is not None:
+            self._resolver.current_collections({"maxp_collections": collections})  # refused if unexpected
         solving = self.due(updates_done) and updates_done != self._solved_at
         if solving:
             state = find_maxp_state(opt_state)

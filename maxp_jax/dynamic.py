@@ -184,6 +184,11 @@ class AlignmentResolver:
     """
 
     def __init__(self, spec: MaxPSpec, config: DynamicAlignment) -> None:
+        if config.resample_w0 and spec.base_width is not None:
+            raise MaxPError(
+                "resample_w0=True redraws maxP's own initial weights, but with base_width abc_init keeps the "
+                "params' own initialisation: use resample_w0=False (the initial weights are stored)"
+            )
         self.spec = spec
         self.config = config
         self.schedule = SolveSchedule(config.warmup_steps, config.solve_interval, config.stop_after)
@@ -224,9 +229,15 @@ class AlignmentResolver:
 
     def current_collections(self, extras: dict[str, Any]) -> Any:
         """The collections a measurement now runs with (refused when they are not given)."""
-        if self.config.collections is None:
-            return None
         current = extras.get("maxp_collections")
+        if self.config.collections is None:
+            if current is not None:
+                raise MaxPError(
+                    "maxp_collections (or SolveBetweenSteps' collections) were given, but this "
+                    "DynamicAlignment has none: give DynamicAlignment(..., collections=<the initial "
+                    "ones>) and an apply_fn(params, x, collections), or stop passing them"
+                )
+            return None
         if current is None:
             raise MaxPError(
                 "DynamicAlignment(collections=...) measures with the model's current collections (batch "

@@ -423,7 +423,10 @@ class MaxPSpec:
             shape = tuple(int(d) for d in np.shape(jax.tree_util.tree_leaves(self.params)[k]))
             if layer.layout == "embedding" or len(shape) < 2:
                 continue
-            axis_in, axis_out = (1, 0) if layer.layout == "torch" else (len(shape) - 2, len(shape) - 1)
+            stack = 1 if layer.stack_index is not None else 0  # a scan's layer axis comes first
+            axis_in, axis_out = (
+                (stack + 1, stack) if layer.layout == "torch" else (len(shape) - 2, len(shape) - 1)
+            )
             for use in products.get(k, []):
                 if use is None or (axis_in in use[0] and use[1] == {axis_out}):
                     continue

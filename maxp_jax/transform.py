@@ -148,6 +148,8 @@ def scale_by_maxp(
                     "scale_by_maxp with dynamic alignment needs params: update(updates, state, params)"
                 )
             extras = {k: extra_args.get(k) for k in ("maxp_inputs", "maxp_batch", "maxp_collections")}
+            if extras["maxp_collections"] is not None:
+                resolver.current_collections(extras)  # refused where the DynamicAlignment has none
             state = jax.lax.cond(
                 resolver.due(state.count),
                 lambda s, p: resolver.resolve(s, p, extras),

@@ -24,6 +24,12 @@ from maxp_torch.layers import TRANSPOSED
 INITIAL_DRAWS = "_maxp_initial_draws"
 
 
+#: With a base width: the attribute of a weight holding the factor it has been multiplied by
+#: since it was the model's own, so that another Parametrization of the same model (or one
+#: built again after a failed construction) brings it to its scale instead of scaling it twice.
+RESCALED = "_maxp_rescaled"
+
+
 class InitialWeights:
     """Draws (and redraws) the initial weights of a :class:`LayerSet`."""
 
@@ -31,8 +37,6 @@ class InitialWeights:
         self.layers = layers
         self.seed = seed
         self.std_prefactor = std_prefactor
-        #: With a base width: the factor each group's own weight has been multiplied by so far.
-        self.applied: dict[int, float] = {}
 
     def std(self, g: int) -> float:
         """Initial standard deviation of group ``g``'s weight: the smallest its layers ask for."""
@@ -100,6 +104,8 @@ class InitialWeights:
                 self.rescale(g, weight)
                 continue
             sharding.assign(weight, self.draw(g, weight))
+            if hasattr(weight, RESCALED):  # a fresh draw: nothing of an earlier base width's scale remains
+                delattr(weight, RESCALED)
             for j in members:
                 bias = getattr(layers.modules[layers.weighted[j]].inner, "bias", None)
                 if isinstance(bias, torch.Tensor):
@@ -118,13 +124,14 @@ class InitialWeights:
 
     def rescale(self, g: int, weight: torch.Tensor) -> None:
         """Bring group ``g``'s own weight to :meth:`scale` times its initial value (idempotent:
-        a second call, after the depth rule is known, corrects the first)."""
-        target, done = self.scale(g), self.applied.get(g, 1.0)
+        a second call, after the depth rule is known or by another Parametrization of the same
+        model, corrects the first, :data:`RESCALED`)."""
+        target, done = self.scale(g), float(getattr(weight, RESCALED, 1.0))
         if target == 0.0 or done == 0.0:
             weight.zero_()
         else:
             weight.mul_(target / done)
-        self.applied[g] = target
+        setattr(weight, RESCALED, target)
 
     def check_redraw(self, k: int) -> None:
         """``resample_w0`` redraws the initial weights: they must be what layer ``k`` holds now."""

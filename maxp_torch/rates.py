@@ -75,21 +75,34 @@ class LayerRates:
                 self._c_full = [solution.c[self.layers.names[k]] for k in self.layers.weighted]
         return self._c_full
 
+    def vector_owners(self, g: int) -> list[int]:
+        """The weighted layers of group ``g`` that hold biases or gains (of a tied weight, the
+        uses whose module has a bias: a readout's, not the embedding's)."""
+        layers = self.layers
+        return [
+            j
+            for j in layers.groups[g]
+            if any(
+                p is not layers.modules[layers.weighted[j]].weight
+                for p in layers.modules[layers.weighted[j]].parameters()
+            )
+        ]
+
     def vector_lr(self, g: int) -> float:
-        """The rate of group ``g``'s biases and gains: the smallest its layers ask for."""
+        """The rate of group ``g``'s biases and gains: the smallest the layers holding them ask for."""
         layers = self.layers
         return min(
             self.owner.lr_prefactor
             * float(layers.ratio(layers.weighted[j]) ** -self.vector_exponent(j))
             * layers.depth(layers.weighted[j])[1]
-            for j in layers.groups[g]
+            for j in self.vector_owners(g)
         )
 
     def vector_rates(self) -> list[float]:
         return [self.vector_lr(g) for g in self.vector_groups]
 
     def vector_exponents(self) -> list[float]:
-        return [self.vector_exponent(self.binding(g)) for g in self.vector_groups]
+        return [max(self.vector_exponent(j) for j in self.vector_owners(g)) for g in self.vector_groups]
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """One group per weight (``layer_name``, ``c``, ``fan_in``, ``maxp_managed``; a tied
@@ -131,8 +144,8 @@ class LayerRates:
                         "params": params,
                         "lr": lr,
                         WRITTEN: lr,
-                        "layer_name": f"{groups[g]['layer_name']}.bias",
-                        "c": self.vector_exponent(self.binding(g)),
+                        "layer_name": f"{layers.names[layers.weighted[self.vector_owners(g)[0]]]}.bias",
+                        "c": max(self.vector_exponent(j) for j in self.vector_owners(g)),
                         "maxp_managed": True,
                     }
                 )

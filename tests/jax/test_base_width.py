@@ -104,3 +104,33 @@ def test_the_numbers_are_pytorchs() -> None:
     np.testing.assert_allclose(scales, [spec.multiplier(layer.name) for layer in spec.layers], rtol=1e-12)
     torch_init = [param._initial.scale(g) for g in range(3)]
     np.testing.assert_allclose(torch_init, spec.init_scale(), rtol=1e-12)
+
+
+def test_resample_w0_cannot_redraw_the_users_own_init() -> None:
+    model, x, _, spec = setup(64, base_width=32)
+    dynamic = maxp_jax.DynamicAlignment(model.apply, x, resample_w0=True, init_key=jax.random.key(0))
+    with pytest.raises(MaxPError, match="resample_w0=False"):
+        maxp_jax.scale_by_maxp(spec, dynamic)
+
+
+def test_scanned_torch_layout_weights_are_read_after_their_layer_axis() -> None:
+    """(layers, out, in) kernels, as equinox stacks Linear layers for a scan."""
+    params = {
+        "inp": jnp.ones((32, 16)) / 4,
+        "blocks": jnp.ones((3, 32, 32)) / 32,
+        "out": jnp.ones((4, 32)) / 32,
+    }
+
+    def apply(p, x):
+        h, _ = jax.lax.scan(lambda h, w: (jnp.tanh(h @ w.T), None), x @ p["inp"].T, p["blocks"])
+        return h @ p["out"].T
+
+    rules = [
+        maxp_jax.Rule("inp", "embedding", layout="torch"),
+        maxp_jax.Rule("blocks", "hidden", layout="torch", stacked=True),
+        maxp_jax.Rule("out", "readout", layout="torch"),
+    ]
+    spec = maxp_jax.MaxPSpec(params, rules, apply_fn=apply, sample_input=jnp.ones((2, 16)))
+    assert [(layer.name, layer.width) for layer in spec.layers][1:4] == [
+        (f"blocks[{i}]", 32) for i in range(3)
+    ]

@@ -171,3 +171,16 @@ def test_an_nnx_model_measures_with_its_current_batch_stats() -> None:
         spec, DynamicAlignment(lambda p, sample: evaluate(p, sample, moved), x, in_step=False)
     ).measure(params, state)[0]
     np.testing.assert_allclose(measured, reference, rtol=1e-6)
+
+
+def test_collections_given_to_a_dynamic_alignment_without_them_are_refused() -> None:
+    model, x, spec, _, _, _, params, stats, _ = setup(in_step=False)
+
+    def evaluate(p, sample):
+        return model.apply({**p, "batch_stats": stats}, sample, train=False)
+
+    plain = DynamicAlignment(evaluate, x, warmup_steps=0, solve_interval=1, in_step=False)
+    tx = scale_by_maxp(spec, plain)
+    state = tx.init(params)
+    with pytest.raises(MaxPError, match="this DynamicAlignment has none"):
+        SolveBetweenSteps(spec, plain)(state, params, updates_done=0, collections=stats)

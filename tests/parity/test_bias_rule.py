@@ -104,3 +104,30 @@ def test_an_unknown_bias_rule_is_refused_in_both() -> None:
         Parametrization(mlp(64), rules=RULES, bias_rule="zero")
     with pytest.raises(MaxPError, match="bias_rule"):
         maxp_jax.MaxPSpec(MLP().init(jax.random.key(0), jnp.ones((1, 16))), JAX_RULES, bias_rule="zero")
+
+
+def test_a_tied_weight_gives_its_bias_the_rate_of_the_use_that_holds_it() -> None:
+    """GPT-style: the readout reuses the embedding table and has a bias; the embedding has none."""
+
+    class LM(nn.Module):
+        def __init__(self, tied: bool) -> None:
+            super().__init__()
+            self.emb, self.hid, self.head = nn.Embedding(40, 128), nn.Linear(128, 128), nn.Linear(128, 40)
+            if tied:
+                self.head.weight = self.emb.weight
+
+        def forward(self, ids):
+            return self.head(torch.relu(self.hid(self.emb(ids))))
+
+    rules = [Rule("emb", "embedding"), Rule("hid", "hidden"), Rule("head", "readout")]
+    ids = torch.randint(0, 40, (4, 8), generator=torch.Generator().manual_seed(0))
+    rates = {}
+    for tied in (True, False):
+        torch.manual_seed(0)
+        param = Parametrization(
+            LM(tied), rules=rules, lr_prefactor=1e-2, bias_rule="constant-input", sample_input=ids
+        )
+        rates[tied] = {
+            g["layer_name"]: g["lr"] for g in param.param_groups if g["layer_name"].endswith(".bias")
+        }
+    assert rates[True] == rates[False] == {"hid.bias": 1e-2, "head.bias": pytest.approx(1e-2 * 128**0.5)}

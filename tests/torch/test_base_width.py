@@ -208,3 +208,17 @@ def test_the_attention_scale_warning_gives_the_rate_a_base_width_gives() -> None
     assert "(n / n_base)^-c" in message
     assert f"lr {1e-3 * 4**-c:.2g} at lr_prefactor 0.001" in message  # 4 = 128 / 32, not 128
     assert param.base_width == 32
+
+
+def test_a_second_parametrization_of_the_same_model_does_not_scale_twice() -> None:
+    model = mlp(256)
+    plain = copy.deepcopy(model)
+    Parametrization(model, rules=RULES, base_width=64)
+    once = [p.detach().clone() for p in model.parameters()]
+    Parametrization(model, rules=RULES, base_width=64)  # e.g. built again after a failed try
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), once, strict=True))
+    torch.testing.assert_close(model[0].weight, plain[0].weight * 0.5, rtol=1e-6, atol=0)
+    Parametrization(model, rules=RULES)  # maxP's own draw, then a base width again: from that draw
+    drawn = model[0].weight.detach().clone()
+    Parametrization(model, rules=RULES, base_width=64)
+    torch.testing.assert_close(model[0].weight, drawn * 0.5, rtol=1e-6, atol=0)
