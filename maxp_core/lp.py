@@ -176,6 +176,7 @@ class Solution:
         missing = [name for name in self.c if name not in widths]
         if missing:
             raise MaxPError(f"learning_rates needs the width of every weighted node; missing {missing}")
+        lr_prefactor = validate.positive_number(lr_prefactor, "lr_prefactor")
         ratios = width_ratios({name: widths[name] for name in self.c}, base_width)
         return {name: lr_prefactor * ratios[name] ** -c for name, c in self.c.items()}
 

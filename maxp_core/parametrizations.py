@@ -78,7 +78,8 @@ class LayerExponents:
           >>> hidden.learning_rate(3e-3, width=1024, base_width=256)
           0.00075
         """
-        return lr_prefactor * _ratio(width, base_width) ** -self.c
+        prefactor = validate.positive_number(lr_prefactor, "lr_prefactor")
+        return prefactor * _ratio(width, base_width) ** -self.c
 
     def multiplier(self, width: float, base_width: float | None = None) -> float:
         """The output multiplier ``(width / base_width)^-a`` (``width^-a`` without a base width)."""

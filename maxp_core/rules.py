@@ -90,14 +90,14 @@ def assign_rules(
 
 
 def tied_disagreement(
-    names: Sequence[str], stds: Sequence[float], rates: Sequence[float], init: str = "init std"
+    names: Sequence[str], stds: Sequence[float], rates: Sequence[float], own_init: bool = False
 ) -> str | None:
     """What to tell the user when the uses of one tied weight ask for different numbers.
 
     A tied weight (an embedding table that is also the readout) is one parameter with one
     initial standard deviation and one learning rate; both adapters give it the smallest
     of what its uses ask for, which keeps every use stable. ``None`` when the uses agree.
-    ``init`` names the numbers in ``stds`` (with a base width: the scale of the model's own init).
+    ``own_init``: ``stds`` are the scales of the model's own init (with a base width).
 
     Examples:
       >>> print(tied_disagreement(["wte", "lm_head"], [1.0, 0.0625], [0.01, 0.01]))  # doctest: +ELLIPSIS
@@ -106,6 +106,7 @@ def tied_disagreement(
     if np.allclose(stds, stds[0]) and np.allclose(rates, rates[0]):
         return None
     listed = " and ".join(names)
+    init = "a scale of their own init of" if own_init else "init std"
     return (
         f"{listed} share one weight (tied); they ask for {init} {' and '.join(f'{s:.3g}' for s in stds)}, "
         f"learning rate {' and '.join(f'{r:.3g}' for r in rates)}, and the weight takes the smallest of "

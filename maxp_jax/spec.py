@@ -325,7 +325,7 @@ class MaxPSpec:
                 [self.layers[i].name for i in pair],
                 [stds[i] for i in pair],
                 [factors[i] for i in pair],
-                "init std" if self.base_width is None else "a scale of their own init of",
+                own_init=self.base_width is not None,
             )
             if message:
                 warn_user(
@@ -416,7 +416,7 @@ class MaxPSpec:
         from maxp_jax.width_rules import product_axes
 
         paths = [path_string(p) for p, _ in jax.tree_util.tree_flatten_with_path(self.params)[0]]
-        products = product_axes(self.apply_fn, self.params, self.sample_input)
+        products = product_axes(self.apply_fn, self.params, self.sample_input, self._jaxpr)
         position = {leaf_key(path): k for k, path in enumerate(paths)}
         for layer in self.layers:
             k = position[leaf_key(layer.weight_path)]

@@ -318,17 +318,19 @@ def _view(eqn: Any, position: int, ref: _Ref) -> _Ref | None:
 
 
 def product_axes(
-    apply_fn: Callable[[Any, Any], Any], params: Any, x: Any
+    apply_fn: Callable[[Any, Any], Any], params: Any, x: Any, closed: Any = None
 ) -> dict[int, list[tuple[frozenset[int], frozenset[int]] | None]]:
     """For each params leaf (by flat index) that ``apply_fn(params, x)`` multiplies: per
     product, ``(the leaf axes it contracts, the leaf axes it outputs)``, or ``None`` where a
-    reshape on the way hides them."""
-    return _trace(apply_fn, params, x, len(jax.tree_util.tree_leaves(params))).products
+    reshape on the way hides them. ``closed``: the jaxpr of that call, if already traced."""
+    return _trace(apply_fn, params, x, len(jax.tree_util.tree_leaves(params)), closed).products
 
 
-def _trace(apply_fn: Callable[[Any, Any], Any], params: Any, x: Any, n_leaves: int) -> _Uses:
+def _trace(
+    apply_fn: Callable[[Any, Any], Any], params: Any, x: Any, n_leaves: int, closed: Any = None
+) -> _Uses:
     """How the jaxpr of ``apply_fn(params, x)`` uses each of the ``n_leaves`` params leaves."""
-    closed = jax.make_jaxpr(apply_fn)(params, x)
+    closed = jax.make_jaxpr(apply_fn)(params, x) if closed is None else closed
     flat = jax.tree_util.tree_leaves(params)
     notes: list[Any] = [_Ref(k, tuple(range(len(leaf.shape)))) for k, leaf in enumerate(flat[:n_leaves])]
     notes += [None] * (len(closed.jaxpr.invars) - len(notes))

@@ -14,6 +14,7 @@ namespace, where ``OpGraph`` would clash with :class:`maxp_core.OpGraph`; readin
 from here still works and warns.
 """
 
+import importlib
 import warnings
 from typing import Any
 
@@ -59,43 +60,16 @@ __all__ = [
     "synthetic_graph",
 ]
 
-_PUBLISHED_ONLY = frozenset(
-    (
-        "ABCParametrization",
-        "ClassifiedOp",
-        "DagNode",
-        "LayerSnapshot",
-        "MergeType",
-        "OpGraph",
-        "StepTrace",
-        "TraceWindow",
-        "TracedOp",
-        "Tracer",
-        "classify",
-        "compute_alignment",
-        "compute_alignments_for_pms",
-        "find_c",
-        "find_c_adam",
-        "find_c_dag",
-        "find_c_dag_adam",
-        "find_c_dag_sgd",
-        "find_c_sgd",
-        "get_abc_parametrization",
-        "measure_activations",
-        "op_label",
-        "trace_forward",
-        "trace_pm_dag",
-    )
-)
-
 _WARNED: set[str] = set()
 
 
 def __getattr__(name: str) -> Any:
     """Forward the published maxP's own names to :mod:`maxp_torch.published`, with a warning."""
-    if name not in _PUBLISHED_ONLY:
+    if name.startswith("_") or name == "published":  # submodules and dunders: the import system's
         raise AttributeError(f"module 'maxp_torch' has no attribute {name!r}")
-    from maxp_torch import published
+    published = importlib.import_module("maxp_torch.published")
+    if name in __all__ or name not in published.__all__:  # only the published maxP's own names
+        raise AttributeError(f"module 'maxp_torch' has no attribute {name!r}")
 
     if name in _WARNED:  # `from maxp_torch import X` reads the name twice
         return getattr(published, name)

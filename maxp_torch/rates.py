@@ -31,6 +31,7 @@ class LayerRates:
         #: "constant-input"), in the order of those groups after the weights'.
         self.vector_groups: list[int] = []
         self._c_full: list[float] | None = None
+        self._owners: dict[int, list[int]] = {}
 
     def layer_lr(self, j: int) -> float:
         """The rate weighted layer ``j`` asks for."""
@@ -77,16 +78,16 @@ class LayerRates:
 
     def vector_owners(self, g: int) -> list[int]:
         """The weighted layers of group ``g`` that hold biases or gains (of a tied weight, the
-        uses whose module has a bias: a readout's, not the embedding's)."""
-        layers = self.layers
-        return [
-            j
-            for j in layers.groups[g]
-            if any(
-                p is not layers.modules[layers.weighted[j]].weight
-                for p in layers.modules[layers.weighted[j]].parameters()
-            )
-        ]
+        uses whose module has a bias: a readout's, not the embedding's); found once."""
+        if g not in self._owners:
+            members = self.layers.groups[g]
+            modules = [self.layers.modules[self.layers.weighted[j]] for j in members]
+            self._owners[g] = [
+                j
+                for j, module in zip(members, modules, strict=True)
+                if any(p is not module.weight for p in module.parameters())
+            ]
+        return self._owners[g]
 
     def vector_lr(self, g: int) -> float:
         """The rate of group ``g``'s biases and gains: the smallest the layers holding them ask for."""
@@ -180,8 +181,7 @@ class LayerRates:
                 for j in members
             ]
             lrs = [self.layer_lr(j) for j in members]
-            init = "init std" if layers.base_width is None else "a scale of their own init of"
-            message = tied_disagreement(names, stds, lrs, init)
+            message = tied_disagreement(names, stds, lrs, own_init=layers.base_width is not None)
             if message:
                 warn_user(message)
 
