@@ -305,21 +305,98 @@ def alignment_of_layers(
       >>> np.round(alignment_of_layers([layer(1.0), layer(-3.0)]).u, 6)   # dz = scale * ones
       array([1., 1.])
     """
-    if not layers:
-        raise MaxPError("alignment_of_layers needs at least one layer")
-    checked = [_layer_rows(index, layer, xp) for index, layer in enumerate(layers)]
-    n = _check_fan_in(fan_in, checked[0][0])
     if mode not in MODES:
         raise MaxPError(f"unknown alignment mode {mode!r}; expected one of {list(MODES)}")
-    if mode != "rms" or n < 2:
-        per_layer = []
-        for z0, z, w0, w in checked:
-            pairs = ((z0, w - w0), (z - z0, w0), (z - z0, w - w0))
-            per_layer.append([xp.asarray(alignment(x, y, mode, n, xp)) for x, y in pairs])
-        return Alignment(*(xp.stack([row[j] for row in per_layer]) for j in range(3)))
-    parts: list[tuple[Any, ...]] = []
+    if mode == "rms":
+        return measure_layers(layers, fan_in, xp)[0]
+    checked = _checked_layers(layers, xp)
+    n = _check_fan_in(fan_in, checked[0][0])
+    per_layer = []
+    for z0, z, w0, w in checked:
+        pairs = ((z0, w - w0), (z - z0, w0), (z - z0, w - w0))
+        per_layer.append([xp.asarray(alignment(x, y, mode, n, xp)) for x, y in pairs])
+    return Alignment(*(xp.stack([row[j] for row in per_layer]) for j in range(3)))
+
+
+def measure_layers(
+    layers: Sequence[tuple[Any, Any, Any, Any]],
+    fan_in: int | None = None,
+    xp: ModuleType = np,
+    initial_norms: Sequence[Any] | None = None,
+    fan_in_first: bool = False,
+) -> tuple[Alignment, Any]:
+    """RMS-mode :func:`alignment_of_layers`, and whether each layer's weight change is finite.
+
+    The second result (``(len(layers),)`` booleans) comes off the weight change's RMS that the
+    alignments need anyway: a weight that holds NaN or inf, where the initial one does not,
+    is flagged without another pass over it. ``initial_norms`` (one :func:`weight_norms` of each
+    layer's ``w0``) are what the initial weights always give: computed once at initialisation,
+    they spare two passes over every initial weight per measurement. ``fan_in_first`` takes
+    the weights as ``(fan_in, out)``, the layout of a flax ``Dense`` kernel, which a transpose
+    would copy.
+
+    Examples:
+      >>> import numpy as np
+      >>> rng = np.random.default_rng(0)
+      >>> z0, w0 = rng.standard_normal((8, 64)), rng.standard_normal((16, 64))
+      >>> nan_weight = w0.copy(); nan_weight[3, 5] = np.nan
+      >>> measure_layers([(z0, z0 + 1, w0, w0 + 1), (z0, z0 + 1, w0, nan_weight)])[1].tolist()
+      [True, False]
+    """
+    checked = _checked_layers(layers, xp, fan_in_first)
+    n = _check_fan_in(fan_in, checked[0][0])
+    if n < 2:
+        nan = xp.full((len(checked),), math.nan)
+        dw_norms = [_rms(w - w0, xp) for _, _, w0, w in checked]
+        return Alignment(nan, nan, nan), xp.isfinite(xp.stack(dw_norms))
+    if initial_norms is not None and len(initial_norms) != len(checked):
+        raise MaxPError(
+            f"measure_layers: {len(initial_norms)} initial_norms for {len(checked)} layers; give one "
+            "weight_norms(w0) per layer"
+        )
+    parts = [
+        _products(
+            *layer,
+            xp,
+            initial_norms=None if initial_norms is None else initial_norms[k],
+            fan_in_first=fan_in_first,
+        )
+        for k, layer in enumerate(checked)
+    ]
+    products = tuple(xp.stack(list(group)) for group in zip(*parts, strict=True))
+    return _from_products(products, n, xp), xp.isfinite(products[4])
+
+
+def weight_norms(w0: Any, xp: ModuleType = np) -> Any:
+    """What the measurement reads of an initial weight ``(out, fan_in)`` (or a stack of them):
+    ``[power of two, RMS after it]``, shape ``(..., 2)``, for :func:`measure_layers`.
+
+    The power of two brings the weight's largest entry into ``[1, 2)`` (:func:`_unit_scale`);
+    the RMS is taken of the scaled weight, so neither overflows at any magnitude.
+
+    Examples:
+      >>> weight_norms(np.full((4, 4), 3.0)).tolist()   # scaled by 1/2: every entry 1.5
+      [0.5, 1.5]
+    """
+    w0 = xp.asarray(w0)
+    if xp is np:  # float64, as every numpy measurement
+        w0 = _rows(w0, xp, "initial weight").reshape(w0.shape)
+    if math.prod(w0.shape) == 0:
+        factor = xp.ones_like(_rms(w0, xp))[..., None, None]
+    else:
+        factor = _scale_factor(w0, xp, (-2, -1))
+    return xp.stack([factor[..., 0, 0], _rms(w0 * factor, xp)], axis=-1)
+
+
+def _checked_layers(
+    layers: Sequence[tuple[Any, Any, Any, Any]], xp: ModuleType, fan_in_first: bool = False
+) -> list[tuple[Any, ...]]:
+    """Every layer's ``(z0, z, w0, w)`` as rows, all layers of the shapes of the first."""
+    if not layers:
+        raise MaxPError("alignment_of_layers needs at least one layer")
+    checked = [_layer_rows(index, layer, xp, fan_in_first) for index, layer in enumerate(layers)]
     first = (tuple(checked[0][0].shape), tuple(checked[0][3].shape))
-    for index, (z0, z, w0, w) in enumerate(checked):
+    for index, (z0, _, _, w) in enumerate(checked):
         shapes = (tuple(z0.shape), tuple(w.shape))
         if shapes != first:
             raise MaxPError(
@@ -327,8 +404,7 @@ def alignment_of_layers(
                 f"but layer 0 has {first[0]} and {first[1]}; measure only equally shaped layers "
                 "together (groups_of_equal_shape)"
             )
-        parts.append(_products(z0, z, w0, w, xp))
-    return _from_products(tuple(xp.stack(list(group)) for group in zip(*parts, strict=True)), n, xp)
+    return checked
 
 
 def alignment_of_stacks(
@@ -368,11 +444,22 @@ def alignment_of_stacks(
     return _from_products(_products(z0, z, w0, w, xp, scratch), n, xp)
 
 
-def _products(z0: Any, z: Any, w0: Any, w: Any, xp: ModuleType, scratch: bool = False) -> tuple[Any, ...]:
+def _products(
+    z0: Any,
+    z: Any,
+    w0: Any,
+    w: Any,
+    xp: ModuleType,
+    scratch: bool = False,
+    initial_norms: Any = None,
+    fan_in_first: bool = False,
+) -> tuple[Any, ...]:
     """What the three rms alignments reduce, for one layer or a stack of them.
 
     ``(z0, dz, [z0; dz] @ dW.T, dz @ W0.T, rms(dW), rms(W0))``, each factor scaled to unit
     peak first (:func:`_unit_scale`); with ``scratch`` the inputs are overwritten.
+    ``initial_norms`` is :func:`weight_norms` of ``w0``, when known; ``fan_in_first``: the
+    weights are ``(fan_in, out)`` (not with ``scratch``).
     """
     if scratch:
         z -= z0
@@ -389,13 +476,18 @@ def _products(z0: Any, z: Any, w0: Any, w: Any, xp: ModuleType, scratch: bool = 
     # (s x) @ y.T = x @ (s y).T exactly, and no scaled copy of a weight is made; the RMS
     # takes the scaled weight inside its reduction, which a compiler fuses into one pass.
     if math.prod(dw.shape) == 0:
-        f_dw = f_w0 = xp.ones_like(_rms(dw, xp))[..., None, None]
+        f_dw = xp.ones_like(_rms(dw, xp))[..., None, None]
     else:
-        f_dw, f_w0 = _scale_factor(dw, xp, (-2, -1)), _scale_factor(w0, xp, (-2, -1))
+        f_dw = _scale_factor(dw, xp, (-2, -1))
+    if initial_norms is None:
+        initial_norms = weight_norms(w0, xp)
+    f_w0, rms_w0 = initial_norms[..., 0, None, None], initial_norms[..., 1]
     # One product of the stacked rows with dW serves alpha and u.
-    both = (xp.concatenate([z0, dz], axis=-2) * f_dw) @ xp.swapaxes(dw, -1, -2)
-    omega = (dz * f_w0) @ xp.swapaxes(w0, -1, -2)
-    return z0, dz, both, omega, _rms(dw * f_dw, xp), _rms(w0 * f_w0, xp)
+    if not fan_in_first:
+        dw, w0 = xp.swapaxes(dw, -1, -2), xp.swapaxes(w0, -1, -2)
+    both = (xp.concatenate([z0, dz], axis=-2) * f_dw) @ dw
+    omega = (dz * f_w0) @ w0
+    return z0, dz, both, omega, _rms(dw * f_dw, xp), rms_w0
 
 
 def _from_products(products: tuple[Any, ...], n: int, xp: ModuleType) -> Alignment:
@@ -409,8 +501,11 @@ def _from_products(products: tuple[Any, ...], n: int, xp: ModuleType) -> Alignme
     )
 
 
-def _layer_rows(index: int, layer: Any, xp: ModuleType) -> tuple[Any, Any, Any, Any]:
-    """``(z0, z, w0, w)`` of one layer as rows, with shapes that fit together."""
+def _layer_rows(
+    index: int, layer: Any, xp: ModuleType, fan_in_first: bool = False
+) -> tuple[Any, Any, Any, Any]:
+    """``(z0, z, w0, w)`` of one layer as rows, with shapes that fit together (weights
+    ``(out, fan_in)``, or ``(fan_in, out)`` with ``fan_in_first``)."""
     if not isinstance(layer, tuple | list) or len(layer) != 4:
         raise MaxPError(
             f"alignment: layer {index} must be a (z0, z, w0, w) tuple, got {type(layer).__name__}"
@@ -419,11 +514,13 @@ def _layer_rows(index: int, layer: Any, xp: ModuleType) -> tuple[Any, Any, Any, 
         _rows(v, xp, what)
         for v, what in zip(layer, ("initial input", "input", "initial weight", "weight"), strict=True)
     )
-    if tuple(z0.shape) != tuple(z.shape) or tuple(w0.shape) != tuple(w.shape) or z.shape[-1] != w.shape[-1]:
+    contracted = w.shape[0] if fan_in_first else w.shape[-1]
+    if tuple(z0.shape) != tuple(z.shape) or tuple(w0.shape) != tuple(w.shape) or z.shape[-1] != contracted:
+        layout = "(fan_in, out)" if fan_in_first else "(out, fan_in)"
         raise MaxPError(
             f"alignment: layer {index} has inputs {tuple(z0.shape)} then {tuple(z.shape)} and weights "
             f"{tuple(w0.shape)} then {tuple(w.shape)}; the initial and current inputs must match, "
-            "as must the weights, and the inputs' last axis must be the weights' fan_in (out, fan_in)"
+            f"as must the weights, and the inputs' last axis must be the weights' fan_in {layout}"
         )
     return z0, z, w0, w
 

@@ -330,12 +330,24 @@ class LayerInputs:
         return _as_rows(x, use.input_contract)
 
     def weight_matrices(self, params: Any) -> dict[int, jax.Array]:
-        """Each measured layer's weight as ``(out, fan_in)`` (the contracted axes last)."""
+        """Each measured layer's weight as ``(out, fan_in)`` (the contracted axes last), or as
+        ``(fan_in, out)`` where :meth:`fan_in_first` says so: a kernel whose contracted axes
+        come first (flax ``Dense``) is only reshaped, as a transpose would copy it."""
         by_key = {leaf_key(path_string(p)): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
         layers = self.spec.layers
         weights = {i: layers[i].weight_of(by_key[leaf_key(layers[i].weight_path)]) for i in self.measured}
         matrices = {}
         for i, w in weights.items():
             conv = self.uses[i].conv
-            matrices[i] = _as_rows(w, self.uses[i].weight_contract) if conv is None else conv.matrix(w)
+            if conv is not None:
+                matrices[i] = conv.matrix(w)
+            elif self.fan_in_first(i):
+                matrices[i] = w.reshape(self.spec.layers[i].fan_in, -1)
+            else:
+                matrices[i] = _as_rows(w, self.uses[i].weight_contract)
         return matrices
+
+    def fan_in_first(self, i: int) -> bool:
+        """Whether :meth:`weight_matrices` gives layer ``i``'s weight as ``(fan_in, out)``."""
+        use = self.uses[i]
+        return use.conv is None and use.weight_contract == tuple(range(len(use.weight_contract)))

@@ -23,7 +23,7 @@ from maxp_core import (
     validate,
     warn_user,
 )
-from maxp_core.alignment import MODES, AlignmentMode
+from maxp_core.alignment import MODES, AlignmentMode, measure_layers, weight_norms
 from maxp_jax.capture import LayerInputs
 from maxp_jax.spec import MaxPSpec, leaf_key, path_string
 
@@ -277,6 +277,12 @@ class AlignmentResolver:
         weights = layer_inputs.weight_matrices(params)
         return z0, tuple(jnp.copy(weights[i]) for i in layer_inputs.measured), ()
 
+    def initial_norms(self, w0: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        """:func:`maxp_core.alignment.weight_norms` of each stored initial weight (one program)."""
+        if self.config.mode != "rms" or not w0:
+            return ()
+        return tuple(jax.jit(lambda ws: [weight_norms(w, jnp) for w in ws])(w0))
+
     def _initial_weights(self, params: Any, state: Any) -> tuple[jax.Array, ...]:
         layer_inputs = self.layer_inputs(params)
         if self.config.resample_w0:
@@ -350,25 +356,51 @@ class AlignmentResolver:
         ]
 
         def shape_of(i: int) -> tuple[Any, ...]:
-            return (rows[i].shape, weights[i].shape, self.spec.layers[i].fan_in, weights[i].dtype)
+            layer = self.spec.layers[i]
+            return (
+                rows[i].shape,
+                weights[i].shape,
+                layer.fan_in,
+                weights[i].dtype,
+                layer_inputs.fan_in_first(i),
+            )
 
         out = state.alignment
+        finite_weights: dict[int, jax.Array] = {}
         for group in groups_of_equal_shape(measured, shape_of):
-            al = alignment_of_layers(
-                [(z0[position[i]], rows[i], initial[position[i]], weights[i]) for i in group],
-                cast(AlignmentMode, self.config.mode),
-                self.spec.layers[group[0]].fan_in,
-                xp=jnp,
-            )
+            layers = [(z0[position[i]], rows[i], initial[position[i]], weights[i]) for i in group]
+            fan_in = self.spec.layers[group[0]].fan_in
+            if self.config.mode == "rms":
+                norms = [state.w0_norms[position[i]] for i in group] if state.w0_norms else None
+                al, finite = measure_layers(layers, fan_in, jnp, norms, layer_inputs.fan_in_first(group[0]))
+                # A finite weight change of a finite initial weight: the weight is finite.
+                finite_weights.update({i: finite[k] for k, i in enumerate(group)})
+            else:
+                mode = cast(AlignmentMode, self.config.mode)
+                out_first = [self._out_first(i, layer) for i, layer in zip(group, layers, strict=True)]
+                al = alignment_of_layers(out_first, mode, fan_in, xp=jnp)
             out = out.at[jnp.asarray(group)].set(jnp.stack(list(al), axis=1).astype(out.dtype))
-        return out, self._nonfinite(params, finite_inputs)
+        return out, self._nonfinite(params, finite_inputs, finite_weights)
 
-    def _nonfinite(self, params: Any, finite_inputs: dict[int, jax.Array]) -> jax.Array:
-        """``(layers,)``: the layer's weight or its inputs hold NaN or inf."""
+    def _out_first(self, i: int, layer: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        """``(z0, z, w0, w)`` of layer ``i`` with the weights ``(out, fan_in)``."""
+        assert self.inputs is not None
+        if not self.inputs.fan_in_first(i):
+            return layer
+        z0, z, w0, w = layer
+        return z0, z, w0.T, w.T
+
+    def _nonfinite(
+        self, params: Any, finite_inputs: dict[int, jax.Array], finite_weights: dict[int, jax.Array]
+    ) -> jax.Array:
+        """``(layers,)``: the layer's weight or its inputs hold NaN or inf. ``finite_weights``
+        holds what the measurement already knows; the other weights are read here."""
         leaves = {leaf_key(path_string(p)): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
         flags = []
         for i, layer in enumerate(self.spec.layers):
-            finite = _all_finite(layer.weight_of(leaves[leaf_key(layer.weight_path)]))
+            finite = finite_weights.get(i)
+            if finite is None:
+                finite = _all_finite(layer.weight_of(leaves[leaf_key(layer.weight_path)]))
             if i in finite_inputs:
                 finite = finite & finite_inputs[i]
             flags.append(~finite)

@@ -27,6 +27,8 @@ class ScaleByMaxPState(NamedTuple):
       alignment: ``(layers, 3)`` float32 ``(alpha, omega, u)`` the last re-solve used
         (the presets or a rule's ``alignment`` before any).
       z0, w0, params0: what the state keeps of the initial model for dynamic re-solves.
+      w0_norms: with ``w0``, each one's power of two and RMS (``maxp_core.alignment.weight_norms``),
+        which never change and are read by every measurement.
       solves: re-solves that gave new factors.
       failures: re-solves that kept the last factors: the weights or inputs of a layer were
         not finite (NaN or inf), or the LP had no answer.
@@ -42,6 +44,7 @@ class ScaleByMaxPState(NamedTuple):
     z0: tuple[jax.Array, ...]  # each measured layer's input at init, (rows, fan_in)
     w0: tuple[jax.Array, ...]  # each measured layer's weight at init, (out, fan_in); () with resample_w0
     params0: Any  # the initial params with use_training_activations, else ()
+    w0_norms: tuple[jax.Array, ...]  # (2,) per entry of w0: its power of two and RMS
     solves: jax.Array
     failures: jax.Array
     missing: jax.Array
@@ -121,9 +124,11 @@ def scale_by_maxp(
         z0: tuple[jax.Array, ...] = ()
         w0: tuple[jax.Array, ...] = ()
         params0: Any = ()
+        w0_norms: tuple[jax.Array, ...] = ()
         if resolver is not None:
             _refuse_masked(params)
             z0, w0, params0 = resolver.capture_initial(params)
+            w0_norms = resolver.initial_norms(w0)
         return ScaleByMaxPState(
             count=jnp.zeros([], jnp.int32),
             factors=jnp.asarray(initial_factors, dtype=FACTOR_DTYPE),
@@ -132,6 +137,7 @@ def scale_by_maxp(
             z0=z0,
             w0=w0,
             params0=params0,
+            w0_norms=w0_norms,
             solves=jnp.zeros([], jnp.int32),
             failures=jnp.zeros([], jnp.int32),
             missing=jnp.zeros([], jnp.int32),

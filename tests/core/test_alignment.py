@@ -16,7 +16,7 @@ from maxp_core import (
     log_rms_alignment,
     spectral_alignment,
 )
-from maxp_core.alignment import sanitize
+from maxp_core.alignment import measure_layers, sanitize, weight_norms
 
 RNG = np.random.default_rng(1234)
 
@@ -228,3 +228,60 @@ def test_perfectly_aligned_float32_layers_measure_one_at_extreme_scales(framewor
     w0 = xp.asarray((np.outer(rng.standard_normal(16), v) * scale).astype(np.float32))
     measured = alignment_of_layers([(z0, 3 * z0, w0, 4 * w0)], xp=xp)
     assert [float(a[0]) for a in measured] == pytest.approx([1.0, 1.0, 1.0], abs=1e-5)
+
+
+def _float32_layers(scale: float, count: int = 2) -> list[tuple[np.ndarray, ...]]:
+    rng = np.random.default_rng(5)
+    layers = []
+    for _ in range(count):
+        z0, w0 = rng.standard_normal((6, 48)), rng.standard_normal((20, 48))
+        dz, dw = 0.3 * rng.standard_normal((6, 48)), 0.1 * rng.standard_normal((20, 48)) + 0.05
+        layers.append(tuple((v * scale).astype(np.float32) for v in (z0, z0 + dz, w0, w0 + dw)))
+    return layers
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e17, 1e-30])
+@pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
+def test_initial_norms_and_fan_in_first_weights_measure_what_alignment_of_layers_does(
+    framework: str, scale: float
+) -> None:
+    """The two shortcuts of measure_layers, initial weights' norms computed once and weights
+    given (fan_in, out), change no number, near float32's overflow and underflow too."""
+    xp = array_module(framework)
+    layers = _float32_layers(scale)
+    reference = np.array(
+        alignment_of_layers([tuple(xp.asarray(v) for v in layer) for layer in layers], xp=xp)
+    )
+    norms = [weight_norms(xp.asarray(w0), xp) for _, _, w0, _ in layers]
+    transposed = [tuple(xp.asarray(v) for v in (z0, z, w0.T, w.T)) for z0, z, w0, w in layers]
+    for given, fan_in_first in (
+        ([tuple(xp.asarray(v) for v in layer) for layer in layers], False),
+        (transposed, True),
+    ):
+        for initial_norms in (None, norms):
+            al, finite = measure_layers(given, xp=xp, initial_norms=initial_norms, fan_in_first=fan_in_first)
+            np.testing.assert_allclose(np.array(al), reference, atol=2e-6)
+            assert np.asarray(finite).tolist() == [True, True]
+    assert np.isfinite(reference).all() and (reference > 0.05).all()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
+def test_a_non_finite_weight_is_flagged_by_the_measurement_itself(framework: str, bad: float) -> None:
+    xp = array_module(framework)
+    layers = _float32_layers(1.0, count=3)
+    z0, z, w0, w = layers[1]
+    w = w.copy()
+    w[7, 11] = bad
+    layers[1] = (z0, z, w0, w)
+    _, finite = measure_layers([tuple(xp.asarray(v) for v in layer) for layer in layers], xp=xp)
+    assert np.asarray(finite).tolist() == [True, False, True]
+
+
+def test_weight_norms_are_a_power_of_two_and_the_rms_after_it() -> None:
+    w = np.array([[3.0, -5.0], [0.5, 1.0]])  # peak 5: scaled by 1/4 into [1, 2)
+    np.testing.assert_array_equal(weight_norms(w), [0.25, 0.25 * math.sqrt((9 + 25 + 0.25 + 1) / 4)])
+    stack = weight_norms(np.stack([w, 2.0**-1000 * w, np.zeros((2, 2))]))
+    assert stack.shape == (3, 2)
+    np.testing.assert_array_equal(stack[1], [0.25 * 2.0**1000, stack[0][1]])  # exact at any magnitude
+    np.testing.assert_array_equal(stack[2], [0.0, 0.0])  # no information: the RMS is 0

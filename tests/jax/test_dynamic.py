@@ -13,6 +13,7 @@ from flax import nnx
 
 import maxp_jax
 from maxp_core import InfeasibleError, MaxPError, MaxPWarning, StabilityLP, alignment, layer_alignment
+from maxp_core.alignment import weight_norms
 from maxp_jax import DynamicAlignment, LayerInputs, MaxPSpec, Rule, find_maxp_state, scale_by_maxp
 from tests.jax.models import mlp_and_spec
 from tests.jax.test_transform import batch, loss_fn
@@ -62,7 +63,8 @@ def test_captured_inputs_of_a_plain_jax_function() -> None:
     np.testing.assert_allclose(inputs[2], h2, rtol=1e-6)
     weights = capture.weight_matrices(params)
     np.testing.assert_array_equal(weights[1], params["w2"])  # already (out, in)
-    np.testing.assert_array_equal(weights[2], params["w3"].T)
+    np.testing.assert_array_equal(weights[2], params["w3"])  # (in, out): kept so, not copied
+    assert not capture.fan_in_first(1) and capture.fan_in_first(2)
 
 
 def test_captured_inputs_of_an_nnx_model() -> None:
@@ -151,6 +153,10 @@ def test_first_resolve_equals_core_lp_on_numpy_alignments() -> None:
     np.testing.assert_allclose(np.asarray(state.alignment)[1:], measured[1:], atol=2e-5)
     np.testing.assert_allclose(np.asarray(state.alignment)[0], [1.0, 0.5, 1.0])  # embedding: preset kept
     assert int(state.missing) == 0  # the embedding is not measured: the LP does not use it
+    # What every measurement reads of the initial weights was taken once, at init.
+    for i, norms in enumerate(state.w0_norms):
+        kernel = np.asarray(params["params"][f"Dense_{i}"]["kernel"], np.float64)
+        np.testing.assert_allclose(np.asarray(norms), weight_norms(kernel), rtol=1e-6)
     used = np.vstack([[1.0, 0.5, 1.0], measured[1:]])
     expected = StabilityLP(spec.graph, "adam").solve(alpha=used[:, 0], omega=used[:, 1], u=used[:, 2])
     np.testing.assert_allclose(np.asarray(state.c), list(expected.c.values()), atol=1e-4)
@@ -201,7 +207,7 @@ def test_resample_w0_gives_the_same_resolve() -> None:
         tx = optax.chain(optax.scale_by_adam(), scale_by_maxp(spec, dyn), optax.scale_by_learning_rate(0.02))
         _, state, _ = _train(model, params, tx, 5, x, y)
         ms = find_maxp_state(state)
-        assert (len(ms.w0) == 0) == resample
+        assert (len(ms.w0) == 0) == resample and len(ms.w0_norms) == len(ms.w0)
         results.append(np.asarray(ms.c))
     np.testing.assert_allclose(results[0], results[1], atol=1e-6)
 
