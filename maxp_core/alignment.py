@@ -61,6 +61,16 @@ AlignmentMode = Literal["rms", "spectral"]
 MODES: tuple[str, ...] = ("rms", "spectral")
 
 
+class _Products(NamedTuple):
+    """What the three rms alignments of a layer (or a stack of layers) reduce."""
+
+    rows: Any  # [z0; dz], each row scaled to unit peak
+    both: Any  # rows @ dW.T: alpha's product, then u's
+    omega: Any  # dz @ W0.T
+    rms_dw: Any  # of dW scaled to unit peak
+    rms_w0: Any  # of W0 scaled to unit peak
+
+
 class Alignment(NamedTuple):
     """The three alignments of a layer: floats, or arrays of one entry per layer from
     :func:`alignment_of_layers`."""
@@ -187,26 +197,35 @@ def log_rms_alignment(x: Any, y: Any, fan_in: int | None = None, xp: ModuleType 
     n = _check_fan_in(fan_in, xr)
     if n < 2:
         return _scalar(math.nan, xp)
-    return _scalar(_log_rms_of_product(xr, _rms(ym, xp), xr @ ym.T, n, xp), xp)
+    return _scalar(_log_rms_of_product(_row_rms(xr, xp), _rms(ym, xp), xr @ ym.T, n, xp), xp)
 
 
-def _log_rms_of_product(xr: Any, rms_y: Any, product: Any, n: int, xp: ModuleType) -> Any:
-    """The log-RMS alignment given the rows ``xr``, ``rms(y)`` and ``xr @ y.T``.
+def _log_rms_of_product(rms_x: Any, rms_y: Any, product: Any, n: int, xp: ModuleType) -> Any:
+    """The log-RMS alignment given each row's ``rms(x)``, ``rms(y)`` and ``x @ y.T``.
 
-    Leading axes are a stack of layers: ``xr`` is ``(..., rows, n)``, ``rms_y`` is ``(...)`` and
-    ``product`` is ``(..., rows, out)``; the result is ``(...)``.
+    Leading axes are a stack of layers: ``rms_x`` is ``(..., rows)``, ``rms_y`` is ``(...)`` and
+    ``product`` is ``(..., rows, out)``; the result is ``(...)``. Both factors come scaled to
+    unit peak, so their product neither overflows nor underflows.
     """
-    usable_y = (xp.isfinite(rms_y) & (rms_y > 0))[..., None]
-    rms_p = xp.sqrt(xp.mean(product * product, axis=-1))
-    rms_x = xp.sqrt(xp.mean(xr * xr, axis=-1))
-    usable = usable_y & xp.isfinite(rms_x) & (rms_x > 0) & xp.isfinite(rms_p)
+    rms_p = _row_rms(product, xp)
+    scale = rms_x * rms_y[..., None]
+    usable = xp.isfinite(scale) & (scale > 0) & xp.isfinite(rms_p)
+    kept = usable & (rms_p > 0)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        values = (xp.log(rms_p) - xp.log(rms_x * rms_y[..., None])) / np.log(n)
-    value = _masked_mean(values, usable & (rms_p > 0), xp)
-    # Usable rows whose products all cancel exactly: the term does not grow, alignment 0.
-    cancelled = (xp.sum(usable, axis=-1) > 0) & xp.isnan(value)
-    value = xp.where(cancelled, xp.zeros_like(value), value)
-    return xp.clip(value, 0.0, 1.0)
+        values = (xp.log(rms_p) - xp.log(scale)) / np.log(n)
+    count = xp.sum(kept, axis=-1)
+    mean = xp.sum(xp.where(kept, values, 0.0), axis=-1) / xp.clip(count, 1, None)
+    # Usable rows whose products all cancel exactly: the term does not grow, alignment 0; no
+    # usable row: missing.
+    nothing = xp.where(xp.any(usable, axis=-1), 0.0, math.nan)
+    return xp.clip(xp.where(count > 0, mean, nothing), 0.0, 1.0)
+
+
+def _row_rms(x: Any, xp: ModuleType) -> Any:
+    """RMS over the last axis."""
+    if _is_torch(xp):
+        return xp.linalg.vector_norm(x, dim=-1) / math.sqrt(max(1, x.shape[-1]))
+    return xp.sqrt(xp.mean(x * x, axis=-1))
 
 
 def _rms(y: Any, xp: ModuleType) -> Any:
@@ -363,8 +382,8 @@ def measure_layers(
         )
         for k, layer in enumerate(checked)
     ]
-    products = tuple(xp.stack(list(group)) for group in zip(*parts, strict=True))
-    return _from_products(products, n, xp), xp.isfinite(products[4])
+    products = _Products(*(xp.stack(list(group)) for group in zip(*parts, strict=True)))
+    return _from_products(products, n, xp), xp.isfinite(products.rms_dw)
 
 
 def weight_norms(w0: Any, xp: ModuleType = np) -> Any:
@@ -390,7 +409,7 @@ def weight_norms(w0: Any, xp: ModuleType = np) -> Any:
 
 def _checked_layers(
     layers: Sequence[tuple[Any, Any, Any, Any]], xp: ModuleType, fan_in_first: bool = False
-) -> list[tuple[Any, ...]]:
+) -> list[tuple[Any, Any, Any, Any]]:
     """Every layer's ``(z0, z, w0, w)`` as rows, all layers of the shapes of the first."""
     if not layers:
         raise MaxPError("alignment_of_layers needs at least one layer")
@@ -429,6 +448,31 @@ def alignment_of_stacks(
       >>> np.round(alignment_of_stacks(z0, z0 + 1.0, w0, w0 + dw).u, 6)   # dz and dW along ones
       array([1., 1.])
     """
+    return measure_stacks(z0, z, w0, w, fan_in, xp, scratch)[0]
+
+
+def measure_stacks(
+    z0: Any,
+    z: Any,
+    w0: Any,
+    w: Any,
+    fan_in: int | None = None,
+    xp: ModuleType = np,
+    scratch: bool = False,
+    initial_norms: Any = None,
+) -> tuple[Alignment, Any]:
+    """:func:`alignment_of_stacks`, and whether each layer's weight change is finite.
+
+    As :func:`measure_layers` for stacked arrays: the flags come off the RMS of the weight
+    change, and ``initial_norms`` (``(layers, 2)``, :func:`weight_norms` of ``w0``) spare
+    the passes over the initial weights.
+
+    Examples:
+      >>> import numpy as np
+      >>> w0 = np.ones((2, 3, 4)); w = w0.copy(); w[1, 0, 0] = np.inf
+      >>> measure_stacks(np.ones((2, 5, 4)), np.full((2, 5, 4), 2.0), w0, w)[1].tolist()
+      [True, False]
+    """
     z0, z, w0, w = (xp.asarray(v) for v in (z0, z, w0, w))
     if z0.ndim != 3 or w0.ndim != 3 or z0.shape != z.shape or w0.shape != w.shape:
         raise MaxPError(
@@ -440,8 +484,9 @@ def alignment_of_stacks(
     n = _check_fan_in(fan_in, z0)
     if n < 2:
         nan = xp.full_like(_rms(w0, xp), math.nan)
-        return Alignment(nan, nan, nan)
-    return _from_products(_products(z0, z, w0, w, xp, scratch), n, xp)
+        return Alignment(nan, nan, nan), xp.isfinite(_rms(w - w0, xp))
+    products = _products(z0, z, w0, w, xp, scratch, initial_norms)
+    return _from_products(products, n, xp), xp.isfinite(products.rms_dw)
 
 
 def _products(
@@ -453,25 +498,30 @@ def _products(
     scratch: bool = False,
     initial_norms: Any = None,
     fan_in_first: bool = False,
-) -> tuple[Any, ...]:
-    """What the three rms alignments reduce, for one layer or a stack of them.
-
-    ``(z0, dz, [z0; dz] @ dW.T, dz @ W0.T, rms(dW), rms(W0))``, each factor scaled to unit
-    peak first (:func:`_unit_scale`); with ``scratch`` the inputs are overwritten.
+) -> _Products:
+    """What the three rms alignments reduce, for one layer or a stack of them: each factor
+    scaled to unit peak first (:func:`_unit_scale`); with ``scratch`` the inputs are overwritten.
     ``initial_norms`` is :func:`weight_norms` of ``w0``, when known; ``fan_in_first``: the
     weights are ``(fan_in, out)`` (not with ``scratch``).
     """
+    rows = z0.shape[-2]
     if scratch:
         z -= z0
         w -= w0
         dz, dw = z, w
     else:
         dz, dw = z - z0, w - w0
-    z0, dz = _unit_scale(z0, xp, -1, scratch), _unit_scale(dz, xp, -1, scratch)
+    # Every row, of z0 and of dz, scaled to unit peak at once.
+    stacked = _unit_scale(xp.concatenate([z0, dz], axis=-2), xp, -1, in_place=_is_writable(xp))
+    dz = stacked[..., rows:, :]
     if scratch:  # scaling the caller's copies in place allocates nothing
-        dw, w0 = _unit_scale(dw, xp, (-2, -1), True), _unit_scale(w0, xp, (-2, -1), True)
-        both = xp.concatenate([z0, dz], axis=-2) @ xp.swapaxes(dw, -1, -2)
-        return z0, dz, both, dz @ xp.swapaxes(w0, -1, -2), _rms(dw, xp), _rms(w0, xp)
+        dw = _unit_scale(dw, xp, (-2, -1), True)
+        both = stacked @ xp.swapaxes(dw, -1, -2)
+        if initial_norms is None:
+            w0 = _unit_scale(w0, xp, (-2, -1), True)
+            return _Products(stacked, both, dz @ xp.swapaxes(w0, -1, -2), _rms(dw, xp), _rms(w0, xp))
+        omega = (dz * initial_norms[..., 0, None, None]) @ xp.swapaxes(w0, -1, -2)
+        return _Products(stacked, both, omega, _rms(dw, xp), initial_norms[..., 1])
     # Otherwise each matrix's power of two goes onto the rows it multiplies, which are few:
     # (s x) @ y.T = x @ (s y).T exactly, and no scaled copy of a weight is made; the RMS
     # takes the scaled weight inside its reduction, which a compiler fuses into one pass.
@@ -482,23 +532,38 @@ def _products(
     if initial_norms is None:
         initial_norms = weight_norms(w0, xp)
     f_w0, rms_w0 = initial_norms[..., 0, None, None], initial_norms[..., 1]
-    # One product of the stacked rows with dW serves alpha and u.
     if not fan_in_first:
         dw, w0 = xp.swapaxes(dw, -1, -2), xp.swapaxes(w0, -1, -2)
-    both = (xp.concatenate([z0, dz], axis=-2) * f_dw) @ dw
+    # One product of the stacked rows with dW serves alpha and u.
+    both = (stacked * f_dw) @ dw
     omega = (dz * f_w0) @ w0
-    return z0, dz, both, omega, _rms(dw * f_dw, xp), rms_w0
+    return _Products(stacked, both, omega, _rms(dw * f_dw, xp), rms_w0)
 
 
-def _from_products(products: tuple[Any, ...], n: int, xp: ModuleType) -> Alignment:
-    """The alignments of a stack of layers from their :func:`_products`, each stacked."""
-    z0s, dzs, boths, omega_products, rms_dws, rms_w0s = products
-    rows = z0s.shape[-2]
-    return Alignment(
-        alpha=_log_rms_of_product(z0s, rms_dws, boths[..., :rows, :], n, xp),
-        omega=_log_rms_of_product(dzs, rms_w0s, omega_products, n, xp),
-        u=_log_rms_of_product(dzs, rms_dws, boths[..., rows:, :], n, xp),
+def _is_writable(xp: ModuleType) -> bool:
+    """Whether arrays of ``xp`` can be scaled in place (numpy and torch; not JAX's)."""
+    return xp is np or _is_torch(xp)
+
+
+def _from_products(products: _Products, n: int, xp: ModuleType) -> Alignment:
+    """The alignments of a stack of layers from their :func:`_products`, each stacked.
+
+    Alpha and u share their weight change: one reduction over the stacked rows ``[z0; dz]``
+    and their product serves both (half the operations, which matters where each one is a
+    kernel launch or a host dispatch).
+    """
+    stacked, boths, omega_products, rms_dws, rms_w0s = products
+    rows = omega_products.shape[-2]  # of z0, as of dz
+    rms_rows = _row_rms(stacked, xp)
+    halves = _log_rms_of_product(
+        rms_rows.reshape(*rms_rows.shape[:-1], 2, rows),
+        rms_dws[..., None],
+        boths.reshape(*boths.shape[:-2], 2, rows, boths.shape[-1]),
+        n,
+        xp,
     )
+    omega = _log_rms_of_product(rms_rows[..., rows:], rms_w0s, omega_products, n, xp)
+    return Alignment(alpha=halves[..., 0], omega=omega, u=halves[..., 1])
 
 
 def _layer_rows(

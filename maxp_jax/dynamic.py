@@ -27,6 +27,9 @@ from maxp_core.alignment import MODES, AlignmentMode, measure_layers, weight_nor
 from maxp_jax.capture import LayerInputs
 from maxp_jax.spec import MaxPSpec, leaf_key, path_string
 
+#: One layer's ``(z0, z, w0, w)``.
+Quad = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
+
 #: dtype of the factors in the state: fixed, so assigning new factors never recompiles.
 FACTOR_DTYPE = jnp.float32
 """The dtype of the learning-rate factors, exponents and alignments kept in the optimizer state."""
@@ -382,7 +385,7 @@ class AlignmentResolver:
             out = out.at[jnp.asarray(group)].set(jnp.stack(list(al), axis=1).astype(out.dtype))
         return out, self._nonfinite(params, finite_inputs, finite_weights)
 
-    def _out_first(self, i: int, layer: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    def _out_first(self, i: int, layer: Quad) -> Quad:
         """``(z0, z, w0, w)`` of layer ``i`` with the weights ``(out, fan_in)``."""
         assert self.inputs is not None
         if not self.inputs.fan_in_first(i):

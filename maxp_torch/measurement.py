@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, cast
 
 import numpy as np
@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from maxp_core import MaxPError, Role, alignment_of_layers, alignment_of_stacks, groups_of_equal_shape
-from maxp_core.alignment import AlignmentMode
+from maxp_core import MaxPError, Role, alignment_of_layers, groups_of_equal_shape
+from maxp_core.alignment import AlignmentMode, measure_stacks, weight_norms
 from maxp_torch import sharding
 from maxp_torch.discovery import unwrap
 from maxp_torch.initialization import InitialWeights
@@ -57,6 +57,7 @@ class Measurement:
         self.overrides = overrides
         self.z0: dict[int, torch.Tensor] = {}
         self.w0: dict[int, torch.Tensor] = {}
+        self._w0_norms: dict[int, torch.Tensor] = {}  # what every measurement reads of w0
         self.sample: Any = None
         self.initial_model: nn.Module | None = None
         self.recorded: dict[int, torch.Tensor] = {}
@@ -84,13 +85,14 @@ class Measurement:
         mode), so that an evaluation under ``torch.no_grad()`` between the training step and
         the re-solve does not replace them."""
         index = {id(m): k for k, m in enumerate(self.layers.modules)}
+        kinds = [m.kind for m in self.layers.modules]
 
         def recorder(module: Any, args: tuple[Any, ...]) -> None:
             k = index[id(module)]
             if training_only and not torch.is_grad_enabled():
                 return
             if args and isinstance(args[0], torch.Tensor):
-                rows = module.kind.rows(module.inner, args[0].detach())
+                rows = kinds[k].rows(module.inner, args[0].detach())
                 keep[k] = leading_rows(rows, self.sample_size)
                 if sizes is not None:
                     sizes[k] = (args[0].shape[0] if args[0].ndim else 0, rows.shape[0])
@@ -122,6 +124,7 @@ class Measurement:
     def capture(self, x: Any) -> None:
         """Record the sample and the measured layers' initial inputs and weights."""
         self.sample = first_rows(x, self.sample_size, clone=True)
+        self._w0_norms = {}
         if self.use_training_activations:
             self.initial_model = copy.deepcopy(unwrap(self.model))
             self.record(self.recorded, training_only=True)
@@ -166,6 +169,7 @@ class Measurement:
     ) -> None:
         """Take back what :meth:`capture` recorded (from a checkpoint)."""
         self.z0, self.w0, self.sample = z0, w0, sample
+        self._w0_norms = {}
         self.publish_views()
         if self.use_training_activations and initial_model is not None:
             self.initial_model = copy.deepcopy(unwrap(self.model))
@@ -290,14 +294,17 @@ class Measurement:
                 # the measurement may overwrite.
                 gather = (lambda ts: ts[0][None]) if len(chunk) == 1 else torch.stack
                 z, w = gather([now[k] for k in chunk]), gather([weights[k] for k in chunk])
-                finite = all_finite(z) & all_finite(w)
                 z0 = gather([initial[k] for k in chunk])
                 w0 = gather([self.weight_matrix(k, self.initial_weight(k)) for k in chunk])
                 al: Any  # three tensors (alpha, omega, u), one entry per layer of the chunk
                 if self.norm_mode == "rms":
                     scratch = len(chunk) > 1
-                    al = alignment_of_stacks(z0, z, w0, w, w.shape[-1], xp=torch, scratch=scratch)
+                    norms = self.initial_norms(chunk)
+                    # The weights' finiteness comes off the measurement's own pass over them.
+                    al, finite = measure_stacks(z0, z, w0, w, w.shape[-1], torch, scratch, norms)
+                    finite = finite & all_finite(z)
                 else:
+                    finite = all_finite(z) & all_finite(w)
                     layers_of_chunk = list(zip(z0, z, w0, w, strict=True))
                     mode = cast(AlignmentMode, self.norm_mode)
                     al = alignment_of_layers(layers_of_chunk, mode, w.shape[-1], xp=torch)
@@ -308,6 +315,16 @@ class Measurement:
         values[rows] = host[:, :3]
         nonfinite[rows] = host[:, 3] < 1.0
         return values, nonfinite
+
+    def initial_norms(self, chunk: list[int]) -> torch.Tensor | None:
+        """``(len(chunk), 2)``: :func:`~maxp_core.alignment.weight_norms` of each layer's stored
+        initial weight, taken once (``None`` where the initial weights are not stored)."""
+        if self.resample_w0 or self.use_training_activations:
+            return None
+        for k in chunk:
+            if k not in self._w0_norms:
+                self._w0_norms[k] = weight_norms(self.weight_matrix(k, self.w0[k]), torch)
+        return torch.stack([self._w0_norms[k] for k in chunk])
 
     def _check_measurable(
         self, measured: list[int], now: dict[int, torch.Tensor], weights: dict[int, torch.Tensor]
@@ -351,12 +368,25 @@ def measurement_mode(model: nn.Module, devices: list[torch.device]) -> Iterator[
     flags = [(module, module.training) for module in model.modules()]
     cuda = sorted({d.index or 0 for d in devices if d.type == "cuda"})
     with torch.random.fork_rng(devices=cuda), torch.no_grad():
-        model.eval()
+        _set_training(flags, lambda _: False)
         try:
             yield
         finally:
-            for module, training in flags:
-                module.training = training
+            _set_training(flags, lambda training: training)
+
+
+def _set_training(flags: list[tuple[nn.Module, bool]], mode: Callable[[bool], bool]) -> None:
+    """Each module's ``training`` flag to ``mode(its flag in flags)``.
+
+    What ``model.train(mode)`` does, without a call per module through ``nn.Module.__setattr__``
+    (on a model of many small layers that bookkeeping cost as much as the measurement's
+    forward pass). A module that overrides ``train`` is set by its own method.
+    """
+    for module, training in flags:
+        if type(module).train is nn.Module.train:
+            module.__dict__["training"] = mode(training)
+        else:
+            module.train(mode(training))
 
 
 def all_finite(stack: torch.Tensor) -> torch.Tensor:

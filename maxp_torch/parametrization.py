@@ -519,8 +519,11 @@ class Parametrization:
 
     def _publish_alignments(self) -> None:
         """Every layer's ``alpha``, ``omega``, ``u`` attributes: its latest (or assumed) alignment."""
-        for k, module in enumerate(self.modules):
-            module.alpha, module.omega, module.u = (float(v) for v in self.alignment[self._row[k]])
+        row = self._row
+        rows = self.alignment[[row[k] for k in range(len(self.modules))]].tolist()
+        for module, (alpha, omega, u) in zip(self.modules, rows, strict=True):
+            # Plain attributes: written past nn.Module.__setattr__, which costs more than the rest.
+            module.__dict__.update(alpha=alpha, omega=omega, u=u)
 
     # --- checkpoints ------------------------------------------------------------------
 

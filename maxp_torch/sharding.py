@@ -55,6 +55,8 @@ def reshard(model: nn.Module) -> None:
     A no-grad pass leaves the parameters of the root group gathered (plain tensors, other
     objects than the optimizer holds) until something reshards them.
     """
+    if DTENSOR_MODULE not in sys.modules:  # nothing can be sharded: no walk over the modules
+        return
     for module in model.modules():
         reshard_module = getattr(module, "reshard", None)
         if callable(reshard_module) and hasattr(module, "unshard"):

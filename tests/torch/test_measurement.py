@@ -86,6 +86,36 @@ def test_a_non_finite_weight_marks_its_layer_and_those_it_feeds() -> None:
     assert [param.graph.names[i] for i in np.flatnonzero(nonfinite)] == ["blocks.1.down", "head"]
 
 
+def test_a_non_finite_weight_measured_on_its_own_is_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(measurement, "CPU_SOLO_BYTES", 1)  # every layer measured alone, on views
+    param, ids, _ = trained_gpt()
+    with torch.no_grad():
+        param.model.get_submodule("blocks.0.up").inner.weight[1, 2] = float("nan")
+    _, nonfinite = param._measure(ids)
+    assert "blocks.0.up" in [param.graph.names[i] for i in np.flatnonzero(nonfinite)]
+
+
+def test_the_initial_weights_norms_are_taken_once_per_capture_or_restore(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    param, ids, _ = trained_gpt()
+    first = param._measure(ids)[0]
+    taken = []
+    real = measurement.weight_norms
+    monkeypatch.setattr(measurement, "weight_norms", lambda w, xp: taken.append(1) or real(w, xp))
+    np.testing.assert_array_equal(param._measure(ids)[0], first)
+    assert not taken  # kept from the first measurement
+    state = param.state_dict()
+    state["w0"] = {name: 3.0 * w + 0.01 for name, w in state["w0"].items()}  # another run's initial weights
+    param.load_state_dict(state)
+    restored = param._measure(ids)[0]
+    assert len(taken) == len(param._measured())
+    assert not np.allclose(restored, first)
+    # The same numbers as when the norms are taken from the weights at every measurement.
+    monkeypatch.setattr(measurement.Measurement, "initial_norms", lambda self, chunk: None)
+    np.testing.assert_allclose(param._measure(ids)[0], restored, atol=1e-6)
+
+
 def test_recorded_inputs_hold_only_the_rows_measured() -> None:
     param, _, _ = trained_gpt(sample_size=8)  # 8 of each sequence's 16 token rows
     inputs = param._inputs(param.model, param._sample)
@@ -101,3 +131,29 @@ def test_importing_leaves_the_dtensor_machinery_unloaded() -> None:
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-1] == "False"
+
+
+def test_measurement_mode_sets_eval_and_restores_each_flag_calling_overridden_train() -> None:
+    class FrozenNorm(nn.Module):
+        """Keeps its batch norm in eval mode whatever it is told, as fine-tuning code does."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = nn.BatchNorm1d(4)
+            self.calls: list[bool] = []
+
+        def train(self, mode: bool = True) -> "FrozenNorm":
+            self.calls.append(mode)
+            super().train(mode)
+            self.norm.eval()
+            return self
+
+    model = nn.Sequential(nn.Linear(4, 4), FrozenNorm(), nn.Dropout(0.5))
+    model.train()
+    model[2].eval()  # one module already in eval mode
+    before = [m.training for m in model.modules()]
+    model[1].calls.clear()
+    with measurement.measurement_mode(model, []):
+        assert not any(m.training for m in model.modules())
+    assert [m.training for m in model.modules()] == before
+    assert model[1].calls == [False, True]  # its own train() ran, both ways
