@@ -15,6 +15,9 @@ three products of the sample's rows with each weight, about four forward passes.
 width 1024 and depth 8 (sample 64 rows) and of :class:`examples.flax_models.FlaxGPT` (width 128,
 8 blocks), one jitted forward pass of the sample, and counts the fusions XLA compiled.
 
+``--published PATH`` times the published maxP (a checkout of it) and maxp side by side on the
+same models: :mod:`benchmarks.versus_published`, results in ``measurement-vs-published-cpu``.
+
 ``--compare-to REV`` runs the same program on another revision of ``maxp_torch`` (a
 ``git worktree``) in alternating subprocess rounds and reports the ratio of each figure:
 the before/after table of a change. Results go to ``benchmarks/results/measurement-<device>``.
@@ -207,6 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="subprocess rounds per version")
     parser.add_argument("--compare-to", metavar="REV", help="a git revision to measure side by side")
+    parser.add_argument(
+        "--published",
+        metavar="PATH",
+        type=Path,
+        help="a checkout of the published maxP: time both side by side (benchmarks.versus_published)",
+    )
+    parser.add_argument("--no-memory", action="store_true", help="with --published: skip the peak memory")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -215,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.report import write_results
     from maxp_core.text import format_table
 
+    if args.published:
+        return _versus_published(args)
     device = "cuda" if args.device == "gpu" else "cpu"
     versions = {"now": ROOT}
     with tempfile.TemporaryDirectory() as scratch:
@@ -287,6 +299,28 @@ def _report_jax(args: argparse.Namespace, table: str, medians: dict[str, Any]) -
     )
     payload = {"medians": medians, "environment": env, "compare_to": args.compare_to}
     write_results(args.out, f"measurement-jax-{args.device}", payload, markdown, args.json)
+    return 0
+
+
+def _versus_published(args: argparse.Namespace) -> int:
+    from benchmarks import versus_published
+    from benchmarks.report import write_results
+
+    if args.framework != "torch" or args.device != "cpu":
+        raise SystemExit("--published compares the PyTorch backends on the CPU: drop --framework, --device")
+    figures = versus_published.compare(
+        args.published.resolve(), args.rounds, args.repeats, not args.no_memory, versus_published.MODELS
+    )
+    table = versus_published.table(figures)
+    env = {"python": platform.python_version(), "machine": platform.machine(), "device": "cpu"}
+    doc = (versus_published.__doc__ or "").split("\n\n", 1)[1]
+    markdown = (
+        "# maxp and the published maxP, side by side (PyTorch, CPU)\n\n"
+        f"{doc.strip()}\n\nMedians of {args.rounds} rounds of {args.repeats} steps per side.\n\n"
+        f"```\n{table}\n```\n\nPublished checkout: `{args.published}`. Environment: {json.dumps(env)}\n"
+    )
+    payload = {"figures": figures, "environment": env, "published": str(args.published)}
+    write_results(args.out, "measurement-vs-published-cpu", payload, markdown, args.json)
     return 0
 
 
