@@ -16,8 +16,10 @@ machine speed hit both alike. Per model and side:
 * ``floor``: maxp's ``rest`` over one forward pass of the sample it measures on (a measurement
   needs that pass and three products per layer: about four);
 * ``extra MiB``: the peak resident memory of training with the side's parametrization over
-  training the same model with plain AdamW, each in a fresh process that imported the same
-  package (so only what training with it adds is counted).
+  training the same model with plain AdamW, each in a fresh process that loaded the same
+  libraries (the side's package, and HiGHS for maxp), so what is counted is what training
+  with it holds and allocates. The published LP runs the CBC solver as a separate process on
+  each solve (pulp's default), whose memory is not counted.
 """
 
 from __future__ import annotations
@@ -204,6 +206,8 @@ def peak_mib(side: str, name: str, with_maxp: bool, steps: int, published: Path 
 
     torch.set_num_threads(1)
     package = package_of(side, published)
+    if side == "maxp":
+        import highspy  # noqa: F401  (what maxp's LP loads: a library, in both processes)
     model, x, loss_of_batch, sample = build(name, package)
     if with_maxp:
         param = package.Parametrization(model, lr_prefactor=1e-3, solve_interval=1, sample_input=sample)
