@@ -54,6 +54,8 @@ TARGETS = {
     "dynamic/1, between steps": 1.25,
 }
 MODELS = ("mlp", "gpt", "scan-gpt")
+#: The published maxP's configurations with ``--published``: re-solving every k steps.
+PUBLISHED_INTERVALS = (100, 10, 1)
 CONFIGS = {
     "jax": (
         "plain",
@@ -265,14 +267,30 @@ def _jax_configs(
     return {name: make(*pair()) for name, pair in optimizers.items() if only is None or name in only}, info
 
 
-def _torch_model(work: Workload, parametrized: bool, device: str) -> tuple[Any, Any, Callable[[], Any], Any]:
-    """``(model, batch, loss of the batch, sample_input for tracing or None)``."""
+def _torch_model(
+    work: Workload, parametrized: bool, device: str, package: Any = None
+) -> tuple[Any, Any, Callable[[], Any], Any]:
+    """``(model, batch, loss of the batch, sample_input for tracing or None)``; its layers wrapped
+    by ``package``'s ``ParametrizedModule`` (default ``maxp_torch``; the published maxP's for
+    its configurations, whose GPT multiplies one-hot ids by its tables:
+    :func:`benchmarks.versus_published.one_hot_gpt`)."""
     import torch
     from torch import nn
 
     from maxp_torch import ParametrizedModule
 
     torch.manual_seed(0)
+    wrap = ParametrizedModule if package is None else package.ParametrizedModule
+    if work.model == "gpt" and package is not None:
+        from benchmarks.versus_published import one_hot_gpt
+        from examples.torch_models import next_token_loss
+
+        model = one_hot_gpt(
+            ParametrizedModule, d=work.width, blocks=work.depth, vocab=work.vocab, ctx=work.seq
+        )
+        model = model.to(device)
+        ids = torch.randint(0, work.vocab, (work.batch, work.seq), device=device)
+        return model, ids, lambda: next_token_loss(model(ids), ids), ids[:1]
     if work.model == "gpt":
         from examples.torch_models import GPT, next_token_loss
 
@@ -287,9 +305,7 @@ def _torch_model(work: Workload, parametrized: bool, device: str) -> tuple[Any, 
     layers: list[nn.Module] = []
     for i in range(work.depth):
         linear = nn.Linear(sizes[i], sizes[i + 1])
-        layers.append(
-            ParametrizedModule(linear, width_dim=work.width, layer_type=types[i]) if parametrized else linear
-        )
+        layers.append(wrap(linear, width_dim=work.width, layer_type=types[i]) if parametrized else linear)
         if i < work.depth - 1:
             layers.append(nn.ReLU())
     mlp = nn.Sequential(*layers).to(device)
@@ -297,21 +313,30 @@ def _torch_model(work: Workload, parametrized: bool, device: str) -> tuple[Any, 
 
 
 def torch_steps(
-    work: Workload, device: str = "cpu", only: Collection[str] | None = None
+    work: Workload, device: str = "cpu", only: Collection[str] | None = None, published: Path | None = None
 ) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
-    """One zero-argument step function per configuration (those in ``only``), each with its own model."""
+    """One zero-argument step function per configuration (those in ``only``), each with its own
+    model; with ``published`` (a checkout of the published maxP) also its dynamic configurations."""
     import torch
 
     import maxp_torch.optim
-    from maxp_torch import Parametrization
 
-    def make(interval: int | None, maxp_steps: bool = True, one_pass: bool = False) -> Callable[[], Any]:
-        model, x, loss_of_batch, sample_input = _torch_model(work, interval is not None, device)
+    package: Any = None
+    if published is not None:
+        from benchmarks.versus_published import published_package
+
+        package = published_package(published)
+
+    def make(
+        interval: int | None, maxp_steps: bool = True, one_pass: bool = False, theirs: bool = False
+    ) -> Callable[[], Any]:
+        side = package if theirs else None
+        model, x, loss_of_batch, sample_input = _torch_model(work, interval is not None, device, side)
         if interval is None:
             param = None
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
         else:
-            param = Parametrization(
+            param = (side or maxp_torch).Parametrization(
                 model,
                 lr_prefactor=1e-3,
                 solve_interval=max(interval, 1),
@@ -349,6 +374,9 @@ def torch_steps(
         "dynamic/10, one pass": lambda: make(10, one_pass=True),
         "dynamic/1": lambda: make(1),
     }
+    if package is not None:
+        for interval in PUBLISHED_INTERVALS:
+            configs[f"published dynamic/{interval}"] = lambda k=interval: make(k, theirs=True)
     steps = {name: build() for name, build in configs.items() if only is None or name in only}
     info: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": device}
     if device == "cuda":
@@ -453,6 +481,12 @@ def _parser() -> argparse.ArgumentParser:
         type=lambda text: [name.strip() for name in text.split(";")],
         help='the configurations to run, separated by ";" (plain always runs): e.g. "static;dynamic/100"',
     )
+    parser.add_argument(
+        "--published",
+        metavar="PATH",
+        type=Path,
+        help="a checkout of the published maxP (PyTorch): its dynamic configurations side by side",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--memory-of", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -467,11 +501,14 @@ def main(argv: list[str] | None = None) -> int:
     only = None if args.configs is None else {"plain", *args.configs}
     if args.memory_of is not None:
         only = {args.memory_of}
-    unknown = sorted(set(only or ()) - set(CONFIGS[args.framework]))
+    if args.published is not None and args.framework != "torch":
+        parser.error("--published times the published maxP, a PyTorch library: add --framework torch")
+    known = list(CONFIGS[args.framework])
+    if args.published is not None:
+        known += [f"published dynamic/{k}" for k in PUBLISHED_INTERVALS]
+    unknown = sorted(set(only or ()) - set(known))
     if unknown:
-        parser.error(
-            f"no {args.framework} configuration named {unknown}; there are {CONFIGS[args.framework]}"
-        )
+        parser.error(f"no {args.framework} configuration named {unknown}; there are {known}")
     if args.framework == "jax":
         if args.device == "cpu":
             os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -479,7 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if args.model == "scan-gpt":
             parser.error("--model scan-gpt is a JAX model; use --framework jax")
-        steps, info = torch_steps(work, "cuda" if args.device == "gpu" else "cpu", only)
+        device = "cuda" if args.device == "gpu" else "cpu"
+        published = None if args.published is None else args.published.resolve()
+        steps, info = torch_steps(work, device, only, published)
     if args.memory_of is not None:
         for _ in range(max(args.warmup, first_solve(args.memory_of))):
             next(iter(steps.values()))()
@@ -525,12 +564,27 @@ def main(argv: list[str] | None = None) -> int:
         "AdamW over the per-layer param groups with maxP's rates, maxP not called: the cost of one "
         "learning rate per layer in PyTorch's optimizer, which any per-layer scheme pays. "
         "`one pass` (PyTorch): the same groups stepped by `maxp_torch.optim.AdamW`, one "
-        "multi-tensor update over all of them.\n\n"
+        "multi-tensor update over all of them."
+        + (
+            " `published dynamic/k`: the published maxP (checkout given by `--published`) "
+            "re-solving every k steps"
+            + (
+                "; its GPT multiplies one-hot ids by its tables (the published step measures every "
+                "wrapped layer, which a table looked up by ids is not)"
+                if args.model == "gpt"
+                else ""
+            )
+            + "."
+            if args.published is not None
+            else ""
+        )
+        + "\n\n"
         f"```\n{table}\n```\n\nEnvironment: {json.dumps(env)}\n"
     )
     payload = {"framework": args.framework, "setup": setup, "rows": rows, "environment": env}
     model = "" if args.model == "mlp" else f"-{args.model}"
     name = f"overhead-{args.framework}{model}" + ("-gpu" if args.device == "gpu" else "")
+    name += "-vs-published" if args.published is not None else ""
     write_results(args.out, name, payload, markdown, args.json)
     return 0
 

@@ -109,6 +109,7 @@ def _is_torch(xp: ModuleType) -> bool:
 def _peak(x: Any, xp: ModuleType, axis: Any) -> Any:
     """Largest ``|x|`` over ``axis``, keeping the reduced axes (NaN if any entry is NaN)."""
     if _is_torch(xp):  # from the largest and the smallest entry: no array of |x| is allocated
+        # (torch.aminmax would read x once, but runs ten times slower on a CPU)
         return xp.maximum(xp.amax(x, dim=axis, keepdim=True), -xp.amin(x, dim=axis, keepdim=True))
     return xp.max(xp.abs(x), axis=axis, keepdims=True)
 

@@ -26,6 +26,7 @@ from maxp_torch import sharding
 from maxp_torch.discovery import unwrap
 from maxp_torch.initialization import InitialWeights
 from maxp_torch.layer_set import LayerSet
+from maxp_torch.layers import LayerKind
 from maxp_torch.module import INITIAL_VIEWS, ParametrizedModule
 from maxp_torch.trace import call_model
 
@@ -58,6 +59,7 @@ class Measurement:
         self.z0: dict[int, torch.Tensor] = {}
         self.w0: dict[int, torch.Tensor] = {}
         self._w0_norms: dict[int, torch.Tensor] = {}  # what every measurement reads of w0
+        self._kinds: dict[int, LayerKind] = {}
         self.sample: Any = None
         self.initial_model: nn.Module | None = None
         self.recorded: dict[int, torch.Tensor] = {}
@@ -267,7 +269,9 @@ class Measurement:
         module = self.layers.modules[k]
         weight = module.weight if weight is None else weight
         assert weight is not None
-        return module.kind.matrix(sharding.full(weight.detach()))
+        if k not in self._kinds:  # what the wrapped module is does not change: looked up once
+            self._kinds[k] = module.kind
+        return self._kinds[k].matrix(sharding.full(weight.detach()))
 
     @torch.no_grad()
     def measure(self, x: Any, previous: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
