@@ -1,4 +1,4 @@
-"""Command line: ``python -m maxp_core {solve,graph,depth,table,alignments,plot,demo}``.
+"""Command line: ``python -m maxp_core {solve,graph,depth,table,alignments,plot,demo,sweep}``.
 
 ``graph FILE.json`` lists the graph's nodes with their solved c and r (``--dot``
 prints graphviz DOT). ``depth FILE.json`` prints the graph's input-to-output path
@@ -12,7 +12,8 @@ the graph of ``--graph FILE.json``, next to the preset's c. ``alignments LOG.jso
 that table from a run's metrics log (:mod:`maxp_core.metrics`) and ``--out`` writes it;
 ``plot LOG.jsonl --out FILE.png`` draws the run's per-layer rates and alignments. ``demo``
 prints named parametrizations next to the LP solved with measured-looking alignments.
-Bad input exits with status 2 and one line on stderr.
+``sweep run`` / ``sweep report`` sweep a training function's learning rates
+(:mod:`maxp_core.sweep.cli`). Bad input exits with status 2 and one line on stderr.
 
 Input of ``solve``::
 
@@ -50,6 +51,7 @@ from maxp_core.parametrizations import (
     chain_roles,
     named_parametrization,
 )
+from maxp_core.sweep import cli as sweep_cli
 from maxp_core.tables import layer_kind
 from maxp_core.text import format_table
 
@@ -413,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("file", help="a metrics log written by MetricsLog")
     plot.add_argument("--out", required=True, help="the PNG to write")
     sub.add_parser("demo", help="named parametrizations and the LP with measured-looking alignments")
+    sweep_cli.add_commands(sub)
     return parser
 
 
@@ -428,6 +431,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         "alignments": _cmd_alignments,
         "plot": _cmd_plot,
         "demo": _cmd_demo,
+        "sweep": sweep_cli.run_command,
     }
     try:
         return commands[args.command](args, out)

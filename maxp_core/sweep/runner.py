@@ -1,0 +1,222 @@
+"""Running a sweep: every run of a grid once, on local processes or Ray, resumable and retried."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from maxp_core import validate
+from maxp_core.errors import MaxPError
+from maxp_core.sweep.grid import Grid
+from maxp_core.sweep.local import LocalWorkers, Outcome, Task
+from maxp_core.sweep.records import (
+    RunFailed,
+    TrainFn,
+    execute,
+    failed_record,
+    is_done,
+    resolve_train,
+    write_run,
+)
+
+BACKENDS = ("local", "ray", "inline")
+
+
+class Workers(Protocol):
+    def capacity(self) -> int: ...
+    def running(self) -> int: ...
+    def submit(self, task: Task) -> None: ...
+    def wait(self, timeout: float) -> list[Outcome]: ...
+    def close(self) -> None: ...
+
+
+class InlineWorkers:
+    """Runs trained one by one in this process: for debugging a training function (a
+    debugger stops in it) and for tiny sweeps. A crash of the run is a crash of the sweep."""
+
+    def __init__(self, train: TrainFn | str, divergence_factor: float | None) -> None:
+        self.train, self.divergence_factor = train, divergence_factor
+        self.queue: list[Task] = []
+
+    def capacity(self) -> int:
+        return 1 - len(self.queue)
+
+    def running(self) -> int:
+        return len(self.queue)
+
+    def submit(self, task: Task) -> None:
+        self.queue.append(task)
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        if not self.queue:
+            return []
+        task = self.queue.pop()
+        try:
+            record = execute(self.train, task.run_id, task.config, self.divergence_factor)
+            return [Outcome(task.run_id, record, None)]
+        except RunFailed as failure:
+            return [Outcome(task.run_id, None, str(failure.args[0]))]
+
+    def close(self) -> None:
+        self.queue.clear()
+
+
+@dataclass
+class SweepResult:
+    """What a call of :func:`run_sweep` did: runs trained now, skipped as already done, and
+    the ids of those that failed on every attempt."""
+
+    out: Path
+    trained: int = 0
+    skipped: int = 0
+    diverged: int = 0
+    failed: list[str] = field(default_factory=list)
+    retried: int = 0
+    seconds: float = 0.0
+
+
+def run_sweep(
+    train: TrainFn | str,
+    grid: Grid,
+    out: str | Path,
+    *,
+    backend: str = "local",
+    jobs: int | None = None,
+    address: str | None = None,
+    retries: int = 2,
+    divergence_factor: float | None = 3.0,
+    gpus: Sequence[str] | None = None,
+    cpus_per_run: float = 1,
+    gpus_per_run: float = 0,
+    progress: bool = True,
+) -> SweepResult:
+    """Train every run of ``grid`` not done yet under ``out``, writing ``out/runs/<id>.json`` each.
+
+    Args:
+      train: ``train(config) -> records`` (or ``"package.module:function"``): the config is a
+        run's ``{axis: value}``, the records ``{"step": int, "loss": float, ...}`` per logged
+        step, returned or yielded (a generator is stopped when the run diverges).
+      grid: the runs, a :class:`~maxp_core.sweep.Grid`.
+      out: the sweep's folder; a second start skips runs that finished or diverged there and
+        trains again those that failed or never ran.
+      backend: ``"local"`` (worker processes on this machine), ``"ray"`` (Ray tasks) or
+        ``"inline"`` (this process, one run after another: for debugging).
+      jobs: local worker processes (default: one per GPU in ``gpus``, else one per CPU core).
+      address: Ray's cluster address (``"auto"``, ``"ray://host:10001"``); None starts a local
+        Ray cluster for the sweep.
+      retries: attempts after the first for a run whose training raised or whose worker died;
+        a run failing every attempt is recorded ``failed`` with the last traceback.
+      divergence_factor: a run diverges when its loss exceeds this many times its first loss
+        (None: only NaN or inf); it stops and is recorded ``diverged``.
+      gpus: local: GPU ids dealt out one per worker (``CUDA_VISIBLE_DEVICES``).
+      cpus_per_run, gpus_per_run: Ray: resources each run reserves.
+      progress: a progress bar (tqdm) of runs done, running and failed.
+
+    The local backend starts its workers with ``spawn``: call this under
+    ``if __name__ == "__main__":`` in a script, and give a ``train`` defined at a module's top
+    level (workers import it).
+
+    Examples:
+      >>> import tempfile
+      >>> from maxp_core.sweep import Grid, run_sweep
+      >>> def train(config):   # a loss that shrinks by (1 - lr) per step
+      ...     return [{"step": t, "loss": (1 - config["lr"]) ** t} for t in range(5)]
+      >>> done = run_sweep(train, Grid(lr=[0.1, 0.5]), tempfile.mkdtemp(), backend="inline",
+      ...                  progress=False)
+      >>> done.trained, done.failed
+      (2, [])
+    """
+    if not isinstance(grid, Grid):
+        raise MaxPError(f"run_sweep: grid must be a maxp_core.sweep.Grid, got {type(grid).__name__}")
+    backend = validate.choice(backend, "run_sweep: backend", BACKENDS)
+    retries = validate.integer(retries, "run_sweep: retries", 0)
+    if divergence_factor is not None and not divergence_factor > 1:
+        raise MaxPError(f"run_sweep: divergence_factor must be above 1 (or None), got {divergence_factor!r}")
+    resolve_train(train)  # a name that names nothing is refused now, not once per run
+    out = Path(out)
+    runs_dir = out / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    _write_description(out, grid, train)
+    tasks = [Task(grid.run_id(config), config) for config in grid.configs()]
+    todo = deque(task for task in tasks if not is_done(runs_dir, task.run_id))
+    result = SweepResult(out=out, skipped=len(tasks) - len(todo))
+    if not todo:
+        return result
+    start = time.perf_counter()
+    workers = _workers(backend, train, divergence_factor, jobs, gpus, address, cpus_per_run, gpus_per_run)
+    bar = _progress_bar(len(todo), progress)
+    by_id = {task.run_id: task for task in tasks}
+    attempts: dict[str, int] = {}
+    try:
+        while todo or workers.running():
+            while todo and workers.capacity() > 0:
+                workers.submit(todo.popleft())
+            for outcome in workers.wait(timeout=0.5):
+                attempts[outcome.run_id] = attempts.get(outcome.run_id, 0) + 1
+                tries = attempts[outcome.run_id]
+                if outcome.record is not None:
+                    write_run(runs_dir, {**outcome.record, "attempts": tries})
+                    result.trained += 1
+                    result.diverged += outcome.record["status"] == "diverged"
+                elif tries <= retries:
+                    todo.append(by_id[outcome.run_id])
+                    result.retried += 1
+                    continue
+                else:
+                    task = by_id[outcome.run_id]
+                    write_run(runs_dir, failed_record(task.run_id, task.config, outcome.error or "", tries))
+                    result.failed.append(task.run_id)
+                if bar is not None:
+                    bar.update(1)
+            if bar is not None:
+                bar.set_postfix(running=workers.running(), failed=len(result.failed), refresh=False)
+    finally:
+        workers.close()
+        if bar is not None:
+            bar.close()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _workers(
+    backend: str,
+    train: TrainFn | str,
+    divergence_factor: float | None,
+    jobs: int | None,
+    gpus: Sequence[str] | None,
+    address: str | None,
+    cpus_per_run: float,
+    gpus_per_run: float,
+) -> Workers:
+    if backend == "inline":
+        return InlineWorkers(train, divergence_factor)
+    if backend == "ray":
+        from maxp_core.sweep.ray_workers import RayWorkers
+
+        return RayWorkers(train, divergence_factor, address, cpus_per_run, gpus_per_run)
+    if jobs is None:
+        jobs = len(gpus) if gpus else os.cpu_count() or 1
+    jobs = validate.integer(jobs, "run_sweep: jobs", 1)
+    return LocalWorkers(train, jobs, divergence_factor, [str(g) for g in gpus or []])
+
+
+def _write_description(out: Path, grid: Grid, train: TrainFn | str) -> None:
+    """``sweep.json``: the grid and the training function, for the report and for a person."""
+    name = train if isinstance(train, str) else f"{train.__module__}:{getattr(train, '__qualname__', train)}"
+    (out / "sweep.json").write_text(json.dumps({"grid": grid.describe(), "train": name}, indent=1))
+
+
+def _progress_bar(total: int, wanted: bool) -> Any:
+    if not wanted:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="sweep runs", unit="run")
