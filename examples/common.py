@@ -28,6 +28,30 @@ def digits_arguments(description: str, argv: list[str] | None) -> argparse.Names
     return parser.parse_args(argv)
 
 
+def sweep_main(module: str, doc: str, argv: list[str] | None = None) -> dict:
+    """The sweep of ``module``'s ``train`` over the rates, widths, methods and seeds the command
+    line gives (:mod:`maxp_core.sweep`), then its report; prints each setting's best rate."""
+    from maxp_core.sweep import Grid, run_sweep, write_report
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/sweep")
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0])
+    parser.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--methods", nargs="+", default=["maxp", "mup"])
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--jobs", type=int, help="worker processes (default: one per CPU core)")
+    parser.add_argument("--backend", choices=("local", "ray", "inline"), default="local")
+    args = parser.parse_args(argv)
+    seeds = list(range(args.seeds))
+    grid = Grid(lr=args.lrs, width=args.widths, method=args.methods, seed=seeds, steps=[args.steps])
+    run_sweep(f"{module}:train", grid, args.out, backend=args.backend, jobs=args.jobs)
+    summary = write_report(args.out)
+    for s in summary["settings"]:
+        print(f"{s['setting']}: best lr {s['best_lr']}, first diverging {s['first_diverging_lr']}")
+    return summary
+
+
 def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's digits (shipped with the package) in [0, 1]: x_train, x_test, y_train, y_test."""
     digits = load_digits()
