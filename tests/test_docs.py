@@ -64,7 +64,14 @@ def test_the_site_builds_and_references_every_public_name(tmp_path) -> None:
         cwd=ROOT, env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr[-3000:]
-    for package in ("maxp_core", "maxp_core.compat", "maxp_jax", "maxp_torch", "maxp_torch.published"):
+    for package in (
+        "maxp_core",
+        "maxp_core.compat",
+        "maxp_core.sweep",
+        "maxp_jax",
+        "maxp_torch",
+        "maxp_torch.published",
+    ):
         page = (site / "api" / package / "index.html").read_text()
         module = importlib.import_module(package)
         missing = [

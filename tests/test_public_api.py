@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PACKAGES = ("maxp_core", "maxp_jax", "maxp_torch")
-NAMESPACES = (*PACKAGES, "maxp_core.compat", "maxp_torch.published")
+NAMESPACES = (*PACKAGES, "maxp_core.compat", "maxp_core.sweep", "maxp_torch.published")
 
 
 def undocumented(package: str) -> list[str]:
