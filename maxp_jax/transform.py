@@ -44,10 +44,12 @@ class ScaleByMaxPState(NamedTuple):
     z0: tuple[jax.Array, ...]  # each measured layer's input at init, (rows, fan_in)
     w0: tuple[jax.Array, ...]  # each measured layer's weight at init, (out, fan_in); () with resample_w0
     params0: Any  # the initial params with use_training_activations, else ()
-    w0_norms: tuple[jax.Array, ...]  # (2,) per entry of w0: its power of two and RMS
     solves: jax.Array
     failures: jax.Array
     missing: jax.Array
+    # (2,) per entry of w0: its power of two and RMS. Last, and () in a state saved before it
+    # existed: the measurement then takes them from w0 each time.
+    w0_norms: tuple[jax.Array, ...] = ()
 
 
 def scale_by_maxp(

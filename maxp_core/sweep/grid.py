@@ -71,9 +71,11 @@ class Grid:
 def _axis(name: str, values: Any) -> list[Any]:
     if not _NAME.fullmatch(name):
         raise MaxPError(f"Grid: axis name {name!r} must be a Python identifier (letters, digits, '_')")
+    if hasattr(values, "tolist"):  # a numpy array (np.logspace(...)): its values as Python numbers
+        values = values.tolist()
     if isinstance(values, str | bytes) or not isinstance(values, Sequence):
         raise MaxPError(f"Grid: axis {name!r} must be a list of values, got {values!r}")
-    values = list(values)
+    values = [v.item() if hasattr(v, "item") and not isinstance(v, str) else v for v in values]
     if not values:
         raise MaxPError(f"Grid: axis {name!r} has no values")
     for value in values:

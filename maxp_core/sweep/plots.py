@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from maxp_core.metrics import MetricsRun, plot_metrics
+from maxp_core.sweep.grid import _written
 from maxp_core.sweep.report import MAX_PANELS, _numeric_axes
 
 LAYER_PREFIX = "maxp/lr/"
@@ -15,9 +16,7 @@ LAYER_PREFIX = "maxp/lr/"
 def all_plots(runs: list[dict[str, Any]], summary: dict[str, Any], out: Path) -> list[Path]:
     """Every plot the records allow; none without matplotlib."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401  (the figures are closed once saved: nothing is shown)
     except ImportError:
         return []
     drawn = [
@@ -129,7 +128,7 @@ def trajectory_plots(runs: list[dict[str, Any]], summary: dict[str, Any], out: P
         layers = sorted(k.removeprefix(LAYER_PREFIX) for k in keys if k.startswith(LAYER_PREFIX))
         if not layers:
             continue
-        name = "-".join(f"{k}{v}" for k, v in s["setting"].items()) or "all"
+        name = "-".join(f"{k}{_written(v)}" for k, v in s["setting"].items()) or "all"
         path = out / f"sweep-trajectory-{name}.png"
         run = MetricsRun(layers=dict.fromkeys(layers, "hidden"), records=[_with_step(r) for r in records])
         title = f"{_label(s['setting'])}, lr {s['best_lr']:.3g}"

@@ -27,9 +27,14 @@ def _ray_task(
         return None, str(failure.args[0])
 
 
+def _installed(path: str) -> bool:
+    return "site-packages" in path or "dist-packages" in path or path.endswith(".zip")
+
+
 class RayWorkers:
     """Runs as Ray tasks on the cluster at ``address`` (``"auto"``: the one this machine belongs
-    to), or on a local cluster started here when ``address`` is None (stopped at :meth:`close`)."""
+    to); with ``address`` None, Ray joins the cluster ``RAY_ADDRESS`` names or one running on this
+    machine, else starts a local one (stopped at :meth:`close`)."""
 
     def __init__(
         self,
@@ -47,8 +52,9 @@ class RayWorkers:
         self.ray = ray
         self.started_here = not ray.is_initialized()
         if self.started_here:
-            # Workers import the training function's module as this process does.
-            path = os.pathsep.join(p for p in sys.path if p)
+            # Workers import the training function's module as this process does (its own
+            # folders, not this environment's site-packages, which a worker has its own of).
+            path = os.pathsep.join(p for p in sys.path if p and not _installed(p))
             ray.init(
                 address=address,
                 runtime_env={"env_vars": {"PYTHONPATH": path}},
@@ -63,16 +69,20 @@ class RayWorkers:
         self.max_pending = max_pending or max(1, 2 * total)
 
     def capacity(self) -> int:
+        """How many more runs may be handed to Ray now (twice its CPUs' worth are kept queued)."""
         return self.max_pending - len(self.pending)
 
     def running(self) -> int:
+        """Runs handed to Ray and not back yet (training or queued)."""
         return len(self.pending)
 
     def submit(self, task: Task) -> None:
+        """Start ``task`` as a Ray task."""
         ref = self.task.remote(self.train, task.run_id, task.config, self.divergence_factor)
         self.pending[ref] = task.run_id
 
     def wait(self, timeout: float) -> list[Outcome]:
+        """The outcomes of tasks that ended within ``timeout`` seconds (maybe none)."""
         if not self.pending:
             return []
         done, _ = self.ray.wait(list(self.pending), num_returns=len(self.pending), timeout=timeout)
@@ -87,6 +97,7 @@ class RayWorkers:
         return outcomes
 
     def close(self) -> None:
+        """Cancel what is still running; stop the cluster if this sweep started it."""
         for ref in self.pending:
             self.ray.cancel(ref, force=True)
         self.pending.clear()

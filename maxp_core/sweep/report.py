@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from maxp_core.errors import MaxPError
+from maxp_core.resolve import warn_user
 from maxp_core.sweep.records import STATUSES, read_runs
 from maxp_core.text import format_table
 
@@ -86,10 +87,12 @@ def _setting(setting: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, A
     by_lr: dict[float, list[dict[str, Any]]] = {}
     for r in runs:
         by_lr.setdefault(float(r["config"]["lr"]), []).append(r)
+    # A rate is a candidate when every seed finished: a diverged seed rules it out, and so does
+    # a failed one (its loss is unknown, the rate would compete on fewer seeds).
     stable = {
-        lr: statistics.fmean(r["final_loss"] for r in mine if r["status"] == "finished")
+        lr: statistics.fmean(r["final_loss"] for r in mine)
         for lr, mine in by_lr.items()
-        if any(r["status"] == "finished" for r in mine) and not any(r["status"] == "diverged" for r in mine)
+        if all(r["status"] == "finished" for r in mine)
     }
     stable = {lr: loss for lr, loss in stable.items() if math.isfinite(loss)}
     best = min(stable, key=lambda lr: (stable[lr], lr)) if stable else None
@@ -108,7 +111,9 @@ def _setting(setting: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, A
         "first_diverging_lr": first,
         "diverging_over_best": first / best if first is not None and best is not None else None,
         **{
-            f"basin_{pct}": sum(v <= stable[best] * (1 + pct / 100) for v in stable.values()) if best else 0
+            f"basin_{pct}": sum(v - stable[best] <= pct / 100 * abs(stable[best]) for v in stable.values())
+            if best
+            else 0
             for pct in BASIN_PERCENTS
         },
         "loss_by_lr": {str(lr): stable.get(lr) for lr in sorted(by_lr)},
@@ -302,8 +307,8 @@ def write_report(directory: str | Path, out: str | Path | None = None, plots: bo
       MaxPError: the folder holds no run records.
     """
     directory = Path(directory)
-    runs = read_runs(directory)
     axes = _axes_of(directory)
+    runs = in_grid(read_runs(directory), axes)
     summary = summarize(runs, axes)
     out = Path(out) if out is not None else directory
     out.mkdir(parents=True, exist_ok=True)
@@ -316,6 +321,29 @@ def write_report(directory: str | Path, out: str | Path | None = None, plots: bo
     (out / "sweep-report.md").write_text(text)
     (out / "sweep-report.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def in_grid(runs: list[dict[str, Any]], axes: Mapping[str, Sequence[Any]] | None) -> list[dict[str, Any]]:
+    """The runs of the grid ``axes`` (all without one); runs of an earlier grid in the same
+    folder are left out with a warning, so they are not averaged with the new ones.
+
+    Raises:
+      MaxPError: no run belongs to the grid.
+    """
+    if axes is None:
+        return runs
+    keys = set(axes)
+    mine = [
+        r for r in runs if set(r["config"]) == keys and all(r["config"][k] in list(axes[k]) for k in keys)
+    ]
+    if not mine:
+        raise MaxPError(f"none of the {len(runs)} run records belongs to the grid {dict(axes)}")
+    if len(mine) < len(runs):
+        warn_user(
+            f"{len(runs) - len(mine)} of {len(runs)} run records belong to another grid than the "
+            "sweep's last one (sweep.json) and are left out of the report"
+        )
+    return mine
 
 
 def _axes_of(directory: Path) -> dict[str, list[Any]] | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -14,7 +13,7 @@ from typing import Any, Protocol
 from maxp_core import validate
 from maxp_core.errors import MaxPError
 from maxp_core.sweep.grid import Grid
-from maxp_core.sweep.local import LocalWorkers, Outcome, Task
+from maxp_core.sweep.local import LocalWorkers, Outcome, Task, usable_cores
 from maxp_core.sweep.records import (
     RunFailed,
     TrainFn,
@@ -29,11 +28,22 @@ BACKENDS = ("local", "ray", "inline")
 
 
 class Workers(Protocol):
-    def capacity(self) -> int: ...
-    def running(self) -> int: ...
-    def submit(self, task: Task) -> None: ...
-    def wait(self, timeout: float) -> list[Outcome]: ...
-    def close(self) -> None: ...
+    """What trains runs: local processes, Ray tasks or this process."""
+
+    def capacity(self) -> int:
+        """How many more runs can be handed over now."""
+
+    def running(self) -> int:
+        """Runs handed over and not back yet."""
+
+    def submit(self, task: Task) -> None:
+        """Hand a run over."""
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        """The attempts that ended within ``timeout`` seconds."""
+
+    def close(self) -> None:
+        """Stop every worker."""
 
 
 class InlineWorkers:
@@ -45,15 +55,19 @@ class InlineWorkers:
         self.queue: list[Task] = []
 
     def capacity(self) -> int:
+        """One run at a time."""
         return 1 - len(self.queue)
 
     def running(self) -> int:
+        """The run handed over, if any."""
         return len(self.queue)
 
     def submit(self, task: Task) -> None:
+        """Take the run; it trains at the next :meth:`wait`."""
         self.queue.append(task)
 
     def wait(self, timeout: float) -> list[Outcome]:
+        """Train the run handed over, here and now."""
         if not self.queue:
             return []
         task = self.queue.pop()
@@ -64,6 +78,7 @@ class InlineWorkers:
             return [Outcome(task.run_id, None, str(failure.args[0]))]
 
     def close(self) -> None:
+        """Nothing runs elsewhere: forget what was handed over."""
         self.queue.clear()
 
 
@@ -107,9 +122,11 @@ def run_sweep(
         trains again those that failed or never ran.
       backend: ``"local"`` (worker processes on this machine), ``"ray"`` (Ray tasks) or
         ``"inline"`` (this process, one run after another: for debugging).
-      jobs: local worker processes (default: one per GPU in ``gpus``, else one per CPU core).
-      address: Ray's cluster address (``"auto"``, ``"ray://host:10001"``); None starts a local
-        Ray cluster for the sweep.
+      jobs: local worker processes (default: one per GPU in ``gpus``, else one per CPU core this
+        process may use). A training function that uses a GPU wants ``gpus`` (or ``jobs=1``):
+        without it every worker would train on the first GPU.
+      address: Ray's cluster address (``"auto"``, ``"ray://host:10001"``); None joins the cluster
+        ``RAY_ADDRESS`` names or one this machine runs, else starts a local one for the sweep.
       retries: attempts after the first for a run whose training raised or whose worker died;
         a run failing every attempt is recorded ``failed`` with the last traceback.
       divergence_factor: a run diverges when its loss exceeds this many times its first loss
@@ -201,15 +218,38 @@ def _workers(
 
         return RayWorkers(train, divergence_factor, address, cpus_per_run, gpus_per_run)
     if jobs is None:
-        jobs = len(gpus) if gpus else os.cpu_count() or 1
+        jobs = len(gpus) if gpus else usable_cores()
     jobs = validate.integer(jobs, "run_sweep: jobs", 1)
     return LocalWorkers(train, jobs, divergence_factor, [str(g) for g in gpus or []])
 
 
 def _write_description(out: Path, grid: Grid, train: TrainFn | str) -> None:
-    """``sweep.json``: the grid and the training function, for the report and for a person."""
-    name = train if isinstance(train, str) else f"{train.__module__}:{getattr(train, '__qualname__', train)}"
-    (out / "sweep.json").write_text(json.dumps({"grid": grid.describe(), "train": name}, indent=1))
+    """``sweep.json``: the grid and the training function, for the report and for a person.
+
+    Raises:
+      MaxPError: the folder holds runs of another training function, which would be skipped
+        as done and reported beside the new ones.
+    """
+    name = train_name(train)
+    path = out / "sweep.json"
+    if path.exists():
+        try:
+            before = json.loads(path.read_text()).get("train")
+        except (OSError, ValueError, AttributeError):
+            before = None
+        if before is not None and before != name:
+            raise MaxPError(
+                f"{out} holds a sweep of {before}, not of {name}; give another folder, or remove "
+                "that one's runs/ and sweep.json to start over"
+            )
+    path.write_text(json.dumps({"grid": grid.describe(), "train": name}, indent=1))
+
+
+def train_name(train: TrainFn | str) -> str:
+    """How ``sweep.json`` names a training function: ``package.module:function``."""
+    if isinstance(train, str):
+        return train
+    return f"{train.__module__}:{getattr(train, '__qualname__', type(train).__name__)}"
 
 
 def _progress_bar(total: int, wanted: bool) -> Any:

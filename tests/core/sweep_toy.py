@@ -5,10 +5,13 @@ multiplies ``x`` by ``1 - lr k``, so the loss ``x^2`` after ``t`` steps is
 ``x0^2 (1 - lr k)^(2t)``: it shrinks for ``lr k < 2`` and grows (diverges) above. ``mode``
 makes a run fail: ``raise_once`` and ``die_once`` (the worker process exits) on their first
 attempt only (a marker file under ``$SWEEP_TOY_MARKERS`` remembers it), ``always_raise`` on
-every attempt. ``slow`` sleeps between steps.
+every attempt. ``slow`` sleeps between steps; ``child`` starts a process of its own (as a
+data loader with workers does); ``die_after`` ends its worker process shortly after the run.
 """
 
+import multiprocessing
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -40,6 +43,10 @@ def train(config: dict):
         if mode == "die_once":
             os._exit(7)
         raise RuntimeError("the toy fails on its first attempt")
+    if mode == "child":
+        child = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(0.01,))
+        child.start()
+        child.join()
     lr, k = config["lr"], config.get("width", 64) / 64
     x = np.float64(1 + config.get("seed", 0) / 10)
     for step in range(config.get("steps", STEPS)):
@@ -47,3 +54,5 @@ def train(config: dict):
         if mode == "slow":
             time.sleep(0.02)
         x = x - lr * k * x
+    if mode == "die_after":
+        threading.Timer(0.2, os._exit, (9,)).start()

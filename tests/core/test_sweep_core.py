@@ -255,3 +255,44 @@ def test_a_training_function_that_returns_no_records_or_bad_ones_fails_by_name(t
     with pytest.raises(MaxPError, match="has no function 'nope'"):
         run_sweep("tests.core.sweep_toy:nope", grid, tmp_path / "x", backend="inline", progress=False)
     assert summarize(read_runs(tmp_path / "nothing"))["counts"]["failed"] == 1
+
+
+def test_workers_may_start_processes_and_one_dying_while_idle_is_replaced(tmp_path: Path) -> None:
+    grid = Grid(lr=[0.1, 0.2, 0.3, 0.4], mode=["child", "die_after"], seed=[0])
+    done = run_sweep(TOY, grid, tmp_path, jobs=1, progress=False)
+    assert done.failed == [] and done.trained == len(grid)
+    assert all(r["status"] == "finished" for r in read_runs(tmp_path))
+
+
+def test_a_training_function_workers_cannot_load_is_refused_at_once(tmp_path: Path) -> None:
+    with pytest.raises(MaxPError, match="cannot be sent to worker processes"):
+        run_sweep(lambda config: [], Grid(lr=[0.1]), tmp_path, jobs=1, progress=False)
+
+
+def test_a_folder_keeps_one_training_function_and_reports_its_last_grid(tmp_path: Path) -> None:
+    run_sweep(TOY, Grid(lr=[0.1, 0.5], width=[64, 128]), tmp_path, backend="inline", progress=False)
+    run_sweep(TOY, Grid(lr=[0.1, 0.5]), tmp_path, backend="inline", progress=False)
+    with pytest.warns(UserWarning, match="4 of 6 run records belong to another grid"):
+        report = write_report(tmp_path, plots=False)
+    assert [s["setting"] for s in report["settings"]] == [{}]
+    assert report["settings"][0]["seeds_at_best"] == 1  # not averaged with the width runs
+    with pytest.raises(MaxPError, match=r"holds a sweep of tests\.core\.sweep_toy:train"):
+        run_sweep("tests.core.sweep_toy:expected_losses", Grid(lr=[0.1]), tmp_path, backend="inline")
+
+
+def test_basins_with_negative_losses_and_rates_with_a_failed_seed() -> None:
+    def run(lr: float, seed: int, loss: float | None, status: str = "finished") -> dict:
+        return {"config": {"lr": lr, "seed": seed}, "status": status, "final_loss": loss, "records": []}
+
+    runs = [run(0.1, 0, -2.0), run(0.1, 1, -2.0), run(0.3, 0, -1.95), run(0.3, 1, -1.95)]
+    runs += [run(1.0, 0, -9.0), run(1.0, 1, None, "failed")]  # one seed's loss unknown: no candidate
+    (setting,) = summarize(runs)["settings"]
+    assert setting["best_lr"] == 0.1 and setting["failed"] == 1
+    assert (setting["basin_1"], setting["basin_5"]) == (1, 2)  # -1.95 is 2.5% above -2
+
+
+def test_a_grid_takes_numpy_values_as_python_numbers() -> None:
+    grid = Grid(lr=np.logspace(-3, -1, 3), width=np.array([64, 128]), seed=range(2))
+    config = grid.configs()[0]
+    assert config == {"lr": 0.001, "width": 64, "seed": 0}
+    assert type(config["lr"]) is float and type(config["width"]) is int

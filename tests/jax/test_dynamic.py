@@ -362,3 +362,21 @@ def test_training_activations_give_the_same_resolve_as_a_sample_forward() -> Non
         MaxPError, match=r"needs the update's extra arguments \['maxp_inputs', 'maxp_batch'\]"
     ):
         tx.update(params, state, params)
+
+
+def test_a_state_without_the_initial_norms_measures_the_same() -> None:
+    """A state saved before it kept w0's norms (w0_norms=()) takes them from w0 at each measurement."""
+    from maxp_jax.dynamic import AlignmentResolver
+
+    model, params, spec = mlp_and_spec(width=32, depth=3)
+    params = maxp_jax.abc_init(spec, params, jax.random.key(2))
+    x, _ = batch(4)
+    dyn = DynamicAlignment(model.apply, x, sample_size=16)
+    state = scale_by_maxp(spec, dyn).init(params)
+    assert len(state.w0_norms) == len(state.w0) > 0
+    moved = jax.tree.map(lambda p: p * 1.1 + 0.01, params)
+    resolver = AlignmentResolver(spec, dyn)
+    kept, flags = resolver.measure(moved, state)
+    again, flags_again = resolver.measure(moved, state._replace(w0_norms=()))
+    np.testing.assert_allclose(np.asarray(again), np.asarray(kept), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(flags_again), np.asarray(flags))
