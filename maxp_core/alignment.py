@@ -141,6 +141,13 @@ def _scale_factor(x: Any, xp: ModuleType, axis: Any) -> Any:
     return xp.where(usable, power, xp.where(finite, xp.zeros_like(peak), xp.ones_like(peak)))
 
 
+def _all_finite(x: Any, xp: ModuleType) -> Any:
+    """Whether every entry of each matrix (the last two axes) is finite (True when empty)."""
+    if math.prod(x.shape) == 0:
+        return xp.ones(x.shape[:-2], dtype=bool)
+    return xp.all(xp.isfinite(x).reshape(*x.shape[:-2], -1), axis=-1)
+
+
 def _smallest_normal(x: Any, xp: ModuleType) -> float:
     """The smallest normal number of ``x``'s floating dtype (0 for other dtypes)."""
     try:
@@ -367,8 +374,7 @@ def measure_layers(
     n = _check_fan_in(fan_in, checked[0][0])
     if n < 2:
         nan = xp.full((len(checked),), math.nan)
-        dw_norms = [_rms(w - w0, xp) for _, _, w0, w in checked]
-        return Alignment(nan, nan, nan), xp.isfinite(xp.stack(dw_norms))
+        return Alignment(nan, nan, nan), xp.stack([_all_finite(w - w0, xp) for _, _, w0, w in checked])
     if initial_norms is not None and len(initial_norms) != len(checked):
         raise MaxPError(
             f"measure_layers: {len(initial_norms)} initial_norms for {len(checked)} layers; give one "
@@ -485,7 +491,7 @@ def measure_stacks(
     n = _check_fan_in(fan_in, z0)
     if n < 2:
         nan = xp.full_like(_rms(w0, xp), math.nan)
-        return Alignment(nan, nan, nan), xp.isfinite(_rms(w - w0, xp))
+        return Alignment(nan, nan, nan), _all_finite(w - w0, xp)
     products = _products(z0, z, w0, w, xp, scratch, initial_norms)
     return _from_products(products, n, xp), xp.isfinite(products.rms_dw)
 

@@ -304,9 +304,10 @@ class Measurement:
                 if self.norm_mode == "rms":
                     scratch = len(chunk) > 1
                     norms = self.initial_norms(chunk)
+                    finite_inputs = all_finite(z)  # before a scratch measurement overwrites z
                     # The weights' finiteness comes off the measurement's own pass over them.
                     al, finite = measure_stacks(z0, z, w0, w, w.shape[-1], torch, scratch, norms)
-                    finite = finite & all_finite(z)
+                    finite = finite & finite_inputs
                 else:
                     finite = all_finite(z) & all_finite(w)
                     layers_of_chunk = list(zip(z0, z, w0, w, strict=True))
