@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,25 +19,15 @@ import optax
 
 import maxp_jax
 from examples.common import digits_split, sweep_main
+from examples.digits_jax import MLP
 
 LOG_EVERY = 10
-
-
-class MLP(nn.Module):
-    width: int
-    depth: int = 4
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for _ in range(self.depth - 1):
-            x = nn.relu(nn.Dense(self.width)(x))
-        return nn.Dense(10)(x)
 
 
 def train(config: dict[str, Any]) -> Iterator[dict[str, float]]:
     """One run: ``config`` holds ``lr``, ``width``, ``method`` (``maxp`` or ``mup``), ``seed``, ``steps``."""
     x_train, _, y_train, _ = digits_split()
-    model = MLP(config["width"])
+    model = MLP(config["width"], depth=4)
     params = model.init(jax.random.key(config["seed"]), jnp.ones((1, 64)))
     roles = ["embedding", "hidden", "hidden", "readout"]  # in the order the layers are applied
     rules = [maxp_jax.Rule(f"params/Dense_{i}/.*", role) for i, role in enumerate(roles)]
