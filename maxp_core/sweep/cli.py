@@ -9,12 +9,13 @@ writes ``sweep-report.md``, ``.json`` and the plots next to the records and prin
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any, TextIO
 
 from maxp_core.errors import MaxPError
 from maxp_core.sweep.grid import Grid
 from maxp_core.sweep.report import markdown, write_report
-from maxp_core.sweep.runner import BACKENDS, run_sweep
+from maxp_core.sweep.runner import BACKENDS, SweepInterrupted, run_sweep
 
 #: Axes with an option of their own; any other comes by ``--set``.
 NAMED_AXES = ("width", "depth", "method", "seed")
@@ -86,24 +87,31 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
         summary = write_report(args.folder, args.out, plots=not args.no_plots)
         print(markdown(summary), file=out)
         return 0
-    done = run_sweep(
-        args.train,
-        grid_of(args),
-        args.out,
-        backend=args.backend,
-        jobs=args.jobs,
-        address=args.address,
-        retries=args.retries,
-        divergence_factor=args.divergence_factor,
-        gpus=None if args.gpus is None else args.gpus.split(","),
-        cpus_per_run=args.cpus_per_run,
-        gpus_per_run=args.gpus_per_run,
-        progress=not args.no_progress,
-    )
+    try:
+        done = run_sweep(
+            args.train,
+            grid_of(args),
+            args.out,
+            backend=args.backend,
+            jobs=args.jobs,
+            address=args.address,
+            retries=args.retries,
+            divergence_factor=args.divergence_factor,
+            gpus=None if args.gpus is None else args.gpus.split(","),
+            cpus_per_run=args.cpus_per_run,
+            gpus_per_run=args.gpus_per_run,
+            progress=not args.no_progress,
+        )
+    except SweepInterrupted as interrupted:
+        print(str(interrupted), file=sys.stderr)
+        return 130
     print(
         f"{done.trained} trained, {done.skipped} done before, {done.diverged} diverged, "
         f"{len(done.failed)} failed in {done.seconds:.1f} s; records in {done.out / 'runs'}. "
         f"Report: python -m maxp_core sweep report {done.out}",
         file=out,
     )
+    if done.failed:
+        first = done.failed[0]
+        print(f"{first} failed: {done.errors[first]} (the whole traceback is in its record)", file=out)
     return 1 if done.failed else 0

@@ -39,6 +39,7 @@ class Outcome(NamedTuple):
     run_id: str
     record: dict[str, Any] | None
     error: str | None
+    retry: bool = True  # whether another attempt could go otherwise
 
 
 #: The worker's first message: it loaded the training function (or why it could not).
@@ -85,7 +86,7 @@ def _worker_main(
         try:
             conn.send(Outcome(run_id, execute(train, run_id, config, divergence_factor), None))
         except RunFailed as failure:
-            conn.send(Outcome(run_id, None, str(failure.args[0])))
+            conn.send(Outcome(run_id, None, str(failure.args[0]), failure.retry))
 
 
 class LocalWorkers:
@@ -203,9 +204,9 @@ class LocalWorkers:
                 if not worker.ready:
                     raise MaxPError(
                         f"a worker process exited (exit code {code}) before it could load the training "
-                        "function: one defined in a notebook, on stdin or in a script's __main__ cannot be "
-                        "loaded by another process; give it as 'package.module:function' (or use "
-                        "backend='inline')"
+                        "function: one defined inside `if __name__ == '__main__':`, in a notebook or on "
+                        "stdin cannot be loaded by another process; define it at a module's top level, give "
+                        "it as 'package.module:function', or use backend='inline'"
                     )
                 outcomes.append(
                     Outcome(

@@ -27,8 +27,17 @@ def all_plots(runs: list[dict[str, Any]], summary: dict[str, Any], out: Path) ->
     return drawn
 
 
-def _label(setting: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in setting.items()) or "all runs"
+def _log_if_positive(ax: Any) -> None:
+    """A log-scaled loss axis where the panel holds positive losses (a sweep whose runs all
+    failed or whose losses go negative keeps a linear one)."""
+    values = [v for line in ax.get_lines() for v in line.get_ydata() if math.isfinite(v)]
+    if values and min(values) > 0:
+        ax.set_yscale("log")
+
+
+def _label(setting: dict[str, Any], varying: list[str] | None = None) -> str:
+    shown = {k: v for k, v in setting.items() if varying is None or k in varying}
+    return ", ".join(f"{k}={v}" for k, v in shown.items()) or "all runs"
 
 
 def transfer_plot(summary: dict[str, Any], path: Path) -> Path:
@@ -41,7 +50,7 @@ def transfer_plot(summary: dict[str, Any], path: Path) -> Path:
     panels: dict[str, list[dict[str, Any]]] = {}
     for s in summary["settings"]:
         held = {k: v for k, v in s["setting"].items() if k not in sizes}
-        panels.setdefault(_label(held), []).append(s)
+        panels.setdefault(_label(held, summary["varying"]), []).append(s)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False, sharey=True)
     for ax, (title, settings) in zip(axes[0], panels.items(), strict=True):
         for row, s in enumerate(settings):
@@ -58,10 +67,13 @@ def transfer_plot(summary: dict[str, Any], path: Path) -> Path:
                 clip_on=False,
             )
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        _log_if_positive(ax)
+        grid = [float(lr) for s in settings for lr in s["loss_by_lr"]]
+        ax.set_xlim(min(grid) / 1.5, max(grid) * 1.5)  # a diverged rate has no point to span it
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("learning rate")
-        ax.legend(fontsize=7)
+        if ax.get_lines():
+            ax.legend(fontsize=7)
     axes[0][0].set_ylabel("final loss (mean over seeds; x: diverged)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -93,11 +105,12 @@ def curves_plot(runs: list[dict[str, Any]], summary: dict[str, Any], path: Path)
                 finite = [(s, v) for s, v in zip(steps, losses, strict=True) if math.isfinite(v)]
                 if finite:
                     ax.scatter(*finite[-1], marker="x", color=colour, s=40, zorder=3)
-        ax.set_yscale("log")
+        _log_if_positive(ax)
         seed = f", seed {seeds[0]}" if seeds and seeds[0] is not None else ""
-        ax.set_title(_label(setting) + seed, fontsize=8)
+        ax.set_title(_label(setting, summary["varying"]) + seed, fontsize=8)
         ax.set_xlabel("step")
-        ax.legend(fontsize=6)
+        if ax.get_lines():
+            ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(settings) :]:
         ax.set_visible(False)
     axes[0][0].set_ylabel("loss (x: diverged)")
@@ -128,10 +141,11 @@ def trajectory_plots(runs: list[dict[str, Any]], summary: dict[str, Any], out: P
         layers = sorted(k.removeprefix(LAYER_PREFIX) for k in keys if k.startswith(LAYER_PREFIX))
         if not layers:
             continue
-        name = "-".join(f"{k}{_written(v)}" for k, v in s["setting"].items()) or "all"
+        varying = summary["varying"]
+        name = "-".join(f"{k}{_written(v)}" for k, v in s["setting"].items() if k in varying) or "all"
         path = out / f"sweep-trajectory-{name}.png"
         run = MetricsRun(layers=dict.fromkeys(layers, "hidden"), records=[_with_step(r) for r in records])
-        title = f"{_label(s['setting'])}, lr {s['best_lr']:.3g}"
+        title = f"{_label(s['setting'], summary['varying'])}, lr {s['best_lr']:.3g}"
         drawn.append(plot_metrics(run, path, title=title))
     return drawn
 

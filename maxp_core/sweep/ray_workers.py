@@ -20,11 +20,11 @@ from maxp_core.sweep.records import RunFailed, TrainFn, execute
 
 def _ray_task(
     train: TrainFn | str, run_id: str, config: dict[str, Any], divergence_factor: float | None
-) -> tuple[dict[str, Any] | None, str | None]:
+) -> tuple[dict[str, Any] | None, str | None, bool]:
     try:
-        return execute(train, run_id, config, divergence_factor), None
+        return execute(train, run_id, config, divergence_factor), None, True
     except RunFailed as failure:
-        return None, str(failure.args[0])
+        return None, str(failure.args[0]), failure.retry
 
 
 def _installed(path: str) -> bool:
@@ -90,10 +90,10 @@ class RayWorkers:
         for ref in done:
             run_id = self.pending.pop(ref)
             try:
-                record, error = self.ray.get(ref)
+                record, error, retry = self.ray.get(ref)
             except self.ray.exceptions.RayError as failure:  # the worker died or its node was lost
-                record, error = None, f"the Ray task training this run failed: {failure}"
-            outcomes.append(Outcome(run_id, record, error))
+                record, error, retry = None, f"the Ray task training this run failed: {failure}", True
+            outcomes.append(Outcome(run_id, record, error, retry))
         return outcomes
 
     def close(self) -> None:

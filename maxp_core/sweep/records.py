@@ -36,7 +36,16 @@ FINAL_SHARE = 0.1
 
 
 class RunFailed(Exception):
-    """A training function raised; ``args[0]`` is its traceback."""
+    """A training function raised; ``args[0]`` is its traceback. ``retry`` is False where
+    another attempt cannot go otherwise (records that are not records)."""
+
+    def __init__(self, message: str, retry: bool = True) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+class RecordError(MaxPError):
+    """A training function's output is not records: trying again would give the same."""
 
 
 def resolve_train(train: TrainFn | str) -> TrainFn:
@@ -73,7 +82,13 @@ def execute(
     status = "finished"
     try:
         produced = resolve_train(train)(dict(config))
-        iterator = iter(produced)
+        try:
+            iterator = iter(produced)
+        except TypeError:
+            raise RecordError(
+                f"the training function returned {type(produced).__name__}, not records (a list or a "
+                "generator of {'step': ..., 'loss': ...})"
+            ) from None
         try:
             for index, raw in enumerate(iterator):
                 record = check_record(raw, index)
@@ -85,10 +100,14 @@ def execute(
             close = getattr(iterator, "close", None)
             if close is not None:
                 close()  # a generator stopped early runs its own cleanup
+    except RecordError:
+        raise RunFailed(traceback.format_exc(), retry=False) from None
     except Exception:
         raise RunFailed(traceback.format_exc()) from None
     if not records:
-        raise RunFailed(f"the training function returned no records for run {run_id}")
+        raise RunFailed(
+            f"RecordError: the training function returned no records for run {run_id}", retry=False
+        )
     return {
         "id": run_id,
         "config": dict(config),
@@ -121,18 +140,18 @@ def check_record(raw: Any, index: int) -> dict[str, Any]:
     it is what divergence looks like), the rest numbers or ``None``."""
     if not isinstance(raw, Mapping):
         kind = type(raw).__name__
-        raise MaxPError(f"record {index} is {kind}, not a mapping like {{'step': 1, 'loss': 2.3}}")
+        raise RecordError(f"record {index} is {kind}, not a mapping like {{'step': 1, 'loss': 2.3}}")
     missing = [key for key in ("step", "loss") if key not in raw]
     if missing:
-        raise MaxPError(f"record {index} lacks {missing}; each record needs 'step' and 'loss'")
+        raise RecordError(f"record {index} lacks {missing}; each record needs 'step' and 'loss'")
     out: dict[str, Any] = {}
     for key, value in raw.items():
         number = _number(value)
         if number is None and value is not None:
-            raise MaxPError(f"record {index}: {key!r} is {value!r}; record values must be numbers")
+            raise RecordError(f"record {index}: {key!r} is {value!r}; record values must be numbers")
         out[str(key)] = number
     if out["step"] is None or float(out["step"]) != int(out["step"]):
-        raise MaxPError(f"record {index}: 'step' must be an integer, got {raw['step']!r}")
+        raise RecordError(f"record {index}: 'step' must be an integer, got {raw['step']!r}")
     out["step"] = int(out["step"])
     if out["loss"] is None:
         out["loss"] = math.nan

@@ -74,8 +74,10 @@ def summarize(runs: list[dict[str, Any]], axes: Mapping[str, Sequence[Any]] | No
         groups.setdefault(tuple(r["config"].get(k) for k in keys), []).append(r)
     order = sorted(groups, key=lambda values: _position(values, keys, axes))
     settings = [_setting(dict(zip(keys, values, strict=True)), groups[values]) for values in order]
+    varying = [k for k in keys if len({repr(s["setting"][k]) for s in settings}) > 1]
     return {
         "axes": keys,
+        "varying": varying,
         "counts": {status: sum(r["status"] == status for r in runs) for status in STATUSES},
         "settings": settings,
         "transfer": _transfer(settings, keys),
@@ -108,6 +110,7 @@ def _setting(setting: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, A
         "spread": max(losses) - min(losses) if losses else None,
         "std": statistics.stdev(losses) if len(losses) > 1 else None,
         "loss_by_seed": {str(r["config"].get("seed")): r["final_loss"] for r in at_best},
+        "best_at_edge": _edge(best, sorted(by_lr)),
         "first_diverging_lr": first,
         "diverging_over_best": first / best if first is not None and best is not None else None,
         **{
@@ -120,6 +123,19 @@ def _setting(setting: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, A
         "diverged_lrs": diverging,
         "failed": sum(r["status"] == "failed" for r in runs),
     }
+
+
+def _edge(best: float | None, lrs: list[float]) -> str | None:
+    """``"top"`` or ``"bottom"`` when the best rate is the grid's largest or smallest: the
+    optimum may lie beyond it, and the grid wants widening that way."""
+    if best is None or len(lrs) < 2:
+        return None
+    return "top" if best == lrs[-1] else "bottom" if best == lrs[0] else None
+
+
+def _shown(values: dict[str, Any], varying: Sequence[str]) -> str:
+    """``k=v, ...`` of the axes that vary across the sweep (the others say nothing)."""
+    return ", ".join(f"{k}={v}" for k, v in values.items() if k in varying) or "-"
 
 
 def _numeric_axes(settings: list[dict[str, Any]], keys: Sequence[str]) -> list[str]:
@@ -217,20 +233,27 @@ def sign_test(wins: int, trials: int) -> float:
 def markdown(summary: dict[str, Any], title: str = "Sweep report") -> str:
     """The report as Markdown tables."""
     counts = summary["counts"]
-    keys = summary["axes"]
     parts = [
         f"# {title}\n",
         f"Runs: {sum(counts.values())} ({counts['finished']} finished, {counts['diverged']} diverged, "
         f"{counts['failed']} failed). Final loss: the mean of a run's last tenth of records; a rate's "
-        "loss: the mean over its seeds, counted only where no seed diverged.\n",
+        "loss: the mean over its seeds, counted only where every seed finished. A best rate at the "
+        "grid's edge is marked (top) or (bottom): the optimum may lie beyond it."
+        + _constants(summary)
+        + "\n",
+        *(
+            [f"{summary['left_out']} run records of an earlier grid in this folder are left out.\n"]
+            if summary.get("left_out")
+            else []
+        ),
         "## Best learning rate per setting\n",
-        "```\n" + _settings_table(summary["settings"], keys) + "\n```\n",
+        "```\n" + _settings_table(summary["settings"], summary["varying"]) + "\n```\n",
     ]
     if summary["transfer"]:
         rows = [
             (
                 t["axis"],
-                ", ".join(f"{k}={v}" for k, v in t["held"].items()) or "-",
+                _shown(t["held"], summary["varying"]),
                 "  ".join(f"{size}:{_g(lr)}" for size, lr in t["best_lr_by_size"].items()),
                 _signed(t["shift_log2"]),
                 _g(t["range_log2"], ".1f"),
@@ -242,7 +265,7 @@ def markdown(summary: dict[str, Any], title: str = "Sweep report") -> str:
     if summary["paired"]:
         pairs = [
             (
-                ", ".join(f"{k}={v}" for k, v in p["held"].items()) or "-",
+                _shown(p["held"], summary["varying"]),
                 f"{p['first']} vs {p['second']}",
                 p["seeds"],
                 f"{p['mean_difference']:+.4g}",
@@ -260,11 +283,20 @@ def markdown(summary: dict[str, Any], title: str = "Sweep report") -> str:
     return "\n".join(parts)
 
 
+def _constants(summary: dict[str, Any]) -> str:
+    """The axes with one value, said once instead of in every row."""
+    if not summary["settings"]:
+        return ""
+    setting = summary["settings"][0]["setting"]
+    fixed = {k: v for k, v in setting.items() if k not in summary["varying"]}
+    return f" Every run: {', '.join(f'{k}={v}' for k, v in fixed.items())}." if fixed else ""
+
+
 def _settings_table(settings: list[dict[str, Any]], keys: Sequence[str]) -> str:
     rows = [
         (
             *(s["setting"][k] for k in keys),
-            _g(s["best_lr"]),
+            _g(s["best_lr"]) + {"top": " (top)", "bottom": " (bottom)", None: ""}[s["best_at_edge"]],
             _g(s["best_loss"], ".4g"),
             s["seeds_at_best"],
             _g(s["spread"], ".3g"),
@@ -308,8 +340,10 @@ def write_report(directory: str | Path, out: str | Path | None = None, plots: bo
     """
     directory = Path(directory)
     axes = _axes_of(directory)
-    runs = in_grid(read_runs(directory), axes)
+    everything = read_runs(directory)
+    runs = in_grid(everything, axes)
     summary = summarize(runs, axes)
+    summary["left_out"] = len(everything) - len(runs)
     out = Path(out) if out is not None else directory
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(summary)

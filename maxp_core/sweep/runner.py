@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from typing import Any, Protocol
 
 from maxp_core import validate
 from maxp_core.errors import MaxPError
+from maxp_core.resolve import warn_user
 from maxp_core.sweep.grid import Grid
 from maxp_core.sweep.local import LocalWorkers, Outcome, Task, usable_cores
 from maxp_core.sweep.records import (
@@ -75,11 +77,21 @@ class InlineWorkers:
             record = execute(self.train, task.run_id, task.config, self.divergence_factor)
             return [Outcome(task.run_id, record, None)]
         except RunFailed as failure:
-            return [Outcome(task.run_id, None, str(failure.args[0]))]
+            return [Outcome(task.run_id, None, str(failure.args[0]), failure.retry)]
 
     def close(self) -> None:
         """Nothing runs elsewhere: forget what was handed over."""
         self.queue.clear()
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """The sweep was interrupted (Ctrl-C); what finished is saved and a second start resumes."""
+
+    def __init__(self, trained: int, out: Path) -> None:
+        super().__init__(
+            f"interrupted: {trained} runs trained this time are saved under {out / 'runs'}; start the "
+            "same sweep again to resume"
+        )
 
 
 @dataclass
@@ -92,6 +104,7 @@ class SweepResult:
     skipped: int = 0
     diverged: int = 0
     failed: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # each failed run's error, its last line
     retried: int = 0
     seconds: float = 0.0
 
@@ -181,7 +194,7 @@ def run_sweep(
                     write_run(runs_dir, {**outcome.record, "attempts": tries})
                     result.trained += 1
                     result.diverged += outcome.record["status"] == "diverged"
-                elif tries <= retries:
+                elif tries <= retries and outcome.retry:
                     todo.append(by_id[outcome.run_id])
                     result.retried += 1
                     continue
@@ -189,10 +202,13 @@ def run_sweep(
                     task = by_id[outcome.run_id]
                     write_run(runs_dir, failed_record(task.run_id, task.config, outcome.error or "", tries))
                     result.failed.append(task.run_id)
+                    result.errors[task.run_id] = last_line(outcome.error or "")
                 if bar is not None:
                     bar.update(1)
             if bar is not None:
                 bar.set_postfix(running=workers.running(), failed=len(result.failed), refresh=False)
+    except KeyboardInterrupt:
+        raise SweepInterrupted(result.trained, out) from None
     finally:
         workers.close()
         if bar is not None:
@@ -237,19 +253,48 @@ def _write_description(out: Path, grid: Grid, train: TrainFn | str) -> None:
             before = json.loads(path.read_text()).get("train")
         except (OSError, ValueError, AttributeError):
             before = None
-        if before is not None and before != name:
+        has_runs = any((out / "runs").glob("*.json"))
+        if before is not None and before != name and has_runs:
             raise MaxPError(
                 f"{out} holds a sweep of {before}, not of {name}; give another folder, or remove "
                 "that one's runs/ and sweep.json to start over"
             )
+        if has_runs and _earlier_grid(path) not in (None, grid.describe()):
+            warn_user(
+                f"{out} last ran another grid (sweep.json): its runs stay under runs/ and are trained "
+                "only where this grid has them; the report reads this grid's runs"
+            )
     path.write_text(json.dumps({"grid": grid.describe(), "train": name}, indent=1))
 
 
+def _earlier_grid(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text()).get("grid")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def train_name(train: TrainFn | str) -> str:
-    """How ``sweep.json`` names a training function: ``package.module:function``."""
+    """How ``sweep.json`` names a training function: ``package.module:function``; a function of a
+    script run as ``__main__`` by the script's name, as ``python -m maxp_core sweep run`` names it."""
     if isinstance(train, str):
         return train
-    return f"{train.__module__}:{getattr(train, '__qualname__', type(train).__name__)}"
+    module = train.__module__
+    if module == "__main__":
+        script = getattr(sys.modules["__main__"], "__file__", None)
+        module = Path(script).stem if script else module
+    return f"{module}:{getattr(train, '__qualname__', type(train).__name__)}"
+
+
+def last_line(error: str) -> str:
+    """The last line of a traceback: the exception and its message.
+
+    Example:
+      >>> last_line("Traceback (most recent call last):\\n  ...\\nKeyError: 'seed'\\n")
+      "KeyError: 'seed'"
+    """
+    lines = [line for line in error.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else error
 
 
 def _progress_bar(total: int, wanted: bool) -> Any:

@@ -37,6 +37,8 @@ def _first_attempt(config: dict) -> bool:
 
 def train(config: dict):
     mode = config.get("mode", "ok")
+    if mode == "interrupt" and config["lr"] > 0.3:
+        raise KeyboardInterrupt  # Ctrl-C while this run trains
     if mode == "always_raise":
         raise ValueError("the toy always fails in this mode")
     if mode in ("raise_once", "die_once") and _first_attempt(config):
@@ -56,3 +58,8 @@ def train(config: dict):
         x = x - lr * k * x
     if mode == "die_after":
         threading.Timer(0.2, os._exit, (9,)).start()
+
+
+def no_loss(config: dict):
+    """Records without their loss: a mistake no second attempt mends."""
+    return [{"step": 0, "error": 1.0}]

@@ -271,7 +271,8 @@ def test_a_training_function_workers_cannot_load_is_refused_at_once(tmp_path: Pa
 
 def test_a_folder_keeps_one_training_function_and_reports_its_last_grid(tmp_path: Path) -> None:
     run_sweep(TOY, Grid(lr=[0.1, 0.5], width=[64, 128]), tmp_path, backend="inline", progress=False)
-    run_sweep(TOY, Grid(lr=[0.1, 0.5]), tmp_path, backend="inline", progress=False)
+    with pytest.warns(UserWarning, match="last ran another grid"):
+        run_sweep(TOY, Grid(lr=[0.1, 0.5]), tmp_path, backend="inline", progress=False)
     with pytest.warns(UserWarning, match="4 of 6 run records belong to another grid"):
         report = write_report(tmp_path, plots=False)
     assert [s["setting"] for s in report["settings"]] == [{}]
@@ -296,3 +297,38 @@ def test_a_grid_takes_numpy_values_as_python_numbers() -> None:
     config = grid.configs()[0]
     assert config == {"lr": 0.001, "width": 64, "seed": 0}
     assert type(config["lr"]) is float and type(config["width"]) is int
+
+
+def test_a_record_error_is_not_retried_and_the_command_line_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["sweep", "run", "tests.core.sweep_toy:no_loss", "--lr", "0.1", "--out", str(tmp_path)]
+    assert cli_main([*argv, "--backend", "inline", "--no-progress"]) == 1
+    shown = capsys.readouterr().out
+    assert "1 failed" in shown and "lacks ['loss']; each record needs 'step' and 'loss'" in shown
+    (run,) = read_runs(tmp_path)
+    assert run["attempts"] == 1  # the same records would come again: not retried
+
+
+def test_a_new_training_function_may_take_a_folder_holding_no_runs(tmp_path: Path) -> None:
+    (tmp_path / "sweep.json").write_text(json.dumps({"grid": {"lr": [0.1]}, "train": "__main__:<lambda>"}))
+    done = run_sweep(TOY, Grid(lr=[0.1]), tmp_path, backend="inline", progress=False)
+    assert done.trained == 1
+    assert json.loads((tmp_path / "sweep.json").read_text())["train"] == TOY
+
+
+def test_a_report_of_failed_runs_only_draws_without_error(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    grid = Grid(lr=[0.1, 0.5], mode=["always_raise"])
+    run_sweep(TOY, grid, tmp_path, backend="inline", retries=0, progress=False)
+    summary = write_report(tmp_path)
+    assert summary["counts"]["failed"] == 2 and (tmp_path / "sweep-transfer.png").exists()
+
+
+def test_ctrl_c_keeps_what_finished_and_says_how_to_resume(tmp_path: Path) -> None:
+    from maxp_core.sweep.runner import SweepInterrupted
+
+    grid = Grid(lr=[0.1, 0.2, 0.5], mode=["interrupt"])
+    with pytest.raises(SweepInterrupted, match="2 runs trained this time are saved"):
+        run_sweep(TOY, grid, tmp_path, backend="inline", progress=False)
+    assert len(read_runs(tmp_path)) == 2
