@@ -285,9 +285,7 @@ def _torch_model(
         from benchmarks.versus_published import one_hot_gpt
         from examples.torch_models import next_token_loss
 
-        model = one_hot_gpt(
-            ParametrizedModule, d=work.width, blocks=work.depth, vocab=work.vocab, ctx=work.seq
-        )
+        model = one_hot_gpt(package, d=work.width, blocks=work.depth, vocab=work.vocab, ctx=work.seq)
         model = model.to(device)
         ids = torch.randint(0, work.vocab, (work.batch, work.seq), device=device)
         return model, ids, lambda: next_token_loss(model(ids), ids), ids[:1]

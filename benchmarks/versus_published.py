@@ -86,23 +86,17 @@ def build(name: str, package: Any) -> tuple[Any, Any, Any, Any]:
         x = torch.randn(64, width)
         y = torch.randint(0, 10, (64,))
         return model, x, lambda: nn.functional.cross_entropy(model(x), y), None
-    import examples.torch_models as models
+    from examples.torch_models import next_token_loss
 
-    def wrap_any(module: Any, width_dim: int, layer_type: str, a: float | None = None) -> Any:
-        # The published module takes no exponent of its own; its presets give the scores theirs.
-        if a is None or package.__name__.startswith("maxp_torch"):
-            return wrap(module, width_dim=width_dim, layer_type=layer_type, **({} if a is None else {"a": a}))
-        return wrap(module, width_dim=width_dim, layer_type=layer_type)
-
-    models.ParametrizedModule = wrap_any  # type: ignore[assignment]
     vocab = 256
-    model = one_hot_gpt(wrap_any, d=128, blocks=int(name.removeprefix("gpt-")), vocab=vocab, ctx=64)
+    model = one_hot_gpt(package, d=128, blocks=int(name.removeprefix("gpt-")), vocab=vocab, ctx=64)
     ids = torch.randint(0, vocab, (16, 64))
-    return model, ids, lambda: models.next_token_loss(model(ids), ids), ids[:1]
+    return model, ids, lambda: next_token_loss(model(ids), ids), ids[:1]
 
 
-def one_hot_gpt(wrap: Any, d: int, blocks: int, vocab: int, ctx: int) -> Any:
-    """The GPT of :mod:`examples.torch_models` with its tables as linear layers on one-hot ids.
+def one_hot_gpt(package: Any, d: int, blocks: int, vocab: int, ctx: int) -> Any:
+    """The GPT of :mod:`examples.torch_models` with its tables as linear layers on one-hot ids,
+    every layer wrapped by ``package``'s ``ParametrizedModule``.
 
     The published step measures every wrapped layer's input against its weight, which a table
     looked up by token ids is not (it stops with a shape error); a table multiplied by one-hot
@@ -111,13 +105,21 @@ def one_hot_gpt(wrap: Any, d: int, blocks: int, vocab: int, ctx: int) -> Any:
     import torch
     from torch import nn
 
-    from examples.torch_models import GPT
+    import examples.torch_models as models
 
-    class Model(GPT):
+    wrap = package.ParametrizedModule
+    ours = package.__name__.startswith("maxp_torch")
+
+    def wrap_any(module: Any, width_dim: int, layer_type: str, a: float | None = None) -> Any:
+        # The published module takes no exponent of its own; its presets give the scores theirs.
+        exponent = {} if a is None or not ours else {"a": a}
+        return wrap(module, width_dim=width_dim, layer_type=layer_type, **exponent)
+
+    class Model(models.GPT):
         def __init__(self) -> None:
             super().__init__(d=d, blocks=blocks, vocab=vocab, ctx=ctx)
-            self.tok = wrap(nn.Linear(vocab, d, bias=False), width_dim=d, layer_type="embedding")
-            self.pos = wrap(nn.Linear(ctx, d, bias=False), width_dim=d, layer_type="embedding")
+            self.tok = wrap_any(nn.Linear(vocab, d, bias=False), width_dim=d, layer_type="embedding")
+            self.pos = wrap_any(nn.Linear(ctx, d, bias=False), width_dim=d, layer_type="embedding")
 
         def forward(self, ids: torch.Tensor) -> torch.Tensor:
             positions = torch.arange(ids.shape[1], device=ids.device)
@@ -127,7 +129,14 @@ def one_hot_gpt(wrap: Any, d: int, blocks: int, vocab: int, ctx: int) -> Any:
                 x = block(x)
             return self.head(self.ln(x))
 
-    return Model()
+    # The blocks wrap their layers with the module's ParametrizedModule: the package's, while
+    # this model is built, and the module's own again after.
+    original = models.ParametrizedModule
+    models.ParametrizedModule = wrap_any  # type: ignore[assignment]
+    try:
+        return Model()
+    finally:
+        models.ParametrizedModule = original  # type: ignore[misc]
 
 
 def step_costs(side: str, name: str, repeats: int, published: Path | None) -> dict[str, float]:
