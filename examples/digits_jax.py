@@ -31,6 +31,21 @@ class MLP(nn.Module):
         return nn.Dense(self.classes)(x)
 
 
+def train_step(model: nn.Module, tx: optax.GradientTransformation):
+    """One jitted AdamW step of the classifier (params and state donated): ``-> (params, state, loss)``."""
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, opt_state, xb, yb):
+        def loss_fn(p):
+            return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, xb), yb).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step
+
+
 def learning_rates(opt_state, base_lr: float) -> list[float]:
     return [base_lr * float(f) for f in maxp_jax.find_maxp_state(opt_state).factors]
 
@@ -61,14 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     opt_state = tx.init(params)
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, opt_state, xb, yb):
-        def loss_fn(p):
-            return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, xb), yb).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    step = train_step(model, tx)
 
     names = [layer.name for layer in spec.layers]
     log = RateLog(names, [layer.role.value for layer in spec.layers], learning_rates(opt_state, args.lr))

@@ -15,11 +15,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import maxp_jax
 from examples.common import digits_split, sweep_main
-from examples.digits_jax import MLP
+from examples.digits_jax import MLP, train_step
 
 LOG_EVERY = 10
 
@@ -43,14 +42,7 @@ def train(config: dict[str, Any]) -> Iterator[dict[str, float]]:
     tx = maxp_jax.adamw(spec, learning_rate=config["lr"], weight_decay=0.0, dynamic=alignment)
     opt_state = tx.init(params)
 
-    @jax.jit
-    def step(params, opt_state, xb, yb):
-        def loss_fn(p):
-            return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, xb), yb).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    step = train_step(model, tx)
 
     rng = np.random.default_rng(config["seed"])
     for t in range(config["steps"]):

@@ -166,6 +166,8 @@ def run_sweep(
         raise MaxPError(f"run_sweep: grid must be a maxp_core.sweep.Grid, got {type(grid).__name__}")
     backend = validate.choice(backend, "run_sweep: backend", BACKENDS)
     retries = validate.integer(retries, "run_sweep: retries", 0)
+    cpus_per_run = validate.positive_number(cpus_per_run, "run_sweep: cpus_per_run")
+    gpus_per_run = validate.non_negative_number(gpus_per_run, "run_sweep: gpus_per_run")
     if divergence_factor is not None and not divergence_factor > 1:
         raise MaxPError(f"run_sweep: divergence_factor must be above 1 (or None), got {divergence_factor!r}")
     resolve_train(train)  # a name that names nothing is refused now, not once per run

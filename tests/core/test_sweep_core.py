@@ -332,3 +332,19 @@ def test_ctrl_c_keeps_what_finished_and_says_how_to_resume(tmp_path: Path) -> No
     with pytest.raises(SweepInterrupted, match="2 runs trained this time are saved"):
         run_sweep(TOY, grid, tmp_path, backend="inline", progress=False)
     assert len(read_runs(tmp_path)) == 2
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"backend": "slurm"}, "backend"),
+        ({"retries": -1}, "retries"),
+        ({"divergence_factor": 0.5}, "divergence_factor must be above 1"),
+        ({"jobs": 0}, "jobs"),
+        ({"cpus_per_run": 0}, "cpus_per_run"),
+        ({"gpus_per_run": -1}, "gpus_per_run"),
+    ],
+)
+def test_a_bad_option_is_refused_naming_it(tmp_path: Path, option: dict, message: str) -> None:
+    with pytest.raises(MaxPError, match=message):
+        run_sweep(TOY, Grid(lr=[0.1]), tmp_path, progress=False, **option)
