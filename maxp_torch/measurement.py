@@ -87,14 +87,13 @@ class Measurement:
         mode), so that an evaluation under ``torch.no_grad()`` between the training step and
         the re-solve does not replace them."""
         index = {id(m): k for k, m in enumerate(self.layers.modules)}
-        kinds = [m.kind for m in self.layers.modules]
 
         def recorder(module: Any, args: tuple[Any, ...]) -> None:
             k = index[id(module)]
             if training_only and not torch.is_grad_enabled():
                 return
             if args and isinstance(args[0], torch.Tensor):
-                rows = kinds[k].rows(module.inner, args[0].detach())
+                rows = self.kind(k).rows(module.inner, args[0].detach())
                 keep[k] = leading_rows(rows, self.sample_size)
                 if sizes is not None:
                     sizes[k] = (args[0].shape[0] if args[0].ndim else 0, rows.shape[0])
@@ -269,9 +268,14 @@ class Measurement:
         module = self.layers.modules[k]
         weight = module.weight if weight is None else weight
         assert weight is not None
-        if k not in self._kinds:  # what the wrapped module is does not change: looked up once
-            self._kinds[k] = module.kind
-        return self._kinds[k].matrix(sharding.full(weight.detach()))
+        return self.kind(k).matrix(sharding.full(weight.detach()))
+
+    def kind(self, k: int) -> LayerKind:
+        """How layer ``k``'s weight and inputs read; what a module wraps does not change, so it is
+        looked up once (the lookup walks the kinds on every call)."""
+        if k not in self._kinds:
+            self._kinds[k] = self.layers.modules[k].kind
+        return self._kinds[k]
 
     @torch.no_grad()
     def measure(self, x: Any, previous: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
