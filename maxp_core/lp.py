@@ -893,6 +893,12 @@ class _KeptModel:
         status = h.getModelStatus()
         ms = self._highspy.HighsModelStatus
         if status == ms.kOptimal:
+            # The values come from a factorisation updated along this model's own path of
+            # solves, which differs in the last bits between a long run and a resumed one;
+            # read again off a fresh factorisation of the optimal basis, they depend on the
+            # basis alone (a resumed run then repeats the uninterrupted one exactly).
+            h.setBasis(h.getBasis())
+            h.run()
             return "optimal"
         if status in (ms.kInfeasible, ms.kUnboundedOrInfeasible):
             return "infeasible"

@@ -136,6 +136,22 @@ def test_warm_resolves_return_the_same_point() -> None:
     assert lp.solve(**MEASURED).c == pytest.approx(first.c, abs=1e-9)
 
 
+@pytest.mark.parametrize("tie_rule", ["preset", "later"])
+def test_a_solve_repeats_to_the_last_bit_whatever_solves_came_before(tie_rule: str) -> None:
+    """What a resumed run relies on: the answer to the same numbers is the same to the last
+    bit from a fresh LP as from one warm-started along a history of other solves."""
+    rng = np.random.default_rng(0)
+    for depth in (8, 24, 64):
+        graph = chain(depth)
+        kept = StabilityLP(graph, tie_rule=tie_rule)
+        for _ in range(12):
+            triples = rng.uniform([0.2, 0.2, 0.2], [1.0, 0.6, 1.0], size=(depth, 3))
+            numbers = {key: triples[:, j].tolist() for j, key in enumerate(("alpha", "omega", "u"))}
+            after_history = kept.solve(**numbers).c
+            fresh = StabilityLP(graph, tie_rule=tie_rule).solve(**numbers).c
+            assert list(after_history.values()) == list(fresh.values()), depth
+
+
 def test_bad_tie_rule_and_reference_give_clear_errors() -> None:
     with pytest.raises(MaxPError, match=r"tie_rule must be one of \['preset', 'later'\], got 'earlier'"):
         StabilityLP(attn(), tie_rule="earlier")
