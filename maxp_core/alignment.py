@@ -61,14 +61,42 @@ AlignmentMode = Literal["rms", "spectral"]
 MODES: tuple[str, ...] = ("rms", "spectral")
 
 
-class _Products(NamedTuple):
-    """What the three rms alignments of a layer (or a stack of layers) reduce."""
+class RowNorms(NamedTuple):
+    """The RMS values the three rms alignments of a stack of layers are computed from.
 
-    rows: Any  # [z0; dz], each row scaled to unit peak
-    both: Any  # rows @ dW.T: alpha's product, then u's
-    omega: Any  # dz @ W0.T
-    rms_dw: Any  # of dW scaled to unit peak
-    rms_w0: Any  # of W0 scaled to unit peak
+    For ``L`` layers measured on ``r`` sample rows: the large products reduced to a few
+    numbers per row, what :func:`stack_norms` computes where the layers live and
+    :func:`alignments_of_norms` turns into alignments (on the host, for all stacks at once).
+    """
+
+    rows: Any  # (L, 2r): each row of [z0; dz], scaled to unit peak
+    both: Any  # (L, 2r): each row of [z0; dz] @ dW.T (alpha's rows, then u's), dW at unit peak
+    omega: Any  # (L, r): each row of dz @ W0.T, W0 at unit peak
+    dw: Any  # (L,): of dW at unit peak
+    w0: Any  # (L,): of W0 at unit peak
+
+    def packed(self, xp: ModuleType = np) -> Any:
+        """All of it as one ``(L, 5r + 2)`` array (one copy to the host)."""
+        return xp.concatenate([self.rows, self.both, self.omega, self.dw[..., None], self.w0[..., None]], -1)
+
+    @classmethod
+    def unpacked(cls, packed: Any) -> RowNorms:
+        """The :class:`RowNorms` of an array :meth:`packed` made.
+
+        Examples:
+          >>> norms = RowNorms(*(np.full(shape, float(k)) for k, shape in
+          ...                    enumerate([(1, 4), (1, 4), (1, 2), (1,), (1,)])))
+          >>> RowNorms.unpacked(norms.packed()).omega.tolist()
+          [[2.0, 2.0]]
+        """
+        r = (packed.shape[-1] - 2) // 5
+        return cls(
+            packed[..., : 2 * r],
+            packed[..., 2 * r : 4 * r],
+            packed[..., 4 * r : 5 * r],
+            packed[..., 5 * r],
+            packed[..., 5 * r + 1],
+        )
 
 
 class Alignment(NamedTuple):
@@ -117,7 +145,7 @@ def _peak(x: Any, xp: ModuleType, axis: Any) -> Any:
 def _unit_scale(x: Any, xp: ModuleType, axis: Any, in_place: bool = False) -> Any:
     """``x`` times a power of two that brings its largest entry over ``axis`` into ``[1, 2)``.
 
-    Exact in floating point. Entries whose peak is not finite are left as they are; a
+    Exact in floating point. Where the peak is not finite, ``x`` stays not finite; a
     peak below the dtype's smallest normal number is zero (near-zero: no precision left,
     so no information). ``in_place`` (numpy, torch) scales ``x`` itself.
     """
@@ -132,13 +160,22 @@ def _unit_scale(x: Any, xp: ModuleType, axis: Any, in_place: bool = False) -> An
 
 def _scale_factor(x: Any, xp: ModuleType, axis: Any) -> Any:
     """The power of two :func:`_unit_scale` multiplies ``x`` by, one per row or matrix (the
-    reduced axes kept): 0 for a peak below the smallest normal number, 1 for a peak that is
-    not finite (``x`` then stays as it is, NaN or inf included)."""
+    reduced axes kept): 0 for a peak below the smallest normal number (or NaN); for an infinite
+    peak a power that keeps ``x`` infinite."""
     peak = _peak(x, xp, axis)
-    finite = xp.isfinite(peak)
-    usable = finite & (peak >= _smallest_normal(x, xp))
-    power = xp.exp2(-xp.floor(xp.log2(xp.where(usable, peak, xp.ones_like(peak)))))
-    return xp.where(usable, power, xp.where(finite, xp.zeros_like(peak), xp.ones_like(peak)))
+    # peak = m * 2**e with m in [0.5, 1), so peak * 2**(1 - e) lies in [1, 2); frexp reads e off
+    # the float's bits, where log2 and floor would take more operations and round near powers
+    # of two. (NaN and inf give e = 0: their rows stay NaN or inf under any power.)
+    exponent = xp.frexp(peak)[1]
+    power = xp.exp2(_as_dtype_of(1 - exponent, peak, xp))
+    return xp.where(peak >= _smallest_normal(x, xp), power, xp.zeros_like(peak))
+
+
+def _as_dtype_of(values: Any, like: Any, xp: ModuleType) -> Any:
+    """``values`` in the dtype of ``like``."""
+    if _is_torch(xp):
+        return values.to(like.dtype)
+    return values.astype(like.dtype)
 
 
 def _all_finite(x: Any, xp: ModuleType) -> Any:
@@ -205,22 +242,23 @@ def log_rms_alignment(x: Any, y: Any, fan_in: int | None = None, xp: ModuleType 
     n = _check_fan_in(fan_in, xr)
     if n < 2:
         return _scalar(math.nan, xp)
-    return _scalar(_log_rms_of_product(_row_rms(xr, xp), _rms(ym, xp), xr @ ym.T, n, xp), xp)
+    rms_p = _row_rms(xr @ ym.T, xp)
+    return _scalar(_log_rms_of_norms(_row_rms(xr, xp), _rms(ym, xp), rms_p, np.log(n), xp), xp)
 
 
-def _log_rms_of_product(rms_x: Any, rms_y: Any, product: Any, n: int, xp: ModuleType) -> Any:
-    """The log-RMS alignment given each row's ``rms(x)``, ``rms(y)`` and ``x @ y.T``.
+def _log_rms_of_norms(rms_x: Any, rms_y: Any, rms_p: Any, log_n: Any, xp: ModuleType) -> Any:
+    """The log-RMS alignment given each row's ``rms(x)``, ``rms(y)`` and ``rms(x @ y.T)``.
 
-    Leading axes are a stack of layers: ``rms_x`` is ``(..., rows)``, ``rms_y`` is ``(...)`` and
-    ``product`` is ``(..., rows, out)``; the result is ``(...)``. Both factors come scaled to
-    unit peak, so their product neither overflows nor underflows.
+    Leading axes are a stack of layers: ``rms_x`` and ``rms_p`` are ``(..., rows)``, ``rms_y`` is
+    ``(...)``; the result is ``(...)``. ``log_n`` is ``log(fan_in)``: a number, or one per layer
+    with a trailing axis of 1. Both factors come scaled to unit peak, so their product
+    neither overflows nor underflows.
     """
-    rms_p = _row_rms(product, xp)
     scale = rms_x * rms_y[..., None]
     usable = xp.isfinite(scale) & (scale > 0) & xp.isfinite(rms_p)
     kept = usable & (rms_p > 0)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        values = (xp.log(rms_p) - xp.log(scale)) / np.log(n)
+        values = (xp.log(rms_p) - xp.log(scale)) / log_n
     count = xp.sum(kept, axis=-1)
     mean = xp.sum(xp.where(kept, values, 0.0), axis=-1) / xp.clip(count, 1, None)
     # Usable rows whose products all cancel exactly: the term does not grow, alignment 0; no
@@ -372,16 +410,13 @@ def measure_layers(
     """
     checked = _checked_layers(layers, xp, fan_in_first)
     n = _check_fan_in(fan_in, checked[0][0])
-    if n < 2:
-        nan = xp.full((len(checked),), math.nan)
-        return Alignment(nan, nan, nan), xp.stack([_all_finite(w - w0, xp) for _, _, w0, w in checked])
     if initial_norms is not None and len(initial_norms) != len(checked):
         raise MaxPError(
             f"measure_layers: {len(initial_norms)} initial_norms for {len(checked)} layers; give one "
             "weight_norms(w0) per layer"
         )
     parts = [
-        _products(
+        _row_norms(
             *layer,
             xp,
             initial_norms=None if initial_norms is None else initial_norms[k],
@@ -389,8 +424,8 @@ def measure_layers(
         )
         for k, layer in enumerate(checked)
     ]
-    products = _Products(*(xp.stack(list(group)) for group in zip(*parts, strict=True)))
-    return _from_products(products, n, xp), xp.isfinite(products.rms_dw)
+    norms = RowNorms(*(xp.stack(list(group)) for group in zip(*parts, strict=True)))
+    return alignments_of_norms(norms, n, xp)
 
 
 def weight_norms(w0: Any, xp: ModuleType = np) -> Any:
@@ -480,6 +515,31 @@ def measure_stacks(
       >>> measure_stacks(np.ones((2, 5, 4)), np.full((2, 5, 4), 2.0), w0, w)[1].tolist()
       [True, False]
     """
+    norms = stack_norms(z0, z, w0, w, xp, scratch, initial_norms)
+    return alignments_of_norms(norms, _check_fan_in(fan_in, xp.asarray(z0)), xp)
+
+
+def stack_norms(
+    z0: Any, z: Any, w0: Any, w: Any, xp: ModuleType = np, scratch: bool = False, initial_norms: Any = None
+) -> RowNorms:
+    """The :class:`RowNorms` of stacked layers (arguments as :func:`measure_stacks`).
+
+    The part of a measurement that reads the layers' tensors: what comes out is a few numbers
+    per sample row, which :func:`alignments_of_norms` turns into alignments. An eager
+    framework copies these to the host and finishes every stack there in one go, instead of
+    running the reductions' many small operations once per stack on the device.
+
+    Examples:
+      >>> import numpy as np
+      >>> rng = np.random.default_rng(0)
+      >>> z0, w0 = rng.standard_normal((2, 8, 256)), rng.standard_normal((2, 16, 256))
+      >>> dw = np.einsum("lo,i->loi", rng.standard_normal((2, 16)), np.ones(256))
+      >>> norms = stack_norms(z0, z0 + 1.0, w0, w0 + dw)
+      >>> norms.rows.shape, norms.omega.shape, norms.dw.shape
+      ((2, 16), (2, 8), (2,))
+      >>> np.round(alignments_of_norms(norms, 256)[0].u, 6)   # dz and dW along ones
+      array([1., 1.])
+    """
     z0, z, w0, w = (xp.asarray(v) for v in (z0, z, w0, w))
     if z0.ndim != 3 or w0.ndim != 3 or z0.shape != z.shape or w0.shape != w.shape:
         raise MaxPError(
@@ -488,15 +548,44 @@ def measure_stacks(
             "(layers, out, fan_in) weights, the initial and current ones of equal shapes"
         )
     _check_contracted(z0, w0, "alignment_of_stacks")
-    n = _check_fan_in(fan_in, z0)
-    if n < 2:
-        nan = xp.full_like(_rms(w0, xp), math.nan)
-        return Alignment(nan, nan, nan), _all_finite(w - w0, xp)
-    products = _products(z0, z, w0, w, xp, scratch, initial_norms)
-    return _from_products(products, n, xp), xp.isfinite(products.rms_dw)
+    return _row_norms(z0, z, w0, w, xp, scratch, initial_norms)
 
 
-def _products(
+def alignments_of_norms(norms: RowNorms, fan_in: Any, xp: ModuleType = np) -> tuple[Alignment, Any]:
+    """The alignments of a stack of layers from their :class:`RowNorms`, and whether each
+    layer's weight change is finite.
+
+    ``fan_in`` is the width that scales: one number, or (numpy) one per layer. A layer whose
+    ``fan_in`` is below 2 has no width to scale with: its alignments are missing. Alpha, u
+    and omega are reduced in one pass over the three terms' rows.
+
+    Examples:
+      >>> norms = RowNorms(rows=np.ones((2, 4)), both=np.full((2, 4), 8.0), omega=np.ones((2, 2)),
+      ...                  dw=np.ones(2), w0=np.ones(2))
+      >>> al, finite = alignments_of_norms(norms, np.array([64, 1]))
+      >>> al.alpha.tolist(), al.omega.tolist(), finite.tolist()   # log 8 / log 64; rms 1: no growth
+      ([0.5, nan], [0.0, nan], [True, True])
+    """
+    r = norms.omega.shape[-1]
+    lead = tuple(norms.dw.shape)
+    rms_x = xp.concatenate([norms.rows, norms.rows[..., r:]], -1).reshape(*lead, 3, r)
+    rms_y = xp.stack([norms.dw, norms.dw, norms.w0], -1)
+    rms_p = xp.concatenate([norms.both, norms.omega], -1).reshape(*lead, 3, r)
+    finite = xp.isfinite(norms.dw)
+    if isinstance(fan_in, int | np.integer):
+        if fan_in < 2:
+            nan = xp.full(lead, math.nan)
+            return Alignment(nan, nan, nan), finite
+        values = _log_rms_of_norms(rms_x, rms_y, rms_p, math.log(fan_in), xp)
+    else:
+        widths = np.asarray(fan_in, dtype=np.float64)
+        log_n = np.log(np.maximum(widths, 2.0))[..., None, None]
+        values = _log_rms_of_norms(rms_x, rms_y, rms_p, log_n, xp)
+        values = xp.where((widths >= 2)[..., None], values, math.nan)
+    return Alignment(alpha=values[..., 0], omega=values[..., 2], u=values[..., 1]), finite
+
+
+def _row_norms(
     z0: Any,
     z: Any,
     w0: Any,
@@ -505,9 +594,9 @@ def _products(
     scratch: bool = False,
     initial_norms: Any = None,
     fan_in_first: bool = False,
-) -> _Products:
-    """What the three rms alignments reduce, for one layer or a stack of them: each factor
-    scaled to unit peak first (:func:`_unit_scale`); with ``scratch`` the inputs are overwritten.
+) -> RowNorms:
+    """The :class:`RowNorms` of one layer or a stack of them: each factor scaled to unit peak
+    first (:func:`_unit_scale`); with ``scratch`` the inputs are overwritten.
     ``initial_norms`` is :func:`weight_norms` of ``w0``, when known; ``fan_in_first``: the
     weights are ``(fan_in, out)`` (not with ``scratch``).
     """
@@ -526,9 +615,11 @@ def _products(
         both = stacked @ xp.swapaxes(dw, -1, -2)
         if initial_norms is None:
             w0 = _unit_scale(w0, xp, (-2, -1), True)
-            return _Products(stacked, both, dz @ xp.swapaxes(w0, -1, -2), _rms(dw, xp), _rms(w0, xp))
-        omega = (dz * initial_norms[..., 0, None, None]) @ xp.swapaxes(w0, -1, -2)
-        return _Products(stacked, both, omega, _rms(dw, xp), initial_norms[..., 1])
+            omega, rms_w0 = dz @ xp.swapaxes(w0, -1, -2), _rms(w0, xp)
+        else:
+            omega = (dz * initial_norms[..., 0, None, None]) @ xp.swapaxes(w0, -1, -2)
+            rms_w0 = initial_norms[..., 1]
+        return RowNorms(_row_rms(stacked, xp), _row_rms(both, xp), _row_rms(omega, xp), _rms(dw, xp), rms_w0)
     # Otherwise each matrix's power of two goes onto the rows it multiplies, which are few:
     # (s x) @ y.T = x @ (s y).T exactly, and no scaled copy of a weight is made; the RMS
     # takes the scaled weight inside its reduction, which a compiler fuses into one pass.
@@ -544,33 +635,14 @@ def _products(
     # One product of the stacked rows with dW serves alpha and u.
     both = (stacked * f_dw) @ dw
     omega = (dz * f_w0) @ w0
-    return _Products(stacked, both, omega, _rms(dw * f_dw, xp), rms_w0)
+    return RowNorms(
+        _row_rms(stacked, xp), _row_rms(both, xp), _row_rms(omega, xp), _rms(dw * f_dw, xp), rms_w0
+    )
 
 
 def _is_writable(xp: ModuleType) -> bool:
     """Whether arrays of ``xp`` can be scaled in place (numpy and torch; not JAX's)."""
     return xp is np or _is_torch(xp)
-
-
-def _from_products(products: _Products, n: int, xp: ModuleType) -> Alignment:
-    """The alignments of a stack of layers from their :func:`_products`, each stacked.
-
-    Alpha and u share their weight change: one reduction over the stacked rows ``[z0; dz]``
-    and their product serves both (half the operations, which matters where each one is a
-    kernel launch or a host dispatch).
-    """
-    stacked, boths, omega_products, rms_dws, rms_w0s = products
-    rows = omega_products.shape[-2]  # of z0, as of dz
-    rms_rows = _row_rms(stacked, xp)
-    halves = _log_rms_of_product(
-        rms_rows.reshape(*rms_rows.shape[:-1], 2, rows),
-        rms_dws[..., None],
-        boths.reshape(*boths.shape[:-2], 2, rows, boths.shape[-1]),
-        n,
-        xp,
-    )
-    omega = _log_rms_of_product(rms_rows[..., rows:], rms_w0s, omega_products, n, xp)
-    return Alignment(alpha=halves[..., 0], omega=omega, u=halves[..., 1])
 
 
 def _layer_rows(

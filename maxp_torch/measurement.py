@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from maxp_core import MaxPError, Role, alignment_of_layers, groups_of_equal_shape
-from maxp_core.alignment import AlignmentMode, measure_stacks, weight_norms
+from maxp_core.alignment import AlignmentMode, RowNorms, alignments_of_norms, stack_norms, weight_norms
 from maxp_torch import sharding
 from maxp_torch.discovery import unwrap
 from maxp_torch.initialization import InitialWeights
@@ -58,7 +58,8 @@ class Measurement:
         self.overrides = overrides
         self.z0: dict[int, torch.Tensor] = {}
         self.w0: dict[int, torch.Tensor] = {}
-        self._w0_norms: dict[int, torch.Tensor] = {}  # what every measurement reads of w0
+        # Per chunk of layers: stacked initial inputs and weights, and the weights' norms.
+        self._initial_stacks: dict[tuple[int, ...], Any] = {}
         self._kinds: dict[int, LayerKind] = {}
         self.sample: Any = None
         self.initial_model: nn.Module | None = None
@@ -108,6 +109,13 @@ class Measurement:
     def devices(self) -> list[torch.device]:
         return list({p.device for m in self.layers.modules for p in m.parameters()})
 
+    def cuda_devices(self) -> list[torch.device]:
+        """The CUDA devices of the layers, whose random state a measurement keeps (none, without
+        a walk over the parameters, where CUDA was never initialised)."""
+        if not torch.cuda.is_initialized():
+            return []
+        return [d for d in self.devices() if d.type == "cuda"]
+
     def inputs(
         self, model: nn.Module, x: Any, sizes: dict[int, tuple[int, int]] | None = None
     ) -> dict[int, torch.Tensor]:
@@ -115,17 +123,16 @@ class Measurement:
         keep: dict[int, torch.Tensor] = {}
         self.record(keep, sizes)
         try:
-            with measurement_mode(unwrap(model), self.devices()):
+            with measurement_mode(unwrap(model), self.cuda_devices(), reshard=True):
                 call_model(unwrap(model), first_rows(x, self.sample_size))
         finally:
             self.stop_recording()
-            sharding.reshard(unwrap(model))
         return keep
 
     def capture(self, x: Any) -> None:
         """Record the sample and the measured layers' initial inputs and weights."""
         self.sample = first_rows(x, self.sample_size, clone=True)
-        self._w0_norms = {}
+        self._initial_stacks = {}
         if self.use_training_activations:
             self.initial_model = copy.deepcopy(unwrap(self.model))
             self.record(self.recorded, training_only=True)
@@ -170,7 +177,7 @@ class Measurement:
     ) -> None:
         """Take back what :meth:`capture` recorded (from a checkpoint)."""
         self.z0, self.w0, self.sample = z0, w0, sample
-        self._w0_norms = {}
+        self._initial_stacks = {}
         self.publish_views()
         if self.use_training_activations and initial_model is not None:
             self.initial_model = copy.deepcopy(unwrap(self.model))
@@ -242,7 +249,7 @@ class Measurement:
         for m in initial_modules:
             m._recorder = recorder
         try:
-            with measurement_mode(self.initial_model, self.devices()):
+            with measurement_mode(self.initial_model, self.cuda_devices()):
                 call_model(self.initial_model, rows)
         finally:
             for m in initial_modules:
@@ -295,45 +302,69 @@ class Measurement:
             return (tuple(now[k].shape), tuple(w.shape), w.dtype, w.device)
 
         order: list[int] = []
+        fan_ins: list[int] = []
+        # rms: each stack's RowNorms, finished on the host; spectral: alignments and flags.
         pieces: list[torch.Tensor] = []
         for layers in groups_of_equal_shape(measured, shape_of):
             for chunk in stack_chunks(layers, weights[layers[0]]):
-                # One layer is measured on views of its own tensors, several on stacked copies that
-                # the measurement may overwrite.
-                gather = (lambda ts: ts[0][None]) if len(chunk) == 1 else torch.stack
                 z, w = gather([now[k] for k in chunk]), gather([weights[k] for k in chunk])
-                z0 = gather([initial[k] for k in chunk])
-                w0 = gather([self.weight_matrix(k, self.initial_weight(k)) for k in chunk])
-                al: Any  # three tensors (alpha, omega, u), one entry per layer of the chunk
+                z0, w0, w0_norms = self.initial_stacks(chunk, initial)
                 if self.norm_mode == "rms":
-                    scratch = len(chunk) > 1
-                    norms = self.initial_norms(chunk)
-                    finite_inputs = all_finite(z)  # before a scratch measurement overwrites z
-                    # The weights' finiteness comes off the measurement's own pass over them.
-                    al, finite = measure_stacks(z0, z, w0, w, w.shape[-1], torch, scratch, norms)
-                    finite = finite & finite_inputs
+                    norms = stack_norms(z0, z, w0, w, torch, len(chunk) > 1, w0_norms)
+                    pieces.append(norms.packed(torch))
                 else:
                     finite = all_finite(z) & all_finite(w)
                     layers_of_chunk = list(zip(z0, z, w0, w, strict=True))
                     mode = cast(AlignmentMode, self.norm_mode)
-                    al = alignment_of_layers(layers_of_chunk, mode, w.shape[-1], xp=torch)
+                    al: Any = alignment_of_layers(layers_of_chunk, mode, w.shape[-1], xp=torch)
+                    pieces.append(torch.stack([*al, finite.to(al[0].dtype)], dim=1))
                 order += chunk
-                pieces.append(torch.stack([*al, finite.to(al[0].dtype)], dim=1))
-        host = _mean_over_ranks(pieces)
+                fan_ins += [w.shape[-1]] * len(chunk)
+        host = _to_host(pieces)
+        if self.norm_mode == "rms":
+            host = _finish_rms(host, fan_ins)
+        results = _mean_over_ranks(np.concatenate(host), pieces[0].device)
         rows = [self.layers.row[k] for k in order]
-        values[rows] = host[:, :3]
-        nonfinite[rows] = host[:, 3] < 1.0
+        values[rows] = results[:, :3]
+        nonfinite[rows] = results[:, 3] < 1.0
         return values, nonfinite
 
-    def initial_norms(self, chunk: list[int]) -> torch.Tensor | None:
-        """``(len(chunk), 2)``: :func:`~maxp_core.alignment.weight_norms` of each layer's stored
-        initial weight, taken once (``None`` where the initial weights are not stored)."""
+    def initial_stacks(
+        self, chunk: list[int], initial: dict[int, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The chunk's initial inputs ``(layers, rows, fan_in)`` and weights ``(layers, out,
+        fan_in)``, and :func:`~maxp_core.alignment.weight_norms` of the weights (``None``
+        where the initial weights are not stored).
+
+        Stored initial weights and inputs do not change: they are stacked once per capture or
+        restore, and each layer's own ``z0``/``w0`` becomes a view of its stack (no second
+        copy is kept).
+        """
         if self.resample_w0 or self.use_training_activations:
-            return None
-        for k in chunk:
-            if k not in self._w0_norms:
-                self._w0_norms[k] = weight_norms(self.weight_matrix(k, self.w0[k]), torch)
-        return torch.stack([self._w0_norms[k] for k in chunk])
+            z0 = gather([initial[k] for k in chunk])
+            return z0, gather([self.weight_matrix(k, self.initial_weight(k)) for k in chunk]), None
+        key = tuple(chunk)
+        if key not in self._initial_stacks:
+            self._initial_stacks[key] = self._stack_initial(chunk)
+        z0, w0, norms = self._initial_stacks[key]
+        if w0 is None:  # weights whose matrix is not a view of them: gathered each time
+            w0 = gather([self.weight_matrix(k, self.w0[k]) for k in chunk])
+        return z0, w0, norms
+
+    def _stack_initial(self, chunk: list[int]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        matrices = [self.weight_matrix(k, self.w0[k]) for k in chunk]
+        z0, w0 = gather([self.z0[k] for k in chunk]), gather(matrices)
+        norms = weight_norms(w0, torch)
+        # A matrix that is the weight itself, reshaped at most, is replaced by its place in the
+        # stack; any other layout (a sharded weight gathered, a transposed one) would need the
+        # stack and the weight both kept.
+        if not all(_same_memory(m, self.w0[k]) for m, k in zip(matrices, chunk, strict=True)):
+            return z0, None, norms
+        if len(chunk) > 1:
+            for i, k in enumerate(chunk):
+                self.z0[k] = z0[i]
+                self.w0[k] = w0[i].view(self.w0[k].shape)
+        return z0, w0, norms
 
     def _check_measurable(
         self, measured: list[int], now: dict[int, torch.Tensor], weights: dict[int, torch.Tensor]
@@ -351,37 +382,91 @@ class Measurement:
                 raise MaxPError(f"layer {name!r}: complex weights or inputs cannot be measured")
 
 
-def _mean_over_ranks(pieces: list[torch.Tensor]) -> np.ndarray:
-    """The measurements averaged over ranks, on the host.
+def gather(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Equally shaped tensors as one stack: a view of a lone tensor, else a copy (which a
+    measurement may overwrite)."""
+    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
 
-    Reduced on the device the layers live on (NCCL groups take no CPU tensors) and copied to
-    the host once, instead of one float() per value. A NaN on any rank stays NaN in the mean.
+
+def _same_memory(matrix: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``matrix`` reads ``weight``'s memory in its order (a reshape of it)."""
+    return (
+        matrix.data_ptr() == weight.data_ptr()
+        and matrix.is_contiguous()
+        and weight.is_contiguous()
+        and matrix.numel() == weight.numel()
+    )
+
+
+def _to_host(pieces: list[torch.Tensor]) -> list[np.ndarray]:
+    """The pieces as float64 host arrays, copied from the device in one transfer."""
+    flat = torch.cat([piece.flatten().to(torch.float64) for piece in pieces]).cpu().numpy()
+    sizes = np.cumsum([piece.numel() for piece in pieces])[:-1]
+    return [part.reshape(piece.shape) for part, piece in zip(np.split(flat, sizes), pieces, strict=True)]
+
+
+def _finish_rms(packed: list[np.ndarray], fan_ins: list[int]) -> list[np.ndarray]:
+    """Each stack's ``(layers, 4)``: alpha, omega, u and whether its weight and inputs are
+    finite (1.0 or 0.0), from the packed :class:`~maxp_core.alignment.RowNorms` of every stack.
+
+    Stacks measured on as many rows are finished together, in one pass of the host's small
+    operations, whatever their shapes (each layer scales with its own fan_in).
     """
-    device = pieces[0].device
-    stacked = torch.cat([piece.to(device, torch.float64) for piece in pieces])
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(stacked)
-        stacked /= dist.get_world_size()
+    by_width: dict[int, list[int]] = {}
+    for index, piece in enumerate(packed):
+        by_width.setdefault(piece.shape[-1], []).append(index)
+    starts = np.cumsum([0] + [len(piece) for piece in packed])
+    widths = np.asarray(fan_ins)
+    out: list[np.ndarray] = [np.empty(0)] * len(packed)
+    for indices in by_width.values():
+        norms = RowNorms.unpacked(np.concatenate([packed[i] for i in indices]))
+        fan_in = np.concatenate([widths[starts[i] : starts[i + 1]] for i in indices])
+        al, finite_weights = alignments_of_norms(norms, fan_in)
+        finite = finite_weights & np.isfinite(norms.rows).all(axis=-1)  # rows of [z0; dz]
+        results = np.stack([*al, finite.astype(np.float64)], axis=1)
+        taken = np.cumsum([0] + [len(packed[i]) for i in indices])
+        for j, i in enumerate(indices):
+            out[i] = results[taken[j] : taken[j + 1]]
+    return out
+
+
+def _mean_over_ranks(values: np.ndarray, device: torch.device) -> np.ndarray:
+    """The measurements averaged over ranks (as they are without a process group).
+
+    Reduced on the device the layers live on (NCCL groups take no CPU tensors). A NaN on any
+    rank stays NaN in the mean.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    stacked = torch.from_numpy(values).to(device)
+    dist.all_reduce(stacked)
+    stacked /= dist.get_world_size()
     return stacked.cpu().numpy()
 
 
 @contextlib.contextmanager
-def measurement_mode(model: nn.Module, devices: list[torch.device]) -> Iterator[None]:
+def measurement_mode(model: nn.Module, devices: list[torch.device], reshard: bool = False) -> Iterator[None]:
     """Run maxP's own forward passes without side effects on training.
 
     The model is put in eval mode (dropout off, so its noise does not enter the alignments)
     and every module's own train/eval flag is restored afterwards; the global random number
     generators (CPU and the CUDA devices in use) are restored too, so turning maxP on does
-    not change the training's dropout or sampling sequence.
+    not change the training's dropout or sampling sequence. With ``reshard``, the FSDP2
+    modules found on the same walk over the model are returned to their shards afterwards
+    (:func:`~maxp_torch.sharding.reshard`).
     """
     flags = [(module, module.training) for module in model.modules()]
     cuda = sorted({d.index or 0 for d in devices if d.type == "cuda"})
-    with torch.random.fork_rng(devices=cuda), torch.no_grad():
-        _set_training(flags, lambda _: False)
-        try:
-            yield
-        finally:
-            _set_training(flags, lambda training: training)
+    try:
+        with torch.random.fork_rng(devices=cuda), torch.no_grad():
+            _set_training(flags, lambda _: False)
+            try:
+                yield
+            finally:
+                _set_training(flags, lambda training: training)
+    finally:
+        if reshard:
+            sharding.reshard_modules(module for module, _ in flags)
 
 
 def _set_training(flags: list[tuple[nn.Module, bool]], mode: Callable[[bool], bool]) -> None:

@@ -57,10 +57,17 @@ def reshard(model: nn.Module) -> None:
     """
     if DTENSOR_MODULE not in sys.modules:  # nothing can be sharded: no walk over the modules
         return
-    for module in model.modules():
-        reshard_module = getattr(module, "reshard", None)
-        if callable(reshard_module) and hasattr(module, "unshard"):
-            reshard_module()
+    reshard_modules(model.modules())
+
+
+def reshard_modules(modules: Iterable[nn.Module]) -> None:
+    """:func:`reshard` of the FSDP2 modules among ``modules`` (a walk over a model done anyway)."""
+    if DTENSOR_MODULE not in sys.modules:
+        return
+    for module in modules:
+        # Looked up on the class: a missing attribute of a module instance costs an exception.
+        if callable(getattr(type(module), "reshard", None)) and hasattr(type(module), "unshard"):
+            module.reshard()  # type: ignore[operator]
 
 
 def check_live(model: nn.Module, groups: Iterable[dict[str, Any]], where: str) -> None:
