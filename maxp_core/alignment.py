@@ -61,6 +61,16 @@ AlignmentMode = Literal["rms", "spectral"]
 MODES: tuple[str, ...] = ("rms", "spectral")
 
 
+class _Products(NamedTuple):
+    """What :class:`RowNorms` reduce: the scaled rows and their products, and the matrices' RMS."""
+
+    rows: Any  # [z0; dz], each row scaled to unit peak
+    both: Any  # rows @ dW.T: alpha's product, then u's
+    omega: Any  # dz @ W0.T
+    dw: Any
+    w0: Any
+
+
 class RowNorms(NamedTuple):
     """The RMS values the three rms alignments of a stack of layers are computed from.
 
@@ -416,7 +426,7 @@ def measure_layers(
             "weight_norms(w0) per layer"
         )
     parts = [
-        _row_norms(
+        _products(
             *layer,
             xp,
             initial_norms=None if initial_norms is None else initial_norms[k],
@@ -424,8 +434,9 @@ def measure_layers(
         )
         for k, layer in enumerate(checked)
     ]
-    norms = RowNorms(*(xp.stack(list(group)) for group in zip(*parts, strict=True)))
-    return alignments_of_norms(norms, n, xp)
+    # Reduced once for the stack: under a compiler the reductions of all layers fuse.
+    products = _Products(*(xp.stack(list(group)) for group in zip(*parts, strict=True)))
+    return alignments_of_norms(_reduced(products, xp), n, xp)
 
 
 def weight_norms(w0: Any, xp: ModuleType = np) -> Any:
@@ -595,7 +606,27 @@ def _row_norms(
     initial_norms: Any = None,
     fan_in_first: bool = False,
 ) -> RowNorms:
-    """The :class:`RowNorms` of one layer or a stack of them: each factor scaled to unit peak
+    """The :class:`RowNorms` of one layer or a stack of them (arguments as :func:`_products`)."""
+    return _reduced(_products(z0, z, w0, w, xp, scratch, initial_norms, fan_in_first), xp)
+
+
+def _reduced(products: _Products, xp: ModuleType) -> RowNorms:
+    """The row RMS of :func:`_products`."""
+    rows, both, omega, rms_dw, rms_w0 = products
+    return RowNorms(_row_rms(rows, xp), _row_rms(both, xp), _row_rms(omega, xp), rms_dw, rms_w0)
+
+
+def _products(
+    z0: Any,
+    z: Any,
+    w0: Any,
+    w: Any,
+    xp: ModuleType,
+    scratch: bool = False,
+    initial_norms: Any = None,
+    fan_in_first: bool = False,
+) -> _Products:
+    """What the row RMS of a layer or a stack of them are taken of: each factor scaled to unit peak
     first (:func:`_unit_scale`); with ``scratch`` the inputs are overwritten.
     ``initial_norms`` is :func:`weight_norms` of ``w0``, when known; ``fan_in_first``: the
     weights are ``(fan_in, out)`` (not with ``scratch``).
@@ -619,7 +650,7 @@ def _row_norms(
         else:
             omega = (dz * initial_norms[..., 0, None, None]) @ xp.swapaxes(w0, -1, -2)
             rms_w0 = initial_norms[..., 1]
-        return RowNorms(_row_rms(stacked, xp), _row_rms(both, xp), _row_rms(omega, xp), _rms(dw, xp), rms_w0)
+        return _Products(stacked, both, omega, _rms(dw, xp), rms_w0)
     # Otherwise each matrix's power of two goes onto the rows it multiplies, which are few:
     # (s x) @ y.T = x @ (s y).T exactly, and no scaled copy of a weight is made; the RMS
     # takes the scaled weight inside its reduction, which a compiler fuses into one pass.
@@ -635,9 +666,7 @@ def _row_norms(
     # One product of the stacked rows with dW serves alpha and u.
     both = (stacked * f_dw) @ dw
     omega = (dz * f_w0) @ w0
-    return RowNorms(
-        _row_rms(stacked, xp), _row_rms(both, xp), _row_rms(omega, xp), _rms(dw * f_dw, xp), rms_w0
-    )
+    return _Products(stacked, both, omega, _rms(dw * f_dw, xp), rms_w0)
 
 
 def _is_writable(xp: ModuleType) -> bool:
