@@ -75,3 +75,18 @@ def test_overhead_runs_the_published_configurations_beside_its_own(stand_in: Pat
     assert all(math.isfinite(v) for values in losses.values() for v in values)
     if model == "mlp":  # the stand-in is maxp itself: its dynamic run trains exactly as maxp's own
         assert losses["published dynamic/1"] == losses["dynamic/1"]
+
+
+def test_the_memory_columns_split_the_extra_into_code_and_the_rest() -> None:
+    side = {"step_ms": 2.0, "lp_ms": 1.0, "rest_ms": 1.0, "forward_ms": 0.5}
+    figures = {
+        "mlp-4": {
+            "published": {**side, "extra_mib": 4.0, "code_mib": 2.6},
+            "maxp": {**side, "extra_mib": 7.4, "code_mib": 6.6},
+        }
+    }
+    header, _, row = versus_published.table(figures).splitlines()
+    assert "of it code MiB (pub / maxp)" in header
+    assert row.split()[-6:] == ["+4", "/", "+7", "+3", "/", "+7"]
+    # What the worker reads: resident file-backed pages, part of this process's resident set.
+    assert 0 < versus_published.file_backed_mib() < overhead.peak_memory_mib("torch", "cpu")
