@@ -847,7 +847,14 @@ def _anchored_block(st: _Structure) -> sp.csr_matrix:
 
 
 class _KeptModel:
-    """One HiGHS model kept between solves: only bounds change, so it warm-starts."""
+    """One HiGHS model kept between solves: only bounds change, so it warm-starts.
+
+    The answer is read off a second copy of the model, given the optimal basis and factorised
+    afresh: the solving copy's own values come from a factorisation updated along its path of
+    solves, which differs in the last bits between a long run and a resumed one. Read this
+    way they depend on the basis alone (a resumed run repeats the uninterrupted one exactly),
+    and the solving copy keeps what makes its next warm start fast.
+    """
 
     def __init__(self, highspy: Any, a: sp.spmatrix, cost: np.ndarray, num_bound_cols: int) -> None:
         self._highspy = highspy
@@ -865,19 +872,26 @@ class _KeptModel:
         lp.a_matrix_.start_ = a.indptr.astype(np.int32)
         lp.a_matrix_.index_ = a.indices.astype(np.int32)
         lp.a_matrix_.value_ = a.data.astype(np.float64)
-        with _quiet_stdout():
-            h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
-        h.setOptionValue("threads", 1)
-        h.setOptionValue("primal_feasibility_tolerance", 1e-9)
-        h.setOptionValue("dual_feasibility_tolerance", 1e-9)
-        h.passModel(lp)
-        self.h = h
+        self.h, self.reader = self._highs(lp), self._highs(lp)
         self.num_rows = a.shape[0]
         self.rows = np.arange(self.num_rows, dtype=np.int32)
         self.row_lower = np.full(self.num_rows, -inf)
         self.cols = np.arange(num_bound_cols, dtype=np.int32)
         self._bounds: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _highs(self, lp: Any) -> Any:
+        with _quiet_stdout():
+            h = self._highspy.Highs()
+        h.setOptionValue("output_flag", False)
+        h.setOptionValue("threads", 1)
+        h.setOptionValue("primal_feasibility_tolerance", 1e-9)
+        h.setOptionValue("dual_feasibility_tolerance", 1e-9)
+        h.passModel(lp)
+        return h
+
+    def change_cols_bounds(self, cols: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> None:
+        for h in (self.h, self.reader):
+            h.changeColsBounds(len(cols), cols, lower, upper)
 
     def run(self, col_lower: np.ndarray, col_upper: np.ndarray, row_upper: np.ndarray) -> str:
         """Solve with new bounds on the first ``num_bound_cols`` columns and new row upper bounds."""
@@ -886,23 +900,28 @@ class _KeptModel:
         if self._bounds is None or not (
             np.array_equal(col_lower, self._bounds[0]) and np.array_equal(col_upper, self._bounds[1])
         ):
-            h.changeColsBounds(len(self.cols), self.cols, col_lower, col_upper)
+            self.change_cols_bounds(self.cols, col_lower, col_upper)
             self._bounds = (col_lower, col_upper)
         h.changeRowsBounds(self.num_rows, self.rows, self.row_lower, row_upper)  # type: ignore[attr-defined]
         h.run()
         status = h.getModelStatus()
         ms = self._highspy.HighsModelStatus
         if status == ms.kOptimal:
-            # The values come from a factorisation updated along this model's own path of
-            # solves, which differs in the last bits between a long run and a resumed one;
-            # read again off a fresh factorisation of the optimal basis, they depend on the
-            # basis alone (a resumed run then repeats the uninterrupted one exactly).
-            h.setBasis(h.getBasis())
-            h.run()
+            self.reader.changeRowsBounds(self.num_rows, self.rows, self.row_lower, row_upper)
+            self.reader.setBasis(h.getBasis())
+            self.reader.run()
             return "optimal"
         if status in (ms.kInfeasible, ms.kUnboundedOrInfeasible):
             return "infeasible"
         return str(h.modelStatusToString(status))
+
+    def objective(self) -> float:
+        """The optimum of the last solve."""
+        return float(self.reader.getInfo().objective_function_value)
+
+    def solution(self) -> np.ndarray:
+        """The columns' values at the optimum of the last solve."""
+        return np.asarray(self.reader.getSolution().col_value)
 
 
 class _HighsBackend(_Backend):
@@ -954,7 +973,7 @@ class _HighsBackend(_Backend):
             cost = np.concatenate([np.zeros(st.num_cols), st.tie_weights[_c_columns(st)]])
             model = _KeptModel(self._highspy, a, cost, st.num_cols)
             t_cols = np.arange(st.num_cols, st.num_cols + m, dtype=np.int32)
-            model.h.changeColsBounds(m, t_cols, np.zeros(m), np.full(m, self._inf))
+            model.change_cols_bounds(t_cols, np.zeros(m), np.full(m, self._inf))
             self._anchored = model
         return self._anchored
 
@@ -967,7 +986,7 @@ class _HighsBackend(_Backend):
         status = self.stage1.run(col_lower, col_upper, rhs)
         if status != "optimal":
             return status, None
-        face = _face_bound(float(self.stage1.h.getInfo().objective_function_value))
+        face = _face_bound(self.stage1.objective())
         if anchor is None:
             model, row_upper = self.later, self.rhs_later
         else:
@@ -980,7 +999,7 @@ class _HighsBackend(_Backend):
         status = model.run(col_lower, col_upper, row_upper)
         if status != "optimal":
             return f"tie-break stage: {status}", None
-        return "optimal", np.asarray(model.h.getSolution().col_value)[: self._st.num_cols]
+        return "optimal", model.solution()[: self._st.num_cols]
 
 
 class _CvxpyBackend(_Backend):
