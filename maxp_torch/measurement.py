@@ -139,19 +139,57 @@ class Measurement:
             return
         sizes: dict[int, tuple[int, int]] = {}
         inputs = self.shrink_sample(self.inputs(self.model, self.sample, sizes), sizes)
-        for k in self.measured():
+        measured = self.measured()
+        for k in measured:
             if k not in inputs:
                 raise MaxPError(
                     f"layer {self.layers.names[k]!r} was not called by the model on the captured input"
                 )
-            self.z0[k] = inputs[k].clone()
-            if self.resample_w0:
+        if self.resample_w0:
+            for k in measured:
+                self.z0[k] = inputs[k].clone()
                 self.initial.check_redraw(k)
-            else:
-                weight = self.layers.modules[k].weight
-                assert weight is not None
-                self.w0[k] = weight.detach().clone()
+        else:
+            self.store_initial(measured, inputs)
         self.publish_views()
+
+    def store_initial(self, measured: list[int], inputs: dict[int, torch.Tensor]) -> None:
+        """Keep each measured layer's initial input and weight; equally shaped layers are kept
+        stacked as the measurement reads them, each layer's own a view of its stack (one copy,
+        made once)."""
+        weights = {k: self.weight_matrix(k) for k in measured}
+        for chunk in self.chunks(measured, inputs, weights):
+            originals = [self.own_weight(k) for k in chunk]
+            if len(chunk) > 1 and all(
+                _same_memory(weights[k], w) for k, w in zip(chunk, originals, strict=True)
+            ):
+                z0, w0 = torch.stack([inputs[k] for k in chunk]), torch.stack([weights[k] for k in chunk])
+                for i, (k, weight) in enumerate(zip(chunk, originals, strict=True)):
+                    self.z0[k], self.w0[k] = z0[i], w0[i].view(weight.shape)
+                self._initial_stacks[tuple(chunk)] = (z0, w0, weight_norms(w0, torch))
+                continue
+            for k, weight in zip(chunk, originals, strict=True):
+                self.z0[k], self.w0[k] = inputs[k].clone(), weight.clone()
+
+    def own_weight(self, k: int) -> torch.Tensor:
+        """Layer ``k``'s weight, detached, in its own layout."""
+        weight = self.layers.modules[k].weight
+        assert weight is not None
+        return weight.detach()
+
+    def chunks(
+        self, measured: list[int], rows: dict[int, torch.Tensor], weights: dict[int, torch.Tensor]
+    ) -> list[list[int]]:
+        """The measured layers in the stacks they are measured in: equally shaped (inputs
+        ``rows``, weight matrices ``weights``) and on one device, at most :data:`STACK_BYTES`
+        of weights each."""
+
+        def shape_of(k: int) -> tuple[Any, ...]:
+            w = weights[k]
+            return (tuple(rows[k].shape), tuple(w.shape), w.dtype, w.device)
+
+        groups = groups_of_equal_shape(measured, shape_of)
+        return [chunk for group in groups for chunk in stack_chunks(group, weights[group[0]])]
 
     def publish_views(self) -> None:
         """Give each layer the published ``pm._z0`` / ``pm._w0`` views of what was recorded."""
@@ -297,29 +335,24 @@ class Measurement:
         weights = {k: self.weight_matrix(k) for k in measured}
         self._check_measurable(measured, now, weights)
 
-        def shape_of(k: int) -> tuple[Any, ...]:
-            w = weights[k]
-            return (tuple(now[k].shape), tuple(w.shape), w.dtype, w.device)
-
         order: list[int] = []
         fan_ins: list[int] = []
         # rms: each stack's RowNorms, finished on the host; spectral: alignments and flags.
         pieces: list[torch.Tensor] = []
-        for layers in groups_of_equal_shape(measured, shape_of):
-            for chunk in stack_chunks(layers, weights[layers[0]]):
-                z, w = gather([now[k] for k in chunk]), gather([weights[k] for k in chunk])
-                z0, w0, w0_norms = self.initial_stacks(chunk, initial)
-                if self.norm_mode == "rms":
-                    norms = stack_norms(z0, z, w0, w, torch, len(chunk) > 1, w0_norms)
-                    pieces.append(norms.packed(torch))
-                else:
-                    finite = all_finite(z) & all_finite(w)
-                    layers_of_chunk = list(zip(z0, z, w0, w, strict=True))
-                    mode = cast(AlignmentMode, self.norm_mode)
-                    al: Any = alignment_of_layers(layers_of_chunk, mode, w.shape[-1], xp=torch)
-                    pieces.append(torch.stack([*al, finite.to(al[0].dtype)], dim=1))
-                order += chunk
-                fan_ins += [w.shape[-1]] * len(chunk)
+        for chunk in self.chunks(measured, now, weights):
+            z, w = gather([now[k] for k in chunk]), gather([weights[k] for k in chunk])
+            z0, w0, w0_norms = self.initial_stacks(chunk, initial)
+            if self.norm_mode == "rms":
+                norms = stack_norms(z0, z, w0, w, torch, len(chunk) > 1, w0_norms)
+                pieces.append(norms.packed(torch))
+            else:
+                finite = all_finite(z) & all_finite(w)
+                layers_of_chunk = list(zip(z0, z, w0, w, strict=True))
+                mode = cast(AlignmentMode, self.norm_mode)
+                al: Any = alignment_of_layers(layers_of_chunk, mode, w.shape[-1], xp=torch)
+                pieces.append(torch.stack([*al, finite.to(al[0].dtype)], dim=1))
+            order += chunk
+            fan_ins += [w.shape[-1]] * len(chunk)
         host = _to_host(pieces)
         if self.norm_mode == "rms":
             host = _finish_rms(host, fan_ins)
@@ -336,9 +369,9 @@ class Measurement:
         fan_in)``, and :func:`~maxp_core.alignment.weight_norms` of the weights (``None``
         where the initial weights are not stored).
 
-        Stored initial weights and inputs do not change: they are stacked once per capture or
-        restore, and each layer's own ``z0``/``w0`` becomes a view of its stack (no second
-        copy is kept).
+        Stored initial weights and inputs do not change: :meth:`store_initial` keeps them
+        stacked; those restored from a checkpoint are stacked at their first measurement, each
+        layer's own ``z0``/``w0`` then a view of its stack (no second copy is kept).
         """
         if self.resample_w0 or self.use_training_activations:
             z0 = gather([initial[k] for k in chunk])
