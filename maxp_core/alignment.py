@@ -62,13 +62,14 @@ MODES: tuple[str, ...] = ("rms", "spectral")
 
 
 class _Products(NamedTuple):
-    """What :class:`RowNorms` reduce: the scaled rows and their products, and the matrices' RMS."""
+    """The scaled rows and their products, and the matrices' RMS: :class:`RowNorms` are their
+    row RMS."""
 
     rows: Any  # [z0; dz], each row scaled to unit peak
     both: Any  # rows @ dW.T: alpha's product, then u's
     omega: Any  # dz @ W0.T
-    dw: Any
-    w0: Any
+    rms_dw: Any
+    rms_w0: Any
 
 
 class RowNorms(NamedTuple):
@@ -82,12 +83,13 @@ class RowNorms(NamedTuple):
     rows: Any  # (L, 2r): each row of [z0; dz], scaled to unit peak
     both: Any  # (L, 2r): each row of [z0; dz] @ dW.T (alpha's rows, then u's), dW at unit peak
     omega: Any  # (L, r): each row of dz @ W0.T, W0 at unit peak
-    dw: Any  # (L,): of dW at unit peak
-    w0: Any  # (L,): of W0 at unit peak
+    rms_dw: Any  # (L,): of dW at unit peak
+    rms_w0: Any  # (L,): of W0 at unit peak
 
     def packed(self, xp: ModuleType = np) -> Any:
         """All of it as one ``(L, 5r + 2)`` array (one copy to the host)."""
-        return xp.concatenate([self.rows, self.both, self.omega, self.dw[..., None], self.w0[..., None]], -1)
+        parts = [self.rows, self.both, self.omega, self.rms_dw[..., None], self.rms_w0[..., None]]
+        return xp.concatenate(parts, -1)
 
     @classmethod
     def unpacked(cls, packed: Any) -> RowNorms:
@@ -175,10 +177,10 @@ def _scale_factor(x: Any, xp: ModuleType, axis: Any) -> Any:
     peak = _peak(x, xp, axis)
     # peak = m * 2**e with m in [0.5, 1), so peak * 2**(1 - e) lies in [1, 2); frexp reads e off
     # the float's bits, where log2 and floor would take more operations and round near powers
-    # of two. (NaN and inf give e = 0: their rows stay NaN or inf under any power.)
-    exponent = xp.frexp(peak)[1]
-    power = xp.exp2(_as_dtype_of(1 - exponent, peak, xp))
-    return xp.where(peak >= _smallest_normal(x, xp), power, xp.zeros_like(peak))
+    # of two. (Whatever e a NaN or inf gives, x stays not finite under any power.)
+    usable = peak >= _smallest_normal(x, xp)
+    exponent = xp.where(usable, 1 - xp.frexp(peak)[1], 0)
+    return xp.where(usable, xp.exp2(_as_dtype_of(exponent, peak, xp)), xp.zeros_like(peak))
 
 
 def _as_dtype_of(values: Any, like: Any, xp: ModuleType) -> Any:
@@ -186,13 +188,6 @@ def _as_dtype_of(values: Any, like: Any, xp: ModuleType) -> Any:
     if _is_torch(xp):
         return values.to(like.dtype)
     return values.astype(like.dtype)
-
-
-def _all_finite(x: Any, xp: ModuleType) -> Any:
-    """Whether every entry of each matrix (the last two axes) is finite (True when empty)."""
-    if math.prod(x.shape) == 0:
-        return xp.ones(x.shape[:-2], dtype=bool)
-    return xp.all(xp.isfinite(x).reshape(*x.shape[:-2], -1), axis=-1)
 
 
 def _smallest_normal(x: Any, xp: ModuleType) -> float:
@@ -278,17 +273,18 @@ def _log_rms_of_norms(rms_x: Any, rms_y: Any, rms_p: Any, log_n: Any, xp: Module
 
 
 def _row_rms(x: Any, xp: ModuleType) -> Any:
-    """RMS over the last axis."""
+    """RMS over the last axis (0 over an empty one)."""
     if _is_torch(xp):
         return xp.linalg.vector_norm(x, dim=-1) / math.sqrt(max(1, x.shape[-1]))
-    return xp.sqrt(xp.mean(x * x, axis=-1))
+    return xp.sqrt(xp.sum(x * x, axis=-1) / max(1, x.shape[-1]))
 
 
 def _rms(y: Any, xp: ModuleType) -> Any:
-    """RMS over the last two axes (each matrix of a stack)."""
+    """RMS over the last two axes (each matrix of a stack; 0 for an empty one)."""
+    count = max(1, y.shape[-2] * y.shape[-1])  # 0 for an empty matrix
     if _is_torch(xp):  # a norm reduces without an array of squares
-        return xp.linalg.vector_norm(y, dim=(-2, -1)) / math.sqrt(max(1, y.shape[-2] * y.shape[-1]))
-    return xp.sqrt(xp.mean(y * y, axis=(-2, -1)))
+        return xp.linalg.vector_norm(y, dim=(-2, -1)) / math.sqrt(count)
+    return xp.sqrt(xp.sum(y * y, axis=(-2, -1)) / count)
 
 
 def spectral_alignment(x: Any, y: Any, xp: ModuleType = np) -> Any:
@@ -546,7 +542,7 @@ def stack_norms(
       >>> z0, w0 = rng.standard_normal((2, 8, 256)), rng.standard_normal((2, 16, 256))
       >>> dw = np.einsum("lo,i->loi", rng.standard_normal((2, 16)), np.ones(256))
       >>> norms = stack_norms(z0, z0 + 1.0, w0, w0 + dw)
-      >>> norms.rows.shape, norms.omega.shape, norms.dw.shape
+      >>> norms.rows.shape, norms.omega.shape, norms.rms_dw.shape
       ((2, 16), (2, 8), (2,))
       >>> np.round(alignments_of_norms(norms, 256)[0].u, 6)   # dz and dW along ones
       array([1., 1.])
@@ -566,23 +562,23 @@ def alignments_of_norms(norms: RowNorms, fan_in: Any, xp: ModuleType = np) -> tu
     """The alignments of a stack of layers from their :class:`RowNorms`, and whether each
     layer's weight change is finite.
 
-    ``fan_in`` is the width that scales: one number, or (numpy) one per layer. A layer whose
+    ``fan_in`` is the width that scales: one number, or with numpy one per layer. A layer whose
     ``fan_in`` is below 2 has no width to scale with: its alignments are missing. Alpha, u
     and omega are reduced in one pass over the three terms' rows.
 
     Examples:
       >>> norms = RowNorms(rows=np.ones((2, 4)), both=np.full((2, 4), 8.0), omega=np.ones((2, 2)),
-      ...                  dw=np.ones(2), w0=np.ones(2))
+      ...                  rms_dw=np.ones(2), rms_w0=np.ones(2))
       >>> al, finite = alignments_of_norms(norms, np.array([64, 1]))
       >>> al.alpha.tolist(), al.omega.tolist(), finite.tolist()   # log 8 / log 64; rms 1: no growth
       ([0.5, nan], [0.0, nan], [True, True])
     """
     r = norms.omega.shape[-1]
-    lead = tuple(norms.dw.shape)
+    lead = tuple(norms.rms_dw.shape)
     rms_x = xp.concatenate([norms.rows, norms.rows[..., r:]], -1).reshape(*lead, 3, r)
-    rms_y = xp.stack([norms.dw, norms.dw, norms.w0], -1)
+    rms_y = xp.stack([norms.rms_dw, norms.rms_dw, norms.rms_w0], -1)
     rms_p = xp.concatenate([norms.both, norms.omega], -1).reshape(*lead, 3, r)
-    finite = xp.isfinite(norms.dw)
+    finite = xp.isfinite(norms.rms_dw)
     if isinstance(fan_in, int | np.integer):
         if fan_in < 2:
             nan = xp.full(lead, math.nan)

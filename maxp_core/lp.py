@@ -873,6 +873,7 @@ class _KeptModel:
         lp.a_matrix_.index_ = a.indices.astype(np.int32)
         lp.a_matrix_.value_ = a.data.astype(np.float64)
         self.h, self.reader = self._highs(lp), self._highs(lp)
+        self._answer = self.reader  # the copy whose values the last solve is read from
         self.num_rows = a.shape[0]
         self.rows = np.arange(self.num_rows, dtype=np.int32)
         self.row_lower = np.full(self.num_rows, -inf)
@@ -907,9 +908,12 @@ class _KeptModel:
         status = h.getModelStatus()
         ms = self._highspy.HighsModelStatus
         if status == ms.kOptimal:
-            self.reader.changeRowsBounds(self.num_rows, self.rows, self.row_lower, row_upper)
-            self.reader.setBasis(h.getBasis())
-            self.reader.run()
+            reader = self.reader
+            reader.changeRowsBounds(self.num_rows, self.rows, self.row_lower, row_upper)
+            reader.setBasis(h.getBasis())
+            reader.run()
+            # Should the fresh factorisation not confirm the optimum, the solver's own values stand.
+            self._answer = reader if reader.getModelStatus() == ms.kOptimal else h
             return "optimal"
         if status in (ms.kInfeasible, ms.kUnboundedOrInfeasible):
             return "infeasible"
@@ -917,11 +921,11 @@ class _KeptModel:
 
     def objective(self) -> float:
         """The optimum of the last solve."""
-        return float(self.reader.getInfo().objective_function_value)
+        return float(self._answer.getInfo().objective_function_value)
 
     def solution(self) -> np.ndarray:
         """The columns' values at the optimum of the last solve."""
-        return np.asarray(self.reader.getSolution().col_value)
+        return np.asarray(self._answer.getSolution().col_value)
 
 
 class _HighsBackend(_Backend):

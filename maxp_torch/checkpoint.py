@@ -9,8 +9,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from maxp_core import MaxPError, validate
+from maxp_torch import sharding
 
 if TYPE_CHECKING:
     from maxp_torch.parametrization import Parametrization
@@ -34,8 +36,8 @@ def state_of(param: Parametrization) -> dict[str, Any]:
         "solves": param.solves,
         "failures": param.failures,
         "missing": param.missing,
-        "z0": {param.names[k]: v for k, v in measurement.z0.items()},
-        "w0": {param.names[k]: v for k, v in measurement.w0.items()},
+        "z0": {param.names[k]: _own_memory(v) for k, v in measurement.z0.items()},
+        "w0": {param.names[k]: _own_memory(v) for k, v in measurement.w0.items()},
         "sample": measurement.sample,
         "initial_model": initial,
     }
@@ -116,3 +118,14 @@ def restore(param: Parametrization, state: Mapping[str, Any]) -> None:
         state["sample"],
         state.get("initial_model"),
     )
+
+
+def _own_memory(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, copied if it is a view into a larger tensor (a layer's place in a stack of
+    initial weights): saved on its own, a view writes the whole stack, and safetensors refuses
+    tensors that share memory."""
+    if sharding.is_sharded(tensor):  # a shard of its own
+        return tensor
+    if tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
+        return tensor.clone()
+    return tensor

@@ -154,22 +154,25 @@ class Measurement:
         self.publish_views()
 
     def store_initial(self, measured: list[int], inputs: dict[int, torch.Tensor]) -> None:
-        """Keep each measured layer's initial input and weight; equally shaped layers are kept
+        """Keep each measured layer's initial input and weight; equally shaped layers' are kept
         stacked as the measurement reads them, each layer's own a view of its stack (one copy,
-        made once)."""
-        weights = {k: self.weight_matrix(k) for k in measured}
-        for chunk in self.chunks(measured, inputs, weights):
-            originals = [self.own_weight(k) for k in chunk]
-            if len(chunk) > 1 and all(
-                _same_memory(weights[k], w) for k, w in zip(chunk, originals, strict=True)
-            ):
-                z0, w0 = torch.stack([inputs[k] for k in chunk]), torch.stack([weights[k] for k in chunk])
-                for i, (k, weight) in enumerate(zip(chunk, originals, strict=True)):
-                    self.z0[k], self.w0[k] = z0[i], w0[i].view(weight.shape)
-                self._initial_stacks[tuple(chunk)] = (z0, w0, weight_norms(w0, torch))
+        made once). Sharded weights are kept as they are (stacking would gather them)."""
+        plain = [k for k in measured if not sharding.is_sharded(self.own_weight(k))]
+        for k in set(measured) - set(plain):
+            self.z0[k], self.w0[k] = inputs[k].clone(), self.own_weight(k).clone()
+        weights = {k: self.weight_matrix(k) for k in plain}
+        for chunk in self.chunks(plain, inputs, weights):
+            live = [self.own_weight(k) for k in chunk]
+            if len(chunk) == 1:
+                self.z0[chunk[0]], self.w0[chunk[0]] = inputs[chunk[0]].clone(), live[0].clone()
                 continue
-            for k, weight in zip(chunk, originals, strict=True):
-                self.z0[k], self.w0[k] = inputs[k].clone(), weight.clone()
+            z0, w0 = torch.stack([inputs[k] for k in chunk]), torch.stack([weights[k] for k in chunk])
+            views = all(_same_memory(weights[k], w) for k, w in zip(chunk, live, strict=True))
+            for i, (k, weight) in enumerate(zip(chunk, live, strict=True)):
+                self.z0[k] = z0[i]
+                # A weight read in another layout (transposed) is kept in its own, as checkpoints hold it.
+                self.w0[k] = w0[i].view(weight.shape) if views else weight.clone()
+            self._initial_stacks[tuple(chunk)] = (z0, w0 if views else None, weight_norms(w0, torch))
 
     def own_weight(self, k: int) -> torch.Tensor:
         """Layer ``k``'s weight, detached, in its own layout."""
@@ -337,14 +340,17 @@ class Measurement:
 
         order: list[int] = []
         fan_ins: list[int] = []
-        # rms: each stack's RowNorms, finished on the host; spectral: alignments and flags.
+        # rms: each stack's RowNorms and whether its inputs are finite, finished on the host;
+        # spectral: alignments and flags.
         pieces: list[torch.Tensor] = []
         for chunk in self.chunks(measured, now, weights):
-            z, w = gather([now[k] for k in chunk]), gather([weights[k] for k in chunk])
+            z, w = stack_of([now[k] for k in chunk]), stack_of([weights[k] for k in chunk])
             z0, w0, w0_norms = self.initial_stacks(chunk, initial)
             if self.norm_mode == "rms":
+                finite_inputs = all_finite(z)  # before a measurement on a stacked copy overwrites it
                 norms = stack_norms(z0, z, w0, w, torch, len(chunk) > 1, w0_norms)
-                pieces.append(norms.packed(torch))
+                packed = norms.packed(torch)
+                pieces.append(torch.cat([packed, finite_inputs.to(packed.dtype)[:, None]], dim=1))
             else:
                 finite = all_finite(z) & all_finite(w)
                 layers_of_chunk = list(zip(z0, z, w0, w, strict=True))
@@ -374,30 +380,32 @@ class Measurement:
         layer's own ``z0``/``w0`` then a view of its stack (no second copy is kept).
         """
         if self.resample_w0 or self.use_training_activations:
-            z0 = gather([initial[k] for k in chunk])
-            return z0, gather([self.weight_matrix(k, self.initial_weight(k)) for k in chunk]), None
+            z0 = stack_of([initial[k] for k in chunk])
+            return z0, stack_of([self.weight_matrix(k, self.initial_weight(k)) for k in chunk]), None
         key = tuple(chunk)
         if key not in self._initial_stacks:
             self._initial_stacks[key] = self._stack_initial(chunk)
         z0, w0, norms = self._initial_stacks[key]
-        if w0 is None:  # weights whose matrix is not a view of them: gathered each time
-            w0 = gather([self.weight_matrix(k, self.w0[k]) for k in chunk])
+        if w0 is None:  # weights whose matrix is not a view of them: stacked each time
+            w0 = stack_of([self.weight_matrix(k, self.w0[k]) for k in chunk])
         return z0, w0, norms
 
     def _stack_initial(self, chunk: list[int]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """:meth:`initial_stacks` of initial inputs and weights kept layer by layer (restored
+        from a checkpoint): stacked, the layers' own become views of the stacks."""
         matrices = [self.weight_matrix(k, self.w0[k]) for k in chunk]
-        z0, w0 = gather([self.z0[k] for k in chunk]), gather(matrices)
+        z0, w0 = stack_of([self.z0[k] for k in chunk]), stack_of(matrices)
         norms = weight_norms(w0, torch)
         # A matrix that is the weight itself, reshaped at most, is replaced by its place in the
         # stack; any other layout (a sharded weight gathered, a transposed one) would need the
         # stack and the weight both kept.
-        if not all(_same_memory(m, self.w0[k]) for m, k in zip(matrices, chunk, strict=True)):
-            return z0, None, norms
+        views = all(_same_memory(m, self.w0[k]) for m, k in zip(matrices, chunk, strict=True))
         if len(chunk) > 1:
             for i, k in enumerate(chunk):
                 self.z0[k] = z0[i]
-                self.w0[k] = w0[i].view(self.w0[k].shape)
-        return z0, w0, norms
+                if views:
+                    self.w0[k] = w0[i].view(self.w0[k].shape)
+        return z0, w0 if views else None, norms
 
     def _check_measurable(
         self, measured: list[int], now: dict[int, torch.Tensor], weights: dict[int, torch.Tensor]
@@ -415,7 +423,7 @@ class Measurement:
                 raise MaxPError(f"layer {name!r}: complex weights or inputs cannot be measured")
 
 
-def gather(tensors: list[torch.Tensor]) -> torch.Tensor:
+def stack_of(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Equally shaped tensors as one stack: a view of a lone tensor, else a copy (which a
     measurement may overwrite)."""
     return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
@@ -433,14 +441,16 @@ def _same_memory(matrix: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def _to_host(pieces: list[torch.Tensor]) -> list[np.ndarray]:
     """The pieces as float64 host arrays, copied from the device in one transfer."""
-    flat = torch.cat([piece.flatten().to(torch.float64) for piece in pieces]).cpu().numpy()
+    device = pieces[0].device  # a model spread over devices: collected on one, copied once
+    flat = torch.cat([piece.flatten().to(device, torch.float64) for piece in pieces]).cpu().numpy()
     sizes = np.cumsum([piece.numel() for piece in pieces])[:-1]
     return [part.reshape(piece.shape) for part, piece in zip(np.split(flat, sizes), pieces, strict=True)]
 
 
 def _finish_rms(packed: list[np.ndarray], fan_ins: list[int]) -> list[np.ndarray]:
     """Each stack's ``(layers, 4)``: alpha, omega, u and whether its weight and inputs are
-    finite (1.0 or 0.0), from the packed :class:`~maxp_core.alignment.RowNorms` of every stack.
+    finite (1.0 or 0.0), from the packed :class:`~maxp_core.alignment.RowNorms` of every stack
+    followed by its inputs' finiteness.
 
     Stacks measured on as many rows are finished together, in one pass of the host's small
     operations, whatever their shapes (each layer scales with its own fan_in).
@@ -452,10 +462,10 @@ def _finish_rms(packed: list[np.ndarray], fan_ins: list[int]) -> list[np.ndarray
     widths = np.asarray(fan_ins)
     out: list[np.ndarray] = [np.empty(0)] * len(packed)
     for indices in by_width.values():
-        norms = RowNorms.unpacked(np.concatenate([packed[i] for i in indices]))
+        stacked = np.concatenate([packed[i] for i in indices])
         fan_in = np.concatenate([widths[starts[i] : starts[i + 1]] for i in indices])
-        al, finite_weights = alignments_of_norms(norms, fan_in)
-        finite = finite_weights & np.isfinite(norms.rows).all(axis=-1)  # rows of [z0; dz]
+        al, finite_weights = alignments_of_norms(RowNorms.unpacked(stacked[:, :-1]), fan_in)
+        finite = finite_weights & (stacked[:, -1] == 1.0)
         results = np.stack([*al, finite.astype(np.float64)], axis=1)
         taken = np.cumsum([0] + [len(packed[i]) for i in indices])
         for j, i in enumerate(indices):

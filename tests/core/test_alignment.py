@@ -16,7 +16,7 @@ from maxp_core import (
     log_rms_alignment,
     spectral_alignment,
 )
-from maxp_core.alignment import measure_layers, sanitize, weight_norms
+from maxp_core.alignment import measure_layers, measure_stacks, sanitize, weight_norms
 
 RNG = np.random.default_rng(1234)
 
@@ -285,3 +285,29 @@ def test_weight_norms_are_a_power_of_two_and_the_rms_after_it() -> None:
     assert stack.shape == (3, 2)
     np.testing.assert_array_equal(stack[1], [0.25 * 2.0**1000, stack[0][1]])  # exact at any magnitude
     np.testing.assert_array_equal(stack[2], [0.0, 0.0])  # no information: the RMS is 0
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
+def test_empty_layers_are_missing_and_finite_and_subnormal_peaks_raise_no_warning(framework: str) -> None:
+    """A layer with no input features carries no information (missing), its weight is not
+    flagged as non-finite, and no backend warns on the way; nor on float64 inputs whose rows'
+    peaks are subnormal (their power of two would overflow if it were taken)."""
+    import warnings
+
+    xp = array_module(framework)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        empty = [
+            xp.asarray(np.ones(shape, dtype=np.float32))
+            for shape in ((2, 3, 0), (2, 3, 0), (2, 4, 0), (2, 4, 0))
+        ]
+        al, finite = measure_stacks(*empty, xp=xp)
+        assert np.isnan(np.array([np.asarray(v) for v in al])).all()
+        assert np.asarray(finite).tolist() == [True, True]
+        if framework == "numpy":  # float64: the subnormal range lies below 2**-1022
+            rng = np.random.default_rng(0)
+            z0 = rng.standard_normal((8, 64))
+            tiny_dz = 1e-310 * rng.standard_normal((8, 64))
+            w0, dw = rng.standard_normal((16, 64)), 0.1 * rng.standard_normal((16, 64))
+            omega = measure_layers([(z0, z0 + tiny_dz, w0, w0 + dw)])[0].omega
+            assert np.isnan(omega).all()  # dz below the smallest normal number: no information

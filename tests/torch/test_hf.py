@@ -177,3 +177,23 @@ def test_resume_with_a_traced_graph_is_bit_exact(build, rules) -> None:
     assert len(resumed[1].graph.nodes) > len(resumed[1].names)  # merge and score nodes hold alignments
     assert_same_run(straight, resumed)
     assert straight[1].solves == resumed[1].solves >= 9
+
+
+def test_transposed_weights_keep_one_copy_of_their_initial_state() -> None:
+    """GPT-2's Conv1D weights are read transposed: their initial weights stay in their own
+    layout (as checkpoints hold them), the initial inputs of equally shaped layers in one stack."""
+    from tests.torch.test_measurement import held_bytes
+
+    model = gpt2()
+    param = Parametrization(model, rules=GPT2_RULES, sample_input=batch(), lr_prefactor=1e-2)
+    param.capture_initial(batch())
+    param._measure(batch())  # stacks what the measurement reads
+    measurement = param._measurement
+    held, own = held_bytes(measurement)
+    assert held == own
+    stacked = [chunk for chunk, entry in measurement._initial_stacks.items() if len(chunk) > 1]
+    assert stacked and all(measurement._initial_stacks[chunk][1] is None for chunk in stacked)
+    for chunk in stacked:
+        for k in chunk:
+            weight = measurement.layers.modules[k].weight
+            assert measurement.w0[k].shape == weight.shape

@@ -167,3 +167,31 @@ def test_measurement_mode_sets_eval_and_restores_each_flag_calling_overridden_tr
         assert not any(m.training for m in model.modules())
     assert [m.training for m in model.modules()] == before
     assert model[1].calls == [False, True]  # its own train() ran, both ways
+
+
+def held_bytes(measurement: measurement.Measurement) -> tuple[int, int]:
+    """``(bytes of the distinct memory holding the initial inputs and weights (their stacks
+    included), bytes of the inputs and weights themselves)``."""
+    kept = [*measurement.z0.values(), *measurement.w0.values()]
+    kept += [t for entry in measurement._initial_stacks.values() for t in entry[:2] if t is not None]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in kept}
+    own = sum(t.numel() * t.element_size() for t in [*measurement.z0.values(), *measurement.w0.values()])
+    return sum(storages.values()), own
+
+
+def test_initial_inputs_and_weights_are_held_once_and_saved_as_their_own() -> None:
+    param, ids, _ = trained_gpt()
+    param._measure(ids)
+    held, own = held_bytes(param._measurement)
+    assert held == own  # the stacks are the layers' copies, not a second one
+    assert any(len(chunk) > 1 for chunk in param._measurement._initial_stacks)
+    state = param.state_dict()
+    for name, tensor in [*state["z0"].items(), *state["w0"].items()]:
+        # Saved one by one (or by safetensors), each entry holds only itself.
+        assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size(), name
+    # A state of such copies restores to the same measurement.
+    again = param._measure(ids)[0]
+    param.load_state_dict(state)
+    np.testing.assert_array_equal(param._measure(ids)[0], again)
+    held, own = held_bytes(param._measurement)
+    assert held == own
