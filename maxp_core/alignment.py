@@ -555,7 +555,7 @@ def stack_norms(
             "(layers, out, fan_in) weights, the initial and current ones of equal shapes"
         )
     _check_contracted(z0, w0, "alignment_of_stacks")
-    return _row_norms(z0, z, w0, w, xp, scratch, initial_norms)
+    return _reduced(_products(z0, z, w0, w, xp, scratch, initial_norms), xp)
 
 
 def alignments_of_norms(norms: RowNorms, fan_in: Any, xp: ModuleType = np) -> tuple[Alignment, Any]:
@@ -590,20 +590,6 @@ def alignments_of_norms(norms: RowNorms, fan_in: Any, xp: ModuleType = np) -> tu
         values = _log_rms_of_norms(rms_x, rms_y, rms_p, log_n, xp)
         values = xp.where((widths >= 2)[..., None], values, math.nan)
     return Alignment(alpha=values[..., 0], omega=values[..., 2], u=values[..., 1]), finite
-
-
-def _row_norms(
-    z0: Any,
-    z: Any,
-    w0: Any,
-    w: Any,
-    xp: ModuleType,
-    scratch: bool = False,
-    initial_norms: Any = None,
-    fan_in_first: bool = False,
-) -> RowNorms:
-    """The :class:`RowNorms` of one layer or a stack of them (arguments as :func:`_products`)."""
-    return _reduced(_products(z0, z, w0, w, xp, scratch, initial_norms, fan_in_first), xp)
 
 
 def _reduced(products: _Products, xp: ModuleType) -> RowNorms:
