@@ -579,17 +579,29 @@ def alignments_of_norms(norms: RowNorms, fan_in: Any, xp: ModuleType = np) -> tu
     rms_y = xp.stack([norms.rms_dw, norms.rms_dw, norms.rms_w0], -1)
     rms_p = xp.concatenate([norms.both, norms.omega], -1).reshape(*lead, 3, r)
     finite = xp.isfinite(norms.rms_dw)
-    if isinstance(fan_in, int | np.integer):
+    if not isinstance(fan_in, list | tuple | np.ndarray):
+        fan_in = validate.integer(fan_in, "alignments_of_norms: fan_in", 0)
         if fan_in < 2:
             nan = xp.full(lead, math.nan)
             return Alignment(nan, nan, nan), finite
         values = _log_rms_of_norms(rms_x, rms_y, rms_p, math.log(fan_in), xp)
     else:
-        widths = np.asarray(fan_in, dtype=np.float64)
+        widths = _fan_ins(fan_in, lead)
         log_n = np.log(np.maximum(widths, 2.0))[..., None, None]
         values = _log_rms_of_norms(rms_x, rms_y, rms_p, log_n, xp)
         values = xp.where((widths >= 2)[..., None], values, math.nan)
     return Alignment(alpha=values[..., 0], omega=values[..., 2], u=values[..., 1]), finite
+
+
+def _fan_ins(fan_in: Any, lead: tuple[int, ...]) -> np.ndarray:
+    """One fan_in per layer, as floats; refused by name unless integers >= 0 of shape ``lead``."""
+    widths = np.asarray(fan_in)
+    if widths.shape != lead or widths.dtype.kind not in "iu" or (widths < 0).any():
+        raise MaxPError(
+            f"alignments_of_norms: fan_in must be one integer >= 0 or one per layer, shape {lead}; "
+            f"got {widths.dtype} of shape {widths.shape}"
+        )
+    return widths.astype(np.float64)
 
 
 def _reduced(products: _Products, xp: ModuleType) -> RowNorms:

@@ -16,7 +16,14 @@ from maxp_core import (
     log_rms_alignment,
     spectral_alignment,
 )
-from maxp_core.alignment import measure_layers, measure_stacks, sanitize, weight_norms
+from maxp_core.alignment import (
+    alignments_of_norms,
+    measure_layers,
+    measure_stacks,
+    sanitize,
+    stack_norms,
+    weight_norms,
+)
 
 RNG = np.random.default_rng(1234)
 
@@ -311,3 +318,16 @@ def test_empty_layers_are_missing_and_finite_and_subnormal_peaks_raise_no_warnin
             w0, dw = rng.standard_normal((16, 64)), 0.1 * rng.standard_normal((16, 64))
             omega = measure_layers([(z0, z0 + tiny_dz, w0, w0 + dw)])[0].omega
             assert np.isnan(omega).all()  # dz below the smallest normal number: no information
+
+
+def test_alignments_of_norms_refuses_a_fan_in_that_is_no_width() -> None:
+    norms = stack_norms(*(np.ones(shape) for shape in ((2, 3, 4), (2, 3, 4), (2, 5, 4), (2, 5, 4))))
+    for bad in (2.5, "64", True, -1):
+        with pytest.raises(MaxPError, match="alignments_of_norms: fan_in must be an integer >= 0"):
+            alignments_of_norms(norms, bad)
+    for bad_widths in (np.array([64]), np.array([64.0, 64.0]), np.array([64, -1])):
+        with pytest.raises(MaxPError, match=r"one per layer, shape \(2,\)"):
+            alignments_of_norms(norms, bad_widths)
+    # Per layer, each with its own width: the same as one width for all.
+    same = alignments_of_norms(norms, 4)[0]
+    np.testing.assert_array_equal(np.array(alignments_of_norms(norms, np.array([4, 4]))[0]), np.array(same))
