@@ -154,25 +154,17 @@ class Measurement:
         self.publish_views()
 
     def store_initial(self, measured: list[int], inputs: dict[int, torch.Tensor]) -> None:
-        """Keep each measured layer's initial input and weight; equally shaped layers' are kept
-        stacked as the measurement reads them, each layer's own a view of its stack (one copy,
-        made once). Sharded weights are kept as they are (stacking would gather them)."""
+        """Keep each measured layer's initial input and weight, equally shaped layers' stacked as
+        the measurement reads them (:meth:`_keep_stacked`). Sharded weights are kept as they
+        are (stacking would gather them)."""
         plain = [k for k in measured if not sharding.is_sharded(self.own_weight(k))]
         for k in set(measured) - set(plain):
             self.z0[k], self.w0[k] = inputs[k].clone(), self.own_weight(k).clone()
         weights = {k: self.weight_matrix(k) for k in plain}
         for chunk in self.chunks(plain, inputs, weights):
             live = [self.own_weight(k) for k in chunk]
-            if len(chunk) == 1:
-                self.z0[chunk[0]], self.w0[chunk[0]] = inputs[chunk[0]].clone(), live[0].clone()
-                continue
-            z0, w0 = torch.stack([inputs[k] for k in chunk]), torch.stack([weights[k] for k in chunk])
-            views = all(_same_memory(weights[k], w) for k, w in zip(chunk, live, strict=True))
-            for i, (k, weight) in enumerate(zip(chunk, live, strict=True)):
-                self.z0[k] = z0[i]
-                # A weight read in another layout (transposed) is kept in its own, as checkpoints hold it.
-                self.w0[k] = w0[i].view(weight.shape) if views else weight.clone()
-            self._initial_stacks[tuple(chunk)] = (z0, w0 if views else None, weight_norms(w0, torch))
+            entry = self._keep_stacked(chunk, [inputs[k] for k in chunk], live, live=True)
+            self._initial_stacks[tuple(chunk)] = entry
 
     def own_weight(self, k: int) -> torch.Tensor:
         """Layer ``k``'s weight, detached, in its own layout."""
@@ -392,20 +384,31 @@ class Measurement:
 
     def _stack_initial(self, chunk: list[int]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """:meth:`initial_stacks` of initial inputs and weights kept layer by layer (restored
-        from a checkpoint): stacked, the layers' own become views of the stacks."""
-        matrices = [self.weight_matrix(k, self.w0[k]) for k in chunk]
-        z0, w0 = stack_of([self.z0[k] for k in chunk]), stack_of(matrices)
-        norms = weight_norms(w0, torch)
-        # A matrix that is the weight itself, reshaped at most, is replaced by its place in the
-        # stack; any other layout (a sharded weight gathered, a transposed one) would need the
-        # stack and the weight both kept.
-        views = all(_same_memory(m, self.w0[k]) for m, k in zip(matrices, chunk, strict=True))
-        if len(chunk) > 1:
-            for i, k in enumerate(chunk):
-                self.z0[k] = z0[i]
-                if views:
-                    self.w0[k] = w0[i].view(self.w0[k].shape)
-        return z0, w0 if views else None, norms
+        from a checkpoint)."""
+        return self._keep_stacked(chunk, [self.z0[k] for k in chunk], [self.w0[k] for k in chunk], live=False)
+
+    def _keep_stacked(
+        self, chunk: list[int], inputs: list[torch.Tensor], weights: list[torch.Tensor], live: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Keep a chunk's initial ``inputs`` and ``weights`` (each in its own layout) as the
+        measurement reads them: stacked, each layer's own ``z0``/``w0`` a view of its stack (one
+        copy). A weight read in another layout (transposed) keeps its own, as checkpoints hold
+        it. ``live``: the tensors are the model's own (at capture), copied where kept as they
+        are. Returns the :meth:`initial_stacks` entry (the weights' stack ``None`` where they
+        are not views of it)."""
+        if live and len(chunk) == 1:
+            inputs, weights = [inputs[0].clone()], [weights[0].clone()]
+        matrices = [self.weight_matrix(k, w) for k, w in zip(chunk, weights, strict=True)]
+        z0, w0 = stack_of(inputs), stack_of(matrices)
+        views = all(_same_memory(m, w) for m, w in zip(matrices, weights, strict=True))
+        for i, (k, weight) in enumerate(zip(chunk, weights, strict=True)):
+            several = len(chunk) > 1
+            self.z0[k] = z0[i] if several else inputs[0]
+            if several and views:
+                self.w0[k] = w0[i].view(weight.shape)
+            else:
+                self.w0[k] = weight.clone() if live and several else weight
+        return z0, w0 if views else None, weight_norms(w0, torch)
 
     def _check_measurable(
         self, measured: list[int], now: dict[int, torch.Tensor], weights: dict[int, torch.Tensor]
