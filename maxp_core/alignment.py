@@ -29,6 +29,8 @@ Rules that keep the LP safe:
   brings their largest entry near 1. The value is invariant to those scales and
   powers of two are exact in floating point, so the same numbers come out at any
   magnitude (``1e160`` or ``1e-170`` in float64, ``1e17`` in float32) without overflow.
+  An eager adapter may first compute without them (:func:`plain_stack_norms`) and keep
+  that only where :func:`plain_norms_hold` shows nothing came near the range's ends.
 * ``rms`` values are clipped to ``[0, 1]``: 1 is the largest a product can reach,
   and a negative value (terms cancelling beyond random) would let the LP raise a
   learning rate without bound on noise.
@@ -547,6 +549,11 @@ def stack_norms(
       >>> np.round(alignments_of_norms(norms, 256)[0].u, 6)   # dz and dW along ones
       array([1., 1.])
     """
+    z0, z, w0, w = _checked_stacks(z0, z, w0, w, xp)
+    return _reduced(_products(z0, z, w0, w, xp, scratch, initial_norms), xp)
+
+
+def _checked_stacks(z0: Any, z: Any, w0: Any, w: Any, xp: ModuleType) -> tuple[Any, Any, Any, Any]:
     z0, z, w0, w = (xp.asarray(v) for v in (z0, z, w0, w))
     if z0.ndim != 3 or w0.ndim != 3 or z0.shape != z.shape or w0.shape != w.shape:
         raise MaxPError(
@@ -555,7 +562,106 @@ def stack_norms(
             "(layers, out, fan_in) weights, the initial and current ones of equal shapes"
         )
     _check_contracted(z0, w0, "alignment_of_stacks")
-    return _reduced(_products(z0, z, w0, w, xp, scratch, initial_norms), xp)
+    return z0, z, w0, w
+
+
+def plain_stack_norms(
+    z0: Any, z: Any, w0: Any, w: Any, xp: ModuleType = np, scratch: bool = False, initial_norms: Any = None
+) -> tuple[RowNorms, Any]:
+    """:func:`stack_norms` computed without the powers of two, and the peak ``|x|`` of each row
+    of ``[z0; dz]`` (``(L, 2r)``), which :func:`plain_norms_hold` reads.
+
+    The powers of two only keep sums of squares and products in the floating range; the
+    alignments do not depend on them. Finding and applying them costs a dozen small
+    operations and three passes over the weight change per stack, which dominate an eager
+    measurement on a CPU. Wherever nothing comes near the range's ends, the plain norms are
+    those of :func:`stack_norms` up to the powers of two (and rounding); where
+    :func:`plain_norms_hold` says otherwise, measure the stack again with :func:`stack_norms`.
+
+    Examples:
+      >>> rng = np.random.default_rng(0)
+      >>> z0, w0 = rng.standard_normal((2, 8, 64)), rng.standard_normal((2, 16, 64))
+      >>> z, w = z0 + rng.standard_normal(z0.shape), w0 + 1e-3 * rng.standard_normal(w0.shape)
+      >>> plain, peaks = plain_stack_norms(z0, z, w0, w)
+      >>> plain_norms_hold(plain, peaks, np.finfo(np.float64)).tolist()
+      [True, True]
+      >>> scaled = stack_norms(z0, z, w0, w)
+      >>> np.allclose(alignments_of_norms(plain, 64)[0], alignments_of_norms(scaled, 64)[0])
+      True
+    """
+    z0, z, w0, w = _checked_stacks(z0, z, w0, w, xp)
+    if initial_norms is None:
+        initial_norms = weight_norms(w0, xp)
+    rows = z0.shape[-2]
+    # What leaves the range shows in the norms, which plain_norms_hold reads: no numpy warning.
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        dz, dw = _differences(z0, z, w0, w, scratch)
+        stacked = xp.concatenate([z0, dz], axis=-2)
+        # W0's power of two is known once for all: it goes on the rows (few) as in stack_norms.
+        f_w0, rms_w0 = initial_norms[..., 0, None, None], initial_norms[..., 1]
+        both = stacked @ xp.swapaxes(dw, -1, -2)
+        omega = (stacked[..., rows:, :] * f_w0) @ xp.swapaxes(w0, -1, -2)
+        norms = RowNorms(_row_rms(stacked, xp), _row_rms(both, xp), _row_rms(omega, xp), _rms(dw, xp), rms_w0)
+    return norms, _peak(stacked, xp, -1)[..., 0]
+
+
+def plain_range(finfo: Any) -> float:
+    """How far from 1 a plain RMS may lie in either direction, for a floating type's ``finfo``
+    (``tiny`` and ``eps``): ``sqrt(tiny / eps)``.
+
+    Above it a sum of squares loses less than an ``eps`` to underflow, below its inverse no
+    product of two such values (nor a sum of squares of up to ``1/eps`` entries) overflows.
+
+    Examples:
+      >>> plain_range(np.finfo(np.float32)) == 2.0**-51.5
+      True
+    """
+    return math.sqrt(float(finfo.tiny) / float(finfo.eps))
+
+
+def plain_suits(finfo: Any) -> bool:
+    """Whether :func:`plain_stack_norms` pays off for a floating type: where the range it
+    trusts is narrow (float16: RMS values within a factor of 4 of 1), ordinary values fall
+    outside it and nearly every stack would be measured twice.
+
+    Examples:
+      >>> plain_suits(np.finfo(np.float32)), plain_suits(np.finfo(np.float16))
+      (True, False)
+    """
+    return plain_range(finfo) <= 2.0**-40
+
+
+def plain_norms_hold(norms: RowNorms, peaks: Any, finfo: Any, xp: ModuleType = np) -> Any:
+    """Per layer of a stack: whether :func:`plain_stack_norms`' ``norms`` (with its ``peaks``)
+    are :func:`stack_norms`' up to powers of two and rounding, for values of the floating
+    type ``finfo`` describes.
+
+    They are when every RMS (of a row of ``[z0; dz]``, of its products, of the weight change)
+    lies within :func:`plain_range` of 1 in either direction, or belongs to a row that is
+    exactly zero (its products then are exactly zero too). Anything not finite, a weight
+    that did not change, or a row whose entries underflow falls outside: such a layer is
+    measured again with :func:`stack_norms`, which says what it means.
+
+    Examples:
+      >>> norms = RowNorms(rows=np.array([[1.0, 0.0], [1.0, 1e-30]]), both=np.array([[2.0, 0.0], [2.0, 0.5]]),
+      ...                  omega=np.ones((2, 1)), rms_dw=np.ones(2), rms_w0=np.ones(2))
+      >>> plain_norms_hold(norms, np.array([[1.0, 0.0], [1.0, 1e-30]]), np.finfo(np.float32)).tolist()
+      [True, False]
+    """
+    low = plain_range(finfo)
+    zero = peaks == 0
+    r = norms.omega.shape[-1]
+
+    def held(values: Any, zero_rows: Any) -> Any:
+        return ((values >= low) & (values <= 1.0 / low)) | (zero_rows & (values == 0))
+
+    rows = held(norms.rows, zero) & held(norms.both, zero)
+    return (
+        xp.all(rows, axis=-1)
+        & xp.all(held(norms.omega, zero[..., r:]), axis=-1)
+        & held(norms.rms_dw, False)
+        & xp.isfinite(norms.rms_w0)
+    )
 
 
 def alignments_of_norms(norms: RowNorms, fan_in: Any, xp: ModuleType = np) -> tuple[Alignment, Any]:
@@ -626,12 +732,7 @@ def _products(
     weights are ``(fan_in, out)`` (not with ``scratch``).
     """
     rows = z0.shape[-2]
-    if scratch:
-        z -= z0
-        w -= w0
-        dz, dw = z, w
-    else:
-        dz, dw = z - z0, w - w0
+    dz, dw = _differences(z0, z, w0, w, scratch)
     # Every row, of z0 and of dz, scaled to unit peak at once.
     stacked = _unit_scale(xp.concatenate([z0, dz], axis=-2), xp, -1, in_place=_is_writable(xp))
     dz = stacked[..., rows:, :]
@@ -661,6 +762,15 @@ def _products(
     both = (stacked * f_dw) @ dw
     omega = (dz * f_w0) @ w0
     return _Products(stacked, both, omega, _rms(dw * f_dw, xp), rms_w0)
+
+
+def _differences(z0: Any, z: Any, w0: Any, w: Any, scratch: bool) -> tuple[Any, Any]:
+    """``(z - z0, w - w0)``; with ``scratch`` written over ``z`` and ``w``."""
+    if not scratch:
+        return z - z0, w - w0
+    z -= z0
+    w -= w0
+    return z, w
 
 
 def _is_writable(xp: ModuleType) -> bool:

@@ -21,7 +21,16 @@ import torch.distributed as dist
 from torch import nn
 
 from maxp_core import MaxPError, Role, alignment_of_layers, groups_of_equal_shape
-from maxp_core.alignment import AlignmentMode, RowNorms, alignments_of_norms, stack_norms, weight_norms
+from maxp_core.alignment import (
+    AlignmentMode,
+    RowNorms,
+    alignments_of_norms,
+    plain_norms_hold,
+    plain_stack_norms,
+    plain_suits,
+    stack_norms,
+    weight_norms,
+)
 from maxp_torch import sharding
 from maxp_torch.discovery import unwrap
 from maxp_torch.initialization import InitialWeights
@@ -100,11 +109,11 @@ class Measurement:
                     sizes[k] = (args[0].shape[0] if args[0].ndim else 0, rows.shape[0])
 
         for module in self.layers.modules:
-            module._recorder = recorder
+            set_recorder(module, recorder)
 
     def stop_recording(self) -> None:
         for module in self.layers.modules:
-            module._recorder = None
+            set_recorder(module, None)
 
     def devices(self) -> list[torch.device]:
         return list({p.device for m in self.layers.modules for p in m.parameters()})
@@ -280,13 +289,13 @@ class Measurement:
             )
 
         for m in initial_modules:
-            m._recorder = recorder
+            set_recorder(m, recorder)
         try:
             with measurement_mode(self.initial_model, self.cuda_devices()):
                 call_model(self.initial_model, rows)
         finally:
             for m in initial_modules:
-                m._recorder = None
+                set_recorder(m, None)
         now = {k: v[: keep[k].shape[0]] for k, v in self.recorded.items() if k in keep}
         return now, keep
 
@@ -330,35 +339,88 @@ class Measurement:
         weights = {k: self.weight_matrix(k) for k in measured}
         self._check_measurable(measured, now, weights)
 
-        order: list[int] = []
-        fan_ins: list[int] = []
-        # rms: each stack's RowNorms and whether its inputs are finite, finished on the host;
-        # spectral: alignments and flags.
-        pieces: list[torch.Tensor] = []
-        for chunk in self.chunks(measured, now, weights):
-            z, w = stack_of([now[k] for k in chunk]), stack_of([weights[k] for k in chunk])
-            z0, w0, w0_norms = self.initial_stacks(chunk, initial)
-            if self.norm_mode == "rms":
-                finite_inputs = all_finite(z)  # before a measurement on a stacked copy overwrites it
-                norms = stack_norms(z0, z, w0, w, torch, len(chunk) > 1, w0_norms)
-                packed = norms.packed(torch)
-                pieces.append(torch.cat([packed, finite_inputs.to(packed.dtype)[:, None]], dim=1))
-            else:
-                finite = all_finite(z) & all_finite(w)
-                layers_of_chunk = list(zip(z0, z, w0, w, strict=True))
-                mode = cast(AlignmentMode, self.norm_mode)
-                al: Any = alignment_of_layers(layers_of_chunk, mode, w.shape[-1], xp=torch)
-                pieces.append(torch.stack([*al, finite.to(al[0].dtype)], dim=1))
-            order += chunk
-            fan_ins += [w.shape[-1]] * len(chunk)
-        host = _to_host(pieces)
+        chunks = self.chunks(measured, now, weights)
         if self.norm_mode == "rms":
-            host = _finish_rms(host, fan_ins)
-        results = _mean_over_ranks(np.concatenate(host), pieces[0].device)
+            pieces = self._rms_of_chunks(chunks, now, weights, initial)
+        else:
+            pieces = _to_host([self._spectral_piece(chunk, now, weights, initial) for chunk in chunks])
+        order = [k for chunk in chunks for k in chunk]
+        results = _mean_over_ranks(np.concatenate(pieces), weights[order[0]].device)
         rows = [self.layers.row[k] for k in order]
         values[rows] = results[:, :3]
         nonfinite[rows] = results[:, 3] < 1.0
         return values, nonfinite
+
+    def _rms_of_chunks(
+        self,
+        chunks: list[list[int]],
+        now: dict[int, torch.Tensor],
+        weights: dict[int, torch.Tensor],
+        initial: dict[int, torch.Tensor],
+    ) -> list[np.ndarray]:
+        """Each chunk's ``(layers, 4)`` rms alignments and finiteness (:func:`_finish_rms`).
+
+        Chunks of a type with a wide range are measured plain first
+        (:func:`~maxp_core.alignment.plain_stack_norms`, no powers of two); those whose norms do
+        not hold (:func:`~maxp_core.alignment.plain_norms_hold`) are measured again scaled, in a
+        second copy to the host that only such chunks (a diverging run, a frozen layer) cost.
+        """
+        plain = [plain_suits(torch.finfo(weights[chunk[0]].dtype)) for chunk in chunks]
+        pieces = [
+            self._rms_piece(chunk, now, weights, initial, is_plain)
+            for chunk, is_plain in zip(chunks, plain, strict=True)
+        ]
+        host = _to_host(pieces)
+        redo = []
+        for i, chunk in enumerate(chunks):
+            held = _held_plain(host[i], torch.finfo(weights[chunk[0]].dtype)) if plain[i] else host[i]
+            if held is None:
+                redo.append(i)
+            else:
+                host[i] = held
+        if redo:
+            again = _to_host([self._rms_piece(chunks[i], now, weights, initial, False) for i in redo])
+            for i, piece in zip(redo, again, strict=True):
+                host[i] = piece
+        fan_ins = [weights[chunk[0]].shape[-1] for chunk in chunks for _ in chunk]
+        return _finish_rms(host, fan_ins)
+
+    def _rms_piece(
+        self,
+        chunk: list[int],
+        now: dict[int, torch.Tensor],
+        weights: dict[int, torch.Tensor],
+        initial: dict[int, torch.Tensor],
+        plain: bool,
+    ) -> torch.Tensor:
+        """A chunk's packed :class:`~maxp_core.alignment.RowNorms` followed, measured ``plain``,
+        by its rows' peaks (:func:`_held_plain` reads them), else by whether its inputs are finite."""
+        z, w = stack_of([now[k] for k in chunk]), stack_of([weights[k] for k in chunk])
+        z0, w0, w0_norms = self.initial_stacks(chunk, initial)
+        scratch = len(chunk) > 1  # the stacks are copies
+        if plain:
+            norms, peaks = plain_stack_norms(z0, z, w0, w, torch, scratch, w0_norms)
+            packed = norms.packed(torch)
+            return torch.cat([packed, peaks.to(packed.dtype)], dim=1)
+        finite_inputs = all_finite(z)  # before a measurement on a stacked copy overwrites it
+        packed = stack_norms(z0, z, w0, w, torch, scratch, w0_norms).packed(torch)
+        return torch.cat([packed, finite_inputs.to(packed.dtype)[:, None]], dim=1)
+
+    def _spectral_piece(
+        self,
+        chunk: list[int],
+        now: dict[int, torch.Tensor],
+        weights: dict[int, torch.Tensor],
+        initial: dict[int, torch.Tensor],
+    ) -> torch.Tensor:
+        """A chunk's ``(layers, 4)`` spectral alignments and finiteness."""
+        z, w = stack_of([now[k] for k in chunk]), stack_of([weights[k] for k in chunk])
+        z0, w0, _ = self.initial_stacks(chunk, initial)
+        finite = all_finite(z) & all_finite(w)
+        layers_of_chunk = list(zip(z0, z, w0, w, strict=True))
+        mode = cast(AlignmentMode, self.norm_mode)
+        al: Any = alignment_of_layers(layers_of_chunk, mode, w.shape[-1], xp=torch)
+        return torch.stack([*al, finite.to(al[0].dtype)], dim=1)
 
     def initial_stacks(
         self, chunk: list[int], initial: dict[int, torch.Tensor]
@@ -426,6 +488,17 @@ class Measurement:
                 raise MaxPError(f"layer {name!r}: complex weights or inputs cannot be measured")
 
 
+def set_recorder(layer: Any, recorder: Callable[[Any, tuple[Any, ...]], None] | None) -> None:
+    """Have ``layer`` (a :class:`ParametrizedModule` or a hooked layer) call ``recorder(layer,
+    args)`` before each forward; ``None`` stops it.
+
+    Set around every measurement on every layer: written straight into the instance, without
+    ``nn.Module.__setattr__``'s checks for parameters and submodules (on a model of many
+    small layers those cost a third of the recording's overhead).
+    """
+    layer.__dict__["_recorder"] = recorder
+
+
 def stack_of(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Equally shaped tensors as one stack: a view of a lone tensor, else a copy (which a
     measurement may overwrite)."""
@@ -448,6 +521,18 @@ def _to_host(pieces: list[torch.Tensor]) -> list[np.ndarray]:
     flat = torch.cat([piece.flatten().to(device, torch.float64) for piece in pieces]).cpu().numpy()
     sizes = np.cumsum([piece.numel() for piece in pieces])[:-1]
     return [part.reshape(piece.shape) for part, piece in zip(np.split(flat, sizes), pieces, strict=True)]
+
+
+def _held_plain(piece: np.ndarray, finfo: Any) -> np.ndarray | None:
+    """A plainly measured chunk's piece (packed norms, then each row's peak) as a scaled
+    one's (packed norms, then 1.0: the inputs are finite), or ``None`` where its norms do not
+    hold (:func:`~maxp_core.alignment.plain_norms_hold`)."""
+    r = (piece.shape[-1] - 2) // 7  # 5r + 2 norms, 2r peaks
+    packed, peaks = piece[:, : 5 * r + 2], piece[:, 5 * r + 2 :]
+    if not plain_norms_hold(RowNorms.unpacked(packed), peaks, finfo).all():
+        return None
+    # Norms that hold are finite, and so are the inputs they were taken of.
+    return np.concatenate([packed, np.ones((len(piece), 1))], axis=1)
 
 
 def _finish_rms(packed: list[np.ndarray], fan_ins: list[int]) -> list[np.ndarray]:

@@ -20,6 +20,8 @@ from maxp_core.alignment import (
     alignments_of_norms,
     measure_layers,
     measure_stacks,
+    plain_norms_hold,
+    plain_stack_norms,
     sanitize,
     stack_norms,
     weight_norms,
@@ -331,3 +333,48 @@ def test_alignments_of_norms_refuses_a_fan_in_that_is_no_width() -> None:
     # Per layer, each with its own width: the same as one width for all.
     same = alignments_of_norms(norms, 4)[0]
     np.testing.assert_array_equal(np.array(alignments_of_norms(norms, np.array([4, 4]))[0]), np.array(same))
+
+
+def plain_case(scales: list[tuple[float, float]], seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Float32 stacks ``(z0, z, w0, w)`` of one layer per ``(input scale, weight-change scale)``."""
+    rng = np.random.default_rng(seed)
+    layers = len(scales)
+    z0 = rng.standard_normal((layers, 8, 64))
+    w0 = rng.standard_normal((layers, 16, 64)) / 8
+    dz = rng.standard_normal(z0.shape) * np.array([s for s, _ in scales])[:, None, None]
+    dw = rng.standard_normal(w0.shape) * np.array([s for _, s in scales])[:, None, None]
+    return tuple(v.astype(np.float32) for v in (z0, z0 + dz, w0, w0 + dw))
+
+
+def test_plain_norms_that_hold_give_the_scaled_alignments() -> None:
+    """Across ordinary magnitudes the float32 norms without powers of two hold, and give what the
+    scaled float64 reference gives (a layer whose input did not change included: its zero rows
+    hold, its omega and u are missing in both)."""
+    scales = [(1.0, 1e-3), (1e-3, 1e-6), (1e3, 1e2), (0.0, 1e-2), (1e-2, 1e-4)]
+    z0, z, w0, w = plain_case(scales)
+    plain, peaks = plain_stack_norms(z0, z, w0, w)
+    assert plain_norms_hold(plain, peaks, np.finfo(np.float32)).all()
+    reference = stack_norms(*(v.astype(np.float64) for v in (z0, z, w0, w)))
+    got, expected = alignments_of_norms(plain, 64)[0], alignments_of_norms(reference, 64)[0]
+    np.testing.assert_allclose(np.array(got), np.array(expected), rtol=0, atol=2e-5)
+    assert np.isnan(got.omega[3]) and np.isnan(got.u[3])
+
+
+def test_plain_norms_do_not_hold_where_the_range_ends_and_the_scaled_ones_still_measure() -> None:
+    """Each way a float32 computation without powers of two goes wrong marks its own layer only:
+    a weight change whose squares underflow (the plain RMS reads 0: alpha and u would be
+    missing, the scaled one measures them), products that overflow, a weight that did not
+    change, a NaN, an input row of subnormal numbers."""
+    z0, z, w0, w = plain_case([(1.0, 1e-3), (1.0, 1e-3), (1e20, 1e20), (1.0, 0.0), (1.0, 1e-3), (1.0, 1e-3)])
+    w0[1] *= np.float32(1e-24)  # a weight of 1e-25 that changes by as much
+    change = np.random.default_rng(1).standard_normal(w0[1].shape).astype(np.float32)
+    w[1] = w0[1] + np.float32(1e-25) * change
+    z[4, 2, 7] = np.nan
+    z0[5, 1], z[5, 1] = 0.0, np.float32(1e-40)  # a change of subnormal numbers: no precision left
+    plain, peaks = plain_stack_norms(z0, z, w0, w)
+    held = plain_norms_hold(plain, peaks, np.finfo(np.float32))
+    assert held.tolist() == [True, False, False, False, False, False]
+    scaled = alignments_of_norms(stack_norms(z0, z, w0, w), 64)[0]
+    unscaled = alignments_of_norms(plain, 64)[0]
+    assert np.isnan(unscaled.u[1]) and 0.3 < scaled.u[1] < 0.7  # what holding guards against
+    assert np.isfinite(scaled.alpha[2])

@@ -195,3 +195,47 @@ def test_initial_inputs_and_weights_are_held_once_and_saved_as_their_own() -> No
     np.testing.assert_array_equal(param._measure(ids)[0], again)
     held, own = held_bytes(param._measurement)
     assert held == own
+
+
+def count_scaled_stacks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Each stack measured with powers of two appends its number of layers."""
+    scaled: list[int] = []
+    original = measurement.stack_norms
+
+    def counting(z0: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        scaled.append(z0.shape[0])
+        return original(z0, *args, **kwargs)
+
+    monkeypatch.setattr(measurement, "stack_norms", counting)
+    return scaled
+
+
+def test_float32_stacks_are_measured_once_without_powers_of_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    param, ids, _ = trained_gpt()
+    scaled = count_scaled_stacks(monkeypatch)
+    plain, plain_nonfinite = param._measure(ids)
+    assert scaled == []
+    monkeypatch.setattr(measurement, "plain_suits", lambda finfo: False)
+    expected, expected_nonfinite = param._measure(ids)
+    assert len(scaled) > 1
+    np.testing.assert_allclose(plain, expected, rtol=0, atol=1e-6)
+    assert not plain_nonfinite.any() and not expected_nonfinite.any()
+
+
+def test_a_stack_whose_plain_norms_do_not_hold_is_measured_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer that did not change since the capture (frozen): its weight change is zero, which a
+    plain RMS cannot tell from an underflow; its stack alone is measured again, and every layer
+    comes out as measured with powers of two throughout (its alpha and u missing)."""
+    param, ids, initial = trained_gpt()
+    with torch.no_grad():
+        param.model.get_submodule("blocks.1.down").inner.weight.copy_(
+            initial.get_submodule("blocks.1.down").inner.weight
+        )
+    scaled = count_scaled_stacks(monkeypatch)
+    got, _ = param._measure(ids)
+    assert scaled == [2]  # the two blocks' down projections, stacked
+    monkeypatch.setattr(measurement, "plain_suits", lambda finfo: False)
+    expected, _ = param._measure(ids)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    row = param.graph.names.index("blocks.1.down")
+    assert np.isnan(got[row, 0]) and np.isnan(got[row, 2])
