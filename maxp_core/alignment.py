@@ -637,8 +637,9 @@ def plain_norms_hold(norms: RowNorms, peaks: Any, finfo: Any, xp: ModuleType = n
     type ``finfo`` describes.
 
     They are when every RMS (of a row of ``[z0; dz]``, of its products, of the weight change)
-    lies within :func:`plain_range` of 1 in either direction, or belongs to a row that is
-    exactly zero (its products then are exactly zero too). Anything not finite, a weight
+    lies within :func:`plain_range` of 1 in either direction, or is that of a product with a
+    row that is exactly zero or with an initial weight that is (both then read exactly zero:
+    a zero-initialized readout's omega). Anything not finite, a weight
     that did not change, or a row whose entries underflow falls outside: such a layer is
     measured again with :func:`stack_norms`, which says what it means.
 
@@ -652,13 +653,14 @@ def plain_norms_hold(norms: RowNorms, peaks: Any, finfo: Any, xp: ModuleType = n
     zero = peaks == 0
     r = norms.omega.shape[-1]
 
-    def held(values: Any, zero_rows: Any) -> Any:
-        return ((values >= low) & (values <= 1.0 / low)) | (zero_rows & (values == 0))
+    def held(values: Any, zero_factor: Any) -> Any:
+        return ((values >= low) & (values <= 1.0 / low)) | (zero_factor & (values == 0))
 
     rows = held(norms.rows, zero) & held(norms.both, zero)
+    zero_w0 = (norms.rms_w0 == 0)[..., None]  # W0 below the normal numbers: zero, as scaled
     return (
         xp.all(rows, axis=-1)
-        & xp.all(held(norms.omega, zero[..., r:]), axis=-1)
+        & xp.all(held(norms.omega, zero[..., r:] | zero_w0), axis=-1)
         & held(norms.rms_dw, False)
         & xp.isfinite(norms.rms_w0)
     )

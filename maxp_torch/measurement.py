@@ -365,19 +365,16 @@ class Measurement:
         not hold (:func:`~maxp_core.alignment.plain_norms_hold`) are measured again scaled, in a
         second copy to the host that only such chunks (a diverging run, a frozen layer) cost.
         """
-        plain = [plain_suits(torch.finfo(weights[chunk[0]].dtype)) for chunk in chunks]
-        pieces = [
-            self._rms_piece(chunk, now, weights, initial, is_plain)
-            for chunk, is_plain in zip(chunks, plain, strict=True)
-        ]
-        host = _to_host(pieces)
-        redo = []
-        for i, chunk in enumerate(chunks):
-            held = _held_plain(host[i], torch.finfo(weights[chunk[0]].dtype)) if plain[i] else host[i]
-            if held is None:
-                redo.append(i)
-            else:
-                host[i] = held
+        finfos = [torch.finfo(weights[chunk[0]].dtype) for chunk in chunks]
+        plain = [i for i, finfo in enumerate(finfos) if plain_suits(finfo)]
+        host = _to_host(
+            [self._rms_piece(chunk, now, weights, initial, i in plain) for i, chunk in enumerate(chunks)]
+        )
+        held = _plain_held([host[i] for i in plain], [finfos[i] for i in plain])
+        redo = [i for i, ok in zip(plain, held, strict=True) if not ok]
+        for i, ok in zip(plain, held, strict=True):
+            if ok:
+                host[i] = _as_scaled(host[i])
         if redo:
             again = _to_host([self._rms_piece(chunks[i], now, weights, initial, False) for i in redo])
             for i, piece in zip(redo, again, strict=True):
@@ -394,7 +391,7 @@ class Measurement:
         plain: bool,
     ) -> torch.Tensor:
         """A chunk's packed :class:`~maxp_core.alignment.RowNorms` followed, measured ``plain``,
-        by its rows' peaks (:func:`_held_plain` reads them), else by whether its inputs are finite."""
+        by its rows' peaks (:func:`_plain_held` reads them), else by whether its inputs are finite."""
         z, w = stack_of([now[k] for k in chunk]), stack_of([weights[k] for k in chunk])
         z0, w0, w0_norms = self.initial_stacks(chunk, initial)
         scratch = len(chunk) > 1  # the stacks are copies
@@ -523,16 +520,39 @@ def _to_host(pieces: list[torch.Tensor]) -> list[np.ndarray]:
     return [part.reshape(piece.shape) for part, piece in zip(np.split(flat, sizes), pieces, strict=True)]
 
 
-def _held_plain(piece: np.ndarray, finfo: Any) -> np.ndarray | None:
-    """A plainly measured chunk's piece (packed norms, then each row's peak) as a scaled
-    one's (packed norms, then 1.0: the inputs are finite), or ``None`` where its norms do not
-    hold (:func:`~maxp_core.alignment.plain_norms_hold`)."""
-    r = (piece.shape[-1] - 2) // 7  # 5r + 2 norms, 2r peaks
-    packed, peaks = piece[:, : 5 * r + 2], piece[:, 5 * r + 2 :]
-    if not plain_norms_hold(RowNorms.unpacked(packed), peaks, finfo).all():
-        return None
-    # Norms that hold are finite, and so are the inputs they were taken of.
-    return np.concatenate([packed, np.ones((len(piece), 1))], axis=1)
+def _plain_held(pieces: list[np.ndarray], finfos: list[Any]) -> list[bool]:
+    """Whether the norms of each plainly measured piece (packed norms, then each row's peak)
+    hold (:func:`~maxp_core.alignment.plain_norms_hold` for its type's ``finfo``), checked for
+    all pieces of one width and type at once."""
+    held = [False] * len(pieces)
+    for indices in _groups([(piece.shape[-1], finfos[i].dtype) for i, piece in enumerate(pieces)]):
+        stacked = np.concatenate([pieces[i] for i in indices])
+        r = (stacked.shape[-1] - 2) // 7  # 5r + 2 norms, 2r peaks
+        norms = RowNorms.unpacked(stacked[:, : 5 * r + 2])
+        layers = plain_norms_hold(norms, stacked[:, 5 * r + 2 :], finfos[indices[0]])
+        for i, part in zip(indices, _split_like(layers, [pieces[i] for i in indices]), strict=True):
+            held[i] = bool(part.all())
+    return held
+
+
+def _as_scaled(piece: np.ndarray) -> np.ndarray:
+    """A plainly measured piece whose norms hold as a scaled one's: its packed norms, then 1.0
+    (norms that hold are finite, and so are the inputs they were taken of)."""
+    r = (piece.shape[-1] - 2) // 7
+    return np.concatenate([piece[:, : 5 * r + 2], np.ones((len(piece), 1))], axis=1)
+
+
+def _groups(keys: list[Any]) -> list[list[int]]:
+    """The indices of equal keys, in order of first appearance."""
+    groups: dict[Any, list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(key, []).append(index)
+    return list(groups.values())
+
+
+def _split_like(rows: np.ndarray, pieces: list[np.ndarray]) -> list[np.ndarray]:
+    """``rows`` (one per row of the pieces, concatenated) split back into the pieces' lengths."""
+    return np.split(rows, np.cumsum([len(piece) for piece in pieces])[:-1])
 
 
 def _finish_rms(packed: list[np.ndarray], fan_ins: list[int]) -> list[np.ndarray]:
@@ -543,21 +563,17 @@ def _finish_rms(packed: list[np.ndarray], fan_ins: list[int]) -> list[np.ndarray
     Stacks measured on as many rows are finished together, in one pass of the host's small
     operations, whatever their shapes (each layer scales with its own fan_in).
     """
-    by_width: dict[int, list[int]] = {}
-    for index, piece in enumerate(packed):
-        by_width.setdefault(piece.shape[-1], []).append(index)
     starts = np.cumsum([0] + [len(piece) for piece in packed])
     widths = np.asarray(fan_ins)
     out: list[np.ndarray] = [np.empty(0)] * len(packed)
-    for indices in by_width.values():
+    for indices in _groups([piece.shape[-1] for piece in packed]):
         stacked = np.concatenate([packed[i] for i in indices])
         fan_in = np.concatenate([widths[starts[i] : starts[i + 1]] for i in indices])
         al, finite_weights = alignments_of_norms(RowNorms.unpacked(stacked[:, :-1]), fan_in)
         finite = finite_weights & (stacked[:, -1] == 1.0)
         results = np.stack([*al, finite.astype(np.float64)], axis=1)
-        taken = np.cumsum([0] + [len(packed[i]) for i in indices])
-        for j, i in enumerate(indices):
-            out[i] = results[taken[j] : taken[j + 1]]
+        for i, part in zip(indices, _split_like(results, [packed[i] for i in indices]), strict=True):
+            out[i] = part
     return out
 
 

@@ -348,16 +348,19 @@ def plain_case(scales: list[tuple[float, float]], seed: int = 0) -> tuple[np.nda
 
 def test_plain_norms_that_hold_give_the_scaled_alignments() -> None:
     """Across ordinary magnitudes the float32 norms without powers of two hold, and give what the
-    scaled float64 reference gives (a layer whose input did not change included: its zero rows
-    hold, its omega and u are missing in both)."""
-    scales = [(1.0, 1e-3), (1e-3, 1e-6), (1e3, 1e2), (0.0, 1e-2), (1e-2, 1e-4)]
+    scaled float64 reference gives; so do the exact zeros of a layer whose input did not change
+    (its omega and u missing) and of a zero-initialized weight (its omega missing)."""
+    scales = [(1.0, 1e-3), (1e-3, 1e-6), (1e3, 1e2), (0.0, 1e-2), (1e-2, 1e-4), (1.0, 1e-2)]
     z0, z, w0, w = plain_case(scales)
+    w[5] -= w0[5]
+    w0[5] = 0.0
     plain, peaks = plain_stack_norms(z0, z, w0, w)
     assert plain_norms_hold(plain, peaks, np.finfo(np.float32)).all()
     reference = stack_norms(*(v.astype(np.float64) for v in (z0, z, w0, w)))
     got, expected = alignments_of_norms(plain, 64)[0], alignments_of_norms(reference, 64)[0]
     np.testing.assert_allclose(np.array(got), np.array(expected), rtol=0, atol=2e-5)
     assert np.isnan(got.omega[3]) and np.isnan(got.u[3])
+    assert np.isnan(got.omega[5]) and np.isfinite(got.alpha[5]) and np.isfinite(got.u[5])
 
 
 def test_plain_norms_do_not_hold_where_the_range_ends_and_the_scaled_ones_still_measure() -> None:
