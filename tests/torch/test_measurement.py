@@ -169,6 +169,18 @@ def test_measurement_mode_sets_eval_and_restores_each_flag_calling_overridden_tr
     assert model[1].calls == [False, True]  # its own train() ran, both ways
 
 
+def test_the_walk_of_measurement_mode_finds_each_module_once_parents_first() -> None:
+    shared = nn.Linear(2, 2)
+    model = nn.Sequential(nn.Sequential(shared, nn.ReLU()), shared, GPT(d=8, blocks=2, vocab=5, ctx=4))
+    walked = measurement._modules_of(model)
+    assert len(walked) == len({id(m) for m in walked}) == len(list(model.modules()))
+    assert {id(m) for m in walked} == {id(m) for m in model.modules()}
+    position = {id(m): i for i, m in enumerate(walked)}
+    for parent in model.modules():
+        children = [child for child in parent.children() if child is not shared]
+        assert all(position[id(parent)] < position[id(child)] for child in children)
+
+
 def held_bytes(measurement: measurement.Measurement) -> tuple[int, int]:
     """``(bytes of the distinct memory holding the initial inputs and weights (their stacks
     included), bytes of the inputs and weights themselves)``."""
