@@ -23,7 +23,8 @@ from maxp_core import (
     validate,
     warn_user,
 )
-from maxp_core.alignment import MODES, AlignmentMode, measure_layers, weight_norms
+from maxp_core.alignment import MODES, Alignment, AlignmentMode, measure_layers, measure_stacks, weight_norms
+from maxp_core.stacking import stack_chunks
 from maxp_jax.capture import LayerInputs
 from maxp_jax.spec import MaxPSpec, leaf_key, path_string
 
@@ -375,7 +376,7 @@ class AlignmentResolver:
             fan_in = self.spec.layers[group[0]].fan_in
             if self.config.mode == "rms":
                 norms = [state.w0_norms[position[i]] for i in group] if state.w0_norms else None
-                al, finite = measure_layers(layers, fan_in, jnp, norms, layer_inputs.fan_in_first(group[0]))
+                al, finite = _rms_of_group(layers, fan_in, norms, layer_inputs.fan_in_first(group[0]))
                 # A finite weight change of a finite initial weight: the weight is finite.
                 finite_weights.update({i: finite[k] for k, i in enumerate(group)})
             else:
@@ -473,6 +474,30 @@ def with_outcome(state: Any, outcome: tuple[Any, ...]) -> Any:
         failures=state.failures + failed,
         missing=state.missing + missing,
     )
+
+
+def _rms_of_group(
+    layers: list[Quad], fan_in: int, norms: list[jax.Array] | None, fan_in_first: bool
+) -> tuple[Alignment, jax.Array]:
+    """:func:`~maxp_core.alignment.measure_layers` of equally shaped layers, those small enough
+    to stack (:func:`~maxp_core.stacking.stack_chunks`) measured as stacks: one batched product
+    per stack, where layer by layer each product and reduction is a fusion the runtime steps
+    through (on a CPU, most of the time of a measurement of small layers)."""
+    weight = layers[0][3]
+    on_cpu = jax.default_backend() == "cpu"
+    chunks = stack_chunks(list(range(len(layers))), weight.size * weight.dtype.itemsize, on_cpu)
+    if len(chunks) == len(layers):  # layer by layer: their reductions still fuse across the group
+        return measure_layers(layers, fan_in, jnp, norms, fan_in_first)
+    parts = []
+    for chunk in chunks:
+        z0, z, w0, w = (jnp.stack([layers[k][j] for k in chunk]) for j in range(4))
+        if fan_in_first:  # a transpose that feeds a product folds into it
+            w0, w = jnp.swapaxes(w0, -1, -2), jnp.swapaxes(w, -1, -2)
+        initial_norms = None if norms is None else jnp.stack([norms[k] for k in chunk])
+        parts.append(measure_stacks(z0, z, w0, w, fan_in, jnp, initial_norms=initial_norms))
+    per_term = zip(*(al for al, _ in parts), strict=True)
+    joined = Alignment._make(jnp.concatenate(values) for values in per_term)
+    return joined, jnp.concatenate([finite for _, finite in parts])
 
 
 def _all_finite(x: jax.Array) -> jax.Array:

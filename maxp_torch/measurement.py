@@ -31,6 +31,7 @@ from maxp_core.alignment import (
     stack_norms,
     weight_norms,
 )
+from maxp_core.stacking import stack_chunks
 from maxp_torch import sharding
 from maxp_torch.discovery import unwrap
 from maxp_torch.initialization import InitialWeights
@@ -185,15 +186,15 @@ class Measurement:
         self, measured: list[int], rows: dict[int, torch.Tensor], weights: dict[int, torch.Tensor]
     ) -> list[list[int]]:
         """The measured layers in the stacks they are measured in: equally shaped (inputs
-        ``rows``, weight matrices ``weights``) and on one device, at most :data:`STACK_BYTES`
-        of weights each."""
+        ``rows``, weight matrices ``weights``) and on one device, as many as
+        :func:`~maxp_core.stacking.stack_chunks` puts together."""
 
         def shape_of(k: int) -> tuple[Any, ...]:
             w = weights[k]
             return (tuple(rows[k].shape), tuple(w.shape), w.dtype, w.device)
 
         groups = groups_of_equal_shape(measured, shape_of)
-        return [chunk for group in groups for chunk in stack_chunks(group, weights[group[0]])]
+        return [chunk for group in groups for chunk in _chunks_of(group, weights[group[0]])]
 
     def publish_views(self) -> None:
         """Give each layer the published ``pm._z0`` / ``pm._w0`` views of what was recorded."""
@@ -485,6 +486,11 @@ class Measurement:
                 raise MaxPError(f"layer {name!r}: complex weights or inputs cannot be measured")
 
 
+def _chunks_of(layers: list[int], weight: torch.Tensor) -> list[list[int]]:
+    """:func:`~maxp_core.stacking.stack_chunks` of layers shaped as ``weight``."""
+    return stack_chunks(layers, weight.numel() * weight.element_size(), weight.device.type == "cpu")
+
+
 def set_recorder(layer: Any, recorder: Callable[[Any, tuple[Any, ...]], None] | None) -> None:
     """Have ``layer`` (a :class:`ParametrizedModule` or a hooked layer) call ``recorder(layer,
     args)`` before each forward; ``None`` stops it.
@@ -649,31 +655,6 @@ def all_finite(stack: torch.Tensor) -> torch.Tensor:
     values cannot overflow it).
     """
     return torch.isfinite(stack.flatten(1).sum(1, dtype=torch.float64))
-
-
-#: The most bytes of weights one stacked measurement copies at once: stacking equally shaped layers
-#: makes their measurement a few batched operations instead of a few per layer, and this bound keeps
-#: the copies (current and initial weights, twice this at most) small next to the model. A 64-layer
-#: MLP of width 128 measured 8 MiB at a time spent 8 MiB more peak memory than 1 MiB at a time,
-#: and no time.
-STACK_BYTES = 2**20
-#: On a CPU, where an operation costs little to dispatch but a copy costs its memory traffic, layers
-#: of at least this many bytes are measured one at a time, on the weights themselves.
-CPU_SOLO_BYTES = 2**20
-
-
-def stack_chunks(layers: list[int], weight: torch.Tensor, limit: int | None = None) -> list[list[int]]:
-    """``layers`` (all shaped as ``weight``) in runs of as many as fit ``limit`` bytes, at least one.
-
-    Examples:
-      >>> stack_chunks([0, 1, 2, 3, 4], torch.zeros(128, 1024), limit=2**20)   # 512 KiB each
-      [[0, 1], [2, 3], [4]]
-    """
-    size = max(1, weight.numel() * weight.element_size())
-    if weight.device.type == "cpu" and size >= CPU_SOLO_BYTES:
-        return [[k] for k in layers]
-    per_chunk = max(1, (STACK_BYTES if limit is None else limit) // size)
-    return [layers[i : i + per_chunk] for i in range(0, len(layers), per_chunk)]
 
 
 def first_rows(x: Any, n: int, clone: bool = False) -> Any:

@@ -380,3 +380,37 @@ def test_a_state_without_the_initial_norms_measures_the_same() -> None:
     again, flags_again = resolver.measure(moved, state._replace(w0_norms=()))
     np.testing.assert_allclose(np.asarray(again), np.asarray(kept), atol=1e-6)
     np.testing.assert_array_equal(np.asarray(flags_again), np.asarray(flags))
+
+
+def test_small_equally_shaped_layers_are_measured_as_stacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flax GPT's small layers (each block's q, k, v, ...) are measured as stacks: one batched
+    product per stack instead of one per layer, and the same alignments and flags as layer by
+    layer."""
+    from examples.flax_models import FlaxGPT, gpt_rules
+    from maxp_core import stacking
+    from maxp_jax.dynamic import AlignmentResolver
+
+    model = FlaxGPT(d=32, blocks=2, vocab=40, ctx=8)
+    x = jax.random.randint(jax.random.key(1), (2, 8), 0, 40)
+    params = model.init(jax.random.key(0), x)
+    spec = MaxPSpec(params, gpt_rules(), apply_fn=model.apply, sample_input=x[:1])
+    params = maxp_jax.abc_init(spec, params, jax.random.key(2))
+    dyn = DynamicAlignment(model.apply, x, sample_size=16)
+    state = scale_by_maxp(spec, dyn).init(params)
+    moved = jax.tree.map(lambda p: p * 1.1 + 0.01, params)
+    resolver = AlignmentResolver(spec, dyn)
+
+    def measured() -> tuple[np.ndarray, np.ndarray, int]:
+        products = str(jax.make_jaxpr(resolver.measure)(moved, state)).count("dot_general")
+        alignments, flags = jax.jit(resolver.measure)(moved, state)
+        return np.asarray(alignments), np.asarray(flags), products
+
+    stacked, stacked_flags, stacked_products = measured()
+    monkeypatch.setattr(stacking, "STACK_BYTES", 1)  # one layer per stack: layer by layer
+    layered, layered_flags, layered_products = measured()
+    np.testing.assert_allclose(stacked, layered, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(stacked_flags, layered_flags)
+    assert np.isfinite(stacked[:, 0]).sum() > 6
+    # Two products per measured layer (alpha's and u's together, omega's): each block's small
+    # layers in stacks of two.
+    assert layered_products - stacked_products >= 2 * 4

@@ -12,7 +12,7 @@ from torch import nn
 
 import maxp_torch.measurement as measurement
 from examples.torch_models import GPT
-from maxp_core import layer_alignment
+from maxp_core import layer_alignment, stacking
 from maxp_torch import Parametrization, ParametrizedModule
 
 VOCAB, CTX = 50, 16
@@ -75,7 +75,7 @@ def test_rows_of_one_per_sample_keep_the_whole_sample() -> None:
 def test_chunked_stacks_measure_what_one_stack_does(monkeypatch: pytest.MonkeyPatch) -> None:
     param, ids, _ = trained_gpt()
     whole = param._measure(ids)[0]
-    monkeypatch.setattr(measurement, "STACK_BYTES", 1)  # one layer per stack
+    monkeypatch.setattr(stacking, "STACK_BYTES", 1)  # one layer per stack
     np.testing.assert_allclose(param._measure(ids)[0], whole, atol=1e-6)
 
 
@@ -88,7 +88,7 @@ def test_a_non_finite_weight_marks_its_layer_and_those_it_feeds() -> None:
 
 
 def test_a_non_finite_weight_measured_on_its_own_is_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(measurement, "CPU_SOLO_BYTES", 1)  # every layer measured alone, on views
+    monkeypatch.setattr(stacking, "CPU_SOLO_BYTES", 1)  # every layer measured alone, on views
     param, ids, _ = trained_gpt()
     with torch.no_grad():
         param.model.get_submodule("blocks.0.up").inner.weight[1, 2] = float("nan")
