@@ -251,3 +251,32 @@ def test_a_stack_whose_plain_norms_do_not_hold_is_measured_again(monkeypatch: py
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
     row = param.graph.names.index("blocks.1.down")
     assert np.isnan(got[row, 0]) and np.isnan(got[row, 2])
+
+
+def test_a_layer_s_weight_is_read_as_its_module_reads_it() -> None:
+    """Through a parametrization (the weight a property computed from others) and a wrapper whose
+    class defines ``weight``, the measurement reads what ``module.weight`` gives, not a raw
+    parameter."""
+    from torch.nn.utils import parametrize
+
+    from maxp_torch import ScaledLinear
+
+    class Doubled(nn.Module):
+        def forward(self, weight: torch.Tensor) -> torch.Tensor:
+            return 2 * weight
+
+    torch.manual_seed(0)
+    parametrized = nn.Linear(8, 8)
+    parametrize.register_parametrization(parametrized, "weight", Doubled())
+    layers = [
+        ParametrizedModule(nn.Linear(4, 8), width_dim=8, layer_type="embedding"),
+        ParametrizedModule(parametrized, width_dim=8, layer_type="hidden"),
+        ParametrizedModule(ScaledLinear(nn.Linear(8, 8), 0.5), width_dim=8, layer_type="hidden"),
+        ParametrizedModule(nn.Linear(8, 8), width_dim=8, layer_type="hidden"),
+        ParametrizedModule(nn.Linear(8, 2), width_dim=8, layer_type="readout"),
+    ]
+    param = Parametrization(nn.Sequential(*layers), lr_prefactor=0.1, sample_input=torch.randn(2, 4))
+    m = param._measurement
+    for k, module in enumerate(m.layers.modules):
+        assert torch.equal(m.live_weight(k), module.weight)
+    assert torch.equal(m.live_weight(1), 2 * parametrized.parametrizations.weight.original)
