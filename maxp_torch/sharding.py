@@ -65,9 +65,19 @@ def reshard_modules(modules: Iterable[nn.Module]) -> None:
     if DTENSOR_MODULE not in sys.modules:
         return
     for module in modules:
-        # Looked up on the class: a missing attribute of a module instance costs an exception.
-        if callable(getattr(type(module), "reshard", None)) and hasattr(type(module), "unshard"):
+        if _reshards(type(module)):
             module.reshard()  # type: ignore[operator]
+
+
+_RESHARDS: dict[type, bool] = {}
+
+
+def _reshards(cls: type) -> bool:
+    """Whether modules of ``cls`` are FSDP2 modules (looked up once per class: a missing attribute
+    of a module instance costs an exception, and a walk meets the same few classes)."""
+    if cls not in _RESHARDS:
+        _RESHARDS[cls] = callable(getattr(cls, "reshard", None)) and hasattr(cls, "unshard")
+    return _RESHARDS[cls]
 
 
 def check_live(model: nn.Module, groups: Iterable[dict[str, Any]], where: str) -> None:
