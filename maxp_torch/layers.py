@@ -50,13 +50,14 @@ class LayerKind:
         """The weight as the ``(out, fan_in)`` matrix its input rows multiply."""
         if self.name == "transposed":
             return weight.T
-        return weight.reshape(weight.shape[0], -1)
+        # A linear weight is the matrix already (a reshape to itself still costs a dispatch).
+        return weight if weight.ndim == 2 else weight.reshape(weight.shape[0], -1)
 
     def rows(self, module: Any, x: torch.Tensor) -> torch.Tensor:
         """The layer's input as ``(rows, fan_in)``: patches for a convolution."""
         if self.name == "conv":
             return conv_patches(module, x)
-        return x.reshape(-1, x.shape[-1])
+        return x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
 
     def __repr__(self) -> str:
         return f"LayerKind({self.name!r})"

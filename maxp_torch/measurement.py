@@ -103,7 +103,8 @@ class Measurement:
             if training_only and not torch.is_grad_enabled():
                 return
             if args and isinstance(args[0], torch.Tensor):
-                rows = self.kind(k).rows(module.inner, args[0].detach())
+                x = args[0].detach() if args[0].requires_grad else args[0]
+                rows = self.kind(k).rows(self.inner(k), x)
                 keep[k] = leading_rows(rows, self.sample_size)
                 if sizes is not None:
                     sizes[k] = (args[0].shape[0] if args[0].ndim else 0, rows.shape[0])
@@ -325,9 +326,7 @@ class Measurement:
         ``nn.Module.__getattr__`` twice, which on a model of many small layers costs as much
         as a tenth of the measurement.
         """
-        if k not in self._inners:  # what a layer wraps does not change
-            self._inners[k] = self.layers.modules[k].inner
-        inner = self._inners[k]
+        inner = self.inner(k)
         weight: torch.Tensor | None = None
         if isinstance(inner, nn.Module) and getattr(type(inner), "weight", None) is None:
             weight = inner._parameters.get("weight")
@@ -335,6 +334,12 @@ class Measurement:
             weight = self.layers.modules[k].weight
         assert weight is not None
         return weight
+
+    def inner(self, k: int) -> Any:
+        """The module layer ``k`` wraps (what a layer wraps does not change: looked up once)."""
+        if k not in self._inners:
+            self._inners[k] = self.layers.modules[k].inner
+        return self._inners[k]
 
     def kind(self, k: int) -> LayerKind:
         """How layer ``k``'s weight and inputs read; what a module wraps does not change, so it is
