@@ -134,14 +134,18 @@ def _rows(x: Any, xp: ModuleType, what: str = "input") -> Any:
         x = x.astype(np.float64)
     else:
         x = xp.asarray(x)
-        dtype = x.dtype
-        if getattr(dtype, "is_complex", False) or getattr(dtype, "kind", "") == "c":
-            raise MaxPError(f"alignment: the {what} must hold real numbers, got dtype {dtype}")
+        if _is_complex(x.dtype):
+            raise MaxPError(f"alignment: the {what} must hold real numbers, got dtype {x.dtype}")
     if x.ndim == 0:
         raise MaxPError(f"alignment: the {what} must have at least one axis, got a scalar")
     if x.ndim == 1:
         return x[None, :]
     return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # also when an axis is empty
+
+
+def _is_complex(dtype: Any) -> bool:
+    """Whether a numpy, torch or JAX dtype is complex."""
+    return bool(getattr(dtype, "is_complex", False)) or getattr(dtype, "kind", "") == "c"
 
 
 def _is_torch(xp: ModuleType) -> bool:
@@ -555,6 +559,11 @@ def stack_norms(
 
 def _checked_stacks(z0: Any, z: Any, w0: Any, w: Any, xp: ModuleType) -> tuple[Any, Any, Any, Any]:
     z0, z, w0, w = (xp.asarray(v) for v in (z0, z, w0, w))
+    for value, what in ((z0, "initial input"), (z, "input"), (w0, "initial weight"), (w, "weight")):
+        if _is_complex(value.dtype):
+            raise MaxPError(
+                f"alignment_of_stacks: the {what} must hold real numbers, got dtype {value.dtype}"
+            )
     if z0.ndim != 3 or w0.ndim != 3 or z0.shape != z.shape or w0.shape != w.shape:
         raise MaxPError(
             f"alignment_of_stacks: inputs {tuple(z0.shape)} then {tuple(z.shape)} and weights "
@@ -602,12 +611,14 @@ def plain_stack_norms(
         both = stacked @ xp.swapaxes(dw, -1, -2)
         omega = (stacked[..., rows:, :] * f_w0) @ xp.swapaxes(w0, -1, -2)
         norms = RowNorms(_row_rms(stacked, xp), _row_rms(both, xp), _row_rms(omega, xp), _rms(dw, xp), rms_w0)
+    if stacked.shape[-1] == 0:  # no features: every row is zero
+        return norms, xp.zeros_like(norms.rows)
     return norms, _peak(stacked, xp, -1)[..., 0]
 
 
 def plain_range(finfo: Any) -> float:
-    """How far from 1 a plain RMS may lie in either direction, for a floating type's ``finfo``
-    (``tiny`` and ``eps``): ``sqrt(tiny / eps)``.
+    """The smallest plain RMS trusted for a floating type's ``finfo`` (``tiny`` and ``eps``),
+    ``sqrt(tiny / eps)``; its inverse is the largest.
 
     Above it a sum of squares loses less than an ``eps`` to underflow, below its inverse no
     product of two such values (nor a sum of squares of up to ``1/eps`` entries) overflows.

@@ -17,12 +17,9 @@ STACK_BYTES = 2**20
 CPU_SOLO_BYTES = 2**20
 
 
-def stack_chunks(
-    layers: list[int], weight_bytes: int, on_cpu: bool, limit: int | None = None
-) -> list[list[int]]:
+def stack_chunks(layers: list[int], weight_bytes: int, on_cpu: bool) -> list[list[int]]:
     """``layers`` (equally shaped, ``weight_bytes`` of weights each) in runs of as many as fit
-    ``limit`` bytes (:data:`STACK_BYTES`), at least one; on a CPU, one by one from
-    :data:`CPU_SOLO_BYTES` on.
+    :data:`STACK_BYTES`, at least one; on a CPU, one by one from :data:`CPU_SOLO_BYTES` on.
 
     Examples:
       >>> stack_chunks([0, 1, 2, 3, 4], 128 * 1024 * 4, on_cpu=False)   # 512 KiB each
@@ -33,5 +30,5 @@ def stack_chunks(
     size = max(1, weight_bytes)
     if on_cpu and size >= CPU_SOLO_BYTES:
         return [[k] for k in layers]
-    per_chunk = max(1, (STACK_BYTES if limit is None else limit) // size)
+    per_chunk = max(1, STACK_BYTES // size)
     return [layers[i : i + per_chunk] for i in range(0, len(layers), per_chunk)]

@@ -72,6 +72,8 @@ class Measurement:
         self._initial_stacks: dict[tuple[int, ...], Any] = {}
         self._kinds: dict[int, LayerKind] = {}
         self._inners: dict[int, Any] = {}
+        # Per chunk whose plain norms did not hold: measurements left to measure it scaled.
+        self._scaled_left: dict[tuple[int, ...], int] = {}
         self.sample: Any = None
         self.initial_model: nn.Module | None = None
         self.recorded: dict[int, torch.Tensor] = {}
@@ -382,40 +384,69 @@ class Measurement:
     ) -> list[np.ndarray]:
         """Each chunk's ``(layers, 4)`` rms alignments and finiteness (:func:`_finish_rms`).
 
-        Chunks of a type with a wide range are measured plain first
+        Chunks of one floating type with a wide range are measured plain first
         (:func:`~maxp_core.alignment.plain_stack_norms`, no powers of two); those whose norms do
-        not hold (:func:`~maxp_core.alignment.plain_norms_hold`) are measured again scaled, in a
-        second copy to the host that only such chunks (a diverging run, a frozen layer) cost.
+        not hold (:func:`~maxp_core.alignment.plain_norms_hold`: a weight that did not change,
+        activations that vanish with depth, a diverging run) are measured again scaled, in a
+        second copy to the host, and scaled directly for their next :data:`SCALED_AFTER_MISS`
+        measurements. The initial stacks are taken once for both passes (taking them may
+        gather sharded weights, a collective every rank must join).
         """
-        finfos = [torch.finfo(weights[chunk[0]].dtype) for chunk in chunks]
-        plain = [i for i, finfo in enumerate(finfos) if plain_suits(finfo)]
+        stacks = [self.initial_stacks(chunk, initial) for chunk in chunks]
+        plain = [i for i, chunk in enumerate(chunks) if self._tries_plain(chunk, now, weights, stacks[i])]
+        tried = set(plain)
         host = _to_host(
-            [self._rms_piece(chunk, now, weights, initial, i in plain) for i, chunk in enumerate(chunks)]
+            [self._rms_piece(chunk, now, weights, stacks[i], i in tried) for i, chunk in enumerate(chunks)]
         )
-        held = _plain_held([host[i] for i in plain], [finfos[i] for i in plain])
-        redo = [i for i, ok in zip(plain, held, strict=True) if not ok]
-        for i, ok in zip(plain, held, strict=True):
-            if ok:
-                host[i] = _as_scaled(host[i])
+        finfos = [torch.finfo(weights[chunks[i][0]].dtype) for i in plain]
+        redo = []
+        for i, held in zip(plain, _plain_held([host[i] for i in plain], finfos), strict=True):
+            if held:
+                host[i] = _in_scaled_layout(host[i])
+            else:
+                redo.append(i)
+                self._scaled_left[tuple(chunks[i])] = SCALED_AFTER_MISS
         if redo:
-            again = _to_host([self._rms_piece(chunks[i], now, weights, initial, False) for i in redo])
+            again = _to_host([self._rms_piece(chunks[i], now, weights, stacks[i], False) for i in redo])
             for i, piece in zip(redo, again, strict=True):
                 host[i] = piece
         fan_ins = [weights[chunk[0]].shape[-1] for chunk in chunks for _ in chunk]
         return _finish_rms(host, fan_ins)
+
+    def _tries_plain(
+        self,
+        chunk: list[int],
+        now: dict[int, torch.Tensor],
+        weights: dict[int, torch.Tensor],
+        stack: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+    ) -> bool:
+        """Whether a chunk is measured plain first: its inputs and weights, now and initial, of
+        one floating type that suits it (:func:`~maxp_core.alignment.plain_suits`), no autocast
+        that would compute its products in another, and its plain norms held at least
+        :data:`SCALED_AFTER_MISS` measurements ago."""
+        key = tuple(chunk)
+        left = self._scaled_left.get(key, 0)
+        if left > 0:
+            self._scaled_left[key] = left - 1
+            return False
+        weight = weights[chunk[0]]
+        same = now[chunk[0]].dtype == stack[0].dtype == stack[1].dtype == weight.dtype
+        autocast = torch.is_autocast_enabled(weight.device.type)
+        return same and not autocast and plain_suits(torch.finfo(weight.dtype))
 
     def _rms_piece(
         self,
         chunk: list[int],
         now: dict[int, torch.Tensor],
         weights: dict[int, torch.Tensor],
-        initial: dict[int, torch.Tensor],
+        stack: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
         plain: bool,
     ) -> torch.Tensor:
-        """A chunk's packed :class:`~maxp_core.alignment.RowNorms` followed, measured ``plain``,
-        by its rows' peaks (:func:`_plain_held` reads them), else by whether its inputs are finite."""
+        """A chunk's packed :class:`~maxp_core.alignment.RowNorms` (given its :meth:`initial_stacks`)
+        followed, measured ``plain``, by its rows' peaks (:func:`_plain_held` reads them), else by
+        whether its inputs are finite."""
         z, w = stack_of([now[k] for k in chunk]), stack_of([weights[k] for k in chunk])
-        z0, w0, w0_norms = self.initial_stacks(chunk, initial)
+        z0, w0, w0_norms = stack
         scratch = len(chunk) > 1  # the stacks are copies
         if plain:
             norms, peaks = plain_stack_norms(z0, z, w0, w, torch, scratch, w0_norms)
@@ -507,6 +538,12 @@ class Measurement:
                 raise MaxPError(f"layer {name!r}: complex weights or inputs cannot be measured")
 
 
+#: After a chunk's plain norms did not hold, how many measurements it is measured scaled directly
+#: before it is tried plain again: a frozen layer or activations that vanish with depth would
+#: otherwise cost two measurements every time.
+SCALED_AFTER_MISS = 16
+
+
 def _chunks_of(layers: list[int], weight: torch.Tensor) -> list[list[int]]:
     """:func:`~maxp_core.stacking.stack_chunks` of layers shaped as ``weight``."""
     return stack_chunks(layers, weight.numel() * weight.element_size(), weight.device.type == "cpu")
@@ -553,20 +590,24 @@ def _plain_held(pieces: list[np.ndarray], finfos: list[Any]) -> list[bool]:
     all pieces of one width and type at once."""
     held = [False] * len(pieces)
     for indices in _groups([(piece.shape[-1], finfos[i].dtype) for i, piece in enumerate(pieces)]):
-        stacked = np.concatenate([pieces[i] for i in indices])
-        r = (stacked.shape[-1] - 2) // 7  # 5r + 2 norms, 2r peaks
-        norms = RowNorms.unpacked(stacked[:, : 5 * r + 2])
-        layers = plain_norms_hold(norms, stacked[:, 5 * r + 2 :], finfos[indices[0]])
+        packed, peaks = _plain_parts(np.concatenate([pieces[i] for i in indices]))
+        layers = plain_norms_hold(RowNorms.unpacked(packed), peaks, finfos[indices[0]])
         for i, part in zip(indices, _split_like(layers, [pieces[i] for i in indices]), strict=True):
             held[i] = bool(part.all())
     return held
 
 
-def _as_scaled(piece: np.ndarray) -> np.ndarray:
-    """A plainly measured piece whose norms hold as a scaled one's: its packed norms, then 1.0
-    (norms that hold are finite, and so are the inputs they were taken of)."""
+def _plain_parts(piece: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A plainly measured piece's packed norms (``5r + 2`` columns) and rows' peaks (``2r``)."""
     r = (piece.shape[-1] - 2) // 7
-    return np.concatenate([piece[:, : 5 * r + 2], np.ones((len(piece), 1))], axis=1)
+    return piece[:, : 5 * r + 2], piece[:, 5 * r + 2 :]
+
+
+def _in_scaled_layout(piece: np.ndarray) -> np.ndarray:
+    """A plainly measured piece whose norms hold, laid out as a scaled one: its packed norms,
+    then 1.0 (norms that hold are finite, and so are the inputs they were taken of)."""
+    packed, _ = _plain_parts(piece)
+    return np.concatenate([packed, np.ones((len(piece), 1))], axis=1)
 
 
 def _groups(keys: list[Any]) -> list[list[int]]:

@@ -381,3 +381,13 @@ def test_plain_norms_do_not_hold_where_the_range_ends_and_the_scaled_ones_still_
     unscaled = alignments_of_norms(plain, 64)[0]
     assert np.isnan(unscaled.u[1]) and 0.3 < scaled.u[1] < 0.7  # what holding guards against
     assert np.isfinite(scaled.alpha[2])
+
+
+def test_plain_norms_of_layers_without_features_do_not_hold_and_complex_stacks_are_refused() -> None:
+    plain, peaks = plain_stack_norms(
+        *(np.zeros(shape) for shape in ((2, 3, 0), (2, 3, 0), (2, 4, 0), (2, 4, 0)))
+    )
+    assert peaks.shape == (2, 6) and not plain_norms_hold(plain, peaks, np.finfo(np.float64)).any()
+    z0 = np.ones((1, 2, 3), dtype=np.complex64)
+    with pytest.raises(MaxPError, match="the initial input must hold real numbers, got dtype complex64"):
+        measure_stacks(z0, z0.real, np.ones((1, 4, 3)), np.ones((1, 4, 3)))

@@ -280,3 +280,40 @@ def test_a_layer_s_weight_is_read_as_its_module_reads_it() -> None:
     for k, module in enumerate(m.layers.modules):
         assert torch.equal(m.live_weight(k), module.weight)
     assert torch.equal(m.live_weight(1), 2 * parametrized.parametrizations.weight.original)
+
+
+def test_a_chunk_whose_plain_norms_missed_is_measured_scaled_for_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A frozen layer's chunk, once its plain norms did not hold, is measured scaled directly for
+    the next SCALED_AFTER_MISS measurements (not twice each time), then tried plain again; the
+    initial stacks are taken once per chunk and measurement, whichever way it is measured (a
+    second taking would gather sharded weights again on some ranks only)."""
+    monkeypatch.setattr(measurement, "SCALED_AFTER_MISS", 2)
+    param, ids, initial = trained_gpt()
+    with torch.no_grad():
+        frozen = param.model.get_submodule("blocks.1.down").inner.weight
+        frozen.copy_(initial.get_submodule("blocks.1.down").inner.weight)
+    scaled = count_scaled_stacks(monkeypatch)
+    plain: list[int] = []
+    real_plain = measurement.plain_stack_norms
+    monkeypatch.setattr(
+        measurement,
+        "plain_stack_norms",
+        lambda z0, *a, **k: plain.append(z0.shape[0]) or real_plain(z0, *a, **k),
+    )
+    taken: list[tuple[int, ...]] = []
+    real_stacks = measurement.Measurement.initial_stacks
+    monkeypatch.setattr(
+        measurement.Measurement,
+        "initial_stacks",
+        lambda self, chunk, initial: taken.append(tuple(chunk)) or real_stacks(self, chunk, initial),
+    )
+    counts = []
+    for _ in range(4):
+        scaled.clear(), plain.clear(), taken.clear()
+        param._measure(ids)
+        counts.append((plain.count(2), scaled.count(2)))
+        assert len(taken) == len(set(taken))
+    # plain then scaled; scaled directly twice; plain again, missed, scaled
+    assert counts == [(1, 1), (0, 1), (0, 1), (1, 1)]
