@@ -317,3 +317,30 @@ def test_a_chunk_whose_plain_norms_missed_is_measured_scaled_for_a_while(
         assert len(taken) == len(set(taken))
     # plain then scaled; scaled directly twice; plain again, missed, scaled
     assert counts == [(1, 1), (0, 1), (0, 1), (1, 1)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_plain_measurement_equals_the_scaled_one_in_other_types(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for i in range(6):
+        role = "embedding" if i == 0 else "readout" if i == 5 else "hidden"
+        layers += [ParametrizedModule(nn.Linear(32, 32), width_dim=32, layer_type=role), nn.ReLU()]
+    model = nn.Sequential(*layers[:-1]).to(dtype)
+    x = torch.randn(16, 32, dtype=dtype)
+    param = Parametrization(model, lr_prefactor=0.02)
+    optimizer = torch.optim.AdamW(param.param_groups)
+    param.capture_initial(x)
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(x).float().pow(2).mean().backward()
+        optimizer.step()
+    scaled = count_scaled_stacks(monkeypatch)
+    plain, _ = param._measure(x)
+    assert scaled == []
+    monkeypatch.setattr(measurement, "plain_suits", lambda finfo: False)
+    expected, _ = param._measure(x)
+    assert np.isfinite(expected[1:]).all()
+    np.testing.assert_allclose(plain, expected, rtol=0, atol=1e-9 if dtype == torch.float64 else 1e-3)
