@@ -650,9 +650,9 @@ def plain_norms_hold(norms: RowNorms, peaks: Any, finfo: Any, xp: ModuleType = n
     They are when every RMS (of a row of ``[z0; dz]``, of its products, of the weight change)
     lies within :func:`plain_range` of 1 in either direction, or is that of a product with a
     row that is exactly zero or with an initial weight that is (both then read exactly zero:
-    a zero-initialized readout's omega). Anything not finite, a weight
-    that did not change, or a row whose entries underflow falls outside: such a layer is
-    measured again with :func:`stack_norms`, which says what it means.
+    a zero-initialized readout's omega). Anything not finite, a weight that did not change,
+    or a row whose entries underflow falls outside: such a layer is measured again with
+    :func:`stack_norms`, which says what it means.
 
     Examples:
       >>> norms = RowNorms(rows=np.array([[1.0, 0.0], [1.0, 1e-30]]), both=np.array([[2.0, 0.0], [2.0, 0.5]]),
