@@ -17,7 +17,8 @@ from maxp_torch import sharding
 if TYPE_CHECKING:
     from maxp_torch.parametrization import Parametrization
 
-#: The keys every saved state holds (``seed``, ``missing`` and ``initial_model`` came later).
+#: The keys every saved state holds (``seed``, ``missing``, ``initial_model`` and
+#: ``scaled_after_miss`` came later).
 REQUIRED = ("step_count", "lr_prefactor", "c", "alignment", "solves", "failures", "z0", "w0", "sample")
 
 
@@ -40,6 +41,9 @@ def state_of(param: Parametrization) -> dict[str, Any]:
         "w0": {param.names[k]: _own_memory(v) for k, v in measurement.w0.items()},
         "sample": measurement.sample,
         "initial_model": initial,
+        "scaled_after_miss": [
+            [[param.names[k] for k in chunk], left] for chunk, left in measurement.scaled_left().items()
+        ],
     }
 
 
@@ -106,6 +110,7 @@ def restore(param: Parametrization, state: Mapping[str, Any]) -> None:
     else:
         seed = param.seed if param._seed_given else 0
     index = {name: k for k, name in enumerate(param.names)}
+    scaled_left = _scaled_after_miss(state.get("scaled_after_miss") or [], index)
     param.seed = seed
     param.lr_prefactor = lr_prefactor
     param.c = np.array(c, dtype=np.float64)
@@ -117,7 +122,30 @@ def restore(param: Parametrization, state: Mapping[str, Any]) -> None:
         {index[n]: v for n, v in state["w0"].items()},
         state["sample"],
         state.get("initial_model"),
+        scaled_left,
     )
+
+
+def _scaled_after_miss(entries: Any, index: Mapping[str, int]) -> dict[tuple[int, ...], int]:
+    """The checkpoint's ``scaled_after_miss`` (``[[layer names], measurements left]`` per chunk
+    measured scaled directly) by layer index, refused by name where it is not that."""
+    if not isinstance(entries, list | tuple):
+        raise MaxPError(
+            f"load_state_dict: the state's scaled_after_miss must be a list of [layer names, "
+            f"measurements left], got {type(entries).__name__}"
+        )
+    chunks: dict[tuple[int, ...], int] = {}
+    for entry in entries:
+        names, left = entry if isinstance(entry, list | tuple) and len(entry) == 2 else (None, None)
+        if not isinstance(names, list | tuple) or not names or any(n not in index for n in names):
+            raise MaxPError(
+                f"load_state_dict: the state's scaled_after_miss holds {entry!r}; each entry is "
+                f"[names of this model's layers, measurements left] (its layers: {list(index)})"
+            )
+        chunks[tuple(index[n] for n in names)] = validate.integer(
+            left, f"load_state_dict: scaled_after_miss of layers {list(names)}", 0
+        )
+    return chunks
 
 
 def _own_memory(tensor: torch.Tensor) -> torch.Tensor:

@@ -145,6 +145,7 @@ class Measurement:
         """Record the sample and the measured layers' initial inputs and weights."""
         self.sample = first_rows(x, self.sample_size, clone=True)
         self._initial_stacks = {}
+        self._scaled_left = {}
         if self.use_training_activations:
             self.initial_model = copy.deepcopy(unwrap(self.model))
             self.record(self.recorded, training_only=True)
@@ -219,10 +220,12 @@ class Measurement:
         w0: dict[int, torch.Tensor],
         sample: Any,
         initial_model: Mapping[str, Any] | None,
+        scaled_left: Mapping[tuple[int, ...], int] | None = None,
     ) -> None:
-        """Take back what :meth:`capture` recorded (from a checkpoint)."""
+        """Take back what :meth:`capture` recorded and :meth:`scaled_left` said (from a checkpoint)."""
         self.z0, self.w0, self.sample = z0, w0, sample
         self._initial_stacks = {}
+        self._scaled_left = dict(scaled_left or {})
         self.publish_views()
         if self.use_training_activations and initial_model is not None:
             self.initial_model = copy.deepcopy(unwrap(self.model))
@@ -412,6 +415,12 @@ class Measurement:
                 host[i] = piece
         fan_ins = [weights[chunk[0]].shape[-1] for chunk in chunks for _ in chunk]
         return _finish_rms(host, fan_ins)
+
+    def scaled_left(self) -> dict[tuple[int, ...], int]:
+        """The chunks measured scaled directly, each with the measurements it has left so
+        (:data:`SCALED_AFTER_MISS`). Checkpointed: plain and scaled norms may differ in the last
+        bit, so a resumed run must choose as the uninterrupted one did."""
+        return {chunk: left for chunk, left in self._scaled_left.items() if left > 0}
 
     def _tries_plain(
         self,
