@@ -598,7 +598,8 @@ def _plain_held(pieces: list[np.ndarray], finfos: list[Any]) -> list[bool]:
     hold (:func:`~maxp_core.alignment.plain_norms_hold` for its type's ``finfo``), checked for
     all pieces of one width and type at once."""
     held = [False] * len(pieces)
-    for indices in _groups([(piece.shape[-1], finfos[i].dtype) for i, piece in enumerate(pieces)]):
+    kinds = [(piece.shape[-1], finfo.dtype) for piece, finfo in zip(pieces, finfos, strict=True)]
+    for indices in groups_of_equal_shape(range(len(pieces)), kinds.__getitem__):
         packed, peaks = _plain_parts(np.concatenate([pieces[i] for i in indices]))
         layers = plain_norms_hold(RowNorms.unpacked(packed), peaks, finfos[indices[0]])
         for i, part in zip(indices, _split_like(layers, [pieces[i] for i in indices]), strict=True):
@@ -619,14 +620,6 @@ def _in_scaled_layout(piece: np.ndarray) -> np.ndarray:
     return np.concatenate([packed, np.ones((len(piece), 1))], axis=1)
 
 
-def _groups(keys: list[Any]) -> list[list[int]]:
-    """The indices of equal keys, in order of first appearance."""
-    groups: dict[Any, list[int]] = {}
-    for index, key in enumerate(keys):
-        groups.setdefault(key, []).append(index)
-    return list(groups.values())
-
-
 def _split_like(rows: np.ndarray, pieces: list[np.ndarray]) -> list[np.ndarray]:
     """``rows`` (one per row of the pieces, concatenated) split back into the pieces' lengths."""
     return np.split(rows, np.cumsum([len(piece) for piece in pieces])[:-1])
@@ -643,7 +636,7 @@ def _finish_rms(packed: list[np.ndarray], fan_ins: list[int]) -> list[np.ndarray
     starts = np.cumsum([0] + [len(piece) for piece in packed])
     widths = np.asarray(fan_ins)
     out: list[np.ndarray] = [np.empty(0)] * len(packed)
-    for indices in _groups([piece.shape[-1] for piece in packed]):
+    for indices in groups_of_equal_shape(range(len(packed)), lambda i: packed[i].shape[-1]):
         stacked = np.concatenate([packed[i] for i in indices])
         fan_in = np.concatenate([widths[starts[i] : starts[i + 1]] for i in indices])
         al, finite_weights = alignments_of_norms(RowNorms.unpacked(stacked[:, :-1]), fan_in)
