@@ -627,7 +627,13 @@ def plain_range(finfo: Any) -> float:
       >>> plain_range(np.finfo(np.float32)) == 2.0**-51.5
       True
     """
-    return math.sqrt(float(finfo.tiny) / float(finfo.eps))
+    try:
+        tiny, eps = float(finfo.tiny), float(finfo.eps)
+    except (AttributeError, TypeError, ValueError):
+        raise MaxPError(
+            f"plain_range: expected a floating type's finfo (np.finfo, torch.finfo, jnp.finfo), got {finfo!r}"
+        ) from None
+    return math.sqrt(tiny / eps)
 
 
 def plain_suits(finfo: Any) -> bool:

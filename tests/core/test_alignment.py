@@ -391,3 +391,5 @@ def test_plain_norms_of_layers_without_features_do_not_hold_and_complex_stacks_a
     z0 = np.ones((1, 2, 3), dtype=np.complex64)
     with pytest.raises(MaxPError, match="the initial input must hold real numbers, got dtype complex64"):
         measure_stacks(z0, z0.real, np.ones((1, 4, 3)), np.ones((1, 4, 3)))
+    with pytest.raises(MaxPError, match="plain_range: expected a floating type's finfo"):
+        plain_norms_hold(plain, peaks, np.float32)
