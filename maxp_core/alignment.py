@@ -30,7 +30,7 @@ Rules that keep the LP safe:
   powers of two are exact in floating point, so the same numbers come out at any
   magnitude (``1e160`` or ``1e-170`` in float64, ``1e17`` in float32) without overflow.
   An eager adapter may first compute without them (:func:`plain_stack_norms`) and keep
-  that only where :func:`plain_norms_hold` shows nothing came near the range's ends.
+  that only where nothing came near the range's ends (:func:`plain_norms_of_l2`).
 * ``rms`` values are clipped to ``[0, 1]``: 1 is the largest a product can reach,
   and a negative value (terms cancelling beyond random) would let the LP raise a
   learning rate without bound on noise.
@@ -276,6 +276,20 @@ def _log_rms_of_norms(rms_x: Any, rms_y: Any, rms_p: Any, log_n: Any, xp: Module
     # usable row: missing.
     nothing = xp.where(xp.any(usable, axis=-1), 0.0, math.nan)
     return xp.clip(xp.where(count > 0, mean, nothing), 0.0, 1.0)
+
+
+def _l2(x: Any, axis: Any, xp: ModuleType) -> Any:
+    """The L2 norm over ``axis`` (0 over empty axes)."""
+    if _is_torch(xp):  # a norm reduces without an array of squares
+        return xp.linalg.vector_norm(x, dim=axis)
+    return xp.sqrt(xp.sum(x * x, axis=axis))
+
+
+def _abs_peak(x: Any, xp: ModuleType) -> Any:
+    """Largest ``|x|`` over the last axis (NaN where an entry is): two operations."""
+    if _is_torch(xp):
+        return xp.amax(xp.abs(x), dim=-1)
+    return xp.max(xp.abs(x), axis=-1)
 
 
 def _row_rms(x: Any, xp: ModuleType) -> Any:
@@ -577,43 +591,113 @@ def _checked_stacks(z0: Any, z: Any, w0: Any, w: Any, xp: ModuleType) -> tuple[A
 def plain_stack_norms(
     z0: Any, z: Any, w0: Any, w: Any, xp: ModuleType = np, scratch: bool = False, initial_norms: Any = None
 ) -> tuple[RowNorms, Any]:
-    """:func:`stack_norms` computed without the powers of two, and the peak ``|x|`` of each row
-    of ``[z0; dz]`` (``(L, 2r)``), which :func:`plain_norms_hold` reads.
+    """:func:`stack_norms` computed without the powers of two on the rows and weight changes,
+    and per layer whether those norms hold (:func:`plain_norms_of_l2`).
 
     The powers of two only keep sums of squares and products in the floating range; the
     alignments do not depend on them. Finding and applying them costs a dozen small
     operations and three passes over the weight change per stack, which dominate an eager
-    measurement on a CPU. Wherever nothing comes near the range's ends, the plain norms are
-    those of :func:`stack_norms` up to the powers of two (and rounding); where
-    :func:`plain_norms_hold` says otherwise, measure the stack again with :func:`stack_norms`.
+    measurement on a CPU. Where nothing comes near the range's ends, the plain norms are
+    :func:`stack_norms`' up to powers of two and rounding; where they do not hold, measure
+    the stack again with :func:`stack_norms`. It is :func:`plain_stack_l2` (what reads the
+    layers' tensors, where they live) followed by :func:`plain_norms_of_l2` (on the host).
 
     Examples:
       >>> rng = np.random.default_rng(0)
       >>> z0, w0 = rng.standard_normal((2, 8, 64)), rng.standard_normal((2, 16, 64))
       >>> z, w = z0 + rng.standard_normal(z0.shape), w0 + 1e-3 * rng.standard_normal(w0.shape)
-      >>> plain, peaks = plain_stack_norms(z0, z, w0, w)
-      >>> plain_norms_hold(plain, peaks, np.finfo(np.float64)).tolist()
+      >>> plain, held = plain_stack_norms(z0, z, w0, w)
+      >>> held.tolist()
       [True, True]
       >>> scaled = stack_norms(z0, z, w0, w)
       >>> np.allclose(alignments_of_norms(plain, 64)[0], alignments_of_norms(scaled, 64)[0])
       True
     """
+    packed = plain_stack_l2(z0, z, w0, w, xp, scratch, initial_norms)
+    out, fan_in = xp.asarray(w0).shape[-2:]
+    finfo = xp.finfo(xp.asarray(z0).dtype)
+    host = np.asarray(packed.to(xp.float64).cpu()) if _is_torch(xp) else np.asarray(packed, dtype=np.float64)
+    return plain_norms_of_l2(host, fan_in, out, finfo)
+
+
+def plain_stack_l2(
+    z0: Any, z: Any, w0: Any, w: Any, xp: ModuleType = np, scratch: bool = False, initial_norms: Any = None
+) -> Any:
+    """What :func:`plain_stack_norms` reads of a stack of layers (arguments as
+    :func:`measure_stacks`), packed as one ``(L, 7r + 3)`` array for one copy to the host:
+    the L2 norms of each row of ``[z0; dz]``, of ``[z0; dz] @ dW.T`` and of ``dz @ W0.T``,
+    of ``dW``; ``W0``'s :func:`weight_norms` (its power of two and the RMS after it); each
+    row's peak ``|x|``. About a dozen operations per stack, in the stack's floating type.
+
+    ``initial_norms``: :func:`weight_norms` of ``w0`` where known (initial weights do not
+    change); ``scratch``: ``z`` and ``w`` are copies the differences may be written over.
+
+    Examples:
+      >>> z0, w0 = np.ones((1, 2, 4)), np.ones((1, 3, 4))
+      >>> packed = plain_stack_l2(z0, 3 * z0, w0, 2 * w0)[0]   # dz = 2 and dW = 1 everywhere
+      >>> np.round(packed[:4], 4).tolist(), np.round(packed[4:10], 4).tolist()   # rows, products
+      ([2.0, 2.0, 4.0, 4.0], [6.9282, 6.9282, 13.8564, 13.8564, 13.8564, 13.8564])
+      >>> np.round(packed[10:], 4).tolist()   # dW, W0's power of two and RMS after it, row peaks
+      [3.4641, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0]
+    """
     z0, z, w0, w = _checked_stacks(z0, z, w0, w, xp)
-    if initial_norms is None:
-        initial_norms = weight_norms(w0, xp)
     rows = z0.shape[-2]
-    # What leaves the range shows in the norms, which plain_norms_hold reads: no numpy warning.
+    # What leaves the range shows in the norms, which plain_norms_of_l2 reads: no numpy warning.
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        if initial_norms is None:
+            initial_norms = weight_norms(w0, xp)
         dz, dw = _differences(z0, z, w0, w, scratch)
         stacked = xp.concatenate([z0, dz], axis=-2)
-        # W0's power of two is known once for all: it goes on the rows (few) as in stack_norms.
-        f_w0, rms_w0 = initial_norms[..., 0, None, None], initial_norms[..., 1]
         both = stacked @ xp.swapaxes(dw, -1, -2)
-        omega = (stacked[..., rows:, :] * f_w0) @ xp.swapaxes(w0, -1, -2)
-        norms = RowNorms(_row_rms(stacked, xp), _row_rms(both, xp), _row_rms(omega, xp), _rms(dw, xp), rms_w0)
-    if stacked.shape[-1] == 0:  # no features: every row is zero
-        return norms, xp.zeros_like(norms.rows)
-    return norms, _peak(stacked, xp, -1)[..., 0]
+        omega = stacked[..., rows:, :] @ xp.swapaxes(w0, -1, -2)
+        lengths = [_l2(x, -1, xp) for x in (stacked, both, omega)] + [_l2(dw, (-2, -1), xp)[..., None]]
+        peaks = _abs_peak(stacked, xp) if stacked.shape[-1] else xp.zeros_like(lengths[0])
+        return xp.concatenate([*lengths, _as_dtype_of(initial_norms, peaks, xp), peaks], -1)
+
+
+def plain_norms_of_l2(packed: np.ndarray, fan_in: int, out: int, finfo: Any) -> tuple[RowNorms, np.ndarray]:
+    """:func:`plain_stack_l2`'s array (on the host, of stacks of one shape) as the
+    :class:`RowNorms` :func:`stack_norms` would give, and per layer whether they are those up
+    to rounding: computed in the floating type ``finfo`` describes, nothing they were taken
+    of came near its range's ends.
+
+    They hold when every RMS (of a row of ``[z0; dz]``, of its products, of the weight
+    change) lies within :func:`plain_range` of 1 in either direction, or is that of a
+    product with a row that is exactly zero or with an initial weight that is (below the
+    normal numbers, as :func:`weight_norms` reads it: a zero-initialized readout's omega).
+    Anything not finite, a weight that did not change, a row whose entries underflow or a
+    product with a tiny initial weight falls outside: such a layer is measured again with
+    :func:`stack_norms`, which says what it means. The initial weight's power of two goes
+    onto ``omega`` here, exactly, in float64.
+
+    Examples:
+      >>> packed = np.array([[2.0, 2.0, 4.0, 4.0, 8.0, 16.0, 0.5, 1.5, 1.0, 1.0]])   # one row
+      >>> norms, held = plain_norms_of_l2(packed, fan_in=4, out=16, finfo=np.finfo(np.float32))
+      >>> norms.rows.tolist(), norms.omega.tolist(), norms.rms_dw.tolist(), held.tolist()
+      ([[1.0, 1.0]], [[1.0]], [2.0], [True])
+      >>> plain_norms_of_l2(packed * 1e-30, 4, 16, np.finfo(np.float32))[1].tolist()   # underflowed
+      [False]
+    """
+    r = (packed.shape[-1] - 3) // 7
+    counts = np.concatenate([np.full(2 * r, fan_in), np.full(3 * r, out), [out * fan_in]])
+    rms = packed[..., : 5 * r + 1] / np.sqrt(np.maximum(counts, 1.0))
+    factor, rms_w0, peaks = packed[..., 5 * r + 1], packed[..., 5 * r + 2], packed[..., 5 * r + 3 :]
+    rows, both, omega = rms[..., : 2 * r], rms[..., 2 * r : 4 * r], rms[..., 4 * r : 5 * r]
+    rms_dw = rms[..., 5 * r]
+    low = plain_range(finfo)
+    zero = peaks == 0
+
+    def held(values: Any, zero_factor: Any) -> Any:
+        return ((values >= low) & (values <= 1.0 / low)) | (zero_factor & (values == 0))
+
+    holds = (  # a NaN compares False: not held
+        np.all(held(rows, zero) & held(both, zero), axis=-1)
+        & np.all(held(omega, zero[..., r:] | (factor == 0)[..., None]), axis=-1)
+        & held(rms_dw, False)
+        & np.isfinite(rms_w0)
+    )
+    norms = RowNorms(rows, both, omega * factor[..., None], rms_dw, rms_w0)
+    return norms, holds
 
 
 def plain_range(finfo: Any) -> float:
@@ -646,41 +730,6 @@ def plain_suits(finfo: Any) -> bool:
       (True, False)
     """
     return plain_range(finfo) <= 2.0**-40
-
-
-def plain_norms_hold(norms: RowNorms, peaks: Any, finfo: Any, xp: ModuleType = np) -> Any:
-    """Per layer of a stack: whether :func:`plain_stack_norms`' ``norms`` (with its ``peaks``)
-    are :func:`stack_norms`' up to powers of two and rounding, for values of the floating
-    type ``finfo`` describes.
-
-    They are when every RMS (of a row of ``[z0; dz]``, of its products, of the weight change)
-    lies within :func:`plain_range` of 1 in either direction, or is that of a product with a
-    row that is exactly zero or with an initial weight that is (both then read exactly zero:
-    a zero-initialized readout's omega). Anything not finite, a weight that did not change,
-    or a row whose entries underflow falls outside: such a layer is measured again with
-    :func:`stack_norms`, which says what it means.
-
-    Examples:
-      >>> norms = RowNorms(rows=np.array([[1.0, 0.0], [1.0, 1e-30]]), both=np.array([[2.0, 0.0], [2.0, 0.5]]),
-      ...                  omega=np.ones((2, 1)), rms_dw=np.ones(2), rms_w0=np.ones(2))
-      >>> plain_norms_hold(norms, np.array([[1.0, 0.0], [1.0, 1e-30]]), np.finfo(np.float32)).tolist()
-      [True, False]
-    """
-    low = plain_range(finfo)
-    zero = peaks == 0
-    r = norms.omega.shape[-1]
-
-    def held(values: Any, zero_factor: Any) -> Any:
-        return ((values >= low) & (values <= 1.0 / low)) | (zero_factor & (values == 0))
-
-    rows = held(norms.rows, zero) & held(norms.both, zero)
-    zero_w0 = (norms.rms_w0 == 0)[..., None]  # W0 below the normal numbers: zero, as scaled
-    return (
-        xp.all(rows, axis=-1)
-        & xp.all(held(norms.omega, zero[..., r:] | zero_w0), axis=-1)
-        & held(norms.rms_dw, False)
-        & xp.isfinite(norms.rms_w0)
-    )
 
 
 def alignments_of_norms(norms: RowNorms, fan_in: Any, xp: ModuleType = np) -> tuple[Alignment, Any]:

@@ -25,8 +25,8 @@ from maxp_core.alignment import (
     AlignmentMode,
     RowNorms,
     alignments_of_norms,
-    plain_norms_hold,
-    plain_stack_norms,
+    plain_norms_of_l2,
+    plain_stack_l2,
     plain_suits,
     stack_norms,
     weight_norms,
@@ -388,8 +388,8 @@ class Measurement:
         """Each chunk's ``(layers, 4)`` rms alignments and finiteness (:func:`_finish_rms`).
 
         Chunks of one floating type with a wide range are measured plain first
-        (:func:`~maxp_core.alignment.plain_stack_norms`, no powers of two); those whose norms do
-        not hold (:func:`~maxp_core.alignment.plain_norms_hold`: a weight that did not change,
+        (:func:`~maxp_core.alignment.plain_stack_l2`, no powers of two); those whose norms do
+        not hold (:func:`~maxp_core.alignment.plain_norms_of_l2`: a weight that did not change,
         activations that vanish with depth, a diverging run) are measured again scaled, in a
         second copy to the host, and scaled directly for their next :data:`SCALED_AFTER_MISS`
         measurements. The initial stacks are taken once for both passes (taking them may
@@ -401,11 +401,12 @@ class Measurement:
         host = _to_host(
             [self._rms_piece(chunk, now, weights, stacks[i], i in tried) for i, chunk in enumerate(chunks)]
         )
+        shapes = [tuple(weights[chunks[i][0]].shape) for i in plain]
         finfos = [torch.finfo(weights[chunks[i][0]].dtype) for i in plain]
         redo = []
-        for i, held in zip(plain, _plain_held([host[i] for i in plain], finfos), strict=True):
-            if held:
-                host[i] = _in_scaled_layout(host[i])
+        for i, finished in zip(plain, _plain_finished([host[i] for i in plain], shapes, finfos), strict=True):
+            if finished is not None:
+                host[i] = finished
             else:
                 redo.append(i)
                 self._scaled_left[tuple(chunks[i])] = SCALED_AFTER_MISS
@@ -452,15 +453,13 @@ class Measurement:
         plain: bool,
     ) -> torch.Tensor:
         """A chunk's packed :class:`~maxp_core.alignment.RowNorms` (given its :meth:`initial_stacks`)
-        followed, measured ``plain``, by its rows' peaks (:func:`_plain_held` reads them), else by
-        whether its inputs are finite."""
+        followed by whether its inputs are finite; measured ``plain``, its
+        :func:`~maxp_core.alignment.plain_stack_l2` instead (:func:`_plain_finished` reads it)."""
         z, w = stack_of([now[k] for k in chunk]), stack_of([weights[k] for k in chunk])
         z0, w0, w0_norms = stack
         scratch = len(chunk) > 1  # the stacks are copies
         if plain:
-            norms, peaks = plain_stack_norms(z0, z, w0, w, torch, scratch, w0_norms)
-            packed = norms.packed(torch)
-            return torch.cat([packed, peaks.to(packed.dtype)], dim=1)
+            return plain_stack_l2(z0, z, w0, w, torch, scratch, w0_norms)
         finite_inputs = all_finite(z)  # before a measurement on a stacked copy overwrites it
         packed = stack_norms(z0, z, w0, w, torch, scratch, w0_norms).packed(torch)
         return torch.cat([packed, finite_inputs.to(packed.dtype)[:, None]], dim=1)
@@ -593,31 +592,25 @@ def _to_host(pieces: list[torch.Tensor]) -> list[np.ndarray]:
     return [part.reshape(piece.shape) for part, piece in zip(np.split(flat, sizes), pieces, strict=True)]
 
 
-def _plain_held(pieces: list[np.ndarray], finfos: list[Any]) -> list[bool]:
-    """Whether the norms of each plainly measured piece (packed norms, then each row's peak)
-    hold (:func:`~maxp_core.alignment.plain_norms_hold` for its type's ``finfo``), checked for
-    all pieces of one width and type at once."""
-    held = [False] * len(pieces)
-    kinds = [(piece.shape[-1], finfo.dtype) for piece, finfo in zip(pieces, finfos, strict=True)]
+def _plain_finished(
+    pieces: list[np.ndarray], shapes: list[tuple[int, ...]], finfos: list[Any]
+) -> list[np.ndarray | None]:
+    """Each plainly measured piece (:func:`~maxp_core.alignment.plain_stack_l2` of weights of
+    ``shapes``, values of the type ``finfos`` describes) laid out as a scaled one (packed
+    norms, then 1.0: norms that hold are finite, and so are the inputs they were taken of)
+    where its norms hold (:func:`~maxp_core.alignment.plain_norms_of_l2`), else ``None``.
+    Pieces of one shape and type are finished together."""
+    finished: list[np.ndarray | None] = [None] * len(pieces)
+    kinds = [(p.shape[-1], s, f.dtype) for p, s, f in zip(pieces, shapes, finfos, strict=True)]
     for indices in groups_of_equal_shape(range(len(pieces)), kinds.__getitem__):
-        packed, peaks = _plain_parts(np.concatenate([pieces[i] for i in indices]))
-        layers = plain_norms_hold(RowNorms.unpacked(packed), peaks, finfos[indices[0]])
-        for i, part in zip(indices, _split_like(layers, [pieces[i] for i in indices]), strict=True):
-            held[i] = bool(part.all())
-    return held
-
-
-def _plain_parts(piece: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A plainly measured piece's packed norms (``5r + 2`` columns) and rows' peaks (``2r``)."""
-    r = (piece.shape[-1] - 2) // 7
-    return piece[:, : 5 * r + 2], piece[:, 5 * r + 2 :]
-
-
-def _in_scaled_layout(piece: np.ndarray) -> np.ndarray:
-    """A plainly measured piece whose norms hold, laid out as a scaled one: its packed norms,
-    then 1.0 (norms that hold are finite, and so are the inputs they were taken of)."""
-    packed, _ = _plain_parts(piece)
-    return np.concatenate([packed, np.ones((len(piece), 1))], axis=1)
+        out, fan_in = shapes[indices[0]]
+        group = [pieces[i] for i in indices]
+        norms, held = plain_norms_of_l2(np.concatenate(group), fan_in, out, finfos[indices[0]])
+        laid_out = np.concatenate([norms.packed(), np.ones((len(held), 1))], axis=1)
+        parts = zip(indices, _split_like(laid_out, group), _split_like(held, group), strict=True)
+        for i, part, holds in parts:
+            finished[i] = part if holds.all() else None
+    return finished
 
 
 def _split_like(rows: np.ndarray, pieces: list[np.ndarray]) -> list[np.ndarray]:

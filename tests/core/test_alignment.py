@@ -20,7 +20,8 @@ from maxp_core.alignment import (
     alignments_of_norms,
     measure_layers,
     measure_stacks,
-    plain_norms_hold,
+    plain_norms_of_l2,
+    plain_stack_l2,
     plain_stack_norms,
     sanitize,
     stack_norms,
@@ -354,8 +355,8 @@ def test_plain_norms_that_hold_give_the_scaled_alignments() -> None:
     z0, z, w0, w = plain_case(scales)
     w[5] -= w0[5]
     w0[5] = 0.0
-    plain, peaks = plain_stack_norms(z0, z, w0, w)
-    assert plain_norms_hold(plain, peaks, np.finfo(np.float32)).all()
+    plain, held = plain_stack_norms(z0, z, w0, w)
+    assert held.all()
     reference = stack_norms(*(v.astype(np.float64) for v in (z0, z, w0, w)))
     got, expected = alignments_of_norms(plain, 64)[0], alignments_of_norms(reference, 64)[0]
     np.testing.assert_allclose(np.array(got), np.array(expected), rtol=0, atol=2e-5)
@@ -374,8 +375,7 @@ def test_plain_norms_do_not_hold_where_the_range_ends_and_the_scaled_ones_still_
     w[1] = w0[1] + np.float32(1e-25) * change
     z[4, 2, 7] = np.nan
     z0[5, 1], z[5, 1] = 0.0, np.float32(1e-40)  # a change of subnormal numbers: no precision left
-    plain, peaks = plain_stack_norms(z0, z, w0, w)
-    held = plain_norms_hold(plain, peaks, np.finfo(np.float32))
+    plain, held = plain_stack_norms(z0, z, w0, w)
     assert held.tolist() == [True, False, False, False, False, False]
     scaled = alignments_of_norms(stack_norms(z0, z, w0, w), 64)[0]
     unscaled = alignments_of_norms(plain, 64)[0]
@@ -383,13 +383,29 @@ def test_plain_norms_do_not_hold_where_the_range_ends_and_the_scaled_ones_still_
     assert np.isfinite(scaled.alpha[2])
 
 
+def test_a_product_with_a_tiny_initial_weight_that_underflows_does_not_hold() -> None:
+    """An initial weight of normal numbers near 1e-36 times an input change of 1e-12 gives a
+    product of exact zeros in float32 (each term underflows), where the scaled measurement
+    (both factors at unit peak) still reads omega: the zero must not count as a zero weight's."""
+    z0, z, w0, w = plain_case([(1.0, 1e-3), (1.0, 1e-3)])
+    z0[0] *= np.float32(1e-12)  # inputs and their change near 1e-12
+    change = np.random.default_rng(2).standard_normal(z0[0].shape).astype(np.float32)
+    z[0] = z0[0] + np.float32(1e-12) * change
+    w0[0] *= np.float32(1e-35)
+    w[0] = w0[0] + np.float32(1e-3) * np.sign(w0[0])
+    packed = plain_stack_l2(z0, z, w0, w)
+    norms, held = plain_norms_of_l2(packed.astype(np.float64), 64, 16, np.finfo(np.float32))
+    assert (norms.omega[0] == 0).all() and held.tolist() == [False, True]
+    scaled = alignments_of_norms(stack_norms(z0, z, w0, w), 64)[0]
+    assert 0.3 < scaled.omega[0] < 0.7  # random directions: what the plain zero would have hidden
+
+
 def test_plain_norms_of_layers_without_features_do_not_hold_and_complex_stacks_are_refused() -> None:
-    plain, peaks = plain_stack_norms(
-        *(np.zeros(shape) for shape in ((2, 3, 0), (2, 3, 0), (2, 4, 0), (2, 4, 0)))
-    )
-    assert peaks.shape == (2, 6) and not plain_norms_hold(plain, peaks, np.finfo(np.float64)).any()
+    packed = plain_stack_l2(*(np.zeros(shape) for shape in ((2, 3, 0), (2, 3, 0), (2, 4, 0), (2, 4, 0))))
+    assert packed.shape == (2, 7 * 3 + 3)
+    assert not plain_norms_of_l2(packed, 0, 4, np.finfo(np.float64))[1].any()
     z0 = np.ones((1, 2, 3), dtype=np.complex64)
     with pytest.raises(MaxPError, match="the initial input must hold real numbers, got dtype complex64"):
         measure_stacks(z0, z0.real, np.ones((1, 4, 3)), np.ones((1, 4, 3)))
     with pytest.raises(MaxPError, match="plain_range: expected a floating type's finfo"):
-        plain_norms_hold(plain, peaks, np.float32)
+        plain_norms_of_l2(packed, 0, 4, np.float32)

@@ -296,10 +296,10 @@ def test_a_chunk_whose_plain_norms_missed_is_measured_scaled_for_a_while(
         frozen.copy_(initial.get_submodule("blocks.1.down").inner.weight)
     scaled = count_scaled_stacks(monkeypatch)
     plain: list[int] = []
-    real_plain = measurement.plain_stack_norms
+    real_plain = measurement.plain_stack_l2
     monkeypatch.setattr(
         measurement,
-        "plain_stack_norms",
+        "plain_stack_l2",
         lambda z0, *a, **k: plain.append(z0.shape[0]) or real_plain(z0, *a, **k),
     )
     taken: list[tuple[int, ...]] = []
