@@ -286,7 +286,8 @@ def _l2(x: Any, axis: Any, xp: ModuleType) -> Any:
 
 
 def _abs_peak(x: Any, xp: ModuleType) -> Any:
-    """Largest ``|x|`` over the last axis (NaN where an entry is): two operations."""
+    """Largest ``|x|`` over the last axis (NaN where an entry is): two operations, and an array
+    of ``|x|`` as large as ``x`` (rows of a sample here, not weights)."""
     if _is_torch(xp):
         return xp.amax(xp.abs(x), dim=-1)
     return xp.max(xp.abs(x), axis=-1)
@@ -295,15 +296,15 @@ def _abs_peak(x: Any, xp: ModuleType) -> Any:
 def _row_rms(x: Any, xp: ModuleType) -> Any:
     """RMS over the last axis (0 over an empty one)."""
     if _is_torch(xp):
-        return xp.linalg.vector_norm(x, dim=-1) / math.sqrt(max(1, x.shape[-1]))
+        return _l2(x, -1, xp) / math.sqrt(max(1, x.shape[-1]))
     return xp.sqrt(xp.sum(x * x, axis=-1) / max(1, x.shape[-1]))
 
 
 def _rms(y: Any, xp: ModuleType) -> Any:
     """RMS over the last two axes (each matrix of a stack; 0 for an empty one)."""
     count = max(1, y.shape[-2] * y.shape[-1])  # 0 for an empty matrix
-    if _is_torch(xp):  # a norm reduces without an array of squares
-        return xp.linalg.vector_norm(y, dim=(-2, -1)) / math.sqrt(count)
+    if _is_torch(xp):
+        return _l2(y, (-2, -1), xp) / math.sqrt(count)
     return xp.sqrt(xp.sum(y * y, axis=(-2, -1)) / count)
 
 
@@ -613,11 +614,26 @@ def plain_stack_norms(
       >>> np.allclose(alignments_of_norms(plain, 64)[0], alignments_of_norms(scaled, 64)[0])
       True
     """
+    finfo = _narrowest_finfo([xp.asarray(v).dtype for v in (z0, z, w0, w)], xp)
     packed = plain_stack_l2(z0, z, w0, w, xp, scratch, initial_norms)
     out, fan_in = xp.asarray(w0).shape[-2:]
-    finfo = xp.finfo(xp.asarray(z0).dtype)
-    host = np.asarray(packed.to(xp.float64).cpu()) if _is_torch(xp) else np.asarray(packed, dtype=np.float64)
-    return plain_norms_of_l2(host, fan_in, out, finfo)
+    host = np.asarray(packed.cpu().to(xp.float64)) if _is_torch(xp) else np.asarray(packed, dtype=np.float64)
+    return plain_norms_of_l2(host, fan_in=fan_in, out=out, finfo=finfo)
+
+
+def _narrowest_finfo(dtypes: list[Any], xp: ModuleType) -> Any:
+    """The ``finfo`` of the floating type with the narrowest :func:`plain_range` among
+    ``dtypes`` (the stacks may mix types: each product is computed in one of them); refused by
+    name for a type that is not floating."""
+    finfos = []
+    for dtype in dtypes:
+        try:
+            finfos.append(xp.finfo(dtype))
+        except (TypeError, ValueError):
+            raise MaxPError(
+                f"plain_stack_norms: the inputs and weights must be floating point, got dtype {dtype}"
+            ) from None
+    return max(finfos, key=plain_range)
 
 
 def plain_stack_l2(
@@ -655,7 +671,9 @@ def plain_stack_l2(
         return xp.concatenate([*lengths, _as_dtype_of(initial_norms, peaks, xp), peaks], -1)
 
 
-def plain_norms_of_l2(packed: np.ndarray, fan_in: int, out: int, finfo: Any) -> tuple[RowNorms, np.ndarray]:
+def plain_norms_of_l2(
+    packed: np.ndarray, *, fan_in: int, out: int, finfo: Any
+) -> tuple[RowNorms, np.ndarray]:
     """:func:`plain_stack_l2`'s array (on the host, of stacks of one shape) as the
     :class:`RowNorms` :func:`stack_norms` would give, and per layer whether they are those up
     to rounding: computed in the floating type ``finfo`` describes, nothing they were taken
@@ -675,7 +693,7 @@ def plain_norms_of_l2(packed: np.ndarray, fan_in: int, out: int, finfo: Any) -> 
       >>> norms, held = plain_norms_of_l2(packed, fan_in=4, out=16, finfo=np.finfo(np.float32))
       >>> norms.rows.tolist(), norms.omega.tolist(), norms.rms_dw.tolist(), held.tolist()
       ([[1.0, 1.0]], [[1.0]], [2.0], [True])
-      >>> plain_norms_of_l2(packed * 1e-30, 4, 16, np.finfo(np.float32))[1].tolist()   # underflowed
+      >>> plain_norms_of_l2(packed * 1e-30, fan_in=4, out=16, finfo=np.finfo(np.float32))[1].tolist()
       [False]
     """
     r = (packed.shape[-1] - 3) // 7
@@ -706,6 +724,8 @@ def plain_range(finfo: Any) -> float:
 
     Above it a sum of squares loses less than an ``eps`` to underflow, below its inverse no
     product of two such values (nor a sum of squares of up to ``1/eps`` entries) overflows.
+    :func:`plain_norms_of_l2` checks the RMS of every array it computed (rows, products, weight
+    change) against it, so what a product's terms lost or gained on the way shows in its own.
 
     Examples:
       >>> plain_range(np.finfo(np.float32)) == 2.0**-51.5

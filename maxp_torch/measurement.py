@@ -585,9 +585,10 @@ def _same_memory(matrix: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def _to_host(pieces: list[torch.Tensor]) -> list[np.ndarray]:
-    """The pieces as float64 host arrays, copied from the device in one transfer."""
+    """The pieces as float64 host arrays, copied from the device in one transfer (in their own
+    type, widened on the host)."""
     device = pieces[0].device  # a model spread over devices: collected on one, copied once
-    flat = torch.cat([piece.flatten().to(device, torch.float64) for piece in pieces]).cpu().numpy()
+    flat = torch.cat([piece.flatten().to(device) for piece in pieces]).cpu().to(torch.float64).numpy()
     sizes = np.cumsum([piece.numel() for piece in pieces])[:-1]
     return [part.reshape(piece.shape) for part, piece in zip(np.split(flat, sizes), pieces, strict=True)]
 
@@ -605,7 +606,8 @@ def _plain_finished(
     for indices in groups_of_equal_shape(range(len(pieces)), kinds.__getitem__):
         out, fan_in = shapes[indices[0]]
         group = [pieces[i] for i in indices]
-        norms, held = plain_norms_of_l2(np.concatenate(group), fan_in, out, finfos[indices[0]])
+        finfo = finfos[indices[0]]
+        norms, held = plain_norms_of_l2(np.concatenate(group), fan_in=fan_in, out=out, finfo=finfo)
         laid_out = np.concatenate([norms.packed(), np.ones((len(held), 1))], axis=1)
         parts = zip(indices, _split_like(laid_out, group), _split_like(held, group), strict=True)
         for i, part, holds in parts:

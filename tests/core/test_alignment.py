@@ -394,18 +394,32 @@ def test_a_product_with_a_tiny_initial_weight_that_underflows_does_not_hold() ->
     w0[0] *= np.float32(1e-35)
     w[0] = w0[0] + np.float32(1e-3) * np.sign(w0[0])
     packed = plain_stack_l2(z0, z, w0, w)
-    norms, held = plain_norms_of_l2(packed.astype(np.float64), 64, 16, np.finfo(np.float32))
+    norms, held = plain_norms_of_l2(packed.astype(np.float64), fan_in=64, out=16, finfo=np.finfo(np.float32))
     assert (norms.omega[0] == 0).all() and held.tolist() == [False, True]
     scaled = alignments_of_norms(stack_norms(z0, z, w0, w), 64)[0]
     assert 0.3 < scaled.omega[0] < 0.7  # random directions: what the plain zero would have hidden
 
 
+def test_plain_norms_of_mixed_types_are_checked_in_the_narrowest_range() -> None:
+    """float64 inputs with float32 weights whose change squares to below float32's normal
+    numbers: checked against float64's range the plain norms would hold and alpha and u be off;
+    against float32's (the narrowest of the four types) they do not hold."""
+    rng = np.random.default_rng(0)
+    z0 = rng.standard_normal((1, 4, 64))
+    z = z0 + rng.standard_normal(z0.shape)
+    w0 = np.float32(1e-22) * rng.standard_normal((1, 16, 64)).astype(np.float32)
+    w = w0 + np.float32(3e-23) * rng.standard_normal(w0.shape).astype(np.float32)
+    assert plain_stack_norms(z0, z, w0, w)[1].tolist() == [False]
+    with pytest.raises(MaxPError, match="must be floating point, got dtype int64"):
+        plain_stack_norms(z0, z, w0.astype(np.int64), w)
+
+
 def test_plain_norms_of_layers_without_features_do_not_hold_and_complex_stacks_are_refused() -> None:
     packed = plain_stack_l2(*(np.zeros(shape) for shape in ((2, 3, 0), (2, 3, 0), (2, 4, 0), (2, 4, 0))))
     assert packed.shape == (2, 7 * 3 + 3)
-    assert not plain_norms_of_l2(packed, 0, 4, np.finfo(np.float64))[1].any()
+    assert not plain_norms_of_l2(packed, fan_in=0, out=4, finfo=np.finfo(np.float64))[1].any()
     z0 = np.ones((1, 2, 3), dtype=np.complex64)
     with pytest.raises(MaxPError, match="the initial input must hold real numbers, got dtype complex64"):
         measure_stacks(z0, z0.real, np.ones((1, 4, 3)), np.ones((1, 4, 3)))
     with pytest.raises(MaxPError, match="plain_range: expected a floating type's finfo"):
-        plain_norms_of_l2(packed, 0, 4, np.float32)
+        plain_norms_of_l2(packed, fan_in=0, out=4, finfo=np.float32)
