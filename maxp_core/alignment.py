@@ -631,7 +631,7 @@ def _narrowest_finfo(dtypes: list[Any], xp: ModuleType) -> Any:
             finfos.append(xp.finfo(dtype))
         except (TypeError, ValueError):
             raise MaxPError(
-                f"plain_stack_norms: the inputs and weights must be floating point, got dtype {dtype}"
+                f"plain measurement: the inputs and weights must be floating point, got dtype {dtype}"
             ) from None
     return max(finfos, key=plain_range)
 
@@ -657,6 +657,7 @@ def plain_stack_l2(
       [3.4641, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0]
     """
     z0, z, w0, w = _checked_stacks(z0, z, w0, w, xp)
+    _narrowest_finfo([v.dtype for v in (z0, z, w0, w)], xp)  # refuses what is not floating
     rows = z0.shape[-2]
     # What leaves the range shows in the norms, which plain_norms_of_l2 reads: no numpy warning.
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
@@ -696,7 +697,13 @@ def plain_norms_of_l2(
       >>> plain_norms_of_l2(packed * 1e-30, fan_in=4, out=16, finfo=np.finfo(np.float32))[1].tolist()
       [False]
     """
-    r = (packed.shape[-1] - 3) // 7
+    width = packed.shape[-1] if packed.ndim else 0
+    if packed.ndim < 1 or width < 3 or (width - 3) % 7 or min(fan_in, out) < 0:
+        raise MaxPError(
+            f"plain_norms_of_l2: expected plain_stack_l2's (layers, 7r + 3) array and sizes >= 0, got "
+            f"shape {tuple(packed.shape)}, fan_in={fan_in}, out={out}"
+        )
+    r = (width - 3) // 7
     counts = np.concatenate([np.full(2 * r, fan_in), np.full(3 * r, out), [out * fan_in]])
     rms = packed[..., : 5 * r + 1] / np.sqrt(np.maximum(counts, 1.0))
     factor, rms_w0, peaks = packed[..., 5 * r + 1], packed[..., 5 * r + 2], packed[..., 5 * r + 3 :]

@@ -412,6 +412,12 @@ def test_plain_norms_of_mixed_types_are_checked_in_the_narrowest_range() -> None
     assert plain_stack_norms(z0, z, w0, w)[1].tolist() == [False]
     with pytest.raises(MaxPError, match="must be floating point, got dtype int64"):
         plain_stack_norms(z0, z, w0.astype(np.int64), w)
+    torch = pytest.importorskip("torch")
+    ones = torch.ones((1, 2, 4), dtype=torch.int64)
+    with pytest.raises(MaxPError, match=r"must be floating point, got dtype torch\.int64"):
+        plain_stack_l2(ones, ones, ones, ones, torch)
+    with pytest.raises(MaxPError, match=r"7r \+ 3\) array and sizes >= 0, got shape \(1, 9\)"):
+        plain_norms_of_l2(np.ones((1, 9)), fan_in=4, out=4, finfo=np.finfo(np.float32))
 
 
 def test_plain_norms_of_layers_without_features_do_not_hold_and_complex_stacks_are_refused() -> None:
